@@ -1,0 +1,36 @@
+# Everything a fresh machine needs: `make demo` and `make test` build the venv first.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export SDL_VIDEODRIVER := offscreen
+export PYTHONHASHSEED := 0
+
+.PHONY: venv demo test test-slow bench clean
+
+venv: $(STAMP)
+
+# torch goes in first and pinned: otherwise a dependency pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mesaguard demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/guard_overhead.py
+	$(BIN)/python benchmarks/detection_delay.py
+	$(BIN)/python benchmarks/false_alarms.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,27 @@
+"""Streaming detectors, vectorized over ``(n_envs,)``; each statistic: larger = more alarming.
+
+>>> sorted(DETECTORS)
+['cusum', 'envelope', 'meanshift', 'threshold']
+"""
+
+from __future__ import annotations
+
+from mesaguard.detectors.base import Detector, DetectorError
+from mesaguard.detectors.cusum import Cusum
+from mesaguard.detectors.envelope import ScoreEnvelope
+from mesaguard.detectors.meanshift import MeanShift
+from mesaguard.detectors.threshold import ScoreThreshold
+
+__all__ = ["DETECTORS", "Cusum", "Detector", "DetectorError", "MeanShift", "ScoreEnvelope", "ScoreThreshold", "detector_class"]
+
+DETECTORS: dict[str, type[Detector]] = {
+    cls.name: cls for cls in (ScoreThreshold, ScoreEnvelope, Cusum, MeanShift)
+}
+
+
+def detector_class(name: str) -> type[Detector]:
+    """The detector class registered as ``name``; an unknown name lists the valid ones."""
+    try:
+        return DETECTORS[name]
+    except KeyError:
+        raise DetectorError(f"unknown detector {name!r}; expected one of {sorted(DETECTORS)}") from None

@@ -1,0 +1,71 @@
+"""Whole-trajectory score envelope: the score so far against its in-distribution band."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Self
+
+import numpy as np
+
+from mesaguard.detectors.base import Detector, DetectorError, check_episodes, padded, spread_floor
+
+__all__ = ["ScoreEnvelope"]
+
+
+class ScoreEnvelope(Detector):
+    """Standardized deficit of the score so far against in-distribution runs.
+
+    At step ``t`` the statistic is ``(mean[t] - S_t) / std[t]``: how many
+    in-distribution standard deviations the score lags behind where runs of the
+    training distribution stood after ``t`` steps. Runs that ended earlier count
+    with their final score (a finished run's score stays where it ended); past the
+    longest reference run the last step's band is used.
+
+    Parameters
+    ----------
+    mean, std
+        Per-step mean and spread of ``S_t`` (``t = 1..T``) over in-distribution
+        episodes, from :meth:`fit`. ``std`` is floored at one increment's pooled
+        spread.
+
+    >>> det = ScoreEnvelope(mean=[1.0, 2.0, 3.0, 4.0], std=[0.5, 0.5, 0.5, 0.5])
+    >>> [det.update_scalar(u) for u in [1.0, 1.0, 0.0, 0.0]]
+    [0.0, 0.0, 2.0, 4.0]
+    """
+
+    name = "envelope"
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], n_envs: int = 1) -> None:
+        super().__init__(n_envs)
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.std = np.asarray(std, dtype=np.float64)
+        if self.mean.ndim != 1 or self.mean.size == 0 or self.mean.shape != self.std.shape:
+            raise DetectorError(
+                f"envelope mean {self.mean.shape} and std {self.std.shape} must be equal non-empty 1-D arrays"
+            )
+        if not (self.std > 0).all():
+            raise DetectorError(f"envelope std must be positive, got minimum {self.std.min()}")
+        self.score = np.zeros(self.n_envs)
+        self.t = np.zeros(self.n_envs, dtype=np.int64)
+
+    @classmethod
+    def fit(cls, episodes: Sequence[np.ndarray], **options: Any) -> Self:
+        episodes = check_episodes(episodes)
+        increments, lengths = padded(episodes)
+        scores = np.cumsum(increments, axis=1)  # zero increments after the end: final score carried on
+        std = np.maximum(scores.std(axis=0, ddof=1), spread_floor(episodes))
+        return cls(mean=scores.mean(axis=0), std=std, **options)
+
+    def params(self) -> dict[str, Any]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    def reset(self, mask: np.ndarray | None = None) -> None:
+        m = self._mask(mask)
+        self.score[m] = 0.0
+        self.t[m] = 0
+
+    def _update(self, u: np.ndarray) -> np.ndarray:
+        self.score += u
+        i = np.minimum(self.t, self.mean.size - 1)
+        self.t += 1
+        return (self.mean[i] - self.score) / self.std[i]

@@ -1,0 +1,126 @@
+"""Base objectives: the computable true-performance function, recomputed per step.
+
+The base optimizer selected the agent on a base objective. Where it is computable
+it can be computed again while the agent runs, one increment ``u_t`` per step; the
+guard sums them into the score so far ``S_t``. Three sources:
+
+* :class:`FromReward` -- the env reward (the default);
+* :class:`FromInfo` -- a key of ``info`` such as ``info["base_objective"]``, a
+  channel the agent cannot tamper with;
+* :class:`FromCallable` -- any function of the transition.
+
+Every increment is checked: NaN or an infinite value is an :class:`ObjectiveError`
+naming the step and the value.
+
+>>> objective = make_objective("info:base_objective")
+>>> objective.increment(Transition(reward=0.0, info={"base_objective": 1.0}), step=3)
+1.0
+>>> objective.increment(Transition(reward=0.0, info={"base_objective": float("nan")}), step=3)
+Traceback (most recent call last):
+...
+mesaguard.objective.ObjectiveError: base objective 'info:base_objective' gave increment nan at step 3; expected a finite number
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "FromCallable",
+    "FromInfo",
+    "FromReward",
+    "Objective",
+    "ObjectiveError",
+    "Transition",
+    "make_objective",
+]
+
+
+class ObjectiveError(ValueError):
+    """An increment that is not a finite number, or a missing objective channel."""
+
+
+@dataclass(slots=True)
+class Transition:
+    """One step as the guard sees it (what a custom objective may read)."""
+
+    reward: float
+    info: dict[str, Any] = field(default_factory=dict)
+    obs: Any = None
+    action: Any = None
+    next_obs: Any = None
+    terminated: bool = False
+    truncated: bool = False
+
+
+class Objective:
+    """Base class: subclasses implement :meth:`value`; :meth:`increment` checks it."""
+
+    name: str = "objective"
+
+    def value(self, transition: Transition) -> float:
+        raise NotImplementedError
+
+    def increment(self, transition: Transition, step: int) -> float:
+        """The checked increment ``u_t`` of step ``step`` (1-based within the episode)."""
+        u = float(self.value(transition))
+        if not math.isfinite(u):
+            raise ObjectiveError(
+                f"base objective {self.name!r} gave increment {u} at step {step}; expected a finite number"
+            )
+        return u
+
+
+class FromReward(Objective):
+    """The env reward is the base objective (the default)."""
+
+    name = "reward"
+
+    def value(self, transition: Transition) -> float:
+        return transition.reward
+
+
+class FromInfo(Objective):
+    """Read the increment from ``info[key]``, a channel the agent's reward cannot alter."""
+
+    def __init__(self, key: str = "base_objective") -> None:
+        self.key = key
+        self.name = f"info:{key}"
+
+    def value(self, transition: Transition) -> float:
+        try:
+            return transition.info[self.key]
+        except KeyError:
+            raise ObjectiveError(
+                f"info has no key {self.key!r} (keys: {sorted(transition.info)}); "
+                f"the env must report the base objective there, or choose another objective"
+            ) from None
+
+
+class FromCallable(Objective):
+    """A user function of the :class:`Transition`."""
+
+    def __init__(self, fn: Callable[[Transition], float], name: str | None = None) -> None:
+        if not callable(fn):
+            raise TypeError(f"objective must be callable, got {fn!r}")
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "callable")
+
+    def value(self, transition: Transition) -> float:
+        return self.fn(transition)
+
+
+def make_objective(spec: str | Objective | Callable[[Transition], float] | None = None) -> Objective:
+    """``None`` or ``"reward"``, ``"info:KEY"``, an :class:`Objective`, or a callable."""
+    if spec is None or spec == "reward":
+        return FromReward()
+    if isinstance(spec, Objective):
+        return spec
+    if isinstance(spec, str):
+        if spec.startswith("info:") and len(spec) > 5:
+            return FromInfo(spec[5:])
+        raise ObjectiveError(f"unknown objective {spec!r}; expected 'reward', 'info:KEY' or a callable")
+    return FromCallable(spec)
