@@ -14,9 +14,9 @@ the file records that spread, so a user picks ``n`` for a tolerance too.
 >>> rng = np.random.default_rng(0)
 >>> episodes = [rng.normal(1.0, 0.5, size=20) for _ in range(200)]
 >>> cal = Calibration.fit(episodes, alpha=0.05, scenario="demo")
->>> cal.detectors["cusum"].rank, cal.n_cal
+>>> cal.rank, cal.n_cal
 (96, 100)
->>> round(cal.detectors["cusum"].false_alarm["mean"], 4)
+>>> round(cal.false_alarm["mean"], 4)
 0.0495
 """
 
@@ -157,17 +157,33 @@ def episode_maxima(detector: Detector, episodes: Sequence[np.ndarray]) -> np.nda
 
 @dataclass(frozen=True)
 class DetectorCalibration:
-    """One detector's fitted parameters and its conformal threshold."""
+    """One detector's fitted parameters, its per-episode maxima and its threshold alone.
+
+    ``location`` and ``scale`` (median and interquartile range of the maxima on the
+    fitting split, a robust standardization fixed before the held-out split is
+    seen) put detectors on one scale, so that several detectors together are
+    calibrated as one: see :meth:`Calibration.thresholds_for`.
+    """
 
     name: str
     params: dict[str, Any]
     threshold: float
-    rank: int
-    n: int
-    false_alarm: dict[str, float]
+    location: float
+    scale: float
+    maxima: list[float]
 
     def build(self, n_envs: int = 1) -> Detector:
         return detector_class(self.name)(**self.params, n_envs=n_envs)
+
+    def standardized(self) -> np.ndarray:
+        return (np.asarray(self.maxima) - self.location) / self.scale
+
+
+def _robust_scale(maxima: np.ndarray) -> tuple[float, float]:
+    """Median and interquartile range; the full range, then 1, where the IQR is zero."""
+    q25, q50, q75 = np.percentile(maxima, [25, 50, 75])
+    spread = q75 - q25 if q75 > q25 else float(np.ptp(maxima)) or 1.0
+    return float(q50), float(spread)
 
 
 @dataclass(frozen=True)
@@ -208,28 +224,69 @@ class Calibration:
         episodes = check_episodes(episodes)
         if not 0 < fit_fraction < 1:
             raise CalibrationError(f"fit_fraction={fit_fraction}; expected a share strictly between 0 and 1")
-        n_fit = max(2, int(len(episodes) * fit_fraction))
+        split = lambda n: max(2, int(n * fit_fraction))  # noqa: E731  episodes used to fit, of n
+        n_fit = split(len(episodes))
         fitting, held = episodes[:n_fit], episodes[n_fit:]
+        if len(held) < min_episodes(alpha):
+            needed = next(n for n in range(len(episodes), 10**7) if n - split(n) >= min_episodes(alpha))
+            raise CalibrationError(
+                f"{len(episodes)} episodes leave {len(held)} held out for thresholds after fitting on {n_fit}: "
+                f"too few for alpha={alpha}, which needs {min_episodes(alpha)} held out; "
+                f"pass at least {needed} episodes or a larger alpha"
+            )
         k = conformal_rank(len(held), alpha)
         options = dict(options or {})
         fitted = {}
         for name in names:
             det = detector_class(name).fit(fitting, **options.get(name, {}))
-            maxima = np.sort(episode_maxima(det, held))
+            location, scale = _robust_scale(episode_maxima(det, fitting))
+            maxima = episode_maxima(det, held)
             fitted[name] = DetectorCalibration(
                 name=name,
                 params=det.params(),
-                threshold=float(maxima[k - 1]),
-                rank=k,
-                n=len(held),
-                false_alarm=false_alarm_spread(len(held), k),
+                threshold=float(np.sort(maxima)[k - 1]),
+                location=location,
+                scale=scale,
+                maxima=maxima.tolist(),
             )
         shape = None if obs_shape is None else tuple(int(s) for s in obs_shape)
         return cls(scenario, shape, alpha, n_fit, len(held), fitted, dict(metadata or {}))
 
     @property
+    def rank(self) -> int:
+        """The conformal rank of every threshold at this calibration's alpha."""
+        return conformal_rank(self.n_cal, self.alpha)
+
+    @property
+    def false_alarm(self) -> dict[str, float]:
+        """Spread of the realized per-episode false-alarm rate: ``Beta(n + 1 - k, k)``."""
+        return false_alarm_spread(self.n_cal, self.rank)
+
+    @property
     def thresholds(self) -> dict[str, float]:
+        """Each detector's threshold when it runs alone."""
         return {name: d.threshold for name, d in self.detectors.items()}
+
+    def thresholds_for(self, names: Sequence[str], alpha: float | None = None) -> dict[str, float]:
+        """Thresholds for running ``names`` together at false-alarm rate ``alpha`` (default: the calibration's).
+
+        The detectors together are one detector whose statistic is the largest of
+        their standardized statistics; the one conformal rule applies to it, so the
+        chance that *any* of them fires on a new in-distribution episode is at most
+        ``alpha``. Alone, a detector gets its own conformal threshold.
+        """
+        alpha = self.alpha if alpha is None else _check_alpha(alpha)
+        missing = [n for n in names if n not in self.detectors]
+        if missing or not names:
+            raise CalibrationError(
+                f"detectors {list(names)}: {missing or 'none given'} not in this calibration "
+                f"(it has {sorted(self.detectors)}); calibrate them first"
+            )
+        k = conformal_rank(self.n_cal, alpha)
+        cals = [self.detectors[n] for n in names]
+        joint = np.max([c.standardized() for c in cals], axis=0)
+        tau = float(np.sort(joint)[k - 1])
+        return {c.name: c.location + c.scale * tau for c in cals}
 
     def check(self, scenario: str | None = None, obs_shape: Sequence[int] | None = None) -> None:
         """Raise :class:`CalibrationError` if this calibration was fitted for another env."""
@@ -252,13 +309,15 @@ class Calibration:
             "alpha": self.alpha,
             "n_fit": self.n_fit,
             "n_cal": self.n_cal,
+            "rank": self.rank,
+            "false_alarm": self.false_alarm,
             "detectors": {
                 name: {
                     "params": d.params,
                     "threshold": d.threshold,
-                    "rank": d.rank,
-                    "n": d.n,
-                    "false_alarm": d.false_alarm,
+                    "location": d.location,
+                    "scale": d.scale,
+                    "maxima": d.maxima,
                 }
                 for name, d in self.detectors.items()
             },
@@ -300,9 +359,9 @@ class Calibration:
                     name=name,
                     params=d["params"],
                     threshold=float(d["threshold"]),
-                    rank=int(d["rank"]),
-                    n=int(d["n"]),
-                    false_alarm={k: float(v) for k, v in d["false_alarm"].items()},
+                    location=float(d["location"]),
+                    scale=float(d["scale"]),
+                    maxima=[float(m) for m in d["maxima"]],
                 )
                 for name, d in data["detectors"].items()
             }

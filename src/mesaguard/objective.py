@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "FromCallable",
     "FromInfo",
@@ -41,6 +43,10 @@ __all__ = [
 
 class ObjectiveError(ValueError):
     """An increment that is not a finite number, or a missing objective channel."""
+
+    @classmethod
+    def nonfinite(cls, objective: str, value: float, step: int) -> ObjectiveError:
+        return cls(f"base objective {objective!r} gave increment {value} at step {step}; expected a finite number")
 
 
 @dataclass(slots=True)
@@ -68,10 +74,23 @@ class Objective:
         """The checked increment ``u_t`` of step ``step`` (1-based within the episode)."""
         u = float(self.value(transition))
         if not math.isfinite(u):
-            raise ObjectiveError(
-                f"base objective {self.name!r} gave increment {u} at step {step}; expected a finite number"
-            )
+            raise ObjectiveError.nonfinite(self.name, u, step)
         return u
+
+    def batch_values(self, rewards: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
+        """Unchecked values of a vector env step, one per env (may hold NaN; the guard checks).
+
+        ``rewards`` has shape ``(n,)`` and ``infos`` is Gymnasium's vector info
+        (arrays, with ``_key`` masks). The default calls :meth:`value` per env.
+        """
+        per_env: list[dict[str, Any]] = [{} for _ in rewards]
+        for key, values in infos.items():
+            if key.startswith("_") or not isinstance(values, np.ndarray):
+                continue
+            present = infos.get("_" + key, np.ones(len(rewards), dtype=bool))
+            for i in np.flatnonzero(present):
+                per_env[i][key] = values[i]
+        return np.array([self.value(Transition(float(r), info)) for r, info in zip(rewards, per_env)])
 
 
 class FromReward(Objective):
@@ -81,6 +100,9 @@ class FromReward(Objective):
 
     def value(self, transition: Transition) -> float:
         return transition.reward
+
+    def batch_values(self, rewards: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
+        return rewards
 
 
 class FromInfo(Objective):
@@ -98,6 +120,13 @@ class FromInfo(Objective):
                 f"info has no key {self.key!r} (keys: {sorted(transition.info)}); "
                 f"the env must report the base objective there, or choose another objective"
             ) from None
+
+    def batch_values(self, rewards: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
+        if self.key not in infos:
+            self.value(Transition(0.0, infos))  # raises the missing-key error
+        values = np.asarray(infos[self.key], dtype=np.float64)
+        present = infos.get("_" + self.key)
+        return values if present is None else np.where(present, values, np.nan)
 
 
 class FromCallable(Objective):

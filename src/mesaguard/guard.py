@@ -1,0 +1,375 @@
+"""The guard: base objective + calibrated detectors + protocol around an env.
+
+:class:`Guard` is the array core (no Gymnasium): it adds up increments into the
+score so far, runs the detectors and raises the alarm when a statistic passes its
+calibrated threshold. :class:`GuardedEnv` wraps one Gymnasium env with it and
+:class:`GuardedVectorEnv` a vector env; both report in ``info["mesaguard"]``:
+
+``score``, ``increment``, ``step``
+    the score so far ``S_t``, this step's increment ``u_t``, the step in the episode;
+``statistics``
+    each detector's statistic (thresholds are in the calibration);
+``alarm``, ``detector``, ``alarm_step``
+    whether the alarm stands, which detector fired first (``"error"`` when the
+    guard itself failed) and at which step;
+``acting``, ``error``
+    who chose this step's action (``"agent"`` or ``"protocol"``), and the guard's
+    internal error, if any.
+
+A guard that hits an internal error (a NaN increment, a missing objective channel,
+a failing alert callback) fails closed: the alarm fires with detector
+``"error"``, the error is recorded, and if the protocol cannot run the episode
+is stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
+
+from mesaguard.calibration import Calibration
+from mesaguard.detectors import detector_class
+from mesaguard.objective import Objective, ObjectiveError, Transition, make_objective
+from mesaguard.protocols import Alarm, Protocol, Stop, compose
+
+__all__ = ["Guard", "GuardedEnv", "GuardedVectorEnv"]
+
+ERROR = "error"
+
+
+class Guard:
+    """Calibrated detectors over ``n_envs`` running episodes, with per-env alarm state.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> cal = Calibration.fit([rng.normal(1.0, 0.1, 30) for _ in range(100)], alpha=0.05)
+    >>> guard = Guard(cal, detectors=["cusum"])
+    >>> fired = [bool(guard.update(np.array([u]))[0]) for u in [1.0] * 10 + [0.5] * 10]
+    >>> fired.index(True), guard.detector[0], int(guard.alarm_step[0])
+    (11, 'cusum', 12)
+    """
+
+    def __init__(
+        self,
+        calibration: Calibration,
+        detectors: Sequence[str] | None = None,
+        n_envs: int = 1,
+        alpha: float | None = None,
+    ) -> None:
+        names = list(calibration.detectors) if detectors is None else list(detectors)
+        for name in names:
+            detector_class(name)  # unknown names: the error lists every detector
+        thresholds = calibration.thresholds_for(names, alpha)  # jointly calibrated: P(any fires) <= alpha
+        self.calibration = calibration
+        self.names = names
+        self.n_envs = int(n_envs)
+        self.detectors = [calibration.detectors[n].build(self.n_envs) for n in names]
+        self.thresholds = np.array([thresholds[n] for n in names])
+        self.score = np.zeros(self.n_envs)
+        self.steps = np.zeros(self.n_envs, dtype=np.int64)
+        self.alarm = np.zeros(self.n_envs, dtype=bool)
+        self.alarm_step = np.full(self.n_envs, -1, dtype=np.int64)
+        self.detector = np.full(self.n_envs, "", dtype=object)
+        self.statistics = np.zeros((len(names), self.n_envs))
+
+    def reset(self, mask: np.ndarray | None = None) -> None:
+        """Start new episodes in the envs of ``mask`` (all if None)."""
+        m = slice(None) if mask is None else np.asarray(mask, dtype=bool)
+        for det in self.detectors:
+            det.reset(None if mask is None else m)
+        self.score[m] = 0.0
+        self.steps[m] = 0
+        self.alarm[m] = False
+        self.alarm_step[m] = -1
+        self.detector[m] = ""
+        self.statistics[:, m] = 0.0
+
+    def update(self, u: np.ndarray, live: np.ndarray | None = None) -> np.ndarray:
+        """Feed one increment per env; return the envs whose alarm fires now.
+
+        Envs outside ``live`` had no step (a sub-env being reset, a failed
+        objective): their score, step count and alarm do not move; callers reset
+        or have already failed them.
+        """
+        u = np.asarray(u, dtype=np.float64)
+        if live is not None:
+            u = np.where(live, u, 0.0)
+        for i, det in enumerate(self.detectors):
+            self.statistics[i] = det.update(u)
+        self.score += u
+        self.steps += 1 if live is None else live
+        over = self.statistics > self.thresholds[:, None]
+        new = over.any(axis=0) & ~self.alarm
+        if live is not None:
+            new &= live
+        if new.any():
+            self.fail(new, first=np.argmax(over, axis=0))
+        return new
+
+    def fail(self, mask: np.ndarray, first: np.ndarray | None = None) -> None:
+        """Raise the alarm in the envs of ``mask``: by detector ``first`` (indices), or as an error."""
+        self.alarm[mask] = True
+        self.alarm_step[mask] = self.steps[mask]
+        if first is None:
+            self.detector[mask] = ERROR
+        else:
+            self.detector[mask] = np.array(self.names, dtype=object)[first[mask]]
+
+    def alarm_record(self, env: int, error: str | None = None) -> Alarm:
+        return Alarm(
+            env=env,
+            step=int(self.alarm_step[env]),
+            detector=str(self.detector[env]),
+            score=float(self.score[env]),
+            statistics={n: float(self.statistics[i, env]) for i, n in enumerate(self.names)},
+            error=error,
+        )
+
+
+class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Recompute the base objective each step, watch it, and let ``protocol`` take over on alarm.
+
+    Parameters
+    ----------
+    env
+        The deployed env.
+    calibration
+        Thresholds fitted on the agent's in-distribution episodes (:class:`Calibration`).
+    detectors
+        Detector names to run (default: all in the calibration).
+    protocol
+        What happens on alarm: :class:`~mesaguard.protocols.Stop` (default),
+        ``Fallback(policy)``, ``Alert(callback)`` or a list of them.
+    objective
+        Where increments come from: ``"reward"`` (default), ``"info:KEY"``, an
+        :class:`~mesaguard.objective.Objective` or a callable of the transition.
+    scenario
+        If given, checked against the calibration's scenario.
+
+    Adds ``info["mesaguard"]`` on every step (see the module docstring). Example::
+
+        env = GuardedEnv(scenario.make("deploy"), calibration=Calibration.load(path),
+                         detectors=["envelope", "cusum"], protocol=Fallback(safe_policy),
+                         objective="info:base_objective")
+        obs, info = env.reset(seed=0)
+        obs, reward, terminated, truncated, info = env.step(action)
+        info["mesaguard"]["alarm"]
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        calibration: Calibration,
+        detectors: Sequence[str] | None = None,
+        protocol: Protocol | Sequence[Protocol] | None = None,
+        objective: str | Objective | Callable[[Transition], float] | None = None,
+        scenario: str | None = None,
+    ) -> None:
+        gym.utils.RecordConstructorArgs.__init__(
+            self, calibration=calibration, detectors=detectors, protocol=protocol, objective=objective, scenario=scenario
+        )
+        gym.Wrapper.__init__(self, env)
+        calibration.check(scenario=scenario, obs_shape=env.observation_space.shape)
+        self.guard = Guard(calibration, detectors, n_envs=1)
+        self.protocol = compose(Stop() if protocol is None else protocol)
+        self.objective = make_objective(objective)
+        self._obs: Any = None
+        self._error: str | None = None
+        self._u = np.zeros(1)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.guard.reset()
+        self._obs, self._error = obs, None
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        g = self.guard
+        acting = "agent"
+        stop = False
+        if g.alarm[0]:
+            try:
+                override = self.protocol.act(self._obs)
+            except Exception as exc:  # fail closed: the protocol could not act, so the episode stops
+                self._record(exc)
+                override, stop = None, True
+            if override is not None:
+                action, acting = override, "protocol"
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        u = 0.0
+        if self._error is None:
+            try:
+                u = self.objective.increment(
+                    Transition(float(reward), info, self._obs, action, obs, terminated, truncated), int(g.steps[0]) + 1
+                )
+                self._u[0] = u
+                new = g.update(self._u)[0]
+            except Exception as exc:  # fail closed: no verdict is an alarm
+                self._record(exc)
+                new = not g.alarm[0]
+                g.fail(np.array([True]))
+            if new:
+                stop |= self._fire()
+        self._obs = obs
+        if g.alarm[0] and self.protocol.stops:
+            stop = True
+        info = dict(info)
+        info["mesaguard"] = {
+            "score": float(g.score[0]),
+            "increment": u,
+            "step": int(g.steps[0]),
+            "statistics": {n: float(g.statistics[i, 0]) for i, n in enumerate(g.names)},
+            "alarm": bool(g.alarm[0]),
+            "detector": str(g.detector[0]) or None,
+            "alarm_step": int(g.alarm_step[0]) if g.alarm[0] else None,
+            "acting": acting,
+            "error": self._error,
+        }
+        return obs, reward, terminated, truncated or stop, info
+
+    def _fire(self) -> bool:
+        """Tell the protocol about the new alarm; True if the episode must stop because it failed."""
+        try:
+            self.protocol.on_alarm(self.guard.alarm_record(0, self._error))
+        except Exception as exc:  # fail closed: an alert that failed still stops the run
+            self._record(exc)
+            return True
+        return False
+
+    def _record(self, exc: BaseException) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        self._error = message if self._error is None else f"{self._error}; {message}"
+
+
+class GuardedVectorEnv(VectorWrapper):
+    """The guard over a Gymnasium vector env, on whole arrays.
+
+    Same parameters and ``info["mesaguard"]`` keys as :class:`GuardedEnv`, each an
+    array of shape ``(num_envs,)`` (``detector`` holds ``""`` where no alarm stands,
+    ``alarm_step`` -1). Sub-env episodes are tracked through the vector env's
+    autoreset mode (next-step and same-step are supported). ``Stop`` ends a
+    sub-env's episode at the alarm: that step reports ``truncated`` and the sub-env
+    is reset at once through ``reset(options={"reset_mask": ...})``, so the returned
+    observation of that sub-env is already the first of its next episode.
+    """
+
+    def __init__(
+        self,
+        env: VectorEnv,
+        calibration: Calibration,
+        detectors: Sequence[str] | None = None,
+        protocol: Protocol | Sequence[Protocol] | None = None,
+        objective: str | Objective | Callable[[Transition], float] | None = None,
+        scenario: str | None = None,
+    ) -> None:
+        super().__init__(env)
+        calibration.check(scenario=scenario, obs_shape=env.single_observation_space.shape)
+        mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+        if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+            raise ValueError(f"autoreset mode {mode}; GuardedVectorEnv supports NEXT_STEP and SAME_STEP")
+        self.same_step = mode == AutoresetMode.SAME_STEP
+        self.guard = Guard(calibration, detectors, n_envs=env.num_envs)
+        self.protocol = compose(Stop() if protocol is None else protocol)
+        self.objective = make_objective(objective)
+        self._obs: Any = None
+        self._restarting = np.zeros(env.num_envs, dtype=bool)
+        self._errors: list[str | None] = [None] * env.num_envs
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        mask = None if not options or "reset_mask" not in options else options["reset_mask"]
+        self.guard.reset(mask)
+        for i in range(self.num_envs) if mask is None else np.flatnonzero(mask):
+            self._errors[i] = None
+        self._restarting[:] = False if mask is None else self._restarting & ~mask
+        self._obs = obs
+        return obs, info
+
+    def step(self, actions: Any):
+        g, n = self.guard, self.num_envs
+        acting = np.full(n, "agent", dtype=object)
+        stop = np.zeros(n, dtype=bool)
+        if g.alarm.any():
+            actions = np.array(actions, copy=True)
+            for i in np.flatnonzero(g.alarm & ~self._restarting):
+                try:
+                    override = self.protocol.act(self._obs[i])
+                except Exception as exc:  # fail closed: the protocol could not act, so the episode stops
+                    self._record(i, exc)
+                    stop[i] = True
+                    continue
+                if override is not None:
+                    actions[i], acting[i] = override, "protocol"
+        obs, rewards, terminated, truncated, info = self.env.step(actions)
+        # In next-step autoreset, a sub-env that ended last step was reset by this step: no increment.
+        live = np.ones(n, dtype=bool) if self.same_step else ~self._restarting
+        try:
+            u = np.asarray(self.objective.batch_values(np.asarray(rewards, dtype=np.float64), info), dtype=np.float64)
+            bad = live & ~np.isfinite(u)
+            for i in np.flatnonzero(bad):
+                self._record(i, ObjectiveError.nonfinite(self.objective.name, u[i], int(g.steps[i]) + 1))
+        except Exception as exc:  # fail closed: no verdict is an alarm, in every live env
+            u, bad = np.zeros(n), live.copy()
+            for i in np.flatnonzero(bad):
+                self._record(i, exc)
+        if bad.any():
+            newly = bad & ~g.alarm
+            g.fail(bad)
+            for i in np.flatnonzero(newly):
+                stop[i] |= self._fire(i)
+            live = live & ~bad
+            u = np.where(live, u, 0.0)
+        new = g.update(u, None if live.all() else live)
+        for i in np.flatnonzero(new):
+            stop[i] |= self._fire(i)
+        if not self.same_step and self._restarting.any():
+            g.reset(self._restarting)
+            for i in np.flatnonzero(self._restarting):
+                self._errors[i] = None
+        if self.protocol.stops:
+            stop |= g.alarm & live
+        info = dict(info)
+        info["mesaguard"] = {
+            "score": g.score.copy(),
+            "increment": u,
+            "step": g.steps.copy(),
+            "statistics": {name: g.statistics[i].copy() for i, name in enumerate(g.names)},
+            "alarm": g.alarm.copy(),
+            "detector": g.detector.copy(),
+            "alarm_step": g.alarm_step.copy(),
+            "acting": acting,
+            "error": np.array(self._errors, dtype=object),
+        }
+        done = np.asarray(terminated) | np.asarray(truncated)
+        truncated = np.asarray(truncated) | stop
+        stopped = stop & ~done
+        if stopped.any():
+            obs_reset, _ = self.env.reset(options={"reset_mask": stopped})
+            obs = obs_reset
+            g.reset(stopped)
+            for i in np.flatnonzero(stopped):
+                self._errors[i] = None
+        if self.same_step:
+            if done.any():
+                g.reset(done)
+            self._restarting[:] = False
+        else:
+            self._restarting = done
+        self._obs = obs
+        return obs, rewards, terminated, truncated, info
+
+    def _fire(self, i: int) -> bool:
+        try:
+            self.protocol.on_alarm(self.guard.alarm_record(int(i), self._errors[i]))
+        except Exception as exc:  # fail closed: an alert that failed still stops the run
+            self._record(i, exc)
+            return True
+        return False
+
+    def _record(self, i: int, exc: BaseException) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        self._errors[i] = message if self._errors[i] is None else f"{self._errors[i]}; {message}"

@@ -1,0 +1,178 @@
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mesaguard.calibration import (
+    Calibration,
+    CalibrationError,
+    conformal_rank,
+    episode_maxima,
+    false_alarm_spread,
+    min_episodes,
+)
+from mesaguard.detectors import DETECTORS, DetectorError
+
+
+def ar1_episodes(rng, n, T=15, mean=1.0, rho=0.5, shift=0.0):
+    """Correlated in-episode increments of random length, as rewards of an RL episode are."""
+    out = []
+    for _ in range(n):
+        length = int(rng.integers(T // 2, T + 1))
+        e = np.empty(length)
+        x = rng.normal()
+        for t in range(length):
+            x = rho * x + math.sqrt(1 - rho**2) * rng.normal()
+            e[t] = mean + 0.5 * x - shift
+        out.append(e)
+    return out
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return Calibration.fit(ar1_episodes(np.random.default_rng(0), 120), alpha=0.1, scenario="ar1", obs_shape=(3,))
+
+
+def test_rank_and_minimum_episodes():
+    assert conformal_rank(19, 0.05) == 19
+    assert conformal_rank(99, 0.01) == 99
+    assert conformal_rank(1000, 0.05) == 951
+    for alpha in (0.5, 0.2, 0.1, 0.05, 0.01):
+        n = min_episodes(alpha)
+        assert conformal_rank(n, alpha) <= n
+        with pytest.raises(CalibrationError, match=f"too few for alpha={alpha}"):
+            conformal_rank(n - 1, alpha)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 2, "0.05"])
+def test_alpha_outside_unit_interval(alpha):
+    with pytest.raises(CalibrationError, match="strictly between 0 and 1"):
+        conformal_rank(100, alpha)
+
+
+def test_too_few_episodes_is_an_error_not_a_fallback():
+    episodes = ar1_episodes(np.random.default_rng(0), 30)  # 15 held out: fewer than 19
+    with pytest.raises(CalibrationError, match="30 episodes leave 15 held out .* too few for alpha=0.05, which needs 19 held out; pass at least 37"):
+        Calibration.fit(episodes, alpha=0.05)
+
+
+def test_beta_spread_matches_order_statistics():
+    spread = false_alarm_spread(100, 96)
+    assert spread["mean"] == pytest.approx(5 / 101)
+    assert spread["q05"] < 0.05 < spread["q95"]
+
+
+@pytest.mark.parametrize("names", [["threshold"], ["envelope"], ["cusum"], ["meanshift"], sorted(DETECTORS)])
+def test_false_alarm_guarantee_holds_on_fresh_episodes(names):
+    """Realized per-episode false-alarm rate, averaged over independent calibrations.
+
+    Each calibration (n = 100 held out, alpha = 0.05, rank k = 96) has a realized rate
+    distributed Beta(5, 96): mean 5/101 = 0.0495, variance 4.6e-4. Measured on M = 500
+    fresh episodes it adds binomial variance of at most 0.05 * 0.95 / 500 = 9.5e-5.
+    Over R = 40 calibrations the mean has standard deviation sqrt(5.6e-4 / 40) = 0.0037:
+    the mean must lie within 4 standard deviations (0.015) of 0.0495. The joint row runs
+    every detector at once: the union is calibrated as one detector, so the same law holds.
+    """
+    rng = np.random.default_rng(1234)
+    rates = []
+    for _ in range(40):
+        cal = Calibration.fit(ar1_episodes(rng, 200), alpha=0.05, detectors=names)
+        thresholds = cal.thresholds_for(names)
+        fresh = ar1_episodes(rng, 500)
+        alarm = np.zeros(len(fresh), dtype=bool)
+        for name in names:
+            alarm |= episode_maxima(cal.detectors[name].build(), fresh) > thresholds[name]
+        rates.append(alarm.mean())
+    assert abs(np.mean(rates) - 5 / 101) < 0.015
+
+
+def test_detects_a_drop(calibration):
+    """A drop of one in-distribution std of the increment per step is caught in most episodes
+    by the score detectors; the plain threshold (the baseline) only sees scores that go low in
+    absolute terms, and catches fewer."""
+    shifted = ar1_episodes(np.random.default_rng(5), 200, shift=0.5)
+    rate = {
+        name: (episode_maxima(d.build(), shifted) > d.threshold).mean() for name, d in calibration.detectors.items()
+    }
+    assert min(rate["envelope"], rate["cusum"], rate["meanshift"]) > 0.5
+    assert rate["threshold"] < min(rate["envelope"], rate["cusum"], rate["meanshift"])
+
+
+@given(st.lists(st.floats(-1e3, 1e3), min_size=19, max_size=60), st.floats(0.05, 0.5), st.floats(0.05, 0.5))
+def test_threshold_monotone_in_alpha(maxima, a1, a2):
+    from mesaguard.calibration import DetectorCalibration
+
+    lo, hi = sorted((a1, a2))
+    cal = Calibration(
+        "s", None, 0.1, 2, len(maxima),
+        {"cusum": DetectorCalibration("cusum", {"mean": 0.0, "std": 1.0, "slack": 0.25}, 0.0, 0.0, 1.0, maxima)},
+    )
+    assert cal.thresholds_for(["cusum"], lo)["cusum"] >= cal.thresholds_for(["cusum"], hi)["cusum"]
+
+
+def test_joint_threshold_reduces_to_single(calibration):
+    for name in calibration.detectors:
+        assert calibration.thresholds_for([name]) == pytest.approx({name: calibration.thresholds[name]})
+
+
+def test_save_load_round_trip(tmp_path, calibration):
+    path = calibration.save(tmp_path / "cal.json")
+    assert Calibration.load(path) == calibration
+    assert [p.name for p in tmp_path.iterdir()] == ["cal.json"]  # no temporary file left behind
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == 1 and data["content_hash"].startswith("sha256:")
+    assert data["obs_shape"] == [3] and data["scenario"] == "ar1"
+
+
+def test_corrupt_and_foreign_files(tmp_path, calibration):
+    path = calibration.save(tmp_path / "cal.json")
+    data = json.loads(path.read_text())
+
+    data["detectors"]["cusum"]["threshold"] += 1.0
+    path.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match="corrupt: its content hash does not match"):
+        Calibration.load(path)
+
+    path.write_text(json.dumps({**data, "schema_version": 99}))
+    with pytest.raises(CalibrationError, match="schema version 99; this mesaguard reads version 1"):
+        Calibration.load(path)
+
+    path.write_text('{"detectors": ')
+    with pytest.raises(CalibrationError, match="not valid JSON"):
+        Calibration.load(path)
+
+    path.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(CalibrationError, match="is not a mesaguard calibration"):
+        Calibration.load(path)
+
+    with pytest.raises(CalibrationError, match="no calibration file"):
+        Calibration.load(tmp_path / "missing.json")
+
+
+def test_unknown_detector_in_file_is_named(tmp_path, calibration):
+    from mesaguard.calibration import _content_hash
+
+    data = calibration.to_dict()
+    data["detectors"]["bogus"] = data["detectors"].pop("cusum")
+    body = {k: v for k, v in data.items() if k != "content_hash"}
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({**body, "content_hash": _content_hash(body)}))
+    with pytest.raises(CalibrationError, match="unknown detector 'bogus'"):
+        Calibration.load(path)
+
+
+def test_mismatched_env(calibration):
+    calibration.check(scenario="ar1", obs_shape=(3,))
+    with pytest.raises(CalibrationError, match=r"fitted on scenario 'ar1' with observation shape \(3,\); this env is 'lava' with \(9, 9, 3\)"):
+        calibration.check(scenario="lava", obs_shape=(9, 9, 3))
+
+
+def test_unknown_detector_and_bad_fit_input():
+    episodes = ar1_episodes(np.random.default_rng(0), 60)
+    with pytest.raises(DetectorError, match="unknown detector 'nope'"):
+        Calibration.fit(episodes, detectors=["nope"])
+    with pytest.raises(DetectorError, match="increment nan at step 2"):
+        Calibration.fit([np.array([1.0, np.nan])] + episodes)

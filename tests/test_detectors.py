@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from mesaguard.detectors import DETECTORS, Cusum, DetectorError, MeanShift, ScoreEnvelope, ScoreThreshold, detector_class
+
+finite = st.floats(-10, 10, allow_nan=False, allow_infinity=False)
+
+
+def fitted(name, rng, n=12, T=8):
+    return detector_class(name).fit([rng.normal(1.0, 0.5, size=rng.integers(3, T + 1)) for _ in range(n)])
+
+
+def test_threshold_hand_values():
+    det = ScoreThreshold(n_envs=2)
+    assert det.update([1.0, -1.0]).tolist() == [-1.0, 1.0]
+    assert det.update([-3.0, 0.5]).tolist() == [2.0, 0.5]
+
+
+def test_envelope_hand_values_and_fit_carries_final_score():
+    det = ScoreEnvelope.fit([np.array([1.0, 1.0, 1.0]), np.array([3.0])])
+    # S_t of the two runs: [1, 2, 3] and [3, 3, 3] (the short run keeps its final score)
+    np.testing.assert_allclose(det.mean, [2.0, 2.5, 3.0])
+    floor = np.std([1.0, 1.0, 1.0, 3.0], ddof=1)  # one increment's pooled spread: 1.0
+    # raw spreads sqrt(2), sqrt(0.5), 0: the last two are floored
+    np.testing.assert_allclose(det.std, [np.sqrt(2.0), floor, floor])
+    det = ScoreEnvelope(mean=[1.0, 2.0], std=[1.0, 2.0])
+    assert [det.update_scalar(u) for u in [0.0, 0.0, 0.0]] == [1.0, 1.0, 1.0]  # past T: the last band
+
+
+def test_cusum_hand_values():
+    det = Cusum(mean=0.0, std=2.0, slack=0.5)
+    # z = (0 - u) / 2 - 0.5 ; C = max(0, C + z)
+    assert [det.update_scalar(u) for u in [2.0, -3.0, -3.0, 4.0]] == [0.0, 1.0, 2.0, 0.0]
+
+
+def test_meanshift_hand_values_correlated():
+    cov = np.array([[1.0, 0.5], [0.5, 1.0]])
+    det = MeanShift(mu=[0.0, 0.0], chol=np.linalg.cholesky(cov))
+    # t=1: d=1, 1'S^-1 d / sqrt(1'S^-1 1) = 1 ; t=2: S^-1 1 = (2/3, 2/3), so (4/3) / sqrt(4/3)
+    assert det.update_scalar(-1.0) == pytest.approx(1.0)
+    assert det.update_scalar(-1.0) == pytest.approx(np.sqrt(4 / 3))
+    assert det.update_scalar(-5.0) == pytest.approx(np.sqrt(4 / 3))  # past T: frozen
+
+
+def test_meanshift_is_standard_normal_under_the_null():
+    rng = np.random.default_rng(1)
+    T = 6
+    A = rng.normal(size=(T, T))
+    cov = A @ A.T + T * np.eye(T)
+    mu = rng.normal(size=T)
+    det = MeanShift(mu=mu, chol=np.linalg.cholesky(cov), n_envs=20_000)
+    x = rng.multivariate_normal(mu, cov, size=20_000)
+    for t in range(T):
+        stat = det.update(x[:, t])
+    # mean 0, variance 1: standard errors 1/sqrt(20000) = 0.007 and sqrt(2/20000) = 0.01; 5 sigma
+    assert abs(stat.mean()) < 0.035 and abs(stat.var() - 1) < 0.05
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+@given(data=st.data())
+def test_scalar_and_vector_forms_agree(name, data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    det = fitted(name, rng)
+    n = data.draw(st.integers(1, 5))
+    T = data.draw(st.integers(1, 12))
+    streams = data.draw(arrays(np.float64, (n, T), elements=finite))
+    vec = det.with_envs(n)
+    vector = np.stack([vec.update(streams[:, t]) for t in range(T)], axis=1)
+    for i in range(n):
+        one = det.with_envs(1)
+        np.testing.assert_allclose([one.update_scalar(u) for u in streams[i]], vector[i], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_reset_mask_restarts_only_those_envs(name):
+    rng = np.random.default_rng(0)
+    det = fitted(name, rng).with_envs(2)
+    fresh = fitted(name, np.random.default_rng(0)).with_envs(2)
+    det.update([-5.0, -5.0])
+    det.reset(np.array([False, True]))
+    a, b = det.update([1.0, 1.0]), fresh.update([1.0, 1.0])
+    assert a[1] == b[1] and a[0] != b[0]
+
+
+@given(arrays(np.float64, st.integers(1, 30), elements=finite))
+def test_cusum_is_nonnegative(stream):
+    det = Cusum(mean=0.3, std=1.2)
+    assert all(det.update_scalar(u) >= 0 for u in stream)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_bad_input_is_named(name):
+    det = fitted(name, np.random.default_rng(0)).with_envs(2)
+    with pytest.raises(DetectorError, match=r"shape \(3,\); expected \(2,\)"):
+        det.update(np.zeros(3))
+    with pytest.raises(DetectorError, match=r"\[nan\] at env \[1\] are not finite"):
+        det.update(np.array([0.0, np.nan]))
+    with pytest.raises(DetectorError, match="at least 2"):
+        detector_class(name).fit([np.ones(3)])
+    with pytest.raises(DetectorError, match=r"increment inf at step 2"):
+        detector_class(name).fit([np.ones(3), np.array([1.0, np.inf])])
+
+
+def test_unknown_detector_lists_valid_names():
+    with pytest.raises(DetectorError, match=r"unknown detector 'cusm'; expected one of \['cusum', 'envelope', 'meanshift', 'threshold'\]"):
+        detector_class("cusm")
+
+
+def test_bad_parameters():
+    with pytest.raises(DetectorError, match="positive std"):
+        Cusum(mean=0.0, std=0.0)
+    with pytest.raises(DetectorError, match="slack=-1"):
+        Cusum(mean=0.0, std=1.0, slack=-1)
+    with pytest.raises(DetectorError, match="std must be positive"):
+        ScoreEnvelope(mean=[0.0], std=[0.0])
+    with pytest.raises(DetectorError, match="n_envs=0"):
+        ScoreThreshold(n_envs=0)
