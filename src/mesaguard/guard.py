@@ -306,7 +306,8 @@ class GuardedVectorEnv(VectorWrapper):
                     actions[i], acting[i] = override, "protocol"
         obs, rewards, terminated, truncated, info = self.env.step(actions)
         # In next-step autoreset, a sub-env that ended last step was reset by this step: no increment.
-        live = np.ones(n, dtype=bool) if self.same_step else ~self._restarting
+        stepped = np.ones(n, dtype=bool) if self.same_step else ~self._restarting
+        live = stepped.copy()  # envs whose increment counts: stepped, and the objective gave a number
         try:
             u = np.asarray(self.objective.batch_values(np.asarray(rewards, dtype=np.float64), info), dtype=np.float64)
             bad = live & ~np.isfinite(u)
@@ -331,7 +332,7 @@ class GuardedVectorEnv(VectorWrapper):
             for i in np.flatnonzero(self._restarting):
                 self._errors[i] = None
         if self.protocol.stops:
-            stop |= g.alarm & live
+            stop |= g.alarm & stepped
         info = dict(info)
         info["mesaguard"] = {
             "score": g.score.copy(),
