@@ -1,0 +1,35 @@
+"""mesaguard: recompute the base objective at run time, calibrate, detect, take over.
+
+The public names load on first use, so ``import mesaguard`` (and ``mesaguard --help``)
+stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Calibration": "mesaguard.calibration",
+    "CalibrationError": "mesaguard.calibration",
+    "Guard": "mesaguard.guard",
+    "GuardedEnv": "mesaguard.guard",
+    "GuardedVectorEnv": "mesaguard.guard",
+    "Stop": "mesaguard.protocols",
+    "Fallback": "mesaguard.protocols",
+    "Alert": "mesaguard.protocols",
+    "Alarm": "mesaguard.protocols",
+    "FromInfo": "mesaguard.objective",
+    "FromReward": "mesaguard.objective",
+    "FromCallable": "mesaguard.objective",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mesaguard' has no attribute {name!r}")
