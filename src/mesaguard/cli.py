@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
 console = Console()
+errors = Console(stderr=True, soft_wrap=True)  # one unbroken line per error, greppable
 
 ALL = "threshold,envelope,cusum,meanshift"
 Detectors = Annotated[str, typer.Option(help="Comma-separated detector names.")]
@@ -203,7 +205,7 @@ def main() -> None:
     except ValueError as exc:
         if not type(exc).__module__.startswith("mesaguard"):
             raise
-        console.print(f"[red]{type(exc).__name__}[/]: {exc}")
+        errors.print(f"[red]{type(exc).__name__}[/]: {escape(str(exc))}", highlight=False)
         raise SystemExit(2) from None
 
 

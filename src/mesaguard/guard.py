@@ -33,6 +33,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 
 from mesaguard.calibration import Calibration
 from mesaguard.detectors import detector_class
+from mesaguard.detectors.base import as_increments
 from mesaguard.objective import Objective, ObjectiveError, Transition, make_objective
 from mesaguard.protocols import Alarm, Protocol, Stop, compose
 
@@ -69,6 +70,7 @@ class Guard:
         self.n_envs = int(n_envs)
         self.detectors = [calibration.detectors[n].build(self.n_envs) for n in names]
         self.thresholds = np.array([thresholds[n] for n in names])
+        self._column_thresholds = self.thresholds[:, None]
         self.score = np.zeros(self.n_envs)
         self.steps = np.zeros(self.n_envs, dtype=np.int64)
         self.alarm = np.zeros(self.n_envs, dtype=bool)
@@ -95,14 +97,14 @@ class Guard:
         objective): their score, step count and alarm do not move; callers reset
         or have already failed them.
         """
-        u = np.asarray(u, dtype=np.float64)
+        u = as_increments(u, self.n_envs)  # checked once here, so each detector's raw update can run
         if live is not None:
             u = np.where(live, u, 0.0)
         for i, det in enumerate(self.detectors):
-            self.statistics[i] = det.update(u)
+            self.statistics[i] = det._update(u)
         self.score += u
         self.steps += 1 if live is None else live
-        over = self.statistics > self.thresholds[:, None]
+        over = self.statistics > self._column_thresholds
         new = over.any(axis=0) & ~self.alarm
         if live is not None:
             new &= live

@@ -1,0 +1,57 @@
+"""The `mesaguard` command on the strawberry scenario, at small budgets."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mesaguard.calibration import Calibration
+from mesaguard.cli import app, main
+
+runner = CliRunner()
+
+
+def test_scenarios_lists_strawberry():
+    result = runner.invoke(app, ["scenarios"])
+    assert result.exit_code == 0 and "strawberry" in result.output and "goal" in result.output
+
+
+def test_calibrate_then_deploy(tmp_path):
+    cal_path = tmp_path / "cal.json"
+    result = runner.invoke(
+        app, ["calibrate", "strawberry", "--policy", "aligned", "--episodes", "40", "--alpha", "0.1",
+              "--detectors", "cusum,envelope", "-o", str(cal_path)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cal = Calibration.load(cal_path)
+    assert cal.scenario == "strawberry" and set(cal.detectors) == {"cusum", "envelope"} and cal.n_cal == 20
+    result = runner.invoke(
+        app, ["deploy", "strawberry", "--calibration", str(cal_path), "--policy", "misaligned",
+              "--detectors", "cusum,envelope", "--episodes", "10"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = json.loads((tmp_path / "deploy.json").read_text())
+    assert [r["detectors"] for r in table["rows"]] == ["cusum", "envelope", "cusum+envelope"]
+    joint = table["rows"][-1]
+    # the scripted misaligned policy harms a nose in deployment: the guard must see it
+    assert joint["detection"]["rate"]["k"] >= 8
+    assert joint["catastrophes_guarded"] < joint["catastrophes_free"]
+
+
+def test_bad_input_is_one_clear_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr("sys.argv", ["mesaguard", "calibrate", "strawbery", "--episodes", "40"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    assert "unknown scenario 'strawbery'; valid scenarios: strawberry" in capsys.readouterr().err
+
+    (tmp_path / "cal.json").write_text("{}")
+    monkeypatch.setattr("sys.argv", ["mesaguard", "deploy", "strawberry", "--calibration", str(tmp_path / "cal.json")])
+    with pytest.raises(SystemExit):
+        main()
+    assert "is not a mesaguard calibration" in capsys.readouterr().err
+
+    monkeypatch.setattr("sys.argv", ["mesaguard", "calibrate", "strawberry", "--detectors", "cusm"])
+    with pytest.raises(SystemExit):
+        main()
+    assert "unknown detector 'cusm'" in capsys.readouterr().err
