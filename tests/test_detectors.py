@@ -118,3 +118,27 @@ def test_bad_parameters():
         ScoreEnvelope(mean=[0.0], std=[0.0])
     with pytest.raises(DetectorError, match="n_envs=0"):
         ScoreThreshold(n_envs=0)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_staggered_episodes_agree_with_scalar_runs(name):
+    """Sub-envs at different steps of their episodes (a vector env after resets)."""
+    rng = np.random.default_rng(3)
+    det = fitted(name, rng)
+    lengths = [[5, 9], [3, 4, 7], [11, 3]]  # consecutive episodes per env, all summing to 14 steps
+    streams = [[rng.normal(1.0, 1.0, n) for n in env] for env in lengths]
+    vec = det.with_envs(3)
+    flat = [np.concatenate(s) for s in streams]
+    ends = [np.cumsum(env) for env in lengths]
+    got = np.empty((3, 14))
+    for t in range(14):
+        starting = np.array([t in np.concatenate([[0], e[:-1]]) for e in ends])
+        if t and starting.any():
+            vec.reset(starting)
+        got[:, t] = vec.update(np.array([f[t] for f in flat]))
+    for i, episodes in enumerate(streams):
+        want = []
+        for e in episodes:
+            one = det.with_envs(1)
+            want += [one.update_scalar(u) for u in e]
+        np.testing.assert_allclose(got[i], want, rtol=1e-9, atol=1e-9)

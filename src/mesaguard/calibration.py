@@ -159,10 +159,15 @@ def episode_maxima(detector: Detector, episodes: Sequence[np.ndarray]) -> np.nda
 class DetectorCalibration:
     """One detector's fitted parameters, its per-episode maxima and its threshold alone.
 
-    ``location`` and ``scale`` (median and interquartile range of the maxima on the
-    fitting split, a robust standardization fixed before the held-out split is
-    seen) put detectors on one scale, so that several detectors together are
-    calibrated as one: see :meth:`Calibration.thresholds_for`.
+    ``location`` and ``scale`` put detectors on one scale, so that several detectors
+    together are calibrated as one (see :meth:`Calibration.thresholds_for`). They are
+    the median of the detector's per-episode maxima and the distance from it to
+    their ``1 - alpha`` quantile, so that detectors meet at the tail where the
+    threshold lies, whatever the shape of their distributions. The maxima are
+    cross-fitted on the fitting split (parameters fitted on one half, maxima taken
+    on the other), so a detector that fits its own data closely does not look
+    calmer than it will be; and they are fixed before the held-out split is seen,
+    which keeps the conformal guarantee exact.
     """
 
     name: str
@@ -179,11 +184,22 @@ class DetectorCalibration:
         return (np.asarray(self.maxima) - self.location) / self.scale
 
 
-def _robust_scale(maxima: np.ndarray) -> tuple[float, float]:
-    """Median and interquartile range; the full range, then 1, where the IQR is zero."""
-    q25, q50, q75 = np.percentile(maxima, [25, 50, 75])
-    spread = q75 - q25 if q75 > q25 else float(np.ptp(maxima)) or 1.0
-    return float(q50), float(spread)
+def _tail_scale(
+    cls: type[Detector], fitting: list[np.ndarray], alpha: float, options: Mapping[str, Any]
+) -> tuple[float, float]:
+    """Median of cross-fitted per-episode maxima, and the distance to their ``1 - alpha`` quantile.
+
+    Where that distance is zero (a detector that hardly moves in distribution) the
+    full range stands in, then 1.
+    """
+    half = len(fitting) // 2
+    a, b = fitting[:half], fitting[half:]
+    maxima = np.concatenate(
+        [episode_maxima(cls.fit(a, **options), b), episode_maxima(cls.fit(b, **options), a)]
+    )
+    location, tail = np.quantile(maxima, [0.5, 1.0 - alpha])
+    spread = tail - location if tail > location else float(np.ptp(maxima)) or 1.0
+    return float(location), float(spread)
 
 
 @dataclass(frozen=True)
@@ -224,7 +240,7 @@ class Calibration:
         episodes = check_episodes(episodes)
         if not 0 < fit_fraction < 1:
             raise CalibrationError(f"fit_fraction={fit_fraction}; expected a share strictly between 0 and 1")
-        split = lambda n: max(2, int(n * fit_fraction))  # noqa: E731  episodes used to fit, of n
+        split = lambda n: max(4, int(n * fit_fraction))  # noqa: E731  episodes used to fit, of n (two folds of 2)
         n_fit = split(len(episodes))
         fitting, held = episodes[:n_fit], episodes[n_fit:]
         if len(held) < min_episodes(alpha):
@@ -238,8 +254,9 @@ class Calibration:
         options = dict(options or {})
         fitted = {}
         for name in names:
-            det = detector_class(name).fit(fitting, **options.get(name, {}))
-            location, scale = _robust_scale(episode_maxima(det, fitting))
+            cls_ = detector_class(name)
+            det = cls_.fit(fitting, **options.get(name, {}))
+            location, scale = _tail_scale(cls_, fitting, alpha, options.get(name, {}))
             maxima = episode_maxima(det, held)
             fitted[name] = DetectorCalibration(
                 name=name,

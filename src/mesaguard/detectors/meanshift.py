@@ -63,6 +63,7 @@ class MeanShift(Detector):
         self.num = np.zeros(self.n_envs)
         self.stat = np.zeros(self.n_envs)
         self.t = np.zeros(self.n_envs, dtype=np.int64)
+        self._rows = np.empty((self.n_envs, T))
 
     @classmethod
     def fit(cls, episodes: Sequence[np.ndarray], **options: Any) -> Self:
@@ -89,13 +90,26 @@ class MeanShift(Detector):
 
     def _update(self, u: np.ndarray) -> np.ndarray:
         live = self.t < self.mu.size
-        if live.all():
-            t, rows = self.t, np.arange(self.n_envs)
-        else:
-            t, rows = self.t[live], np.flatnonzero(live)
-        L = self.chol[t]  # row t of the factor for each live env; entries past t are zero
-        d = self.mu[t] - u[rows]
-        e = (d - np.einsum("ij,ij->i", L, self.e[rows])) / L[np.arange(t.size), t]
+        if not live.any():
+            return self.stat.copy()
+        if live.all() and (self.t == self.t[0]).all():
+            # Every env at the same step (calibration, synchronized starts): one matrix-vector product.
+            t = int(self.t[0])
+            d = self.mu[t] - u
+            e = (d - self.e @ self.chol[t]) / self.chol[t, t]
+            self.e[:, t] = e
+            self.num += self.y[t] * e
+            self.stat[:] = self.num / self.norm[t]
+            self.t += 1
+            return self.stat.copy()
+        rows = np.flatnonzero(live)
+        t = self.t[rows]
+        # Row t of the factor for each live env (entries past t are zero), in a reused buffer.
+        if self._rows.shape[0] != rows.size:
+            self._rows = np.empty((rows.size, self.mu.size))
+        np.take(self.chol, t, axis=0, out=self._rows)
+        past = np.einsum("ij,ij->i", self._rows, self.e[rows] if rows.size < self.n_envs else self.e)
+        e = (self.mu[t] - u[rows] - past) / self.chol[t, t]
         self.e[rows, t] = e
         self.num[rows] += self.y[t] * e
         self.stat[rows] = self.num[rows] / self.norm[t]
