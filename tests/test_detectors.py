@@ -75,6 +75,23 @@ def test_scalar_and_vector_forms_agree(name, data):
 
 
 @pytest.mark.parametrize("name", sorted(DETECTORS))
+@given(data=st.data())
+def test_python_scalar_form_agrees_with_vector_form(name, data):
+    """The single-env guard's plain-float stepper against the NumPy form, across a reset."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    det = fitted(name, rng)
+    first = data.draw(arrays(np.float64, st.integers(1, 12), elements=finite))
+    second = data.draw(arrays(np.float64, st.integers(1, 12), elements=finite))
+    scalar, vector = det.scalar(), det.with_envs(1)
+    for stream in (first, second):
+        scalar.reset()
+        vector.reset()
+        got = [scalar.update(float(u)) for u in stream]
+        want = [vector.update_scalar(u) for u in stream]
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
 def test_reset_mask_restarts_only_those_envs(name):
     rng = np.random.default_rng(0)
     det = fitted(name, rng).with_envs(2)

@@ -7,7 +7,11 @@ from gymnasium.vector import AutoresetMode
 
 from mesaguard.calibration import Calibration, CalibrationError
 from mesaguard.detectors import DetectorError
-from mesaguard.guard import Guard, GuardedEnv, GuardedVectorEnv
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from mesaguard.guard import Guard, GuardedEnv, GuardedVectorEnv, ScalarGuard
 from mesaguard.protocols import Alert, Fallback, Stop
 
 SPIN = np.array([2.0], dtype=np.float32)  # full torque one way: never balances, cost per step stays high
@@ -201,3 +205,13 @@ def test_vector_guard_fails_closed_when_the_channel_is_missing(calibration):
     _, _, _, truncated, info = venv.step(np.zeros((2, 1), dtype=np.float32))
     assert truncated.all() and info["mesaguard"]["detector"].tolist() == ["error", "error"]
     assert "no key 'base_objective'" in info["mesaguard"]["error"][0]
+
+
+@given(arrays(np.float64, st.integers(1, 300), elements=st.floats(-20, 5)))
+def test_scalar_guard_agrees_with_array_guard(calibration, stream):
+    scalar, array = ScalarGuard(calibration), Guard(calibration, n_envs=1)
+    for u in stream:
+        fired = scalar.update(float(u))
+        assert fired == bool(array.update(np.array([u]))[0])
+        np.testing.assert_allclose(scalar.statistics, array.statistics[:, 0], rtol=1e-9, atol=1e-9)
+    assert (scalar.alarm, scalar.alarm_step, scalar.detector) == (array.alarm[0], array.alarm_step[0], array.detector[0])

@@ -7,7 +7,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from mesaguard.detectors.base import Detector, DetectorError, check_episodes, spread_floor
+from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes, spread_floor
 
 __all__ = ["Cusum"]
 
@@ -62,3 +62,20 @@ class Cusum(Detector):
     def _update(self, u: np.ndarray) -> np.ndarray:
         np.maximum(0.0, self.sum + ((self.mean - u) / self.std - self.slack), out=self.sum)
         return self.sum.copy()
+
+    def scalar(self) -> _ScalarCusum:
+        return _ScalarCusum(self.mean, self.std, self.slack)
+
+
+class _ScalarCusum(ScalarDetector):
+    def __init__(self, mean: float, std: float, slack: float) -> None:
+        self.mean, self.std, self.slack = mean, std, slack
+        self.sum = 0.0
+
+    def reset(self) -> None:
+        self.sum = 0.0
+
+    def update(self, u: float) -> float:
+        s = self.sum + ((self.mean - u) / self.std - self.slack)
+        self.sum = s if s > 0.0 else 0.0
+        return self.sum

@@ -7,7 +7,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from mesaguard.detectors.base import Detector, DetectorError, check_episodes, padded, spread_floor
+from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes, padded, spread_floor
 
 __all__ = ["ScoreEnvelope"]
 
@@ -67,5 +67,23 @@ class ScoreEnvelope(Detector):
     def _update(self, u: np.ndarray) -> np.ndarray:
         self.score += u
         i = np.minimum(self.t, self.mean.size - 1)
+        self.t += 1
+        return (self.mean[i] - self.score) / self.std[i]
+
+    def scalar(self) -> _ScalarEnvelope:
+        return _ScalarEnvelope(self.mean.tolist(), self.std.tolist())
+
+
+class _ScalarEnvelope(ScalarDetector):
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        self.mean, self.std, self.last = mean, std, len(mean) - 1
+        self.score, self.t = 0.0, 0
+
+    def reset(self) -> None:
+        self.score, self.t = 0.0, 0
+
+    def update(self, u: float) -> float:
+        self.score += u
+        i = self.t if self.t < self.last else self.last
         self.t += 1
         return (self.mean[i] - self.score) / self.std[i]

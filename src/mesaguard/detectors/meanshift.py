@@ -8,7 +8,7 @@ from typing import Any, Self
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from mesaguard.detectors.base import Detector, DetectorError, check_episodes, padded
+from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes, padded
 
 __all__ = ["MeanShift"]
 
@@ -115,3 +115,33 @@ class MeanShift(Detector):
         self.stat[rows] = self.num[rows] / self.norm[t]
         self.t[rows] += 1
         return self.stat.copy()
+
+    def scalar(self) -> _ScalarMeanShift:
+        return _ScalarMeanShift(self)
+
+
+class _ScalarMeanShift(ScalarDetector):
+    """One forward-substitution row per step: a dot product over the history so far."""
+
+    def __init__(self, det: MeanShift) -> None:
+        self.chol, self.T = det.chol, det.mu.size
+        self.mu, self.y, self.norm = det.mu.tolist(), det.y.tolist(), det.norm.tolist()
+        self.diag = np.diag(det.chol).tolist()
+        self.e = np.zeros(self.T)
+        self.num, self.stat, self.t = 0.0, 0.0, 0
+
+    def reset(self) -> None:
+        self.e[: self.t] = 0.0
+        self.num, self.stat, self.t = 0.0, 0.0, 0
+
+    def update(self, u: float) -> float:
+        t = self.t
+        if t >= self.T:
+            return self.stat
+        past = float(self.chol[t, :t] @ self.e[:t]) if t else 0.0
+        e = (self.mu[t] - u - past) / self.diag[t]
+        self.e[t] = e
+        self.num += self.y[t] * e
+        self.stat = self.num / self.norm[t]
+        self.t = t + 1
+        return self.stat

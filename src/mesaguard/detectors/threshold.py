@@ -7,7 +7,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from mesaguard.detectors.base import Detector, check_episodes
+from mesaguard.detectors.base import Detector, ScalarDetector, check_episodes
 
 __all__ = ["ScoreThreshold"]
 
@@ -42,5 +42,20 @@ class ScoreThreshold(Detector):
         self.score[self._mask(mask)] = 0.0
 
     def _update(self, u: np.ndarray) -> np.ndarray:
+        self.score += u
+        return -self.score
+
+    def scalar(self) -> _ScalarThreshold:
+        return _ScalarThreshold()
+
+
+class _ScalarThreshold(ScalarDetector):
+    def __init__(self) -> None:
+        self.score = 0.0
+
+    def reset(self) -> None:
+        self.score = 0.0
+
+    def update(self, u: float) -> float:
         self.score += u
         return -self.score
