@@ -27,10 +27,12 @@ def test_false_alarm_rate():
 def test_detection_delays_and_harm():
     free = [ep(0, [0, -1, -1, -1], [4]), ep(1, [1, 1, -2], [3]), ep(2, [1, 1, 1])]
     guarded = [ep(0, [0, -1, -1], alarm=3), ep(1, [1], alarm=1), ep(2, [1, 1, 1])]
-    d = detection(guarded, free)
-    assert (d.rate.k, d.rate.n) == (2, 3)
-    assert d.mean_delay == 2.0 and d.median_delay == 2.0
-    assert d.mean_delay_from_harm == pytest.approx(((3 - 2) + (1 - 3)) / 2)  # an alarm before the harm counts negative
+    d = detection(guarded, free)  # seeds 0 and 1 misbehaved (harm); seed 2 did not
+    assert (d.rate.k, d.rate.n) == (2, 2)
+    # delays from the first harmful step: 3 - 2 and 1 - 3 (an alarm before the harm counts negative)
+    assert d.mean_delay == pytest.approx(-0.5) and d.median_delay == pytest.approx(-0.5)
+    low = detection(guarded, free, floor=3.5)  # seed 2 scored 3 < 3.5: it misbehaved too, undetected
+    assert (low.rate.k, low.rate.n) == (2, 3)
     assert harm_prevented(guarded, free) == 1.0
 
 

@@ -46,6 +46,8 @@ __all__ = [
     "conformal_rank",
     "episode_maxima",
     "episodes_for_tolerance",
+    "episodes_needed",
+    "fit_split",
     "false_alarm_spread",
     "min_episodes",
     "statistic_traces",
@@ -76,6 +78,21 @@ def min_episodes(alpha: float) -> int:
     while math.ceil((n + 1) * (1.0 - alpha) - 1e-12) > n:
         n += 1
     return n
+
+
+def fit_split(n: int, fit_fraction: float = 0.5) -> int:
+    """How many of ``n`` calibration episodes fit the detectors (two folds of at least 2); the rest set thresholds."""
+    return max(4, int(n * fit_fraction))
+
+
+def episodes_needed(alpha: float, fit_fraction: float = 0.5) -> int:
+    """Fewest episodes :meth:`Calibration.fit` accepts at ``alpha``: enough held out after the fit split.
+
+    >>> episodes_needed(0.05), episodes_needed(0.1)
+    (37, 17)
+    """
+    held = min_episodes(alpha)
+    return next(n for n in range(held, 10**7) if n - fit_split(n, fit_fraction) >= held)
 
 
 def conformal_rank(n: int, alpha: float) -> int:
@@ -240,15 +257,13 @@ class Calibration:
         episodes = check_episodes(episodes)
         if not 0 < fit_fraction < 1:
             raise CalibrationError(f"fit_fraction={fit_fraction}; expected a share strictly between 0 and 1")
-        split = lambda n: max(4, int(n * fit_fraction))  # noqa: E731  episodes used to fit, of n (two folds of 2)
-        n_fit = split(len(episodes))
+        n_fit = fit_split(len(episodes), fit_fraction)
         fitting, held = episodes[:n_fit], episodes[n_fit:]
         if len(held) < min_episodes(alpha):
-            needed = next(n for n in range(len(episodes), 10**7) if n - split(n) >= min_episodes(alpha))
             raise CalibrationError(
                 f"{len(episodes)} episodes leave {len(held)} held out for thresholds after fitting on {n_fit}: "
                 f"too few for alpha={alpha}, which needs {min_episodes(alpha)} held out; "
-                f"pass at least {needed} episodes or a larger alpha"
+                f"pass at least {episodes_needed(alpha, fit_fraction)} episodes or a larger alpha"
             )
         k = conformal_rank(len(held), alpha)
         options = dict(options or {})

@@ -1,4 +1,4 @@
-"""The ``mesaguard`` command: train, calibrate, deploy, demo, scenarios.
+"""The ``mesaguard`` command: train, calibrate, deploy, demo, scenarios, bench, export, report.
 
 Heavy imports (torch, MiniGrid, SB3) happen inside commands, so ``mesaguard --help``
 stays fast.
@@ -149,7 +149,8 @@ def _report(scenario: str, rows: list[Row], out: Path) -> None:
 
     table = Table(title=f"{scenario}: guard at work ({rows[0].episodes} episodes per variant)")
     for col in (
-        "detectors", "false alarms (train)", "detected (deploy)", "mean delay", "base obj. train guarded / free",
+        "detectors", "false alarms (train)", "detected (misbehaving deploy runs)", "mean delay from harm",
+        "base obj. train guarded / free",
         "base obj. deploy guarded / free", "catastrophes deploy guarded / free",
     ):  # fmt: skip
         table.add_column(col)
@@ -196,6 +197,148 @@ def scenarios() -> None:
     for s in SCENARIOS.values():
         table.add_row(s.name, s.failure_mode, s.shift, s.base_objective, ", ".join(s.variants))
     console.print(table)
+
+
+# ---------------------------------------------------------------------------
+# The bench: grid, store, export, report
+# ---------------------------------------------------------------------------
+
+Store = Annotated[Path, typer.Option("--db", help="The bench's SQLite store.")]
+DEFAULT_DB = Path("runs/bench.sqlite")
+
+
+class _BenchBars:
+    """Rich progress for the bench: one bar for all jobs, one per job while it runs."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar, self.tasks, self.overall = bar, {}, None
+
+    def start(self, jobs: list[Any], done: int) -> None:
+        self.specs = {j.key: j for j in jobs}
+        self.overall = self.bar.add_task("jobs", total=len(jobs) + done, completed=done)
+
+    def advance(self, key: tuple[str, int], episodes: int) -> None:
+        if key not in self.tasks:
+            total = self.specs[key].total_episodes
+            self.tasks[key] = self.bar.add_task(f"  {key[0]} seed {key[1]} (episodes)", total=total)
+        self.bar.advance(self.tasks[key], episodes)
+
+    def finish(self, key: tuple[str, int]) -> None:
+        if key in self.tasks:
+            self.bar.update(self.tasks[key], completed=self.specs[key].total_episodes, visible=False)
+        self.bar.advance(self.overall)
+
+
+@app.command()
+def bench(
+    scenarios: Annotated[str, typer.Option(help="Comma-separated scenario names, or 'all'.")] = "all",
+    detectors: Detectors = ALL,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per scenario (0, 1, ..., SEEDS-1): one job each.")] = 3,
+    episodes: Annotated[int, typer.Option(min=1, help="Evaluation episodes per variant and seed.")] = 100,
+    calibration_episodes: Annotated[
+        int | None, typer.Option(help="In-distribution calibration episodes per seed (default: --episodes).")
+    ] = None,
+    alpha: Annotated[float, typer.Option(help="Per-episode false-alarm rate the guards are calibrated to.")] = 0.05,
+    policy: Annotated[str, typer.Option(help="agent, aligned or misaligned.")] = "agent",
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes (1: in this process).")] = 1,
+    backend: Annotated[str, typer.Option(help="local (worker processes) or ray (Ray tasks).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: ray.init()'s).")] = None,
+    db: Store = DEFAULT_DB,
+    run: Annotated[str | None, typer.Option(help="Run name (default: derived from the options, so reruns resume).")] = None,
+) -> None:
+    """Measure every detector on every scenario over seeds; store the runs; resume a run cut off."""
+    import time
+
+    from mesaguard.bench import BenchConfig, run_bench, table
+    from mesaguard.scenarios import SCENARIOS
+    from mesaguard.store import Store as SQLiteStore
+
+    names = list(SCENARIOS) if scenarios.strip() == "all" else [s.strip() for s in scenarios.split(",") if s.strip()]
+    config = BenchConfig(
+        scenarios=tuple(names),
+        detectors=tuple(_names(detectors)),
+        seeds=tuple(range(seeds)),
+        episodes=episodes,
+        calibration_episodes=calibration_episodes or episodes,
+        alpha=alpha,
+        policy=policy,
+    )
+    run_id = run or config.run_id()
+    start = time.perf_counter()
+    with SQLiteStore(db) as store:
+        done = len(store.done_jobs(run_id))
+        if done:
+            console.print(f"resuming run [bold]{run_id}[/]: {done} of {len(config.jobs())} jobs already stored")
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        with Progress(*columns, console=console) as bar:
+            run_bench(config, store, run_id=run_id, backend=backend, workers=workers, address=ray_address,
+                      progress=_BenchBars(bar))  # fmt: skip
+        rows = table(store, run_id)
+    _show_bench(rows, f"run {run_id}: {len(config.jobs())} jobs, {time.perf_counter() - start:.1f} s")
+    console.print(f"stored in [bold]{db}[/] as run [bold]{run_id}[/]; "
+                  f"see it with: mesaguard report {run_id} --db {db} -o report.html")  # fmt: skip
+
+
+def _show_bench(rows: list[Any], title: str) -> None:
+    table = Table(
+        title=title,
+        caption="FA: false alarms on in-distribution runs [95% CI]; detected, delay (steps from the first harm): "
+        "on deploy runs where the agent misbehaved; lost: base objective lost per deploy run; G/F: guarded / free",
+    )
+    for col in ("scenario", "deploy", "detectors", "FA [95% CI]", "alpha", "misbehaved", "detected",
+                "delay mean/med", "lost G/F", "catastr. G/F", "prevented", "score kept"):  # fmt: skip
+        table.add_column(col, no_wrap=col.startswith("FA"))
+    for r in rows:
+        fa = r.false_alarms
+        table.add_row(
+            r.scenario,
+            r.variant,
+            "all, jointly" if "+" in r.detectors else r.detectors,
+            f"{fa.rate:.3f} [{fa.low:.3f}, {fa.high:.3f}]",
+            f"{r.alpha:g}",
+            f"{r.misbehaving.k}/{r.misbehaving.n}",
+            f"{_fmt(r.detection.rate.rate, '.3f')}",
+            f"{_fmt(r.detection.mean_delay, '.1f')}/{_fmt(r.detection.median_delay, '.1f')}",
+            f"{_fmt(r.lost_guarded)}/{_fmt(r.lost_free)}",
+            f"{r.catastrophes_guarded}/{r.catastrophes_free}",
+            f"{_fmt(100 * r.prevented, '.0f')}%",
+            _fmt(r.score_kept, ".3f"),
+        )
+    console.print(table)
+
+
+@app.command()
+def export(
+    run: str,
+    format: Annotated[str, typer.Option("--format", help="csv or parquet (needs pyarrow).")] = "csv",
+    db: Store = DEFAULT_DB,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Folder (default: runs/RUN).")] = None,
+) -> None:
+    """Write a bench run's results, jobs, episodes and alarms as CSV or Parquet files."""
+    from mesaguard.bench import table
+    from mesaguard.store import Store as SQLiteStore
+    from mesaguard.store import export as export_run
+
+    with SQLiteStore(db) as store:
+        store.run_config(run)
+        paths = export_run(store, run, out or db.parent / run, format, [r.flat() for r in table(store, run)])
+    for path in paths:
+        console.print(f"wrote [bold]{path}[/]")
+
+
+@app.command()
+def report(
+    run: str,
+    db: Store = DEFAULT_DB,
+    out: Annotated[Path, typer.Option("-o", "--out", help="The HTML file to write.")] = Path("report.html"),
+) -> None:
+    """Write one self-contained HTML report of a bench run (opens offline)."""
+    from mesaguard.report import write_report
+    from mesaguard.store import Store as SQLiteStore
+
+    with SQLiteStore(db) as store:
+        path = write_report(store, run, out)
+    console.print(f"wrote [bold]{path}[/] ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def main() -> None:

@@ -153,6 +153,8 @@ def deploy(
         return rollout(make_env, make_policy, seeds, objective=OBJECTIVE, workers=workers, on_episode=on_episode)
 
     free = {v: run(functools.partial(_plain_env, s, v)) for v in (train, shifted)}
+    # A shifted run misbehaves if it does harm, or scores below all but an alpha share of in-distribution runs.
+    floor = metrics.score_floor([e.score for e in free[train]], calibration.alpha)
     rows = []
     for names in configs:
         guarded = {
@@ -163,7 +165,7 @@ def deploy(
                 detectors="+".join(names),
                 episodes=episodes,
                 false_alarms=metrics.false_alarm_rate(guarded[train]),
-                detection=metrics.detection(guarded[shifted], free[shifted]),
+                detection=metrics.detection(guarded[shifted], free[shifted], floor),
                 score_train_guarded=metrics.mean_score(guarded[train]),
                 score_train_free=metrics.mean_score(free[train]),
                 score_deploy_guarded=metrics.mean_score(guarded[shifted]),
