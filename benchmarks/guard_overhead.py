@@ -10,8 +10,8 @@ the env's own step: ``CartPole-v1`` and ``MiniGrid-Empty-8x8-v0`` (with
 
 Part 1b, where the time goes: the same comparison on a do-nothing env (its step
 returns precomputed rewards), where nothing but the wrappers is on the clock, with
-the ``Guard`` array core alone at ``n_envs = 1`` beside it, so the guard's overhead
-splits into core (``Guard.update``) and the rest of the wrapper.
+the ``ScalarGuard`` core (what ``GuardedEnv`` steps) alone beside it, so the guard's
+overhead splits into core (``ScalarGuard.update``) and the rest of the wrapper.
 
 Part 2, many envs: the ``Guard`` array core alone over 1,024 envs (no env, no
 Gymnasium): ``guard.update(u)`` on precomputed increments, with ``guard.reset(mask)``
@@ -76,7 +76,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mesaguard.calibration import Calibration
-from mesaguard.guard import Guard, GuardedEnv
+from mesaguard.guard import Guard, GuardedEnv, ScalarGuard
 from mesaguard.protocols import Alert
 
 
@@ -257,15 +257,15 @@ def single_env_overhead(name: str, make_env: Callable[[], gym.Env], steps: int, 
 
 
 def guard_breakdown(cfg: Config) -> dict:
-    """On a do-nothing env: RecordEpisodeStatistics, GuardedEnv, and the ``Guard`` core alone (n_envs = 1)."""
+    """On a do-nothing env: RecordEpisodeStatistics, GuardedEnv, and its ``ScalarGuard`` core alone."""
     rng = np.random.default_rng(cfg.seed)
     T = cfg.vector_episode_length
     cal = Calibration.fit([rng.normal(1.0, 0.5, T) for _ in range(cfg.vector_calibration_episodes)], alpha=cfg.alpha)
     rewards = rng.normal(1.0, 0.5, cfg.null_steps).tolist()
-    increments = [np.array([r]) for r in rewards]  # what GuardedEnv hands the core: one (1,) array per step
+    increments = rewards  # what GuardedEnv hands its core: one float per step
     ends = [(k + 1) % T == 0 for k in range(cfg.null_steps)]
 
-    def time_core(guard: Guard, start: int, stop: int) -> float:
+    def time_core(guard: ScalarGuard, start: int, stop: int) -> float:
         update, reset = guard.update, guard.reset
         gc.disable()
         t0 = time.perf_counter()
@@ -286,7 +286,7 @@ def guard_breakdown(cfg: Config) -> dict:
         variants[f"GuardedEnv: {label}"] = lambda names=names: GuardedEnv(
             NullEnv(rewards, T), cal, detectors=names, protocol=Alert(lambda alarm: None)
         )
-        variants[f"Guard core: {label}"] = lambda names=names: Guard(cal, names, n_envs=1)
+        variants[f"Guard core: {label}"] = lambda names=names: ScalarGuard(cal, names)
     per_round: dict[str, list[float]] = {v: [] for v in variants}
     null_step: list[float] = []
     for _ in range(cfg.rounds):

@@ -176,3 +176,15 @@ def test_unknown_detector_and_bad_fit_input():
         Calibration.fit(episodes, detectors=["nope"])
     with pytest.raises(DetectorError, match="increment nan at step 2"):
         Calibration.fit([np.array([1.0, np.nan])] + episodes)
+
+
+def test_saved_file_has_the_usual_permissions(tmp_path, calibration):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        path = calibration.save(tmp_path / "cal.json")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
