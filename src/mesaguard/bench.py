@@ -2,10 +2,11 @@
 
 A *job* is one (scenario, seed). It rolls the policy out **once, unguarded**:
 
-* calibration episodes on the in-distribution variant, seeds
-  ``seed * 1_000_000 + CALIBRATION_SEED + i``, fit a :class:`Calibration` of every
-  detector at ``alpha``;
-* evaluation episodes on the in-distribution variant and on every deploy variant,
+* calibration episodes on the scenario's reference variant (where the agent's
+  behaviour was checked: the training variant unless the scenario names another),
+  seeds ``seed * 1_000_000 + CALIBRATION_SEED + i``, fit a :class:`Calibration` of
+  every detector at ``alpha``;
+* evaluation episodes on the reference variant and on every other variant,
   seeds ``seed * 1_000_000 + EVALUATION_SEED + i`` (the same seeds in each variant,
   disjoint from calibration's and from training's small seeds).
 
@@ -231,7 +232,7 @@ def run_job(spec: JobSpec, progress: Any = None) -> JobRecord:
 
         torch.set_num_threads(1)
     scenario = get(spec.scenario)
-    train = scenario.variants[0]
+    train = scenario.reference_variant  # calibrate where the agent's behaviour was checked
     make_policy = policy_factory(spec.scenario, spec.policy)
     tick = _Ticker(spec.key, progress)
 
@@ -499,11 +500,11 @@ def _rows(config: BenchConfig, jobs: dict[tuple[str, int], _Job], alarms_of: Ala
         keys = [k for k in jobs if k[0] == scenario]
         if not keys:
             continue
-        variants = get(scenario).variants
-        for deploy in variants[1:]:
+        reference = get(scenario).reference_variant
+        for deploy in get(scenario).shifted_variants:
             for names in detector_configs(config.detectors):
                 runs: dict[str, tuple[list[Episode], list[Episode], list[float]]] = {}
-                for variant in (variants[0], deploy):
+                for variant in (reference, deploy):
                     free, guarded, floors = [], [], []
                     for key in keys:
                         job = jobs[key]
@@ -514,7 +515,7 @@ def _rows(config: BenchConfig, jobs: dict[tuple[str, int], _Job], alarms_of: Ala
                             guarded.append(metrics.under_stop(e, *(hit if hit else (None, None))))
                             floors.append(job.floor)
                     runs[variant] = (free, guarded, floors)
-                free_in, guarded_in, _ = runs[variants[0]]
+                free_in, guarded_in, _ = runs[reference]
                 free_out, guarded_out, floors = runs[deploy]
                 bad = [metrics.misbehaved(f, fl) for f, fl in zip(free_out, floors)]
                 detection = metrics.detection(guarded_out, free_out, floors)

@@ -89,9 +89,9 @@ def calibrate(
     workers: int = 1,
     on_episode: Callable[[Episode], None] | None = None,
 ) -> Calibration:
-    """Roll the policy out on the in-distribution variant and fit a calibration."""
+    """Roll the policy out on the scenario's reference variant (where it was checked) and fit a calibration."""
     s = get(scenario)
-    variant = s.variants[0]
+    variant = s.reference_variant
     runs = rollout(
         functools.partial(_plain_env, s, variant),
         policy_factory(scenario, policy),
@@ -142,9 +142,10 @@ def deploy(
     workers: int = 1,
     on_episode: Callable[[Episode], None] | None = None,
 ) -> list[Row]:
-    """Deploy ``policy`` with each detector configuration, in-distribution and on ``variant``."""
+    """Deploy ``policy`` with each detector configuration on the reference variant and on ``variant``."""
     s = get(scenario)
-    train, shifted = s.variants[0], variant or s.variants[1]
+    train = s.reference_variant
+    shifted = variant or ("deploy" if "deploy" in s.shifted_variants else s.shifted_variants[0])
     s.env_id(shifted)  # unknown variants fail here, listing the valid ones
     seeds = range(EVALUATION_SEED, EVALUATION_SEED + episodes)
     make_policy = policy_factory(scenario, policy)

@@ -76,10 +76,11 @@ def _envelope_figure(scenario: str, job: Any, detectors: tuple[str, ...]) -> Any
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    variants = get(scenario).variants
+    s = get(scenario)
+    variants = (s.reference_variant, *s.shifted_variants)
     fig = make_subplots(
         rows=1, cols=len(variants), shared_yaxes=True,
-        subplot_titles=[f"{v} ({'in-distribution' if i == 0 else 'deploy'})" for i, v in enumerate(variants)],
+        subplot_titles=[f"{v} ({'reference' if i == 0 else 'shifted'})" for i, v in enumerate(variants)],
     )  # fmt: skip
     cal = job.calibration
     configs = detector_configs(detectors)
