@@ -147,12 +147,12 @@ def _fmt(x: float, spec: str = ".2f") -> str:
 def _report(scenario: str, rows: list[Row], out: Path) -> None:
     from mesaguard.files import write_atomic
 
-    table = Table(title=f"{scenario}: guard at work ({rows[0].episodes} episodes per variant)")
-    for col in (
-        "detectors", "false alarms (train)", "detected (misbehaving deploy runs)", "mean delay from harm",
-        "base obj. train guarded / free",
-        "base obj. deploy guarded / free", "catastrophes deploy guarded / free",
-    ):  # fmt: skip
+    table = Table(
+        title=f"{scenario}: guard at work ({rows[0].episodes} episodes per variant, Stop protocol)",
+        caption="FA: false alarms on reference runs [95% CI]; detected: of the deploy runs that misbehaved; "
+        "delay: steps from the first harm; G / F: guarded / free (no guard): mean base objective, catastrophes",
+    )
+    for col in ("detectors", "FA", "detected", "delay", "reference G / F", "deploy G / F", "catastrophes G / F"):
         table.add_column(col)
     for r in rows:
         table.add_row(
