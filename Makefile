@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/guard_overhead.py
 	$(BIN)/python benchmarks/detection_delay.py
 	$(BIN)/python benchmarks/false_alarms.py
+	$(BIN)/python benchmarks/scenario_speed.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,0 +1,88 @@
+"""Steps per second of each scenario against plain MiniGrid of the same size.
+
+What it measures: random actions (the same precomputed sequence for both), resetting
+at episode ends, one process; each scenario as the agent sees it (``scenario.make``:
+registry, checker, observation wrapper) against ``MiniGrid-Empty-*`` of the nearest
+size under ``ImgObsWrapper`` (the cheapest way to get a plain array observation).
+Interleaved blocks, median of 5 rounds: a ratio above 1 means the scenario is faster.
+Target (issue 3): within 1.5x of plain MiniGrid, i.e. ratio >= 0.67.
+
+Run: ``.venv/bin/python benchmarks/scenario_speed.py`` (about 30 s).
+Results: printed, and written to ``benchmarks/results/scenario_speed.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import minigrid  # noqa: F401  registers MiniGrid-*
+import numpy as np
+from minigrid.wrappers import ImgObsWrapper
+from rich.console import Console
+from rich.table import Table
+
+from mesaguard.scenarios import SCENARIOS
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    steps: int = 4000  # per round and env
+    rounds: int = 5
+
+
+# MiniGrid's Empty rooms come in 5, 6, 8 and 16: the nearest at least as large as each scenario.
+PLAIN = {6: "MiniGrid-Empty-6x6-v0", 7: "MiniGrid-Empty-8x8-v0", 8: "MiniGrid-Empty-8x8-v0", 9: "MiniGrid-Empty-8x8-v0"}
+
+
+def steps_per_second(env: gym.Env, actions: np.ndarray, seed: int) -> float:
+    env.reset(seed=seed)
+    start = time.perf_counter()
+    for a in actions:
+        _, _, terminated, truncated, _ = env.step(int(a))
+        if terminated or truncated:
+            env.reset()
+    return len(actions) / (time.perf_counter() - start)
+
+
+def main(cfg: Config = Config()) -> None:
+    rng = np.random.default_rng(cfg.seed)
+    results = []
+    for s in SCENARIOS.values():
+        env = s.make(s.variants[0])
+        size = max(env.unwrapped.width, env.unwrapped.height)
+        plain = ImgObsWrapper(gym.make(PLAIN[size]))
+        actions = rng.integers(0, min(env.action_space.n, plain.action_space.n), cfg.steps)
+        ours, theirs = [], []
+        for _ in range(cfg.rounds):
+            ours.append(steps_per_second(env, actions, cfg.seed))
+            theirs.append(steps_per_second(plain, actions, cfg.seed))
+        row = {
+            "scenario": s.name,
+            "size": size,
+            "plain": PLAIN[size],
+            "scenario_steps_per_s": float(np.median(ours)),
+            "plain_steps_per_s": float(np.median(theirs)),
+        }
+        row["ratio"] = row["scenario_steps_per_s"] / row["plain_steps_per_s"]
+        results.append(row)
+
+    table = Table(title="steps per second, random actions (median of rounds)")
+    for col in ("scenario", "plain MiniGrid", "scenario steps/s", "plain steps/s", "ratio (target >= 0.67)"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r["scenario"], r["plain"], f"{r['scenario_steps_per_s']:,.0f}", f"{r['plain_steps_per_s']:,.0f}",
+                      f"{r['ratio']:.2f}")  # fmt: skip
+    Console().print(table)
+    out = Path(__file__).parent / "results" / "scenario_speed.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"benchmark": "scenario_speed", "config": asdict(cfg), "results": results}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
