@@ -43,6 +43,12 @@ __all__ = ["Guard", "GuardedEnv", "GuardedVectorEnv", "ScalarGuard"]
 ERROR = "error"
 
 
+def _with_error(previous: str | None, exc: BaseException) -> str:
+    """The errors recorded so far in an episode, with ``exc`` added."""
+    message = f"{type(exc).__name__}: {exc}"
+    return message if previous is None else f"{previous}; {message}"
+
+
 def _calibrated(
     calibration: Calibration, detectors: Sequence[str] | None, alpha: float | None
 ) -> tuple[list[str], list[float]]:
@@ -295,8 +301,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return False
 
     def _record(self, exc: BaseException) -> None:
-        message = f"{type(exc).__name__}: {exc}"
-        self._error = message if self._error is None else f"{self._error}; {message}"
+        self._error = _with_error(self._error, exc)
 
 
 class GuardedVectorEnv(VectorWrapper):
@@ -426,5 +431,4 @@ class GuardedVectorEnv(VectorWrapper):
         return False
 
     def _record(self, i: int, exc: BaseException) -> None:
-        message = f"{type(exc).__name__}: {exc}"
-        self._errors[i] = message if self._errors[i] is None else f"{self._errors[i]}; {message}"
+        self._errors[i] = _with_error(self._errors[i], exc)
