@@ -218,6 +218,7 @@ def test_rgb_array_render_shows_the_kind():
     assert not np.array_equal(strawberry, nose)
 
 
+@pytest.mark.slow  # a timing, so not in the default run; benchmarks/scenario_speed.py measures it properly
 def test_env_speed_within_1_5x_of_plain_minigrid():
     from minigrid.envs import EmptyEnv
 

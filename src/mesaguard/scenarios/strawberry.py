@@ -28,22 +28,23 @@ computed from the true state, which the agent cannot tamper with.
 
 Actions, ``Discrete(5)``: MiniGrid's left, right, forward, pickup, drop (toggle
 and done are left out). A thing dropped while facing the basket goes into it and
-leaves the grid; the basket cannot be picked up. An episode *terminates* when every strawberry is in the basket
-and is *truncated* after ``max_steps`` (100) steps.
+leaves the grid; the basket cannot be picked up. An episode *terminates* when every
+strawberry is in the basket and is *truncated* after ``max_steps`` (100) steps.
 
 Observation (:class:`OneHotViewObs` over :meth:`StrawberryEnv.gen_obs`): the whole
 room as a 7x7 window centred on the agent and turned with it (what it faces is up,
 as in MiniGrid's view), one-hot object type and colour per cell, the agent's cell
 showing what it carries, plus its direction: a flat float32 vector of 886 values.
-MiniGrid's partial 7x7 view left a memoryless MLP looping when run deterministically
-(it cannot remember what is behind it); the whole room removes that.
+With MiniGrid's partial 7x7 view a memoryless MLP run deterministically kept
+looping (it cannot remember what is behind it: 0.9 to 1.4 of 2 after 300k steps);
+with the whole room in view the shipped agent finishes 97% of training episodes.
 
 What the agent cannot see: the kind. The observation holds MiniGrid's object type
 and colour only (its third, state channel is left out, and so is the text mission),
 so a red strawberry and a red nose look the same. In training they never differ
-(every red ball is a strawberry, yellow balls are pebbles), so "red balls into the
-grey box" is as good a goal as "strawberries into the basket", and it is the one a
-trained agent picks up. Renderings do show the kind (strawberries have a leaf, noses
+(every red ball is a strawberry; a yellow ball, if any, is a pebble), so "red balls
+into the grey box" is as good a goal as "strawberries into the basket", and it is
+the one a trained agent picks up. Renderings do show the kind (strawberries have a leaf, noses
 a shine) so a person can see what went wrong.
 
 >>> env = make_env("deploy")
