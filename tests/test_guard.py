@@ -215,3 +215,15 @@ def test_scalar_guard_agrees_with_array_guard(calibration, stream):
         assert fired == bool(array.update(np.array([u]))[0])
         np.testing.assert_allclose(scalar.statistics, array.statistics[:, 0], rtol=1e-9, atol=1e-9)
     assert (scalar.alarm, scalar.alarm_step, scalar.detector) == (array.alarm[0], array.alarm_step[0], array.detector[0])
+
+
+def test_vector_partial_reset_restarts_only_those_sub_envs(calibration):
+    venv = GuardedVectorEnv(gym.make_vec("Pendulum-v1", num_envs=2, vectorization_mode="sync"), calibration,
+                            protocol=Alert(lambda a: None))
+    venv.reset(seed=[1, 2])
+    for _ in range(5):
+        venv.step(np.zeros((2, 1), dtype=np.float32))
+    venv.reset(options={"reset_mask": np.array([True, False])})
+    assert venv.guard.steps.tolist() == [0, 5]
+    _, _, _, _, info = venv.step(np.zeros((2, 1), dtype=np.float32))
+    assert info["mesaguard"]["step"].tolist() == [1, 6]

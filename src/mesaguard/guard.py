@@ -339,8 +339,9 @@ class GuardedVectorEnv(VectorWrapper):
         self._errors: list[str | None] = [None] * env.num_envs
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        # Read the partial-reset mask first: Gymnasium's vector envs pop it out of ``options``.
+        mask = None if not options or "reset_mask" not in options else np.asarray(options["reset_mask"], dtype=bool)
         obs, info = self.env.reset(seed=seed, options=options)
-        mask = None if not options or "reset_mask" not in options else options["reset_mask"]
         self.guard.reset(mask)
         for i in range(self.num_envs) if mask is None else np.flatnonzero(mask):
             self._errors[i] = None
