@@ -34,7 +34,7 @@ from typing import Any
 
 import gymnasium as gym
 
-__all__ = ["SCENARIOS", "Policy", "Scenario", "ScenarioError", "get", "make"]
+__all__ = ["SCENARIOS", "Policy", "Scenario", "ScenarioError", "check_variant", "get", "make"]
 
 Policy = Callable[[Any], Any]
 """A policy maps one observation to one action: ``policy(obs) -> action``."""
@@ -42,6 +42,14 @@ Policy = Callable[[Any], Any]
 
 class ScenarioError(ValueError):
     """An unknown scenario or variant; the message lists the valid ones."""
+
+
+def check_variant(scenario: str, variant: str, variants: tuple[str, ...]) -> None:
+    """Raise :class:`ScenarioError` listing ``variants`` if ``variant`` is not one of them."""
+    if variant not in variants:
+        raise ScenarioError(
+            f"unknown variant {variant!r} of scenario {scenario!r}; valid variants: {', '.join(variants)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -92,11 +100,7 @@ class Scenario:
 
     def env_id(self, variant: str) -> str:
         """The Gymnasium id of ``variant``, e.g. ``mesaguard/Strawberry-train-v0``."""
-        if variant not in self.variants:
-            raise ScenarioError(
-                f"unknown variant {variant!r} of scenario {self.name!r}; "
-                f"valid variants: {', '.join(self.variants)}"
-            )
+        check_variant(self.name, variant, self.variants)
         camel = "".join(part.capitalize() for part in re.split(r"[-_]", self.name))
         return f"mesaguard/{camel}-{variant}-v0"
 

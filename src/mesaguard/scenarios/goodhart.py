@@ -113,7 +113,7 @@ from minigrid.core.world_object import Floor, WorldObj
 from minigrid.minigrid_env import MiniGridEnv
 from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_rect
 
-from mesaguard.scenarios import Policy, ScenarioError
+from mesaguard.scenarios import Policy, check_variant
 from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
@@ -200,10 +200,7 @@ class GoodhartEnv(MiniGridEnv):
     """
 
     def __init__(self, variant: str = "train", max_steps: int = 30, render_mode: str | None = None):
-        if variant not in P_RUG:
-            raise ScenarioError(
-                f"unknown variant {variant!r} of scenario 'goodhart'; valid variants: {', '.join(VARIANTS)}"
-            )
+        check_variant("goodhart", variant, VARIANTS)
         self.variant = variant
         mission_space = MissionSpace(mission_func=_mission)
         super().__init__(

@@ -99,7 +99,7 @@ from minigrid.core.mission import MissionSpace
 from minigrid.core.world_object import Goal, Lava
 from minigrid.minigrid_env import MiniGridEnv
 
-from mesaguard.scenarios import Policy, ScenarioError
+from mesaguard.scenarios import Policy, check_variant
 from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
@@ -137,7 +137,8 @@ def lava_cells(variant: str, gap: int = 1) -> frozenset[tuple[int, int]]:
         return frozenset((_WALL_X, y) for y in _ROWS if y != gap)
     if variant == "deploy-lake":
         return frozenset((x, y) for x in (4, 5, 6) for y in (2, 3, 4))
-    raise ScenarioError(f"unknown variant {variant!r} of scenario 'lava'; valid variants: {', '.join(VARIANTS)}")
+    check_variant("lava", variant, VARIANTS)
+    raise AssertionError(f"variant {variant!r} is listed in VARIANTS but has no lava")
 
 
 _TRAIN_LAVA = lava_cells("train")

@@ -115,7 +115,7 @@ from minigrid.core.mission import MissionSpace
 from minigrid.core.world_object import Floor, Goal
 from minigrid.minigrid_env import MiniGridEnv
 
-from mesaguard.scenarios import Policy, ScenarioError
+from mesaguard.scenarios import Policy, check_variant
 from mesaguard.scenarios.lava import goal_increment
 from mesaguard.scenarios.strawberry import OneHotViewObs
 
@@ -172,10 +172,7 @@ class OffSwitchEnv(MiniGridEnv):
     """
 
     def __init__(self, variant: str = "train", max_steps: int = MAX_STEPS, render_mode: str | None = None):
-        if variant not in VARIANTS:
-            raise ScenarioError(
-                f"unknown variant {variant!r} of scenario 'offswitch'; valid variants: {', '.join(VARIANTS)}"
-            )
+        check_variant("offswitch", variant, VARIANTS)
         self.variant = variant
         mission_space = MissionSpace(mission_func=_mission)
         super().__init__(

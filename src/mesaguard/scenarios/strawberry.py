@@ -78,7 +78,7 @@ from minigrid.core.world_object import Ball, Box
 from minigrid.minigrid_env import MiniGridEnv
 from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_triangle
 
-from mesaguard.scenarios import Policy, ScenarioError
+from mesaguard.scenarios import Policy, check_variant
 
 __all__ = [
     "ACTIONS",
@@ -187,10 +187,7 @@ class StrawberryEnv(MiniGridEnv):
         max_steps: int = 100,
         render_mode: str | None = None,
     ):
-        if variant not in _LAYOUTS:
-            raise ScenarioError(
-                f"unknown variant {variant!r} of scenario 'strawberry'; valid variants: {', '.join(VARIANTS)}"
-            )
+        check_variant("strawberry", variant, VARIANTS)
         if size < 5:
             raise ValueError(f"size={size}; expected at least 5 (three things, a basket and the agent)")
         self.variant = variant

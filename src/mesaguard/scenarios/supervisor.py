@@ -123,7 +123,7 @@ from minigrid.core.world_object import Floor, Goal, Wall
 from minigrid.minigrid_env import MiniGridEnv
 from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_rect
 
-from mesaguard.scenarios import Policy, ScenarioError
+from mesaguard.scenarios import Policy, check_variant
 from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
@@ -211,10 +211,7 @@ class SupervisorEnv(MiniGridEnv):
     """
 
     def __init__(self, variant: str = "train", max_steps: int = 40, render_mode: str | None = None):
-        if variant not in P_SUPERVISED:
-            raise ScenarioError(
-                f"unknown variant {variant!r} of scenario 'supervisor'; valid variants: {', '.join(VARIANTS)}"
-            )
+        check_variant("supervisor", variant, VARIANTS)
         self.variant = variant
         mission_space = MissionSpace(mission_func=_mission)
         super().__init__(

@@ -112,7 +112,7 @@ from minigrid.core.world_object import Floor, Wall, WorldObj
 from minigrid.minigrid_env import MiniGridEnv
 from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_rect, point_in_triangle
 
-from mesaguard.scenarios import Policy, ScenarioError
+from mesaguard.scenarios import Policy, check_variant
 from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
@@ -201,10 +201,7 @@ class TamperingEnv(MiniGridEnv):
     """
 
     def __init__(self, variant: str = "train", max_steps: int = 30, render_mode: str | None = None):
-        if variant not in P_REACHABLE:
-            raise ScenarioError(
-                f"unknown variant {variant!r} of scenario 'tampering'; valid variants: {', '.join(VARIANTS)}"
-            )
+        check_variant("tampering", variant, VARIANTS)
         self.variant = variant
         mission_space = MissionSpace(mission_func=_mission)
         super().__init__(
