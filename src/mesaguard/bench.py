@@ -63,7 +63,7 @@ from mesaguard.calibration import (
     statistic_traces,
 )
 from mesaguard.detectors import detector_class
-from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED, OBJECTIVE, policy_factory
+from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED, OBJECTIVE, plain_env, policy_factory
 from mesaguard.rollout import Episode, rollout
 from mesaguard.scenarios import get
 from mesaguard.store import AlarmRecord, EpisodeRecord, JobRecord, Store
@@ -188,10 +188,6 @@ class JobSpec:
 # ---------------------------------------------------------------------------
 
 
-def _plain_env(scenario: str, variant: str) -> Any:
-    return get(scenario).make(variant)
-
-
 def first_alarms(
     calibration: Calibration,
     names: Sequence[str],
@@ -237,7 +233,7 @@ def run_job(spec: JobSpec, progress: Any = None) -> JobRecord:
     tick = _Ticker(spec.key, progress)
 
     def run(variant: str, role: str) -> list[Episode]:
-        make_env = functools.partial(_plain_env, spec.scenario, variant)
+        make_env = functools.partial(plain_env, spec.scenario, variant)
         return rollout(make_env, make_policy, spec.seeds(role), objective=OBJECTIVE, on_episode=tick)
 
     cal_runs = run(train, "calibration")

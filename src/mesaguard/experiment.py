@@ -28,6 +28,7 @@ __all__ = [
     "agent",
     "calibrate",
     "deploy",
+    "plain_env",
     "policy_factory",
 ]
 
@@ -53,8 +54,9 @@ def policy_factory(scenario: str, policy: str) -> Callable[[gym.Env], Policy]:
         raise ValueError(f"unknown policy {policy!r}; expected one of {sorted(factories)}") from None
 
 
-def _plain_env(scenario: Scenario, variant: str) -> gym.Env:
-    return scenario.make(variant)
+def plain_env(scenario: str, variant: str) -> gym.Env:
+    """The unguarded env of ``scenario``'s ``variant`` (by name, so a partial of it pickles for workers)."""
+    return get(scenario).make(variant)
 
 
 def _guarded_env(
@@ -93,7 +95,7 @@ def calibrate(
     s = get(scenario)
     variant = s.reference_variant
     runs = rollout(
-        functools.partial(_plain_env, s, variant),
+        functools.partial(plain_env, scenario, variant),
         policy_factory(scenario, policy),
         range(CALIBRATION_SEED, CALIBRATION_SEED + episodes),
         objective=OBJECTIVE,
@@ -153,7 +155,7 @@ def deploy(
     def run(make_env: Callable[[], gym.Env]) -> list[Episode]:
         return rollout(make_env, make_policy, seeds, objective=OBJECTIVE, workers=workers, on_episode=on_episode)
 
-    free = {v: run(functools.partial(_plain_env, s, v)) for v in (train, shifted)}
+    free = {v: run(functools.partial(plain_env, scenario, v)) for v in (train, shifted)}
     # A shifted run misbehaves if it does harm, or scores below all but an alpha share of in-distribution runs.
     floor = metrics.score_floor([e.score for e in free[train]], calibration.alpha)
     rows = []
