@@ -42,6 +42,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Calibration",
     "CalibrationError",
+    "check_alpha",
     "DetectorCalibration",
     "conformal_rank",
     "episode_maxima",
@@ -61,7 +62,7 @@ class CalibrationError(ValueError):
     """Too few episodes for alpha, a corrupt or foreign file, or a calibration for another env."""
 
 
-def _check_alpha(alpha: float) -> float:
+def check_alpha(alpha: float) -> float:
     if not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
         raise CalibrationError(f"alpha={alpha!r}; expected a false-alarm rate strictly between 0 and 1")
     return float(alpha)
@@ -73,7 +74,7 @@ def min_episodes(alpha: float) -> int:
     >>> min_episodes(0.05), min_episodes(0.1), min_episodes(0.01)
     (19, 9, 99)
     """
-    alpha = _check_alpha(alpha)
+    alpha = check_alpha(alpha)
     n = max(1, math.floor((1.0 - alpha) / alpha) - 1)
     while math.ceil((n + 1) * (1.0 - alpha) - 1e-12) > n:
         n += 1
@@ -105,7 +106,7 @@ def conformal_rank(n: int, alpha: float) -> int:
     ...
     mesaguard.calibration.CalibrationError: 10 calibration episodes are too few for alpha=0.05: the conformal rank would be 11 > 10; use at least 19 episodes or a larger alpha
     """
-    alpha = _check_alpha(alpha)
+    alpha = check_alpha(alpha)
     # The small epsilon keeps (n+1)(1-alpha) that is an integer in exact arithmetic from rounding up.
     k = math.ceil((n + 1) * (1.0 - alpha) - 1e-12)
     if k > n:
@@ -141,7 +142,7 @@ def episodes_for_tolerance(alpha: float, tolerance: float, confidence: float = 0
     >>> episodes_for_tolerance(0.05, 0.02), episodes_for_tolerance(0.05, 0.01)
     (305, 1270)
     """
-    alpha = _check_alpha(alpha)
+    alpha = check_alpha(alpha)
     if not 0 < tolerance < min(alpha, 1 - alpha):
         raise CalibrationError(f"tolerance={tolerance}; expected a number in (0, {min(alpha, 1 - alpha)})")
     for n in range(min_episodes(alpha), 10**6):  # the quantile is not monotone in n (rank rounding): scan
@@ -250,7 +251,7 @@ class Calibration:
         held out from training, any lengths. ``options`` maps a detector name to
         extra parameters (e.g. ``{"cusum": {"slack": 0.5}}``).
         """
-        alpha = _check_alpha(alpha)
+        alpha = check_alpha(alpha)
         names = list(DETECTORS) if detectors is None else list(detectors)
         for name in names:
             detector_class(name)
@@ -307,18 +308,24 @@ class Calibration:
         chance that *any* of them fires on a new in-distribution episode is at most
         ``alpha``. Alone, a detector gets its own conformal threshold.
         """
-        alpha = self.alpha if alpha is None else _check_alpha(alpha)
+        alpha = self.alpha if alpha is None else check_alpha(alpha)
+        k = conformal_rank(self.n_cal, alpha)
+        tau = float(np.sort(self.joint_maxima(names))[k - 1])
+        return {n: self.detectors[n].location + self.detectors[n].scale * tau for n in names}
+
+    def joint_maxima(self, names: Sequence[str]) -> np.ndarray:
+        """Per held-out episode, the largest standardized maximum of detectors ``names``.
+
+        Running ``names`` together is one detector with this per-episode statistic:
+        the thresholds and the deployment monitor's reference values both come from it.
+        """
         missing = [n for n in names if n not in self.detectors]
         if missing or not names:
             raise CalibrationError(
                 f"detectors {list(names)}: {missing or 'none given'} not in this calibration "
                 f"(it has {sorted(self.detectors)}); calibrate them first"
             )
-        k = conformal_rank(self.n_cal, alpha)
-        cals = [self.detectors[n] for n in names]
-        joint = np.max([c.standardized() for c in cals], axis=0)
-        tau = float(np.sort(joint)[k - 1])
-        return {c.name: c.location + c.scale * tau for c in cals}
+        return np.max([self.detectors[n].standardized() for n in names], axis=0)
 
     def check(self, scenario: str | None = None, obs_shape: Sequence[int] | None = None) -> None:
         """Raise :class:`CalibrationError` if this calibration was fitted for another env."""

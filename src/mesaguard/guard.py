@@ -14,7 +14,16 @@ calibrated threshold. :class:`GuardedEnv` wraps one Gymnasium env with it and
     guard itself failed) and at which step;
 ``acting``, ``error``
     who chose this step's action (``"agent"`` or ``"protocol"``), and the guard's
-    internal error, if any.
+    internal error, if any;
+``deployment``
+    with a :class:`~mesaguard.monitor.DeploymentMonitor` (``monitor=``): its
+    ``evidence``, ``threshold``, ``alarm``, ``episodes`` and ``steps`` seen, and ``mode``.
+
+A deployment alarm goes to the same protocol (detector ``"deployment"``) and
+stands across episodes until :meth:`GuardedEnv.clear`: under ``Stop`` every later
+step is refused (the agent's action is not executed; the step reports
+``truncated``), under ``Fallback`` the fallback acts in every later episode. An
+episode the protocol took over or cut short is censored for the monitor.
 
 A guard that hits an internal error (a NaN increment, a missing objective channel,
 a failing alert callback) fails closed: the alarm fires with detector
@@ -24,6 +33,7 @@ is stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, SupportsFloat
@@ -35,12 +45,14 @@ from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 from mesaguard.calibration import Calibration
 from mesaguard.detectors import detector_class
 from mesaguard.detectors.base import DetectorError, as_increments
+from mesaguard.monitor import DeploymentMonitor
 from mesaguard.objective import Objective, ObjectiveError, Transition, make_objective
 from mesaguard.protocols import Alarm, Protocol, Stop, compose
 
 __all__ = ["Guard", "GuardedEnv", "GuardedVectorEnv", "ScalarGuard"]
 
 ERROR = "error"
+DEPLOYMENT = "deployment"  # the detector name of a deployment monitor's alarm
 
 
 def _with_error(previous: str | None, exc: BaseException) -> str:
@@ -229,29 +241,49 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         protocol: Protocol | Sequence[Protocol] | None = None,
         objective: str | Objective | Callable[[Transition], float] | None = None,
         scenario: str | None = None,
+        monitor: DeploymentMonitor | None = None,
     ) -> None:
         gym.utils.RecordConstructorArgs.__init__(
-            self, calibration=calibration, detectors=detectors, protocol=protocol, objective=objective, scenario=scenario
+            self,
+            calibration=calibration,
+            detectors=detectors,
+            protocol=protocol,
+            objective=objective,
+            scenario=scenario,
+            monitor=monitor,
         )
         gym.Wrapper.__init__(self, env)
         calibration.check(scenario=scenario, obs_shape=env.observation_space.shape)
+        if monitor is not None and monitor.n_envs != 1:
+            raise ValueError(f"monitor watches {monitor.n_envs} envs; GuardedEnv needs a monitor with n_envs=1")
         self.guard = ScalarGuard(calibration, detectors)
         self.protocol = compose(Stop() if protocol is None else protocol)
         self.objective = make_objective(objective)
+        self.monitor = monitor
         self._obs: Any = None
         self._error: str | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
         self.guard.reset()
+        if self.monitor is not None:
+            self.monitor.start()
         self._obs, self._error = obs, None
         return obs, info
 
+    def clear(self) -> None:
+        """Clear a standing deployment alarm: the monitor starts a new test."""
+        if self.monitor is not None:
+            self.monitor.clear()
+
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        g = self.guard
+        g, monitor = self.guard, self.monitor
+        deployment_alarm = monitor is not None and monitor.alarm
+        if deployment_alarm and self.protocol.stops:
+            return self._refuse()
         acting = "agent"
         stop = False
-        if g.alarm:
+        if g.alarm or deployment_alarm:
             try:
                 override = self.protocol.act(self._obs)
             except Exception as exc:  # fail closed: the protocol could not act, so the episode stops
@@ -259,6 +291,8 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
                 override, stop = None, True
             if override is not None:
                 action, acting = override, "protocol"
+                if monitor is not None:
+                    monitor.censor()  # from here the episode is the fallback's, not the agent's
         obs, reward, terminated, truncated, info = self.env.step(action)
         u = 0.0
         if self._error is None:
@@ -274,11 +308,42 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
                     g.fail()
             if new:
                 stop |= self._fire()
+        if monitor is not None:
+            stop |= self._watch(u)
         self._obs = obs
         if g.alarm and self.protocol.stops:
             stop = True
+        if monitor is not None and (terminated or truncated or stop):
+            monitor.finish(censored=stop)
         info = dict(info)
-        info["mesaguard"] = {
+        info["mesaguard"] = self._report(u, acting)
+        return obs, reward, terminated, truncated or stop, info
+
+    def _watch(self, u: float) -> bool:
+        """Feed the deployment monitor; True if the episode must stop (its alarm, under a stopping protocol)."""
+        monitor = self.monitor
+        if self._error is not None:  # the increment is unknown: the monitor cannot see this episode any more
+            monitor.censor()
+            return False
+        before = monitor.alarm
+        try:
+            monitor.update(np.array([u]))
+        except Exception as exc:  # fail closed: a monitor that cannot judge raises its alarm
+            self._record(exc)
+            monitor.censor()
+            monitor.fail()
+        if monitor.alarm and not before:
+            return self._fire(deployment=True) or self.protocol.stops
+        return False
+
+    def _refuse(self) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """A standing deployment alarm under ``Stop``: the action is not executed and the episode ends."""
+        self.monitor.finish(censored=True)
+        return self._obs, 0.0, False, True, {"mesaguard": self._report(0.0, "protocol")}
+
+    def _report(self, u: float, acting: str) -> dict[str, Any]:
+        g = self.guard
+        report = {
             "score": g.score,
             "increment": u,
             "step": g.steps,
@@ -289,12 +354,17 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             "acting": acting,
             "error": self._error,
         }
-        return obs, reward, terminated, truncated or stop, info
+        if self.monitor is not None:
+            report["deployment"] = self.monitor.report()
+        return report
 
-    def _fire(self) -> bool:
-        """Tell the protocol about the new alarm; True if the episode must stop because it failed."""
+    def _fire(self, deployment: bool = False) -> bool:
+        """Tell the protocol about a new alarm; True if the episode must stop because it failed."""
+        alarm = self.guard.alarm_record(self._error)
+        if deployment:
+            alarm = dataclasses.replace(alarm, step=self.guard.steps, detector=DEPLOYMENT)
         try:
-            self.protocol.on_alarm(self.guard.alarm_record(self._error))
+            self.protocol.on_alarm(alarm)
         except Exception as exc:  # fail closed: an alert that failed still stops the run
             self._record(exc)
             return True
@@ -309,11 +379,14 @@ class GuardedVectorEnv(VectorWrapper):
 
     Same parameters and ``info["mesaguard"]`` keys as :class:`GuardedEnv`, each an
     array of shape ``(num_envs,)`` (``detector`` holds ``""`` where no alarm stands,
-    ``alarm_step`` -1). Sub-env episodes are tracked through the vector env's
-    autoreset mode (next-step and same-step are supported). ``Stop`` ends a
-    sub-env's episode at the alarm: that step reports ``truncated`` and the sub-env
-    is reset at once through ``reset(options={"reset_mask": ...})``, so the returned
-    observation of that sub-env is already the first of its next episode.
+    ``alarm_step`` -1; ``deployment`` is one dict for the whole vector env). Sub-env
+    episodes are tracked through the vector env's autoreset mode (next-step and
+    same-step are supported). ``Stop`` ends a sub-env's episode at the alarm: that
+    step reports ``truncated`` and the sub-env is reset at once through
+    ``reset(options={"reset_mask": ...})``, so the returned observation of that
+    sub-env is already the first of its next episode. A deployment alarm under
+    ``Stop`` ends every sub-env's episode and refuses every later step (no action is
+    executed) until :meth:`clear`, which also resets the vector env.
     """
 
     def __init__(
@@ -324,16 +397,20 @@ class GuardedVectorEnv(VectorWrapper):
         protocol: Protocol | Sequence[Protocol] | None = None,
         objective: str | Objective | Callable[[Transition], float] | None = None,
         scenario: str | None = None,
+        monitor: DeploymentMonitor | None = None,
     ) -> None:
         super().__init__(env)
         calibration.check(scenario=scenario, obs_shape=env.single_observation_space.shape)
         mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
         if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
             raise ValueError(f"autoreset mode {mode}; GuardedVectorEnv supports NEXT_STEP and SAME_STEP")
+        if monitor is not None and monitor.n_envs != env.num_envs:
+            raise ValueError(f"monitor watches {monitor.n_envs} envs; this vector env has {env.num_envs}")
         self.same_step = mode == AutoresetMode.SAME_STEP
         self.guard = Guard(calibration, detectors, n_envs=env.num_envs)
         self.protocol = compose(Stop() if protocol is None else protocol)
         self.objective = make_objective(objective)
+        self.monitor = monitor
         self._obs: Any = None
         self._restarting = np.zeros(env.num_envs, dtype=bool)
         self._errors: list[str | None] = [None] * env.num_envs
@@ -342,20 +419,27 @@ class GuardedVectorEnv(VectorWrapper):
         # Read the partial-reset mask first: Gymnasium's vector envs pop it out of ``options``.
         mask = None if not options or "reset_mask" not in options else np.asarray(options["reset_mask"], dtype=bool)
         obs, info = self.env.reset(seed=seed, options=options)
-        self.guard.reset(mask)
-        for i in range(self.num_envs) if mask is None else np.flatnonzero(mask):
-            self._errors[i] = None
+        self._start(mask)
         self._restarting[:] = False if mask is None else self._restarting & ~mask
         self._obs = obs
         return obs, info
 
+    def clear(self, *, seed: int | list[int | None] | None = None):
+        """Clear a standing deployment alarm (the monitor starts a new test) and reset every sub-env."""
+        if self.monitor is not None:
+            self.monitor.clear()
+        return self.reset(seed=seed)
+
     def step(self, actions: Any):
-        g, n = self.guard, self.num_envs
+        g, n, monitor = self.guard, self.num_envs, self.monitor
+        if monitor is not None and monitor.alarm and self.protocol.stops:
+            return self._refuse()
         acting = np.full(n, "agent", dtype=object)
         stop = np.zeros(n, dtype=bool)
-        if g.alarm.any():
+        takeover = g.alarm | (monitor is not None and monitor.alarm)
+        if takeover.any():
             actions = np.array(actions, copy=True)
-            for i in np.flatnonzero(g.alarm & ~self._restarting):
+            for i in np.flatnonzero(takeover & ~self._restarting):
                 try:
                     override = self.protocol.act(self._obs[i])
                 except Exception as exc:  # fail closed: the protocol could not act, so the episode stops
@@ -364,6 +448,8 @@ class GuardedVectorEnv(VectorWrapper):
                     continue
                 if override is not None:
                     actions[i], acting[i] = override, "protocol"
+            if monitor is not None:
+                monitor.censor(acting == "protocol")  # those episodes are the fallback's from here
         obs, rewards, terminated, truncated, info = self.env.step(actions)
         # In next-step autoreset, a sub-env that ended last step was reset by this step: no increment.
         stepped = np.ones(n, dtype=bool) if self.same_step else ~self._restarting
@@ -387,14 +473,76 @@ class GuardedVectorEnv(VectorWrapper):
         new = g.update(u, None if live.all() else live)
         for i in np.flatnonzero(new):
             stop[i] |= self._fire(i)
+        if monitor is not None:
+            stop |= self._watch(u, live, bad, stepped)
         if not self.same_step and self._restarting.any():
-            g.reset(self._restarting)
-            for i in np.flatnonzero(self._restarting):
-                self._errors[i] = None
+            self._start(self._restarting)
         if self.protocol.stops:
             stop |= g.alarm & stepped
+        done = np.asarray(terminated) | np.asarray(truncated)
+        truncated = np.asarray(truncated) | stop
+        stopped = stop & ~done
+        if monitor is not None:
+            monitor.finish(done & ~stop & stepped)
+            monitor.finish(stop & stepped, censored=True)
         info = dict(info)
-        info["mesaguard"] = {
+        info["mesaguard"] = self._report(u, acting)
+        if stopped.any():
+            obs_reset, _ = self.env.reset(options={"reset_mask": stopped})
+            obs = obs_reset
+            self._start(stopped)
+        if self.same_step:
+            if done.any():
+                self._start(done)
+            self._restarting[:] = False
+        else:
+            self._restarting = done
+        self._obs = obs
+        return obs, rewards, terminated, truncated, info
+
+    def _start(self, mask: np.ndarray | None) -> None:
+        """New episodes in the sub-envs of ``mask`` (all if None): guard, errors and monitor."""
+        self.guard.reset(mask)
+        for i in range(self.num_envs) if mask is None else np.flatnonzero(mask):
+            self._errors[i] = None
+        if self.monitor is not None:
+            self.monitor.start(mask)
+
+    def _watch(self, u: np.ndarray, live: np.ndarray, bad: np.ndarray, stepped: np.ndarray) -> np.ndarray:
+        """Feed the deployment monitor; the sub-envs to stop (all that stepped, on its alarm under Stop)."""
+        monitor = self.monitor
+        if bad.any():
+            monitor.censor(bad)  # increments unknown: the monitor cannot see those episodes any more
+        before = monitor.alarm
+        try:
+            monitor.update(u, live)
+        except Exception as exc:  # fail closed: a monitor that cannot judge raises its alarm
+            for i in np.flatnonzero(stepped):
+                self._record(i, exc)
+            monitor.censor(stepped)
+            monitor.fail()
+        if monitor.alarm and not before:
+            alarm = Alarm(-1, int(monitor.steps), DEPLOYMENT, float(self.guard.score.sum()), {}, None)
+            try:
+                self.protocol.on_alarm(alarm)
+            except Exception as exc:  # fail closed: an alert that failed still stops the run
+                for i in np.flatnonzero(stepped):
+                    self._record(i, exc)
+                return stepped.copy()
+            if self.protocol.stops:
+                return stepped.copy()
+        return np.zeros(self.num_envs, dtype=bool)
+
+    def _refuse(self):
+        """A standing deployment alarm under ``Stop``: no action is executed; every episode ends."""
+        n = self.num_envs
+        self.monitor.finish(censored=True)
+        info = {"mesaguard": self._report(np.zeros(n), np.full(n, "protocol", dtype=object))}
+        return self._obs, np.zeros(n), np.zeros(n, dtype=bool), np.ones(n, dtype=bool), info
+
+    def _report(self, u: np.ndarray, acting: np.ndarray) -> dict[str, Any]:
+        g = self.guard
+        report = {
             "score": g.score.copy(),
             "increment": u,
             "step": g.steps.copy(),
@@ -405,23 +553,9 @@ class GuardedVectorEnv(VectorWrapper):
             "acting": acting,
             "error": np.array(self._errors, dtype=object),
         }
-        done = np.asarray(terminated) | np.asarray(truncated)
-        truncated = np.asarray(truncated) | stop
-        stopped = stop & ~done
-        if stopped.any():
-            obs_reset, _ = self.env.reset(options={"reset_mask": stopped})
-            obs = obs_reset
-            g.reset(stopped)
-            for i in np.flatnonzero(stopped):
-                self._errors[i] = None
-        if self.same_step:
-            if done.any():
-                g.reset(done)
-            self._restarting[:] = False
-        else:
-            self._restarting = done
-        self._obs = obs
-        return obs, rewards, terminated, truncated, info
+        if self.monitor is not None:
+            report["deployment"] = self.monitor.report()
+        return report
 
     def _fire(self, i: int) -> bool:
         try:

@@ -24,7 +24,11 @@ __all__ = ["Alarm", "Alert", "Fallback", "Protocol", "Stop", "compose"]
 
 @dataclass(frozen=True)
 class Alarm:
-    """One alarm: which env, at which step of its episode, raised by which detector (or ``"error"``)."""
+    """One alarm: which env, at which step of its episode, raised by which detector.
+
+    ``detector`` is ``"error"`` when the guard itself failed and ``"deployment"`` for
+    a deployment monitor's alarm (in a vector env its ``env`` is then -1: all of them).
+    """
 
     env: int
     step: int
