@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mesaguard import bench as bench_module
-from mesaguard.bench import BenchConfig, BenchError, JobSpec, first_alarms, run_bench, run_job, table
+from mesaguard.bench import BenchConfig, BenchError, JobSpec, deployment_table, first_alarms, run_bench, run_job, table
 from mesaguard.calibration import Calibration
 from mesaguard.cli import app
 from mesaguard.experiment import OBJECTIVE, policy_factory
@@ -102,6 +102,15 @@ def test_table_numbers_on_a_small_run(tmp_path):
         assert 0 <= r.score_kept <= 1
     joint = rows[-1]
     assert joint.detection.rate.k == 10 and joint.prevented == 1.0
+    with Store(tmp_path / "b.sqlite") as store:
+        deployments = deployment_table(store, run_id, orders=5)
+    assert len(deployments) == 2 * (len(DETECTORS) + 1)  # train and deploy, per configuration
+    for d in deployments:
+        assert d.episodes == 10 and d.seeds == 1
+        if d.variant == "deploy":  # every run harms the nose: the evidence of 10 episodes suffices
+            assert d.detected == 1 and 1 <= d.episodes_to_detection <= 10 and d.false_alarm.n == 0
+        else:
+            assert d.false_alarm.n == 5
 
 
 def test_resume_runs_only_missing_jobs(tmp_path, monkeypatch):
@@ -223,6 +232,7 @@ def test_cli_bench_then_export(tmp_path):
     result = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert f"run {config(seeds=1).run_id()}: 1 jobs" in result.output and "guarded / free" in result.output
+    assert "deployment monitor" in result.output
     again = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert "resuming run" in again.output and "1 of 1 jobs already stored" in again.output
     run_id = config(seeds=1).run_id()

@@ -12,7 +12,7 @@ from scipy import stats
 from mesaguard.calibration import Calibration, CalibrationError
 from mesaguard.detectors import DetectorError
 from mesaguard.guard import GuardedEnv, GuardedVectorEnv
-from mesaguard.monitor import SHIFTS, DeploymentMonitor, MonitorError, horizon_threshold, sequential_pvalues
+from mesaguard.monitor import SHIFTS, DeploymentMonitor, MonitorError, first_deployment_alarm, horizon_threshold, replay, log_wealth_path, sequential_pvalues
 from mesaguard.protocols import Alert, Fallback, Stop
 from tests.test_guard import swing_up
 
@@ -81,8 +81,30 @@ def test_online_p_values_equal_the_offline_twin():
     p = sequential_pvalues(cal.joint_maxima(["threshold"]), (-increments - d.location) / d.scale, u)
     z = -stats.norm.ppf(p)
     expected = np.log(np.mean(np.exp(np.outer(SHIFTS, z.cumsum()) - np.outer(np.square(SHIFTS) / 2, np.arange(1, 41))), axis=0))
+    assert log_wealth_path(p) == pytest.approx(expected)
     assert monitor.episodes == 40
     assert math.log(monitor.evidence) == pytest.approx(expected[-1])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_offline_first_alarm_equals_the_online_monitor(seed):
+    """Episodes of varying length with a drop: the same (episode, step) offline as online, mid-episode included."""
+    cal = synthetic_calibration(60, seed=seed)
+    rng = np.random.default_rng(seed)
+    episodes = [rng.normal(0.4, 1.0, rng.integers(1, 8)) for _ in range(200)]
+    monitor = DeploymentMonitor(cal, alpha=0.05, seed=seed)
+    online = None
+    for j, episode in enumerate(episodes):
+        monitor.start()
+        for t, x in enumerate(episode):
+            monitor.observe(np.array([x]))
+            if monitor.alarm and online is None:
+                online = (j, t + 1)
+        monitor.finish()
+        if online:
+            break
+    offline = first_deployment_alarm(cal.joint_maxima(["threshold"]), episodes, math.log(20), seed=seed)
+    assert online is not None and offline == online
 
 
 def test_horizon_threshold_is_below_villes_and_grows_with_the_horizon():
@@ -312,3 +334,25 @@ def test_a_nan_increment_in_a_guard_censors_the_episode_and_fails_closed(pendulu
     *_, truncated, info = env.step(np.zeros(1, dtype=np.float32))
     assert truncated and info["mesaguard"]["detector"] == "error"
     assert env.monitor.finished == 1 and env.monitor.alarm is False  # an error ends the episode, not the deployment
+
+
+def test_replay_over_recorded_episodes_matches_a_guarded_deployment(pendulum):
+    """The offline deployment view (bench, CLI) gives the alarm the GuardedEnv's monitor gave."""
+    monitor = DeploymentMonitor(pendulum, alpha=0.05, seed=3)
+    env = GuardedEnv(gym.make("Pendulum-v1"), pendulum, protocol=Alert(lambda a: None), objective=heavier_cost,
+                     monitor=monitor)
+    episodes, online = [], None
+    for seed in range(7000, 7200):
+        obs, _ = env.reset(seed=seed)
+        increments, done = [], False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(swing_up(obs))
+            increments.append(info["mesaguard"]["increment"])
+            if info["mesaguard"]["deployment"]["alarm"] and online is None:
+                online = (len(episodes) + 1, len(increments), monitor.steps)
+            done = terminated or truncated
+        episodes.append(np.array(increments))
+        if online:
+            break
+    hit = replay(pendulum, episodes, alpha=0.05, seed=3)
+    assert online is not None and (hit.episode, hit.step, hit.steps) == online

@@ -140,8 +140,8 @@ def _deploy(scenario, cal, configs, variant, policy, protocol, episodes, workers
         )  # fmt: skip
 
 
-def _fmt(x: float, spec: str = ".2f") -> str:
-    return "-" if math.isnan(x) else format(x, spec)
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None or math.isnan(x) else format(x, spec)
 
 
 def _report(scenario: str, rows: list[Row], out: Path) -> None:
@@ -249,7 +249,7 @@ def bench(
     """Measure every detector on every scenario over seeds; store the runs; resume a run cut off."""
     import time
 
-    from mesaguard.bench import BenchConfig, run_bench, table
+    from mesaguard.bench import BenchConfig, deployment_table, run_bench, table
     from mesaguard.scenarios import SCENARIOS
     from mesaguard.store import Store as SQLiteStore
 
@@ -274,7 +274,9 @@ def bench(
             run_bench(config, store, run_id=run_id, backend=backend, workers=workers, address=ray_address,
                       progress=_BenchBars(bar))  # fmt: skip
         rows = table(store, run_id)
+        deployments = deployment_table(store, run_id)
     _show_bench(rows, f"run {run_id}: {len(config.jobs())} jobs, {time.perf_counter() - start:.1f} s")
+    _show_deployments(deployments)
     console.print(f"stored in [bold]{db}[/] as run [bold]{run_id}[/]; "
                   f"see it with: mesaguard report {run_id} --db {db} -o report.html")  # fmt: skip
 
@@ -303,6 +305,29 @@ def _show_bench(rows: list[Any], title: str) -> None:
             f"{r.catastrophes_guarded}/{r.catastrophes_free}",
             f"{_fmt(100 * r.prevented, '.0f')}%",
             _fmt(r.score_kept, ".3f"),
+        )
+    console.print(table)
+
+
+def _show_deployments(rows: list[Any]) -> None:
+    table = Table(
+        title="deployment monitor (anytime; each seed's evaluation episodes in order are one deployment)",
+        caption="detected: deployments with a deployment alarm / seeds; episodes, steps: mean until it fired; "
+        "deployment FA: reference-variant deployments in random orders with any alarm [95% CI]",
+    )
+    for col in ("scenario", "variant", "detectors", "alpha", "detected", "episodes", "steps", "deployment FA"):
+        table.add_column(col, no_wrap=col == "deployment FA")
+    for r in rows:
+        fa = r.false_alarm
+        table.add_row(
+            r.scenario,
+            r.variant,
+            "all, jointly" if "+" in r.detectors else r.detectors,
+            f"{r.alpha:g}",
+            f"{r.detected}/{r.seeds}",
+            _fmt(r.episodes_to_detection, ".1f"),
+            _fmt(r.steps_to_detection, ".0f"),
+            "" if fa.n == 0 else f"{fa.rate:.3f} [{fa.low:.3f}, {fa.high:.3f}]",
         )
     console.print(table)
 

@@ -75,11 +75,21 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtri
 
-from mesaguard.calibration import Calibration, check_alpha
+from mesaguard.calibration import Calibration, check_alpha, statistic_traces
 from mesaguard.detectors import detector_class
 from mesaguard.detectors.base import DetectorError, as_increments
 
-__all__ = ["SHIFTS", "DeploymentMonitor", "MonitorError", "horizon_threshold", "sequential_pvalues"]
+__all__ = [
+    "SHIFTS",
+    "DeploymentMonitor",
+    "DeploymentAlarm",
+    "MonitorError",
+    "first_deployment_alarm",
+    "replay",
+    "horizon_threshold",
+    "log_wealth_path",
+    "sequential_pvalues",
+]
 
 SHIFTS: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
 """Shifts in normal-score units the mixture bets on, equal weights: from a twentieth of a
@@ -135,6 +145,104 @@ def _log_mean_exp(x: np.ndarray) -> float:
 def _scores(p: np.ndarray | float) -> np.ndarray:
     """Normal scores ``Phi^-1(1 - p)``: standard normal for uniform ``p``."""
     return -ndtri(p)
+
+
+def log_wealth_path(pvalues: np.ndarray, shifts: Sequence[float] = SHIFTS) -> np.ndarray:
+    """Log-wealth of the mixture after each episode, from p-values in bet order (last axis).
+
+    The offline twin of the monitor's end-of-episode wealth (tests hold them equal).
+
+    >>> log_wealth_path(np.array([0.5, 0.01])).round(3).tolist()
+    [-0.271, 0.789]
+    """
+    d = np.asarray(shifts, dtype=np.float64).reshape((-1,) + (1,) * np.ndim(pvalues))
+    k = np.arange(1, np.shape(pvalues)[-1] + 1)
+    components = d * np.cumsum(_scores(np.asarray(pvalues, dtype=np.float64)), axis=-1) - d**2 / 2 * k
+    top = components.max(axis=0)
+    return top + np.log(np.exp(components - top).mean(axis=0))
+
+
+def first_deployment_alarm(
+    reference: Sequence[float],
+    statistics: Sequence[np.ndarray],
+    log_threshold: float,
+    seed: int = 0,
+    shifts: Sequence[float] = SHIFTS,
+) -> tuple[int, int] | None:
+    """Offline: where a one-env monitor fed these episodes in order first raises its alarm.
+
+    ``statistics`` holds each episode's per-step joint standardized statistic (as
+    :meth:`DeploymentMonitor.observe` receives it); ``reference`` the calibration's
+    :meth:`~mesaguard.calibration.Calibration.joint_maxima`. Returns ``(episode,
+    step)``, 0-based episode and 1-based step inside it, or None; the same answer
+    as the online monitor with the same ``seed`` (tests hold them equal), at the
+    cost of one p-value per episode.
+    """
+    if len(statistics) == 0:
+        return None
+    u = np.random.default_rng(seed).random(len(statistics))  # the monitor draws one per episode, in order
+    p = sequential_pvalues(reference, [float(np.max(x)) for x in statistics], u)
+    path = log_wealth_path(p, shifts)
+    hits = np.flatnonzero(path >= log_threshold)
+    if hits.size == 0:
+        return None
+    j = int(hits[0])
+    before = float(path[j - 1]) if j else 0.0
+    d = np.asarray(shifts, dtype=np.float64)[:, None]
+    product = d[:, 0] * _scores(p[:j]).sum() - d[:, 0] ** 2 / 2 * j  # per shift, the bets before episode j
+    bag = np.sort(np.concatenate([np.asarray(reference, dtype=np.float64), [np.max(x) for x in statistics[:j]]]))
+    running = np.maximum.accumulate(np.asarray(statistics[j], dtype=np.float64))
+    right, left = np.searchsorted(bag, running, side="right"), np.searchsorted(bag, running, side="left")
+    p_t = np.maximum((bag.size - right + u[j] * (right - left + 1)) / (bag.size + 1), 1e-300)
+    components = product[:, None] + d * _scores(p_t) - d**2 / 2
+    top = components.max(axis=0)
+    interim = np.maximum(top + np.log(np.exp(components - top).mean(axis=0)), before)
+    crossed = np.flatnonzero(interim >= log_threshold - 1e-9)  # at the last step interim is path[j]
+    return j, int(crossed[0]) + 1 if crossed.size else running.size
+
+
+@dataclass(frozen=True)
+class DeploymentAlarm:
+    """Where a deployment alarm fired: the episode (1-based count), its step, and all steps so far."""
+
+    episode: int
+    step: int
+    steps: int
+
+
+def replay(
+    calibration: Calibration,
+    episodes: Sequence[np.ndarray],
+    detectors: Sequence[str] | None = None,
+    alpha: float = 0.05,
+    horizon: int | None = None,
+    seed: int = 0,
+) -> DeploymentAlarm | None:
+    """Run a one-env monitor offline over recorded episodes of increments, in order.
+
+    The deployment-level view of the bench and of ``mesaguard deploy``: the episodes
+    run to their end (no per-episode protocol), the monitor watches them all.
+    """
+    alpha = check_alpha(alpha)
+    names = list(calibration.detectors) if detectors is None else list(detectors)
+    reference = calibration.joint_maxima(names)
+    if len(episodes) == 0:
+        return None
+    joint = None
+    for n in names:
+        d = calibration.detectors[n]
+        z = (statistic_traces(d.build(), episodes) - d.location) / d.scale
+        joint = z if joint is None else np.fmax(joint, z)
+    lengths = [len(e) for e in episodes]
+    statistics = [row[:length] for row, length in zip(joint, lengths)]
+    log_c = math.log(1 / alpha) if horizon is None else horizon_threshold(horizon, alpha)
+    if horizon is not None:
+        statistics = statistics[:horizon]
+    hit = first_deployment_alarm(reference, statistics, log_c, seed=seed)
+    if hit is None:
+        return None
+    j, t = hit
+    return DeploymentAlarm(j + 1, t, int(sum(lengths[:j])) + t)
 
 
 @functools.lru_cache(maxsize=16)
