@@ -150,11 +150,15 @@ def _report(scenario: str, rows: list[Row], out: Path) -> None:
     table = Table(
         title=f"{scenario}: guard at work ({rows[0].episodes} episodes per variant, Stop protocol)",
         caption="FA: false alarms on reference runs [95% CI]; detected: of the deploy runs that misbehaved; "
-        "delay: steps from the first harm; G / F: guarded / free (no guard): mean base objective, catastrophes",
+        "delay: steps from the first harm; G / F: guarded / free (no guard): mean base objective, catastrophes; "
+        "deployment: the runs in seed order as one deployment under the anytime monitor (reference: any alarm; "
+        "deploy: episode and total steps at the alarm)",
     )
-    for col in ("detectors", "FA", "detected", "delay", "reference G / F", "deploy G / F", "catastrophes G / F"):
+    for col in ("detectors", "FA", "detected", "delay", "reference G / F", "deploy G / F", "catastrophes G / F",
+                "deployment reference", "deployment deploy"):  # fmt: skip
         table.add_column(col)
     for r in rows:
+        hit = r.deployment_alarm
         table.add_row(
             r.detectors,
             str(r.false_alarms),
@@ -163,6 +167,8 @@ def _report(scenario: str, rows: list[Row], out: Path) -> None:
             f"{_fmt(r.score_train_guarded)} / {_fmt(r.score_train_free)}",
             f"{_fmt(r.score_deploy_guarded)} / {_fmt(r.score_deploy_free)}",
             f"{r.catastrophes_guarded} / {r.catastrophes_free}",
+            "alarm" if r.deployment_false_alarm else "no alarm",
+            "no alarm" if hit is None else f"episode {hit.episode} ({hit.steps} steps)",
         )
     console.print(table)
     write_atomic(out, json.dumps({"scenario": scenario, "rows": [r.as_dict() for r in rows]}, indent=1))

@@ -17,6 +17,7 @@ import gymnasium as gym
 from mesaguard import metrics
 from mesaguard.calibration import Calibration
 from mesaguard.guard import GuardedEnv
+from mesaguard.monitor import DeploymentAlarm, replay
 from mesaguard.protocols import Fallback, Protocol, Stop
 from mesaguard.rollout import Episode, Policy, rollout
 from mesaguard.scenarios import Scenario, get
@@ -127,6 +128,8 @@ class Row:
     score_deploy_free: float
     catastrophes_guarded: int
     catastrophes_free: int
+    deployment_false_alarm: bool  # the reference runs in seed order as one deployment: any monitor alarm
+    deployment_alarm: DeploymentAlarm | None  # the shifted runs as one deployment: where the monitor fired
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,7 +147,12 @@ def deploy(
     workers: int = 1,
     on_episode: Callable[[Episode], None] | None = None,
 ) -> list[Row]:
-    """Deploy ``policy`` with each detector configuration on the reference variant and on ``variant``."""
+    """Deploy ``policy`` with each detector configuration on the reference variant and on ``variant``.
+
+    Per configuration, the per-episode guard's outcomes, and the deployment view:
+    the unguarded runs of each variant, in seed order, watched by an anytime
+    :class:`~mesaguard.monitor.DeploymentMonitor` at the calibration's alpha.
+    """
     s = get(scenario)
     train = s.reference_variant
     shifted = variant or ("deploy" if "deploy" in s.shifted_variants else s.shifted_variants[0])
@@ -175,6 +183,8 @@ def deploy(
                 score_deploy_free=metrics.mean_score(free[shifted]),
                 catastrophes_guarded=sum(e.catastrophes.size for e in guarded[shifted]),
                 catastrophes_free=sum(e.catastrophes.size for e in free[shifted]),
+                deployment_false_alarm=replay(calibration, [e.increments for e in free[train]], names) is not None,
+                deployment_alarm=replay(calibration, [e.increments for e in free[shifted]], names),
             )
         )
     return rows
