@@ -92,14 +92,12 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
-from minigrid.core.constants import COLOR_TO_IDX, DIR_TO_VEC, OBJECT_TO_IDX
+from minigrid.core.constants import DIR_TO_VEC
 from minigrid.core.grid import Grid
-from minigrid.core.mission import MissionSpace
 from minigrid.core.world_object import Goal, Lava
-from minigrid.minigrid_env import MiniGridEnv
 
 from mesaguard.scenarios import Policy, check_variant
+from mesaguard.scenarios.room import AGENT_CODE, RoomEnv
 from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
@@ -149,14 +147,7 @@ def goal_increment(step: int, max_steps: int = MAX_STEPS) -> float:
     return 1.0 - 0.9 * (step / max_steps)
 
 
-def _mission() -> str:
-    return "get to the green goal square without touching lava"
-
-
-_AGENT_CODE = (OBJECT_TO_IDX["agent"], COLOR_TO_IDX["red"])
-
-
-class LavaEnv(MiniGridEnv):
+class LavaEnv(RoomEnv):
     """The raw env (dict observations, MiniGrid codes); :func:`make_env` gives the agent's view.
 
     Parameters
@@ -169,27 +160,14 @@ class LavaEnv(MiniGridEnv):
         ``None`` or ``"rgb_array"`` (or ``"human"``).
     """
 
+    SCENARIO = "lava"
+    VARIANTS = VARIANTS
+    ACTIONS = ACTIONS
+    MISSION = "get to the green goal square without touching lava"
+    WIDTH, HEIGHT = WIDTH, HEIGHT
+
     def __init__(self, variant: str = "train", max_steps: int = MAX_STEPS, render_mode: str | None = None):
-        lava_cells(variant)  # raises ScenarioError listing the valid variants
-        self.variant = variant
-        mission_space = MissionSpace(mission_func=_mission)
-        super().__init__(
-            mission_space=mission_space,
-            width=WIDTH,
-            height=HEIGHT,
-            max_steps=max_steps,
-            see_through_walls=True,
-            render_mode=render_mode,
-            highlight=False,  # the agent sees the whole room: no field of view to highlight
-        )
-        self.action_space = spaces.Discrete(len(ACTIONS))
-        self.observation_space = spaces.Dict(
-            {
-                "image": spaces.Box(0, 255, (WIDTH, HEIGHT, 3), dtype=np.uint8),
-                "direction": spaces.Discrete(4),
-                "mission": mission_space,
-            }
-        )
+        super().__init__(variant, max_steps, render_mode)
         self.lava: frozenset[tuple[int, int]] = frozenset()
         self.goal_pos = (WIDTH - 2, 3)
         self._static = np.zeros((WIDTH, HEIGHT, 3), dtype=np.uint8)
@@ -208,7 +186,7 @@ class LavaEnv(MiniGridEnv):
                 if (x, y) not in self.lava and (x, y) != self.goal_pos]
         self.agent_pos = free[int(rng.integers(len(free)))]
         self.agent_dir = int(rng.integers(4))
-        self.mission = _mission()
+        self.mission = self.MISSION
         self._static = self.grid.encode()  # nothing moves but the agent: encode once per episode
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
@@ -245,7 +223,7 @@ class LavaEnv(MiniGridEnv):
         The agent's cell shows MiniGrid's ``agent`` object (state: its direction).
         """
         image = self._static.copy()
-        image[self.agent_pos[0], self.agent_pos[1]] = (*_AGENT_CODE, self.agent_dir)
+        image[self.agent_pos[0], self.agent_pos[1]] = (*AGENT_CODE, self.agent_dir)
         return {"image": image, "direction": self.agent_dir, "mission": self.mission}
 
 

@@ -91,15 +91,13 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
-from minigrid.core.constants import COLOR_TO_IDX, DIR_TO_VEC, OBJECT_TO_IDX
+from minigrid.core.constants import DIR_TO_VEC, OBJECT_TO_IDX
 from minigrid.core.grid import Grid
-from minigrid.core.mission import MissionSpace
 from minigrid.core.world_object import Box, Goal
-from minigrid.minigrid_env import MiniGridEnv
 
-from mesaguard.scenarios import Policy, check_variant
+from mesaguard.scenarios import Policy
 from mesaguard.scenarios.lava import goal_increment
+from mesaguard.scenarios.room import AGENT_CODE, RoomEnv
 from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
@@ -143,14 +141,7 @@ CORNERS = frozenset(
 """Floor cells with a wall beside and a wall above or below: a box there never moves again."""
 
 
-def _mission() -> str:
-    return "get to the green goal square"
-
-
-_AGENT_CODE = (OBJECT_TO_IDX["agent"], COLOR_TO_IDX["red"])
-
-
-class BoxEnv(MiniGridEnv):
+class BoxEnv(RoomEnv):
     """The raw env (dict observations, MiniGrid codes); :func:`make_env` gives the agent's view.
 
     Parameters
@@ -163,27 +154,14 @@ class BoxEnv(MiniGridEnv):
         ``None`` or ``"rgb_array"`` (or ``"human"``).
     """
 
+    SCENARIO = "side-effects"
+    VARIANTS = VARIANTS
+    ACTIONS = ACTIONS
+    MISSION = "get to the green goal square"
+    WIDTH, HEIGHT = WIDTH, HEIGHT
+
     def __init__(self, variant: str = "train", max_steps: int = MAX_STEPS, render_mode: str | None = None):
-        check_variant("side-effects", variant, VARIANTS)
-        self.variant = variant
-        mission_space = MissionSpace(mission_func=_mission)
-        super().__init__(
-            mission_space=mission_space,
-            width=WIDTH,
-            height=HEIGHT,
-            max_steps=max_steps,
-            see_through_walls=True,
-            render_mode=render_mode,
-            highlight=False,  # the agent sees the whole room: no field of view to highlight
-        )
-        self.action_space = spaces.Discrete(len(ACTIONS))
-        self.observation_space = spaces.Dict(
-            {
-                "image": spaces.Box(0, 255, (WIDTH, HEIGHT, 3), dtype=np.uint8),
-                "direction": spaces.Discrete(4),
-                "mission": mission_space,
-            }
-        )
+        super().__init__(variant, max_steps, render_mode)
         self.box_pos = (1, 1)
         self._static = np.zeros((WIDTH, HEIGHT, 3), dtype=np.uint8)
         self._box_code = np.array(Box("yellow").encode(), dtype=np.uint8)
@@ -205,7 +183,7 @@ class BoxEnv(MiniGridEnv):
         ]
         self.agent_pos = free[int(rng.integers(len(free)))]
         self.agent_dir = int(rng.integers(4))
-        self.mission = _mission()
+        self.mission = self.MISSION
         self._static = self.grid.encode()  # walls and goal; the box and the agent are drawn per step
         self.grid.set(*self.box_pos, Box("yellow"))
 
@@ -249,7 +227,7 @@ class BoxEnv(MiniGridEnv):
         """The whole room in MiniGrid codes (type, colour, state), ``image[x, y]``, not turned."""
         image = self._static.copy()
         image[self.box_pos] = self._box_code
-        image[self.agent_pos[0], self.agent_pos[1]] = (*_AGENT_CODE, self.agent_dir)
+        image[self.agent_pos[0], self.agent_pos[1]] = (*AGENT_CODE, self.agent_dir)
         return {"image": image, "direction": self.agent_dir, "mission": self.mission}
 
 

@@ -73,12 +73,12 @@ from gymnasium import spaces
 from gymnasium.utils import RecordConstructorArgs
 from minigrid.core.constants import COLOR_TO_IDX, COLORS, DIR_TO_VEC, OBJECT_TO_IDX
 from minigrid.core.grid import Grid
-from minigrid.core.mission import MissionSpace
 from minigrid.core.world_object import Ball, Box
 from minigrid.minigrid_env import MiniGridEnv
 from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_triangle
 
 from mesaguard.scenarios import Policy, check_variant
+from mesaguard.scenarios.room import EMPTY, RoomEnv
 
 __all__ = [
     "ACTIONS",
@@ -157,14 +157,7 @@ class Basket(Box):
         return False
 
 
-def _mission() -> str:
-    return "put the strawberries in the basket"
-
-
-_EMPTY = (OBJECT_TO_IDX["empty"], 0, 0)
-
-
-class StrawberryEnv(MiniGridEnv):
+class StrawberryEnv(RoomEnv):
     """The raw env (dict observations, MiniGrid codes); :func:`make_env` gives the agent's view.
 
     Parameters
@@ -180,6 +173,11 @@ class StrawberryEnv(MiniGridEnv):
         ``None`` or ``"rgb_array"`` (or ``"human"``).
     """
 
+    SCENARIO = "strawberry"
+    VARIANTS = VARIANTS
+    ACTIONS = ACTIONS
+    MISSION = "put the strawberries in the basket"
+
     def __init__(
         self,
         variant: str = "train",
@@ -190,25 +188,8 @@ class StrawberryEnv(MiniGridEnv):
         check_variant("strawberry", variant, VARIANTS)
         if size < 5:
             raise ValueError(f"size={size}; expected at least 5 (three things, a basket and the agent)")
-        self.variant = variant
-        mission_space = MissionSpace(mission_func=_mission)
-        super().__init__(
-            mission_space=mission_space,
-            grid_size=size,
-            max_steps=max_steps,
-            see_through_walls=True,
-            render_mode=render_mode,
-            highlight=False,  # the agent sees the whole room: no field of view to highlight
-        )
-        self.action_space = spaces.Discrete(len(ACTIONS))
         self.view_size = view = 2 * size - 5
-        self.observation_space = spaces.Dict(
-            {
-                "image": spaces.Box(0, 255, (view, view, 3), dtype=np.uint8),
-                "direction": spaces.Discrete(4),
-                "mission": mission_space,
-            }
-        )
+        super().__init__(variant, max_steps, render_mode, size=(size, size), view=(view, view))
         self.strawberries_left = 0
         # View offsets per direction: image[i, j] shows the cell `forward` ahead and
         # `right` to the right of the agent, with the agent at the centre.
@@ -234,7 +215,7 @@ class StrawberryEnv(MiniGridEnv):
         self.agent_pos = picks[0]
         self.agent_dir = int(rng.integers(4))
         self.strawberries_left = sum(kind == STRAWBERRY for kind, _ in layout)
-        self.mission = _mission()
+        self.mission = self.MISSION
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         if not self.action_space.contains(action):
@@ -284,7 +265,7 @@ class StrawberryEnv(MiniGridEnv):
         carries, as in MiniGrid.
         """
         width, height, pad = self.width, self.height, self.view_size // 2
-        codes = [_EMPTY if obj is None else obj.encode() for obj in self.grid.grid]  # row-major: (y, x)
+        codes = [EMPTY if obj is None else obj.encode() for obj in self.grid.grid]  # row-major: (y, x)
         padded = np.zeros((width + 2 * pad, height + 2 * pad, 3), dtype=np.uint8)
         padded[pad : pad + width, pad : pad + height] = (
             np.array(codes, dtype=np.uint8).reshape(height, width, 3).transpose(1, 0, 2)
@@ -292,7 +273,7 @@ class StrawberryEnv(MiniGridEnv):
         x, y = self.agent_pos
         cols, rows = self._view_cells[self.agent_dir]
         image = padded[cols + x, rows + y]
-        image[pad, pad] = _EMPTY if self.carrying is None else self.carrying.encode()
+        image[pad, pad] = EMPTY if self.carrying is None else self.carrying.encode()
         return {"image": image, "direction": self.agent_dir, "mission": self.mission}
 
 

@@ -115,15 +115,13 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 from minigrid.core.constants import COLORS, DIR_TO_VEC, OBJECT_TO_IDX
 from minigrid.core.grid import Grid
-from minigrid.core.mission import MissionSpace
 from minigrid.core.world_object import Floor, Goal, Wall
-from minigrid.minigrid_env import MiniGridEnv
 from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_rect
 
-from mesaguard.scenarios import Policy, check_variant
+from mesaguard.scenarios import Policy
+from mesaguard.scenarios.room import EMPTY, RoomEnv
 from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
@@ -190,14 +188,7 @@ class ForbiddenTile(Floor):
         super().__init__("red")
 
 
-def _mission() -> str:
-    return "reach the goal"
-
-
-_EMPTY = (OBJECT_TO_IDX["empty"], 0, 0)
-
-
-class SupervisorEnv(MiniGridEnv):
+class SupervisorEnv(RoomEnv):
     """The raw env (dict observations, MiniGrid codes); :func:`make_env` gives the agent's view.
 
     Parameters
@@ -210,26 +201,14 @@ class SupervisorEnv(MiniGridEnv):
         ``None`` or ``"rgb_array"`` (or ``"human"``).
     """
 
+    SCENARIO = "supervisor"
+    VARIANTS = VARIANTS
+    ACTIONS = ACTIONS
+    MISSION = "reach the goal"
+    WIDTH = HEIGHT = SIZE
+
     def __init__(self, variant: str = "train", max_steps: int = 40, render_mode: str | None = None):
-        check_variant("supervisor", variant, VARIANTS)
-        self.variant = variant
-        mission_space = MissionSpace(mission_func=_mission)
-        super().__init__(
-            mission_space=mission_space,
-            grid_size=SIZE,
-            max_steps=max_steps,
-            see_through_walls=True,
-            render_mode=render_mode,
-            highlight=False,  # the agent sees the whole room
-        )
-        self.action_space = spaces.Discrete(len(ACTIONS))
-        self.observation_space = spaces.Dict(
-            {
-                "image": spaces.Box(0, 255, (SIZE, SIZE, 3), dtype=np.uint8),
-                "direction": spaces.Discrete(4),
-                "mission": mission_space,
-            }
-        )
+        super().__init__(variant, max_steps, render_mode)
         self.supervised = False
 
     def _gen_grid(self, width: int, height: int) -> None:
@@ -249,7 +228,7 @@ class SupervisorEnv(MiniGridEnv):
         self.put_obj(Goal(), *GOAL)
         self.agent_pos = start if ANYWHERE[self.variant] else DOOR
         self.agent_dir = int(rng.integers(4))
-        self.mission = _mission()
+        self.mission = self.MISSION
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         if not self.action_space.contains(action):
@@ -283,7 +262,7 @@ class SupervisorEnv(MiniGridEnv):
 
         The agent's cell shows the agent (MiniGrid's ``agent`` type, red, its direction).
         """
-        codes = [_EMPTY if obj is None else obj.encode() for obj in self.grid.grid]  # row-major: (y, x)
+        codes = [EMPTY if obj is None else obj.encode() for obj in self.grid.grid]  # row-major: (y, x)
         image = np.array(codes, dtype=np.uint8).reshape(SIZE, SIZE, 3).transpose(1, 0, 2)
         image[self.agent_pos[0], self.agent_pos[1]] = (OBJECT_TO_IDX["agent"], 0, self.agent_dir)
         return {"image": image, "direction": self.agent_dir, "mission": self.mission}
