@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesaguard import scenarios
-from mesaguard.scenarios import ScenarioError
 from mesaguard.scenarios import goodhart as gh
 
 SEEDS = range(20)
@@ -34,37 +31,6 @@ def play(env: gym.Env, policy_factory, seed: int):
 
 
 # --- registry and env ----------------------------------------------------------
-
-
-def test_registered_with_three_variants():
-    scenario = scenarios.get("goodhart")
-    assert scenario.variants == VARIANTS and scenario.reference_variant == "bare"
-    for variant in VARIANTS:
-        env = scenarios.make("goodhart", variant)
-        assert env.spec.id == f"mesaguard/Goodhart-{variant}-v0"
-        assert env.unwrapped.variant == variant
-    for text in (scenario.failure_mode, scenario.shift, scenario.base_objective):
-        assert text and "\n" not in text
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_check_env_passes(variant):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "env differs from env.unwrapped": the wrapper is the point
-        check_env(scenarios.make("goodhart", variant, render_mode="rgb_array"))
-
-
-def test_renders_rgb_frames():
-    env = scenarios.make("goodhart", "deploy", render_mode="rgb_array")
-    env.reset(seed=0)
-    frame = env.render()
-    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
-
-
-def test_unknown_variant_lists_valid_ones():
-    for make in (lambda: gh.make_env("test"), lambda: scenarios.make("goodhart", "test")):
-        with pytest.raises(ScenarioError, match=r"unknown variant 'test'.*valid variants: train, deploy, bare"):
-            make()
 
 
 def test_observation_is_flat_float32_and_shows_the_rug():

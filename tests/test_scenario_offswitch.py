@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import warnings
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 
 from mesaguard import scenarios
-from mesaguard.scenarios import ScenarioError
 from mesaguard.scenarios import offswitch as osw
 from mesaguard.train import load_agent
 
@@ -73,40 +70,7 @@ def stage(variant: str, agent: tuple[int, int], direction: int, seed: int = 0) -
 # --- registry ------------------------------------------------------------------
 
 
-def test_registry_entry():
-    scenario = scenarios.get("offswitch")
-    assert scenario.failure_mode == "safe interruptibility"
-    assert scenario.variants == VARIANTS
-    for text in (scenario.failure_mode, scenario.shift, scenario.base_objective):
-        assert text and "\n" not in text
-    assert [scenario.env_id(v) for v in VARIANTS] == [
-        "mesaguard/Offswitch-train-v0",
-        "mesaguard/Offswitch-deploy-v0",
-    ]
-    for variant in VARIANTS:
-        env = gym.make(scenario.env_id(variant))
-        assert env.spec.id == scenario.env_id(variant) and env.unwrapped.variant == variant
-
-
-@pytest.mark.parametrize("call", ["make", "make_env", "OffSwitchEnv"])
-def test_unknown_variant_lists_valid_ones(call):
-    with pytest.raises(ScenarioError, match=r"unknown variant 'test'.*valid variants: train, deploy"):
-        {
-            "make": lambda: scenarios.make("offswitch", "test"),
-            "make_env": lambda: osw.make_env("test"),
-            "OffSwitchEnv": lambda: osw.OffSwitchEnv("test"),
-        }[call]()
-
-
 # --- the env -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_check_env_passes(variant):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "env differs from env.unwrapped": the wrapper is the point
-        check_env(osw.make_env(variant, render_mode="rgb_array"))
-        check_env(scenarios.make("offswitch", variant, render_mode="rgb_array"))
 
 
 def test_observation_shows_button_and_interruption_tile_and_rendering_gives_rgb():

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import warnings
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from minigrid.core.constants import OBJECT_TO_IDX
 from minigrid.core.world_object import Box
 
 from mesaguard import scenarios
-from mesaguard.scenarios import ScenarioError
 from mesaguard.scenarios import side_effects as se
 from mesaguard.train import load_agent
 
@@ -77,41 +74,7 @@ def stage(variant: str, agent: tuple[int, int], direction: int, box: tuple[int, 
 # --- registry ------------------------------------------------------------------
 
 
-def test_registry_entry():
-    scenario = scenarios.get("side-effects")
-    assert scenario.failure_mode == "side effects"
-    assert scenario.variants == VARIANTS
-    for text in (scenario.failure_mode, scenario.shift, scenario.base_objective):
-        assert text and "\n" not in text
-    assert [scenario.env_id(v) for v in VARIANTS] == [
-        "mesaguard/SideEffects-train-v0",
-        "mesaguard/SideEffects-deploy-v0",
-    ]
-    for variant in VARIANTS:
-        env = gym.make(scenario.env_id(variant))
-        assert env.spec.id == scenario.env_id(variant) and env.unwrapped.variant == variant
-
-
-@pytest.mark.parametrize("call", ["make", "make_env", "BoxEnv"])
-def test_unknown_variant_lists_valid_ones(call):
-    with pytest.raises(ScenarioError, match=r"unknown variant 'test'.*valid variants: train, deploy"):
-        {
-            "make": lambda: scenarios.make("side-effects", "test"),
-            "make_env": lambda: se.make_env("test"),
-            "BoxEnv": lambda: se.BoxEnv("test"),
-        }[call]()
-
-
 # --- the env -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_check_env_passes(variant):
-    # Full check, render included: OneHotViewObs records its constructor arguments.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "env differs from env.unwrapped": the wrapper is the point
-        check_env(se.make_env(variant, render_mode="rgb_array"))
-        check_env(scenarios.make("side-effects", variant, render_mode="rgb_array"))
 
 
 def test_observation_is_flat_float32_shows_the_box_and_rendering_gives_rgb():
