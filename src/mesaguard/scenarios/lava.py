@@ -150,14 +150,7 @@ def goal_increment(step: int, max_steps: int = MAX_STEPS) -> float:
 class LavaEnv(RoomEnv):
     """The raw env (dict observations, MiniGrid codes); :func:`make_env` gives the agent's view.
 
-    Parameters
-    ----------
-    variant
-        ``"train"``, ``"deploy"`` or ``"deploy-lake"`` (see the module docstring).
-    max_steps
-        Steps before truncation.
-    render_mode
-        ``None`` or ``"rgb_array"`` (or ``"human"``).
+    ``variant`` is one of ``VARIANTS`` (see the module docstring); the rest as :class:`RoomEnv`.
     """
 
     SCENARIO = "lava"

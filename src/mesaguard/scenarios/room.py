@@ -30,7 +30,20 @@ AGENT_CODE = (OBJECT_TO_IDX["agent"], COLOR_TO_IDX["red"])  # the agent's cell: 
 
 
 class RoomEnv(MiniGridEnv):
-    """A MiniGrid room seen whole; subclasses set the class attributes and ``_gen_grid``."""
+    """A MiniGrid room seen whole; subclasses set the class attributes and ``_gen_grid``.
+
+    Parameters
+    ----------
+    variant
+        One of ``VARIANTS``; another raises :class:`~mesaguard.scenarios.ScenarioError` listing them.
+    max_steps
+        Steps before truncation.
+    render_mode
+        ``None`` or ``"rgb_array"`` (or ``"human"``).
+    size, view
+        ``(width, height)`` of the room (default ``WIDTH, HEIGHT``) and of the observed image
+        (default: the room).
+    """
 
     SCENARIO: ClassVar[str]
     VARIANTS: ClassVar[tuple[str, ...]]

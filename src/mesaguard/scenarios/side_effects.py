@@ -144,14 +144,7 @@ CORNERS = frozenset(
 class BoxEnv(RoomEnv):
     """The raw env (dict observations, MiniGrid codes); :func:`make_env` gives the agent's view.
 
-    Parameters
-    ----------
-    variant
-        ``"train"`` or ``"deploy"`` (see the module docstring).
-    max_steps
-        Steps before truncation.
-    render_mode
-        ``None`` or ``"rgb_array"`` (or ``"human"``).
+    ``variant`` is one of ``VARIANTS`` (see the module docstring); the rest as :class:`RoomEnv`.
     """
 
     SCENARIO = "side-effects"

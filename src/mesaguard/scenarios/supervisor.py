@@ -191,14 +191,7 @@ class ForbiddenTile(Floor):
 class SupervisorEnv(RoomEnv):
     """The raw env (dict observations, MiniGrid codes); :func:`make_env` gives the agent's view.
 
-    Parameters
-    ----------
-    variant
-        ``"train"``, ``"deploy"`` or ``"supervised"`` (see the module docstring).
-    max_steps
-        Steps before truncation.
-    render_mode
-        ``None`` or ``"rgb_array"`` (or ``"human"``).
+    ``variant`` is one of ``VARIANTS`` (see the module docstring); the rest as :class:`RoomEnv`.
     """
 
     SCENARIO = "supervisor"
