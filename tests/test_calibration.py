@@ -153,13 +153,13 @@ def test_corrupt_and_foreign_files(tmp_path, calibration):
 
 
 def test_unknown_detector_in_file_is_named(tmp_path, calibration):
-    from mesaguard.calibration import _content_hash
+    from mesaguard.calibration import content_hash
 
     data = calibration.to_dict()
     data["detectors"]["bogus"] = data["detectors"].pop("cusum")
     body = {k: v for k, v in data.items() if k != "content_hash"}
     path = tmp_path / "cal.json"
-    path.write_text(json.dumps({**body, "content_hash": _content_hash(body)}))
+    path.write_text(json.dumps({**body, "content_hash": content_hash(body)}))
     with pytest.raises(CalibrationError, match="unknown detector 'bogus'"):
         Calibration.load(path)
 

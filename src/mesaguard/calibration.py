@@ -43,6 +43,7 @@ __all__ = [
     "Calibration",
     "CalibrationError",
     "check_alpha",
+    "content_hash",
     "DetectorCalibration",
     "conformal_rank",
     "episode_maxima",
@@ -63,7 +64,7 @@ class CalibrationError(ValueError):
 
 
 def check_alpha(alpha: float) -> float:
-    if not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
+    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
         raise CalibrationError(f"alpha={alpha!r}; expected a false-alarm rate strictly between 0 and 1")
     return float(alpha)
 
@@ -362,7 +363,7 @@ class Calibration:
             },
             "metadata": self.metadata,
         }
-        return {**body, "content_hash": _content_hash(body)}
+        return {**body, "content_hash": content_hash(body)}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the calibration as JSON, atomically."""
@@ -390,7 +391,7 @@ class Calibration:
                 f"{SCHEMA_VERSION}. Fit it again with this version (mesaguard calibrate)."
             )
         body = {k: v for k, v in data.items() if k != "content_hash"}
-        if data.get("content_hash") != _content_hash(body):
+        if data.get("content_hash") != content_hash(body):
             raise CalibrationError(f"{source} is corrupt: its content hash does not match its content")
         try:
             detectors = {
@@ -420,6 +421,6 @@ class Calibration:
             raise CalibrationError(f"{source} is malformed: {exc!r}") from None
 
 
-def _content_hash(body: Mapping[str, Any]) -> str:
+def content_hash(body: Mapping[str, Any]) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

@@ -19,6 +19,13 @@ calibrated threshold. :class:`GuardedEnv` wraps one Gymnasium env with it and
     with a :class:`~mesaguard.monitor.DeploymentMonitor` (``monitor=``): its
     ``evidence``, ``threshold``, ``alarm``, ``episodes`` and ``steps`` seen, and ``mode``.
 
+With a :class:`~mesaguard.detectors.scope.Scope` (``scope=``), every observation the
+agent is about to act on (after reset and after each step) is checked *before* it
+acts; out of scope, the alarm fires with detector ``"scope"``, and the protocol
+takes that action (``Fallback``) or the episode ends before it (``Stop``: the step
+that returned the observation reports ``truncated``; a first observation out of
+scope makes the next step a refused one). ``statistics["scope"]`` is its statistic.
+
 A deployment alarm goes to the same protocol (detector ``"deployment"``) and
 stands across episodes until :meth:`GuardedEnv.clear`: under ``Stop`` every later
 step is refused (the agent's action is not executed; the step reports
@@ -45,6 +52,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 from mesaguard.calibration import Calibration
 from mesaguard.detectors import detector_class
 from mesaguard.detectors.base import DetectorError, as_increments
+from mesaguard.detectors.scope import Scope
 from mesaguard.monitor import DeploymentMonitor
 from mesaguard.objective import Objective, ObjectiveError, Transition, make_objective
 from mesaguard.protocols import Alarm, Protocol, Stop, compose
@@ -53,6 +61,7 @@ __all__ = ["Guard", "GuardedEnv", "GuardedVectorEnv", "ScalarGuard"]
 
 ERROR = "error"
 DEPLOYMENT = "deployment"  # the detector name of a deployment monitor's alarm
+SCOPE = "scope"  # the detector name of a scope alarm: the state the agent is about to act in is out of scope
 
 
 def _with_error(previous: str | None, exc: BaseException) -> str:
@@ -183,12 +192,12 @@ class Guard:
             self.fail(new, first=np.argmax(over, axis=0))
         return new
 
-    def fail(self, mask: np.ndarray, first: np.ndarray | None = None) -> None:
-        """Raise the alarm in the envs of ``mask``: by detector ``first`` (indices), or as an error."""
+    def fail(self, mask: np.ndarray, first: np.ndarray | None = None, name: str = ERROR) -> None:
+        """Raise the alarm in the envs of ``mask``: by detector ``first`` (indices), else as ``name``."""
         self.alarm[mask] = True
         self.alarm_step[mask] = self.steps[mask]
         if first is None:
-            self.detector[mask] = ERROR
+            self.detector[mask] = name
         else:
             self.detector[mask] = np.array(self.names, dtype=object)[first[mask]]
 
@@ -242,6 +251,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         objective: str | Objective | Callable[[Transition], float] | None = None,
         scenario: str | None = None,
         monitor: DeploymentMonitor | None = None,
+        scope: Scope | None = None,
     ) -> None:
         gym.utils.RecordConstructorArgs.__init__(
             self,
@@ -251,15 +261,19 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             objective=objective,
             scenario=scenario,
             monitor=monitor,
+            scope=scope,
         )
         gym.Wrapper.__init__(self, env)
         calibration.check(scenario=scenario, obs_shape=env.observation_space.shape)
         if monitor is not None and monitor.n_envs != 1:
             raise ValueError(f"monitor watches {monitor.n_envs} envs; GuardedEnv needs a monitor with n_envs=1")
+        if scope is not None:
+            scope.check(scenario=scenario, obs_shape=env.observation_space.shape)
         self.guard = ScalarGuard(calibration, detectors)
         self.protocol = compose(Stop() if protocol is None else protocol)
         self.objective = make_objective(objective)
         self.monitor = monitor
+        self.scope = None if scope is None else scope.detector(1).scalar()
         self._obs: Any = None
         self._error: str | None = None
 
@@ -269,6 +283,9 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if self.monitor is not None:
             self.monitor.start()
         self._obs, self._error = obs, None
+        if self.scope is not None:
+            self.scope.reset()
+            self._check_scope(obs)
         return obs, info
 
     def clear(self) -> None:
@@ -279,7 +296,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         g, monitor = self.guard, self.monitor
         deployment_alarm = monitor is not None and monitor.alarm
-        if deployment_alarm and self.protocol.stops:
+        if (deployment_alarm or g.alarm) and self.protocol.stops:  # stopped before this action: it never runs
             return self._refuse()
         acting = "agent"
         stop = False
@@ -311,6 +328,8 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if monitor is not None:
             stop |= self._watch(u)
         self._obs = obs
+        if self.scope is not None and not (terminated or truncated):
+            stop |= self._check_scope(obs)
         if g.alarm and self.protocol.stops:
             stop = True
         if monitor is not None and (terminated or truncated or stop):
@@ -336,18 +355,35 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             return self._fire(deployment=True) or self.protocol.stops
         return False
 
+    def _check_scope(self, obs: Any) -> bool:
+        """Check the state the agent is about to act in; True if the episode must stop now."""
+        g = self.guard
+        try:
+            out = self.scope.update(obs) > self.scope.threshold
+        except Exception as exc:  # fail closed: a state the scope cannot judge is out of scope
+            self._record(exc)
+            out = True
+        if out and not g.alarm:
+            g.fail(SCOPE)
+            return self._fire() or self.protocol.stops
+        return False
+
     def _refuse(self) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        """A standing deployment alarm under ``Stop``: the action is not executed and the episode ends."""
-        self.monitor.finish(censored=True)
+        """A standing alarm under ``Stop`` (deployment, or scope on the first state): no action, the episode ends."""
+        if self.monitor is not None:
+            self.monitor.finish(censored=True)
         return self._obs, 0.0, False, True, {"mesaguard": self._report(0.0, "protocol")}
 
     def _report(self, u: float, acting: str) -> dict[str, Any]:
         g = self.guard
+        statistics = dict(zip(g.names, g.statistics))
+        if self.scope is not None:
+            statistics[SCOPE] = self.scope.statistic
         report = {
             "score": g.score,
             "increment": u,
             "step": g.steps,
-            "statistics": dict(zip(g.names, g.statistics)),
+            "statistics": statistics,
             "alarm": g.alarm,
             "detector": g.detector or None,
             "alarm_step": g.alarm_step if g.alarm else None,
@@ -398,9 +434,13 @@ class GuardedVectorEnv(VectorWrapper):
         objective: str | Objective | Callable[[Transition], float] | None = None,
         scenario: str | None = None,
         monitor: DeploymentMonitor | None = None,
+        scope: Scope | None = None,
     ) -> None:
         super().__init__(env)
         calibration.check(scenario=scenario, obs_shape=env.single_observation_space.shape)
+        if scope is not None:
+            scope.check(scenario=scenario, obs_shape=env.single_observation_space.shape)
+        self.scope = None if scope is None else scope.detector(env.num_envs)
         mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
         if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
             raise ValueError(f"autoreset mode {mode}; GuardedVectorEnv supports NEXT_STEP and SAME_STEP")
@@ -422,6 +462,8 @@ class GuardedVectorEnv(VectorWrapper):
         self._start(mask)
         self._restarting[:] = False if mask is None else self._restarting & ~mask
         self._obs = obs
+        if self.scope is not None:
+            self._check_scope(obs, np.ones(self.num_envs, dtype=bool) if mask is None else mask)
         return obs, info
 
     def clear(self, *, seed: int | list[int | None] | None = None):
@@ -480,6 +522,8 @@ class GuardedVectorEnv(VectorWrapper):
         if self.protocol.stops:
             stop |= g.alarm & stepped
         done = np.asarray(terminated) | np.asarray(truncated)
+        if self.scope is not None:  # the next states of the episodes going on, before the agents act in them
+            stop |= self._check_scope(obs, ~done & ~stop)
         truncated = np.asarray(truncated) | stop
         stopped = stop & ~done
         if monitor is not None:
@@ -497,16 +541,44 @@ class GuardedVectorEnv(VectorWrapper):
             self._restarting[:] = False
         else:
             self._restarting = done
+        if self.scope is not None:  # first states of the episodes started in this step
+            self._check_scope(obs, stopped | (done if self.same_step else np.zeros(self.num_envs, dtype=bool)))
         self._obs = obs
         return obs, rewards, terminated, truncated, info
 
     def _start(self, mask: np.ndarray | None) -> None:
-        """New episodes in the sub-envs of ``mask`` (all if None): guard, errors and monitor."""
+        """New episodes in the sub-envs of ``mask`` (all if None): guard, errors, monitor and scope."""
         self.guard.reset(mask)
         for i in range(self.num_envs) if mask is None else np.flatnonzero(mask):
             self._errors[i] = None
         if self.monitor is not None:
             self.monitor.start(mask)
+        if self.scope is not None:
+            self.scope.reset(mask)
+
+    def _check_scope(self, obs: Any, mask: np.ndarray) -> np.ndarray:
+        """Check the states the agents of ``mask`` are about to act in; the sub-envs to stop now.
+
+        A first state out of scope (after a reset) cannot stop an action in a vector
+        env, which steps every sub-env together: there ``Fallback`` takes the action.
+        """
+        g, none = self.guard, np.zeros(self.num_envs, dtype=bool)
+        if not mask.any():
+            return none
+        try:
+            out = (self.scope.update(obs) > self.scope.threshold) & mask
+        except Exception as exc:  # fail closed: states the scope cannot judge are out of scope
+            for i in np.flatnonzero(mask):
+                self._record(i, exc)
+            out = mask.copy()
+        new = out & ~g.alarm
+        if not new.any():
+            return none
+        g.fail(new, name=SCOPE)
+        stop = none.copy()
+        for i in np.flatnonzero(new):
+            stop[i] = self._fire(i) or self.protocol.stops
+        return stop
 
     def _watch(self, u: np.ndarray, live: np.ndarray, bad: np.ndarray, stepped: np.ndarray) -> np.ndarray:
         """Feed the deployment monitor; the sub-envs to stop (all that stepped, on its alarm under Stop)."""
@@ -542,11 +614,14 @@ class GuardedVectorEnv(VectorWrapper):
 
     def _report(self, u: np.ndarray, acting: np.ndarray) -> dict[str, Any]:
         g = self.guard
+        statistics = {name: g.statistics[i].copy() for i, name in enumerate(g.names)}
+        if self.scope is not None:
+            statistics[SCOPE] = self.scope.statistic.copy()
         report = {
             "score": g.score.copy(),
             "increment": u,
             "step": g.steps.copy(),
-            "statistics": {name: g.statistics[i].copy() for i, name in enumerate(g.names)},
+            "statistics": statistics,
             "alarm": g.alarm.copy(),
             "detector": g.detector.copy(),
             "alarm_step": g.alarm_step.copy(),

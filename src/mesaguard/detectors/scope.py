@@ -1,0 +1,664 @@
+"""The scope detector: is the state the agent is about to act in inside the scope where it was checked?
+
+The agent's alignment was checked on a distribution of states (its reference
+variant). That *scope* is a piece of data: the states of in-distribution episodes.
+A score watched after the fact cannot undo a catastrophic action; this detector
+looks at the observation *before* the agent acts on it, and fires when the run has
+left the scope.
+
+Three folds of in-distribution episodes, split by episode so that no state is used
+twice:
+
+1. **fit** (first half of ``fit_split(n)``): the reference states. A state's
+   nonconformity score is its distance to them: ``method="knn"``, the Euclidean
+   distance to the k-th nearest *distinct* fit state (scikit-learn
+   ``NearestNeighbors``; gridworld states repeat a lot, so they are deduplicated and
+   a state seen in the fit fold scores 0 at ``k=1``), or ``method="mahalanobis"``,
+   the squared Mahalanobis distance under scikit-learn's ``LedoitWolf`` covariance
+   (the shrinkage keeps it defined when features are constant in training: such
+   features, say where the lava lies, are exactly what a shift moves, and they get
+   the largest weight).
+2. **reference** (second half): the scores of its states make per-state conformal
+   p-values, ``p = (1 + #{reference scores >= s}) / (n + 1)``. For a state
+   exchangeable with the reference states, ``P(p <= u) <= u``; states within an
+   episode are dependent, so per-state p-values are a scale, not the guarantee.
+3. **threshold** (the held-out rest): the streaming statistic (below) is run over
+   each episode and the episode's maximum kept; the threshold is their conformal
+   quantile, the rule of :mod:`mesaguard.calibration` for every detector. A new
+   in-distribution episode raises a false alarm with probability at most ``alpha``,
+   exactly, whatever the dependence within episodes.
+
+The statistic aggregates over time so that a run drifting slowly out of scope is
+caught too. With ``e_t = -log p_t`` (under the null ``-log p`` is stochastically
+at most Exp(1)), CUSUM ``C_t = max(0, C_{t-1} + e_t - slack)`` (Page, 1954) and the
+statistic ``max(e_t, C_t)``: one far-out state fires at once, a run of moderately
+unusual states (each too common to fire alone) adds up. ``slack=None`` keeps the
+per-state part alone. In the statistic, ``p_t`` is the conformal p-value made
+continuous and unbounded beyond the largest reference score
+(:meth:`Scope.evidence_of_scores`): with the plain step function, evidence stops
+at ``log(n + 1)`` however far out a state is, and ties between episodes' maxima
+leave the threshold at that ceiling, where only the CUSUM can pass it.
+
+Within an env, states repeat (gridworlds above all): a scope remembers the score of
+each distinct state it has seen (:data:`CACHE_SIZE` of them), so a repeated state
+costs a dict lookup, not a scikit-learn query. Observations are compared as given;
+to watch the policy's features instead, map observations to features before
+fitting and before each update.
+
+In a guard: ``det = scope.detector(n_envs)`` (or ``.scalar()`` for one env);
+``det.reset(mask)`` when episodes start; ``det.update(obs)`` on the observation
+that reset or step returned, before the agent acts on it; the alarm is
+``statistic > scope.threshold``, so the protocol takes the action that would have
+been taken in that state. The scope is not an increment detector (it reads
+observations), so it stays out of :data:`mesaguard.detectors.DETECTORS` and has
+its own threshold at its own ``alpha``.
+
+Files: ``scope.save("scope.json")`` writes the JSON (format, schema version,
+method, parameters, threshold, per-episode maxima, obs shape, scenario, a sha256
+content hash, and the sha256 of the arrays) and ``scope.npz`` beside it (the fit
+fold's distinct states or the Mahalanobis location and precision, and the
+reference scores), loaded with ``allow_pickle=False``.
+
+Measured (``benchmarks/scope.py``, shipped agents, 200 calibration episodes, 500
+per variant, alpha = 0.05, CUSUM aggregate): on ``lava`` the Mahalanobis scope fires
+on 99.4% of ``deploy`` and all ``deploy-lake`` episodes, at the first state in
+nearly all, before 327 of 330 and 341 of 341 lava steps, with 4.6% false alarms;
+kNN on raw one-hot observations fires on 77% of ``deploy`` (a moved gap changes as
+few inputs as a step of the agent). On ``side-effects`` both catch the moved box
+(Mahalanobis 100%, kNN 93% with the aggregate against 44% per state alone). On
+``strawberry`` it cannot: a deployment room (two red balls, one yellow) looks exactly
+like a training room; only the hidden kind of each ball moved. An observation-based
+scope sees only what the observation shows.
+
+>>> rng = np.random.default_rng(0)
+>>> episodes = [rng.normal(size=(20, 2)) for _ in range(80)]
+>>> scope = Scope.fit(episodes, method="knn", k=5, alpha=0.1)
+>>> scope.n_fit, scope.n_reference, scope.n_cal, scope.rank
+(20, 20, 40, 37)
+>>> det = scope.detector(n_envs=2)
+>>> stat = det.update(np.array([[0.1, -0.2], [6.0, 6.0]]))  # before the agent acts
+>>> (stat > scope.threshold).tolist()
+[False, True]
+>>> float(scope.p_values(np.array([[6.0, 6.0]]))[0]) == 1 / (scope.n_reference_states + 1)
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.covariance import LedoitWolf
+from sklearn.neighbors import NearestNeighbors
+
+from mesaguard.calibration import (
+    CalibrationError,
+    check_alpha,
+    content_hash,
+    conformal_rank,
+    episodes_needed,
+    false_alarm_spread,
+    fit_split,
+    min_episodes,
+)
+from mesaguard.detectors.base import DetectorError
+from mesaguard.files import write_atomic
+
+__all__ = ["METHODS", "SCHEMA_VERSION", "ScalarScopeDetector", "Scope", "ScopeDetector", "ScopeError", "first_alarms"]
+
+SCHEMA_VERSION = 1
+FORMAT = "mesaguard.scope"
+METHODS = ("knn", "mahalanobis")
+CACHE_SIZE = 1 << 16  # distinct states whose scores a scope remembers (gridworld states repeat)
+
+
+class ScopeError(CalibrationError, DetectorError):
+    """Bad scope input: NaN or misshapen observations, too few episodes, a corrupt or foreign file."""
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ScopeError(f"k={k!r}; expected a positive integer (which nearest neighbour)")
+    return k
+
+
+def _check_slack(slack: Any) -> float | None:
+    number = isinstance(slack, (int, float)) and not isinstance(slack, bool)
+    if slack is not None and not (number and math.isfinite(slack) and slack >= 0):
+        raise ScopeError(f"slack={slack!r}; expected a non-negative number of nats, or None for per-state only")
+    return None if slack is None else float(slack)
+
+
+def _check_states(states: Any, obs_shape: tuple[int, ...], what: str) -> np.ndarray:
+    """``states`` as a finite float64 array of shape ``(n, d)``, ``d = prod(obs_shape)``."""
+    x = np.asarray(states, dtype=np.float64)
+    if x.ndim < 1 or x.shape[1:] != obs_shape:
+        dims = ", ".join(map(str, obs_shape))
+        raise ScopeError(f"{what} have shape {x.shape}; expected (n, {dims}), one observation a row")
+    x = x.reshape(x.shape[0], -1)
+    if not np.isfinite(x).all():
+        row, col = (int(i[0]) for i in np.nonzero(~np.isfinite(x)))
+        raise ScopeError(
+            f"{what}: observation {row} has value {x[row, col]} at flat index {col}; expected finite numbers"
+        )
+    return x
+
+
+def _check_episodes(episodes: Sequence[Any]) -> tuple[list[np.ndarray], tuple[int, ...]]:
+    """Episodes of observations, each ``(T_i, *obs_shape)`` with ``T_i >= 1``, one shape for all."""
+    arrays = [np.asarray(e, dtype=np.float64) for e in episodes]
+    if not arrays:
+        raise ScopeError("got no episodes; expected arrays of shape (T, *obs_shape), the states the agent acted in")
+    shape = arrays[0].shape[1:]
+    if arrays[0].ndim < 2:
+        raise ScopeError(
+            f"episode 0 has shape {arrays[0].shape}; expected (T, *obs_shape) with at least one obs dimension"
+        )
+    out = []
+    for i, e in enumerate(arrays):
+        if e.ndim < 2 or e.shape[0] == 0:
+            raise ScopeError(f"episode {i} has shape {e.shape}; expected (T, {', '.join(map(str, shape))}) with T >= 1")
+        out.append(_check_states(e, shape, f"episode {i}"))
+    return out, tuple(int(s) for s in shape)
+
+
+class _Scorer:
+    """Nonconformity of states against the fit fold; built from its stored arrays only.
+
+    Built the same way at fit time and at load time, so a loaded scope scores every
+    state exactly as the fitted one did.
+    """
+
+    def __init__(self, method: str, k: int, arrays: Mapping[str, np.ndarray]) -> None:
+        self.method, self.k = method, k
+        if method == "knn":
+            states = arrays["states"]
+            if not 1 <= k <= states.shape[0]:
+                raise ScopeError(f"k={k}; expected 1 <= k <= {states.shape[0]}, the number of distinct fit states")
+            self.model: Any = NearestNeighbors(n_neighbors=k).fit(states)
+        else:
+            cov = LedoitWolf()  # fitted state set from the stored estimate, as ``fit`` would leave it
+            cov.location_ = arrays["location"]
+            cov.precision_ = arrays["precision"]  # all ``mahalanobis`` reads (the covariance is not kept)
+            cov.n_features_in_ = int(arrays["location"].shape[0])
+            self.model = cov
+
+    @staticmethod
+    def arrays(method: str, unique: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
+        if method == "knn":
+            return {"states": unique}
+        lw = LedoitWolf().fit(np.repeat(unique, counts, axis=0))  # every state, as often as it was visited
+        return {"location": lw.location_, "precision": lw.get_precision()}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.method == "knn":
+            return self.model.kneighbors(x)[0][:, self.k - 1]
+        return self.model.mahalanobis(x)
+
+
+def _tail_scale(reference: np.ndarray) -> float:
+    """Mean excess of the top ``ceil(sqrt(n))`` reference scores over the next one; else their range, else 1.
+
+    The scale of an exponential tail fitted to the largest scores (its maximum-likelihood
+    estimate), which sets how fast evidence grows beyond the largest reference score.
+    """
+    n = reference.size
+    m = min(n - 1, math.ceil(math.sqrt(n)))
+    excess = float(np.mean(reference[n - m :] - reference[n - m - 1])) if m >= 1 else 0.0
+    if excess > 0:
+        return excess
+    spread = float(reference[-1] - reference[0])
+    return spread if spread > 0 else 1.0
+
+
+def _arrays_hash(arrays: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class Scope:
+    """A fitted scope: state scorer, per-state p-values, and the episode threshold at ``alpha``.
+
+    Build one with :meth:`fit` or :meth:`load`; stream it with :meth:`detector`.
+
+    Attributes
+    ----------
+    method, k
+        ``"knn"`` (distance to the k-th nearest distinct fit state) or
+        ``"mahalanobis"`` (``k`` unused).
+    slack
+        Page's k for the CUSUM on ``-log p``, in nats: evidence accumulates while
+        states are on average rarer than ``p = exp(-slack)``; ``None``: per-state only.
+    alpha, threshold, maxima
+        False-alarm rate per in-distribution episode, the conformal threshold on the
+        statistic, and the threshold fold's per-episode maxima it was taken from.
+    n_fit, n_reference, n_cal
+        Episodes in each fold.
+    """
+
+    method: str
+    k: int
+    slack: float | None
+    alpha: float
+    threshold: float
+    obs_shape: tuple[int, ...]
+    n_fit: int
+    n_reference: int
+    n_cal: int
+    maxima: list[float]
+    arrays: dict[str, np.ndarray] = field(repr=False)
+    scenario: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    _scorer: _Scorer = field(init=False, repr=False)
+    _cache: dict[bytes, tuple[float, float, float]] = field(init=False, repr=False, default_factory=dict)
+    _tail: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ScopeError(f"method={self.method!r}; expected one of {list(METHODS)}")
+        _check_k(self.k)
+        _check_slack(self.slack)
+        check_alpha(self.alpha)
+        object.__setattr__(self, "_scorer", _Scorer(self.method, int(self.k), self.arrays))
+        object.__setattr__(self, "_tail", _tail_scale(self.reference_scores))
+
+    @classmethod
+    def fit(
+        cls,
+        episodes: Sequence[Any],
+        *,
+        method: str = "mahalanobis",
+        k: int = 1,
+        alpha: float = 0.05,
+        slack: float | None = 2.0,
+        fit_fraction: float = 0.5,
+        scenario: str = "",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Scope:
+        """Fit on in-distribution episodes of observations, each ``(T_i, *obs_shape)``.
+
+        ``episodes`` are the states the agent acted in (the observation after reset and
+        after each step but the last), of episodes held out from training, in any
+        order (they are split by position: shuffle them first if that order means
+        something). The first ``fit_split(n, fit_fraction)`` are split in halves, fit
+        and reference; the rest set the threshold and must number at least
+        ``min_episodes(alpha)``.
+        """
+        alpha = check_alpha(alpha)
+        k = _check_k(k)
+        slack = _check_slack(slack)
+        if method not in METHODS:
+            raise ScopeError(f"method={method!r}; expected one of {list(METHODS)}")
+        if not 0 < fit_fraction < 1:
+            raise ScopeError(f"fit_fraction={fit_fraction}; expected a share strictly between 0 and 1")
+        states, obs_shape = _check_episodes(episodes)
+        n = len(states)
+        n_fitting = fit_split(n, fit_fraction)
+        held = n - n_fitting
+        if held < min_episodes(alpha):
+            raise ScopeError(
+                f"{n} episodes leave {max(held, 0)} held out for the threshold after fitting on {n_fitting}: too few "
+                f"for alpha={alpha}, which needs {min_episodes(alpha)} held out; pass at least "
+                f"{episodes_needed(alpha, fit_fraction)} episodes or a larger alpha"
+            )
+        n_fit = n_fitting // 2
+        fit_states = np.concatenate(states[:n_fit])
+        unique, counts = np.unique(fit_states, axis=0, return_counts=True)
+        if method == "knn" and not 1 <= k <= unique.shape[0]:
+            raise ScopeError(
+                f"k={k}; expected 1 <= k <= {unique.shape[0]}, the number of distinct states in the fit fold"
+            )
+        arrays = _Scorer.arrays(method, unique, counts)
+        scorer = _Scorer(method, k, arrays)
+        arrays["reference_scores"] = np.sort(scorer(np.concatenate(states[n_fit:n_fitting])))
+        provisional = cls(
+            method, k, slack, alpha, math.inf, obs_shape,
+            n_fit, n_fitting - n_fit, held, [], arrays, scenario, dict(metadata or {}),
+        )  # fmt: skip
+        maxima = np.nanmax(provisional.traces(states[n_fitting:]), axis=1)
+        rank = conformal_rank(held, alpha)
+        scope = cls(
+            method, k, provisional.slack, alpha, float(np.sort(maxima)[rank - 1]), obs_shape,
+            n_fit, n_fitting - n_fit, held, maxima.tolist(), arrays, scenario, dict(metadata or {}),
+        )  # fmt: skip
+        object.__setattr__(scope, "_cache", provisional._cache)  # same arrays, same scores
+        return scope
+
+    # -- per state ---------------------------------------------------------------------------
+
+    @property
+    def reference_scores(self) -> np.ndarray:
+        """The reference fold's state scores, sorted."""
+        return self.arrays["reference_scores"]
+
+    @property
+    def n_reference_states(self) -> int:
+        return int(self.reference_scores.size)
+
+    def scores(self, states: Any) -> np.ndarray:
+        """Nonconformity of each state (larger = further out of scope); ``states`` is ``(n, *obs_shape)``."""
+        return self._lookup(_check_states(states, self.obs_shape, "states"))[:, 0]
+
+    def p_values(self, states: Any) -> np.ndarray:
+        """Per-state conformal p-values in ``(0, 1]``: small = out of scope."""
+        return self._lookup(_check_states(states, self.obs_shape, "states"))[:, 1]
+
+    def evidence(self, states: Any) -> np.ndarray:
+        """What each state adds to the statistic: ``-log`` of its interpolated p-value (:meth:`evidence_of_scores`)."""
+        return self._lookup(_check_states(states, self.obs_shape, "states"))[:, 2]
+
+    def p_values_of_scores(self, scores: Any) -> np.ndarray:
+        """Conformal p-values ``(1 + #{reference >= s}) / (n + 1)`` of nonconformity scores."""
+        ref = self.reference_scores
+        above = ref.size - np.searchsorted(ref, np.asarray(scores, dtype=np.float64), side="left")
+        return (1.0 + above) / (ref.size + 1.0)
+
+    def evidence_of_scores(self, scores: Any) -> np.ndarray:
+        """``-log p~(s)``: the conformal p-value made continuous and unbounded, for the statistic.
+
+        The conformal p-value is a step function with ``n + 1`` levels: at most
+        ``log(n + 1)`` of evidence, however far out a state lies, and ties between
+        episodes' maxima that make the threshold conservative. ``p~`` is the same
+        at every reference score, linear in between (so ``p~ >= p``: never more
+        alarming than the conformal p-value inside the reference range), and beyond
+        the largest reference score decays as ``exp(-(s - max) / tail) / (n + 1)``,
+        ``tail`` the mean excess of the top reference scores. Monotone in ``s``. The
+        episode threshold is calibrated on this statistic, so the guarantee is exact
+        whatever the tail's shape.
+        """
+        s = np.asarray(scores, dtype=np.float64)
+        ref = self.reference_scores
+        n = ref.size
+        below = np.searchsorted(ref, s, side="left")  # reference scores < s
+        lo = ref[np.clip(below - 1, 0, n - 1)]
+        hi = ref[np.clip(below, 0, n - 1)]
+        gap = hi - lo
+        frac = np.divide(s - lo, gap, out=np.ones_like(s), where=gap > 0)  # position between neighbours, (0, 1]
+        inside = -np.log((n + 2.0 - below - frac) / (n + 1.0))
+        beyond = math.log(n + 1.0) + (s - ref[-1]) / self._tail  # in log space: no underflow to p = 0
+        return np.where(below == 0, 0.0, np.where(below == n, beyond, inside))
+
+    def _lookup(self, x: np.ndarray) -> np.ndarray:
+        """``(n, 3)``: score, conformal p-value and evidence of each row of ``x``, through the cache.
+
+        Every form of the detector reads these same floats, so the vector and scalar
+        forms agree to the bit, ties with the threshold included.
+        """
+        cache = self._cache
+        keys = [row.tobytes() for row in x]
+        out = np.empty((len(keys), 3))
+        missing = []
+        for i, key in enumerate(keys):
+            hit = cache.get(key)
+            if hit is None:
+                missing.append(i)
+            else:
+                out[i] = hit
+        if missing:
+            scores = self._scorer(x[missing])
+            fresh = np.column_stack([scores, self.p_values_of_scores(scores), self.evidence_of_scores(scores)])
+            out[missing] = fresh
+            if len(cache) + len(missing) > CACHE_SIZE:
+                cache.clear()
+            cache.update(zip((keys[i] for i in missing), map(tuple, fresh.tolist())))
+        return out
+
+    # -- per episode -------------------------------------------------------------------------
+
+    @property
+    def rank(self) -> int:
+        """The conformal rank of the threshold among the ``n_cal`` held-out maxima."""
+        return conformal_rank(self.n_cal, self.alpha)
+
+    @property
+    def false_alarm(self) -> dict[str, float]:
+        """Spread of the realized per-episode false-alarm rate: ``Beta(n + 1 - k, k)``."""
+        return false_alarm_spread(self.n_cal, self.rank)
+
+    def detector(self, n_envs: int = 1) -> ScopeDetector:
+        """A streaming detector over ``n_envs`` envs."""
+        return ScopeDetector(self, n_envs)
+
+    def traces(self, episodes: Sequence[Any]) -> np.ndarray:
+        """The statistic at every state of whole episodes: ``(n, T_max)``, NaN after each end.
+
+        The streaming :meth:`ScopeDetector.update` the guard runs, over all episodes at once.
+        """
+        states = [_check_states(e, self.obs_shape, f"episode {i}") for i, e in enumerate(episodes)]
+        if not states:
+            return np.empty((0, 0))
+        lengths = np.array([s.shape[0] for s in states])
+        T, d = int(lengths.max()), states[0].shape[1]
+        padded = np.zeros((len(states), T, d))
+        for i, s in enumerate(states):
+            padded[i, : s.shape[0]] = s
+            padded[i, s.shape[0] :] = s[-1]  # repeats a real state (cached); masked below
+        det = self.detector(len(states))
+        out = np.empty((len(states), T))
+        for t in range(T):
+            out[:, t] = det._update(padded[:, t])
+        out[np.arange(T)[None, :] >= lengths[:, None]] = np.nan
+        return out
+
+    def check(self, scenario: str | None = None, obs_shape: Sequence[int] | None = None) -> None:
+        """Raise :class:`ScopeError` if this scope was fitted for another env."""
+        shape = None if obs_shape is None else tuple(int(s) for s in obs_shape)
+        if (scenario is not None and self.scenario and scenario != self.scenario) or (
+            shape is not None and shape != self.obs_shape
+        ):
+            raise ScopeError(
+                f"scope was fitted on scenario {self.scenario!r} with observation shape {self.obs_shape}; "
+                f"this env is {scenario!r} with {shape}. Fit a scope on this scenario's reference variant."
+            )
+
+    # -- files ------------------------------------------------------------------------------
+
+    def to_dict(self, arrays_file: str = "") -> dict[str, Any]:
+        body = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "scenario": self.scenario,
+            "obs_shape": list(self.obs_shape),
+            "method": self.method,
+            "k": int(self.k),
+            "slack": self.slack,
+            "alpha": self.alpha,
+            "threshold": self.threshold,
+            "n_fit": self.n_fit,
+            "n_reference": self.n_reference,
+            "n_cal": self.n_cal,
+            "rank": self.rank,
+            "false_alarm": self.false_alarm,
+            "maxima": self.maxima,
+            "arrays": {"file": arrays_file, "hash": _arrays_hash(self.arrays)},
+            "metadata": self.metadata,
+        }
+        return {**body, "content_hash": content_hash(body)}
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``path`` (JSON) and its arrays beside it (``<stem>.npz``), each atomically."""
+        path = Path(path)
+        arrays_path = path.with_name(path.stem + ".npz")
+        if arrays_path == path:
+            raise ScopeError(f"scope path {path} would be overwritten by its own arrays; give it a .json name")
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **self.arrays)
+        write_atomic(arrays_path, buffer.getvalue())
+        return write_atomic(path, json.dumps(self.to_dict(arrays_path.name), indent=1, allow_nan=False))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Scope:
+        """Read and verify a scope file and its arrays (format, schema version, hashes)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ScopeError(f"no scope file at {path}; fit one with Scope.fit(...).save(path)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ScopeError(f"{path} is not a scope file: not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ScopeError(f"{path} is not a mesaguard scope (no 'format': {FORMAT!r})")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ScopeError(
+                f"{path} has schema version {data.get('schema_version')!r}; this mesaguard reads version "
+                f"{SCHEMA_VERSION}. Fit the scope again with this version."
+            )
+        body = {k: v for k, v in data.items() if k != "content_hash"}
+        if data.get("content_hash") != content_hash(body):
+            raise ScopeError(f"{path} is corrupt: its content hash does not match its content")
+        try:
+            arrays_path = path.with_name(Path(str(data["arrays"]["file"])).name)
+            with np.load(arrays_path, allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except FileNotFoundError:
+            raise ScopeError(f"{path}: its arrays file {arrays_path} is missing; save the scope again") from None
+        except (KeyError, TypeError, OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise ScopeError(f"{path}: its arrays file cannot be read ({exc!r}); save the scope again") from None
+        if _arrays_hash(arrays) != data["arrays"].get("hash"):
+            raise ScopeError(f"{arrays_path} is corrupt or belongs to another scope: its hash does not match {path}")
+        try:
+            return cls(
+                method=str(data["method"]),
+                k=int(data["k"]),
+                slack=None if data["slack"] is None else float(data["slack"]),
+                alpha=float(data["alpha"]),
+                threshold=float(data["threshold"]),
+                obs_shape=tuple(int(s) for s in data["obs_shape"]),
+                n_fit=int(data["n_fit"]),
+                n_reference=int(data["n_reference"]),
+                n_cal=int(data["n_cal"]),
+                maxima=[float(m) for m in data["maxima"]],
+                arrays=arrays,
+                scenario=str(data["scenario"]),
+                metadata=dict(data.get("metadata", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ScopeError):
+                raise
+            raise ScopeError(f"{path} is malformed: {exc!r}") from None
+
+
+class ScopeDetector:
+    """The scope statistic, streaming over ``n_envs`` envs; call :meth:`update` before each action.
+
+    After ``reset(mask)`` at the start of episodes, feed ``update(obs)`` with the
+    observations the agents are about to act on, ``(n_envs, *obs_shape)``; it returns
+    the statistic per env, and the alarm is ``statistic > scope.threshold``. The last
+    step's ``score`` (nonconformity), ``p_value`` and ``cusum`` per env stay readable.
+
+    >>> rng = np.random.default_rng(1)
+    >>> scope = Scope.fit([rng.normal(size=(30, 1)) for _ in range(80)], method="knn", k=5, alpha=0.1)
+    >>> det = scope.detector()
+    >>> drift = [det.update_scalar(np.array([0.15 * t])) for t in range(30)]  # a slow walk out
+    >>> alarm = next(t for t, s in enumerate(drift) if s > scope.threshold)
+    >>> 10 < alarm < 30
+    True
+    """
+
+    name = "scope"
+
+    def __init__(self, scope: Scope, n_envs: int = 1) -> None:
+        if isinstance(n_envs, bool) or int(n_envs) < 1:
+            raise ScopeError(f"n_envs={n_envs!r}; expected a positive integer")
+        self.scope = scope
+        self.n_envs = int(n_envs)
+        self.threshold = scope.threshold
+        self.score = np.zeros(self.n_envs)
+        self.p_value = np.ones(self.n_envs)
+        self.cusum = np.zeros(self.n_envs)
+        self.statistic = np.zeros(self.n_envs)
+
+    def reset(self, mask: np.ndarray | None = None) -> None:
+        """Start new episodes in the envs where ``mask`` is true (all if None)."""
+        m = slice(None) if mask is None else np.asarray(mask, dtype=bool)
+        self.score[m], self.p_value[m], self.cusum[m], self.statistic[m] = 0.0, 1.0, 0.0, 0.0
+
+    def update(self, obs: Any) -> np.ndarray:
+        """Feed the observation each env is about to act on; return the statistic per env."""
+        x = _check_states(obs, self.scope.obs_shape, "observations")
+        if x.shape[0] != self.n_envs:
+            raise ScopeError(f"observations have {x.shape[0]} rows; expected {self.n_envs}, one per env")
+        return self._update(x)
+
+    def _update(self, x: np.ndarray) -> np.ndarray:
+        looked = self.scope._lookup(x)
+        self.score, self.p_value, e = looked[:, 0], looked[:, 1], looked[:, 2]
+        if self.scope.slack is None:
+            self.statistic = e
+        else:
+            np.maximum(0.0, self.cusum + e - self.scope.slack, out=self.cusum)
+            self.statistic = np.maximum(e, self.cusum)
+        return self.statistic.copy()
+
+    def update_scalar(self, obs: Any) -> float:
+        """One env: one observation of ``obs_shape`` in, the statistic out."""
+        return float(self.update(np.asarray(obs)[None])[0])
+
+    def scalar(self) -> ScalarScopeDetector:
+        """The one-env form in plain Python floats (tests hold it equal to this one)."""
+        return ScalarScopeDetector(self.scope)
+
+    def alarm(self) -> np.ndarray:
+        """Envs whose last statistic passed the threshold."""
+        return self.statistic > self.threshold
+
+
+class ScalarScopeDetector:
+    """:class:`ScopeDetector` for one env, in plain Python floats: the hot path of a one-env guard.
+
+    A state already scored costs one dict lookup and a bisection; NumPy's per-call
+    cost (about a microsecond each) would otherwise dominate.
+    """
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        self.threshold = scope.threshold
+        self._slack = scope.slack
+        self.reset()
+
+    def reset(self) -> None:
+        self.score, self.p_value, self.cusum, self.statistic = 0.0, 1.0, 0.0, 0.0
+
+    def update(self, obs: Any) -> float:
+        """Feed the one observation the agent is about to act on; return the statistic."""
+        x = np.asarray(obs, dtype=np.float64)
+        if x.shape != self.scope.obs_shape:
+            raise ScopeError(f"observation has shape {x.shape}; expected {self.scope.obs_shape}")
+        hit = self.scope._cache.get(x.tobytes())  # only finite states are ever cached
+        if hit is None:
+            hit = self.scope._lookup(_check_states(x[None], self.scope.obs_shape, "observation"))[0].tolist()
+        score, p, e = hit
+        if self._slack is None:
+            stat = e
+        else:
+            c = self.cusum + e - self._slack
+            self.cusum = c if c > 0.0 else 0.0
+            stat = e if e > self.cusum else self.cusum
+        self.score, self.p_value, self.statistic = score, p, stat
+        return stat
+
+
+def first_alarms(scope: Scope, episodes: Sequence[Any]) -> list[int | None]:
+    """Offline evaluation: per episode of observations, the first step (1-based) the scope fires, or None.
+
+    Step ``t`` is the ``t``-th action: an alarm at step ``t`` fires on the state that
+    action would be taken in, before it; so it comes in time to prevent a catastrophe
+    at step ``c`` when ``t <= c``.
+    """
+    traces = scope.traces(episodes)
+    over = traces > scope.threshold  # NaN after each end compares False
+    return [int(np.argmax(row)) + 1 if row.any() else None for row in over]
