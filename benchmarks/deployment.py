@@ -89,6 +89,7 @@ class Config:
     cap: int = 20_000  # episodes before a shifted deployment is counted as undetected
     horizon: int = 1_000
     detectors: tuple[str, ...] = ("threshold", "cusum", "meanshift")
+    gaussian_references: tuple[int, ...] = (1_000, 5_000)  # reference sizes for the Gaussian case
     check_episodes: int = 30
 
 
@@ -147,6 +148,40 @@ def detection(pool: np.ndarray, traces: np.ndarray, cfg: Config, alpha: float, r
             "median_episodes": float(np.median(e)) if e.size else None,
             "mean_steps": float(e.mean() * steps_in) if e.size else None,
             "limit": limit,
+        }
+    return out
+
+
+def gaussian(cfg: Config, alpha: float, rng: np.random.Generator) -> dict:
+    """The clean case for the oracle: Gaussian episode statistics, a drop of delta sd in each.
+
+    One-step episodes whose statistic is N(0, 1) in calibration and N(delta, 1) in
+    deployment: the z-test the oracle runs is then the most powerful test there is.
+    """
+    out = {}
+    log_c = {"anytime": math.log(1 / alpha), "fixed": horizon_threshold(cfg.horizon, alpha)}
+    for size, delta in ((size, delta) for size in cfg.gaussian_references for delta in cfg.shifts):
+        found: dict[str, list[int]] = {"anytime": [], "fixed": []}
+        for d in range(cfg.shifted_deployments):
+            reference = rng.standard_normal(size)
+            stream = (delta + rng.standard_normal(cfg.cap))[:, None]
+            for mode, limit in (("anytime", cfg.cap), ("fixed", cfg.horizon)):
+                n, hit = min(limit, 1_000), None
+                while True:
+                    hit = first_deployment_alarm(reference, stream[:n], log_c[mode], seed=d)
+                    if hit is not None or n == limit:
+                        break
+                    n = min(limit, 4 * n)
+                if hit is not None:
+                    found[mode].append(hit[0] + 1)
+        out[f"{size}/{delta}"] = {
+            mode: {
+                "detected": len(e),
+                "deployments": cfg.shifted_deployments,
+                "mean_episodes": float(np.mean(e)) if e else None,
+                "median_episodes": float(np.median(e)) if e else None,
+            }
+            for mode, e in found.items()
         }
     return out
 
@@ -230,6 +265,7 @@ def main(cfg: Config = CONFIG) -> None:
             traces = statistic_traces(cal.detectors[name].build(len(pool)), shifted_pool)
             row[name] = detection(null_max, traces, cfg, alpha, rng)
         results["shifts"][str(delta)] = row
+    results["gaussian"] = gaussian(cfg, alpha, rng)
     results["seconds"] = round(time.perf_counter() - started, 1)
 
     table = Table(title="Any deployment alarm in 1,000 in-distribution episodes (1,000 deployments)")
@@ -258,6 +294,21 @@ def main(cfg: Config = CONFIG) -> None:
             *[cell(row[n]["anytime"]) for n in cfg.detectors],
             *[cell(row[n]["fixed"]) for n in cfg.detectors],
         )
+    console.print(table)
+    table = Table(title="Gaussian statistics (the oracle's own case): episodes to detection, alpha = 0.05")
+    for col in ("reference", "drop (sd)", "oracle 0.8 / 0.5", "anytime mean (median)", "fixed h=1000 mean (median)"):
+        table.add_column(col)
+    for key, row in results["gaussian"].items():
+        size, delta = key.split("/")
+        shift = results["shifts"][delta]
+
+        def cell(r: dict) -> str:
+            if r["mean_episodes"] is None:
+                return f"- ({r['detected']}/{r['deployments']})"
+            return f"{r['mean_episodes']:.0f} ({r['median_episodes']:.0f}); {r['detected']}/{r['deployments']}"
+
+        table.add_row(size, delta, f"{shift['oracle_power_0.8']:.0f} / {shift['oracle_power_0.5']:.0f}",
+                      cell(row["anytime"]), cell(row["fixed"]))  # fmt: skip
     console.print(table)
     console.print(f"online check: {results['online_check']}; {results['seconds']} s")
     out = Path(__file__).parent / "results" / "deployment.json"
