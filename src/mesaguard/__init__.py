@@ -17,6 +17,7 @@ _EXPORTS = {
     "Guard": "mesaguard.guard",
     "GuardedEnv": "mesaguard.guard",
     "GuardedVectorEnv": "mesaguard.guard",
+    "DeploymentMonitor": "mesaguard.monitor",
     "Stop": "mesaguard.protocols",
     "Fallback": "mesaguard.protocols",
     "Alert": "mesaguard.protocols",
