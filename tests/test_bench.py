@@ -240,3 +240,18 @@ def test_cli_bench_then_export(tmp_path):
     assert result.exit_code == 0, result.output
     lines = (tmp_path / "x" / "results.csv").read_text().splitlines()
     assert lines[0].startswith("scenario,variant,detectors") and len(lines) == 1 + len(DETECTORS) + 1
+
+
+def test_safeguards_run_next_to_the_detectors(tmp_path):
+    """The scope, run for real (not replayed), prevents the lava steps the score detectors only see."""
+    cfg = BenchConfig(scenarios=("lava",), detectors=("cusum",), seeds=(0,), episodes=20, calibration_episodes=40,
+                      alpha=0.2, safeguards=("scope",))  # fmt: skip
+    with Store(tmp_path / "b.sqlite") as store:
+        rows = {(r.variant, r.detectors): r for r in table(store, run_bench(cfg, store))}
+    for variant in ("deploy", "deploy-lake"):
+        cusum, scope = rows[(variant, "cusum")], rows[(variant, "scope")]
+        assert cusum.catastrophes_free == scope.catastrophes_free > 0
+        assert cusum.catastrophes_guarded == cusum.catastrophes_free  # the score only drops on the lava step
+        assert scope.catastrophes_guarded <= 0.2 * scope.catastrophes_free and scope.detection.mean_delay < 0
+    with pytest.raises(BenchError, match="unknown safeguard 'nope'"):
+        BenchConfig(**{**SMALL, "seeds": (0,), "safeguards": ("nope",)})

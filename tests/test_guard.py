@@ -72,7 +72,8 @@ def test_reports_everything_in_info(calibration):
     env = GuardedEnv(gym.make("Pendulum-v1"), calibration, protocol=Alert(lambda a: None))
     infos, _ = run(env, 0, random_policy, steps=5)
     last = infos[-1]
-    assert set(last) == {"score", "increment", "step", "statistics", "alarm", "detector", "alarm_step", "acting", "error"}
+    assert set(last) == {"score", "increment", "step", "statistics", "alarm", "detector", "alarm_step", "acting", "error",
+                         "refused"}
     assert last["step"] == 5 and set(last["statistics"]) == set(calibration.detectors)
     assert last["score"] == pytest.approx(sum(i["increment"] for i in infos))
     assert last["alarm"] is False and last["detector"] is None and last["error"] is None
@@ -152,8 +153,8 @@ def test_bad_configuration(calibration):
         GuardedEnv(gym.make("Pendulum-v1"), calibration, scenario="lava")
     with pytest.raises(DetectorError, match="unknown detector 'cusm'"):
         GuardedEnv(gym.make("Pendulum-v1"), calibration, detectors=["cusm"])
-    with pytest.raises(CalibrationError, match="none given"):
-        Guard(calibration, detectors=[])
+    bare = Guard(calibration, detectors=[])  # no increment detector: a guard for a scope or a monitor alone
+    assert not bare.update(np.array([-1e9])).any() and bare.names == []
 
 
 @pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])

@@ -42,6 +42,7 @@ cut off at any point resumes by running the jobs the store lacks.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -119,12 +120,16 @@ class BenchConfig:
     calibration_episodes: int  # per seed, in-distribution
     alpha: float = 0.05
     policy: str = "agent"
+    safeguards: tuple[str, ...] = ()  # preventive safeguards run next to the detectors (SAFEGUARDS)
 
     def __post_init__(self) -> None:
         for s in self.scenarios:
             get(s)  # unknown scenarios: the error lists the valid ones
         for d in self.detectors:
             detector_class(d)
+        for g in self.safeguards:
+            if g not in SAFEGUARDS:
+                raise BenchError(f"unknown safeguard {g!r}; expected one of {sorted(SAFEGUARDS)}")
         if not self.scenarios or not self.detectors or not self.seeds:
             raise BenchError(f"empty grid: scenarios={self.scenarios}, detectors={self.detectors}, seeds={self.seeds}")
         for what, n in (("episodes", self.episodes), ("calibration episodes", self.calibration_episodes)):
@@ -155,7 +160,8 @@ class BenchConfig:
 
     def jobs(self) -> list[JobSpec]:
         return [
-            JobSpec(s, seed, self.policy, self.episodes, self.calibration_episodes, self.alpha, self.detectors)
+            JobSpec(s, seed, self.policy, self.episodes, self.calibration_episodes, self.alpha, self.detectors,
+                    self.safeguards)  # fmt: skip
             for s in self.scenarios
             for seed in self.seeds
         ]
@@ -172,6 +178,7 @@ class JobSpec:
     calibration_episodes: int
     alpha: float
     detectors: tuple[str, ...]
+    safeguards: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, int]:
@@ -179,7 +186,7 @@ class JobSpec:
 
     @property
     def total_episodes(self) -> int:
-        return self.calibration_episodes + self.episodes * len(get(self.scenario).variants)
+        return self.calibration_episodes + self.episodes * len(get(self.scenario).variants) * (1 + len(self.safeguards))
 
     def seeds(self, role: str) -> range:
         start = self.seed * SEED_STRIDE + (CALIBRATION_SEED if role == "calibration" else EVALUATION_SEED)
@@ -223,6 +230,41 @@ def first_alarms(
     return out
 
 
+SAFEGUARD = "safeguard:"  # the role prefix of a safeguarded run's episodes in the store
+
+
+def _fit_safeguards(spec: JobSpec, calibration: Calibration, cal_runs: list[Episode]) -> dict[str, Any]:
+    """What the job's safeguards learn from its calibration runs (the scope: their states)."""
+    fitted: dict[str, Any] = {}
+    if "scope" in spec.safeguards:
+        from mesaguard.detectors.scope import Scope
+
+        fitted["scope"] = Scope.fit(
+            [e.states for e in cal_runs], method="mahalanobis", alpha=spec.alpha, scenario=spec.scenario
+        )
+    return fitted
+
+
+def _scope_run(spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any]) -> tuple[Any, Any]:
+    """The agent under a guard with the scope alone and ``Stop``: it is stopped before acting out of scope."""
+    make_env = functools.partial(_guarded, spec.scenario, variant, calibration, (), fitted["scope"])
+    return make_env, policy_factory(spec.scenario, spec.policy)
+
+
+def _guarded(scenario: str, variant: str, calibration: Calibration, detectors: tuple[str, ...], scope: Any) -> Any:
+    from mesaguard.guard import GuardedEnv
+    from mesaguard.protocols import Stop
+
+    return GuardedEnv(plain_env(scenario, variant), calibration, detectors=list(detectors), protocol=Stop(),
+                      objective=OBJECTIVE, scenario=scenario, scope=scope)  # fmt: skip
+
+
+SafeguardRun = Callable[[JobSpec, str, Calibration, dict[str, Any]], tuple[Any, Any]]
+SAFEGUARDS: dict[str, SafeguardRun] = {"scope": _scope_run}
+"""Preventive safeguards the bench can run, by name: ``(spec, variant, calibration, fitted) ->
+(make_env, make_policy)`` for the safeguarded runs of one variant."""
+
+
 def run_job(spec: JobSpec, progress: Any = None) -> JobRecord:
     """Roll out, calibrate and replay one (scenario, seed) job; ``progress.put((key, n))`` counts episodes."""
     start = time.perf_counter()
@@ -239,7 +281,10 @@ def run_job(spec: JobSpec, progress: Any = None) -> JobRecord:
         make_env = functools.partial(plain_env, spec.scenario, variant)
         return rollout(make_env, make_policy, spec.seeds(role), objective=OBJECTIVE, on_episode=tick)
 
-    cal_runs = run(train, "calibration")
+    cal_runs = rollout(
+        functools.partial(plain_env, spec.scenario, train), make_policy, spec.seeds("calibration"),
+        objective=OBJECTIVE, on_episode=tick, record_states="scope" in spec.safeguards,
+    )  # fmt: skip
     calibration = Calibration.fit(
         [e.increments for e in cal_runs],
         alpha=spec.alpha,
@@ -259,6 +304,20 @@ def run_job(spec: JobSpec, progress: Any = None) -> JobRecord:
             for i, hit in enumerate(first_alarms(calibration, names, [e.increments for e in runs], traces=traces)):
                 if hit is not None:
                     alarms.append(AlarmRecord(config_name(names), first + i, hit[0], hit[1]))
+    fitted = _fit_safeguards(spec, calibration, cal_runs)
+    for name in spec.safeguards:  # real runs: a safeguard changes what happens, so nothing is replayed
+        for variant in scenario.variants:
+            make_env, make_guarded_policy = SAFEGUARDS[name](spec, variant, calibration, fitted)
+            runs = rollout(make_env, make_guarded_policy, spec.seeds("evaluation"), objective=OBJECTIVE,
+                           on_episode=tick)  # fmt: skip
+            first = len(records)
+            role = f"{SAFEGUARD}{name}"
+            records += [EpisodeRecord(role, variant, e.seed, e.increments, e.catastrophes) for e in runs]
+            alarms += [
+                AlarmRecord(name, first + i, int(e.alarm_step), str(e.detector))
+                for i, e in enumerate(runs)
+                if e.alarm_step is not None
+            ]
     tick.flush()
     floor = metrics.score_floor([e.score for e in cal_runs], spec.alpha)
     return JobRecord(
@@ -471,6 +530,7 @@ class _Job:
     floor: float
     evaluation: dict[str, list[tuple[int, Episode]]] = field(default_factory=lambda: defaultdict(list))
     calibration_scores: list[float] = field(default_factory=list)
+    safeguarded: dict[tuple[str, str], list[tuple[int, Episode]]] = field(default_factory=lambda: defaultdict(list))
 
 
 def load_run(store: Store, run_id: str) -> tuple[BenchConfig, dict[tuple[str, int], _Job]]:
@@ -485,6 +545,9 @@ def load_run(store: Store, run_id: str) -> tuple[BenchConfig, dict[tuple[str, in
         counters[e.job] += 1
         if e.role == "evaluation":
             jobs[e.job].evaluation[e.variant].append((idx, Episode(e.seed, e.increments, e.catastrophes)))
+        elif e.role.startswith(SAFEGUARD):
+            key = (e.role[len(SAFEGUARD) :], e.variant)
+            jobs[e.job].safeguarded[key].append((idx, Episode(e.seed, e.increments, e.catastrophes)))
         else:
             jobs[e.job].calibration_scores.append(float(e.increments.sum()))
     return config, jobs
@@ -501,13 +564,21 @@ def _rows(config: BenchConfig, jobs: dict[tuple[str, int], _Job], alarms_of: Ala
             continue
         reference = get(scenario).reference_variant
         for deploy in get(scenario).shifted_variants:
-            for names in detector_configs(config.detectors):
+            for names in [*detector_configs(config.detectors), *((g,) for g in config.safeguards)]:
+                safeguard = names[0] if names[0] in config.safeguards else None
                 runs: dict[str, tuple[list[Episode], list[Episode], list[float]]] = {}
                 for variant in (reference, deploy):
                     free, guarded, floors = [], [], []
                     for key in keys:
                         job = jobs[key]
                         hits = alarms_of(key, job, names, variant)
+                        if safeguard:  # real safeguarded runs, paired by seed with the unguarded ones
+                            for (_, e), (idx, g) in zip(job.evaluation[variant], job.safeguarded[(safeguard, variant)]):
+                                hit = hits.get(idx)
+                                free.append(e)
+                                guarded.append(_with_alarm(g, hit))
+                                floors.append(job.floor)
+                            continue
                         for idx, e in job.evaluation[variant]:
                             hit = hits.get(idx)
                             free.append(e)
@@ -539,6 +610,14 @@ def _rows(config: BenchConfig, jobs: dict[tuple[str, int], _Job], alarms_of: Ala
                     )
                 )
     return rows
+
+
+def _with_alarm(episode: Episode, hit: tuple[int, str] | None) -> Episode:
+    """A safeguarded run as the metrics read it: its own increments, and the alarm it raised."""
+    if hit is None:
+        return episode
+    return Episode(episode.seed, episode.increments, episode.catastrophes, alarm_step=hit[0], detector=hit[1],
+                   stopped=True)  # fmt: skip
 
 
 def table(store: Store, run_id: str) -> list[BenchRow]:
@@ -583,7 +662,7 @@ def tradeoff(store: Store, run_id: str, alphas: Iterable[float]) -> list[BenchRo
             conformal_rank(n_cal, alpha)
         except ValueError:
             continue
-        rows += _rows(config, jobs, _replayed(alpha), alpha)
+        rows += _rows(dataclasses.replace(config, safeguards=()), jobs, _replayed(alpha), alpha)  # detectors only
     return rows
 
 

@@ -246,6 +246,9 @@ def bench(
     ] = None,
     alpha: Annotated[float, typer.Option(help="Per-episode false-alarm rate the guards are calibrated to.")] = 0.05,
     policy: Annotated[str, typer.Option(help="agent, aligned or misaligned.")] = "agent",
+    safeguards: Annotated[
+        str, typer.Option(help="Comma-separated preventive safeguards run next to the detectors (e.g. scope).")
+    ] = "",
     workers: Annotated[int, typer.Option(min=1, help="Local worker processes (1: in this process).")] = 1,
     backend: Annotated[str, typer.Option(help="local (worker processes) or ray (Ray tasks).")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: ray.init()'s).")] = None,
@@ -268,6 +271,7 @@ def bench(
         calibration_episodes=calibration_episodes or episodes,
         alpha=alpha,
         policy=policy,
+        safeguards=tuple(g.strip() for g in safeguards.split(",") if g.strip()),
     )
     run_id = run or config.run_id()
     start = time.perf_counter()

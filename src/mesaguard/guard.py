@@ -12,9 +12,10 @@ calibrated threshold. :class:`GuardedEnv` wraps one Gymnasium env with it and
 ``alarm``, ``detector``, ``alarm_step``
     whether the alarm stands, which detector fired first (``"error"`` when the
     guard itself failed) and at which step;
-``acting``, ``error``
-    who chose this step's action (``"agent"`` or ``"protocol"``), and the guard's
-    internal error, if any;
+``acting``, ``error``, ``refused``
+    who chose this step's action (``"agent"`` or ``"protocol"``), the guard's
+    internal error, if any, and whether the step was refused: a standing alarm under
+    ``Stop`` executes no action (nothing happened in the env; the step ends the episode);
 ``deployment``
     with a :class:`~mesaguard.monitor.DeploymentMonitor` (``monitor=``): its
     ``evidence``, ``threshold``, ``alarm``, ``episodes`` and ``steps`` seen, and ``mode``.
@@ -75,6 +76,8 @@ def _calibrated(
 ) -> tuple[list[str], list[float]]:
     """Detector names (default: all calibrated) and their thresholds, jointly calibrated at alpha."""
     names = list(calibration.detectors) if detectors is None else list(detectors)
+    if not names:  # no increment detector: a guard for its scope or deployment monitor alone
+        return [], []
     for name in names:
         detector_class(name)  # unknown names: the error lists every detector
     thresholds = calibration.thresholds_for(names, alpha)  # P(any fires) <= alpha
@@ -222,7 +225,8 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
     calibration
         Thresholds fitted on the agent's in-distribution episodes (:class:`Calibration`).
     detectors
-        Detector names to run (default: all in the calibration).
+        Detector names to run (default: all in the calibration; ``[]`` for none, a
+        guard for its ``scope`` or ``monitor`` alone).
     protocol
         What happens on alarm: :class:`~mesaguard.protocols.Stop` (default),
         ``Fallback(policy)``, ``Alert(callback)`` or a list of them.
@@ -231,6 +235,12 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         :class:`~mesaguard.objective.Objective` or a callable of the transition.
     scenario
         If given, checked against the calibration's scenario.
+    monitor
+        A :class:`~mesaguard.monitor.DeploymentMonitor` (``n_envs=1``): evidence over
+        the deployment's episodes; its alarm stands until :meth:`clear`.
+    scope
+        A fitted :class:`~mesaguard.detectors.scope.Scope`: every state is checked
+        before the agent acts in it.
 
     Adds ``info["mesaguard"]`` on every step (see the module docstring). Example::
 
@@ -372,9 +382,9 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         """A standing alarm under ``Stop`` (deployment, or scope on the first state): no action, the episode ends."""
         if self.monitor is not None:
             self.monitor.finish(censored=True)
-        return self._obs, 0.0, False, True, {"mesaguard": self._report(0.0, "protocol")}
+        return self._obs, 0.0, False, True, {"mesaguard": self._report(0.0, "protocol", refused=True)}
 
-    def _report(self, u: float, acting: str) -> dict[str, Any]:
+    def _report(self, u: float, acting: str, refused: bool = False) -> dict[str, Any]:
         g = self.guard
         statistics = dict(zip(g.names, g.statistics))
         if self.scope is not None:
@@ -389,6 +399,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             "alarm_step": g.alarm_step if g.alarm else None,
             "acting": acting,
             "error": self._error,
+            "refused": refused,
         }
         if self.monitor is not None:
             report["deployment"] = self.monitor.report()
@@ -609,10 +620,10 @@ class GuardedVectorEnv(VectorWrapper):
         """A standing deployment alarm under ``Stop``: no action is executed; every episode ends."""
         n = self.num_envs
         self.monitor.finish(censored=True)
-        info = {"mesaguard": self._report(np.zeros(n), np.full(n, "protocol", dtype=object))}
+        info = {"mesaguard": self._report(np.zeros(n), np.full(n, "protocol", dtype=object), refused=True)}
         return self._obs, np.zeros(n), np.zeros(n, dtype=bool), np.ones(n, dtype=bool), info
 
-    def _report(self, u: np.ndarray, acting: np.ndarray) -> dict[str, Any]:
+    def _report(self, u: np.ndarray, acting: np.ndarray, refused: bool = False) -> dict[str, Any]:
         g = self.guard
         statistics = {name: g.statistics[i].copy() for i, name in enumerate(g.names)}
         if self.scope is not None:
@@ -627,6 +638,7 @@ class GuardedVectorEnv(VectorWrapper):
             "alarm_step": g.alarm_step.copy(),
             "acting": acting,
             "error": np.array(self._errors, dtype=object),
+            "refused": np.full(self.num_envs, refused),
         }
         if self.monitor is not None:
             report["deployment"] = self.monitor.report()
