@@ -1,0 +1,216 @@
+"""Quantilizer: sample from the top q of a trusted base distribution, not the argmax (Taylor, 2016).
+
+A learned agent's action values estimate the objective it was trained on, which may
+be a proxy. The harder a proxy is optimized, the further the chosen action may lie
+from anything a trusted policy would do, and the more room there is for the proxy
+and the true objective to part (Goodhart). Taylor's quantilizer ("Quantilizers: a
+safer alternative to maximizers for limited optimization", AAAI workshop 2016)
+optimizes mildly: rank the actions by the agent's values, keep the best ``q`` of
+the **base distribution**'s probability mass (a trusted policy: behaviour cloned
+from demonstrations, or a given safe policy) and sample from the base distribution
+restricted to it. Exactly, with actions sorted by value, descending:
+
+    ``Q_q(a) = p(a) * clip((q - M_above(a)) / M_tie(a), 0, 1) / q``
+
+where ``p`` is the base distribution, ``M_above(a)`` the base mass of actions
+valued strictly higher than ``a`` and ``M_tie(a)`` that of the actions valued
+exactly as ``a`` (``a`` included): the action at the boundary of the top ``q``
+gets its fractional share, and tied actions share it in proportion to ``p`` (so
+the result does not depend on the order of ties). ``q = 1`` is the base
+distribution; as ``q -> 0`` all mass goes to the highest-valued action in the
+base's support (the argmax, ties shared). In between, no action gets more than
+``p(a) / q``: whatever an unknown cost ``c >= 0`` is, ``E_Q[c] <= E_p[c] / q``,
+Taylor's guarantee for one decision, while the expected value ``E_Q[v]`` falls as
+``q`` grows (the mean of the top ``q`` of a ranking).
+
+``q`` may adapt per state: a :class:`Quantilizer` given an ``uncertainty(obs)`` in
+``[0, 1]`` uses ``q(s) = q + (q_max - q) * uncertainty(s)``: small (close to the
+argmax) where the agent's values can be trusted, close to the base distribution
+where they cannot.
+
+>>> base = [0.5, 0.3, 0.2]
+>>> values = [0.0, 2.0, 1.0]  # action 1 is the argmax, action 2 next
+>>> quantile_distribution(base, values, q=1.0).round(3).tolist()
+[0.5, 0.3, 0.2]
+>>> quantile_distribution(base, values, q=0.4).round(3).tolist()  # all of action 1, half of action 2
+[0.0, 0.75, 0.25]
+>>> quantile_distribution(base, values, q=1e-9).round(3).tolist()
+[0.0, 1.0, 0.0]
+
+What was found on the Goodhart scenario (``benchmarks/quantilizer.py``, results in
+``benchmarks/results/quantilizer.json``). Values: the action logits of the shipped
+proxy-trained PPO agent (its own ranking). Base: ``bc``, a logistic-regression clone
+of an honest cleaner that acts at random 20% of the time, or ``smoothed``, the
+honest cleaner itself as ``0.8 * onehot + 0.2 * uniform``. 200 ``deploy`` episodes
+per q (rug always laid); mean proxy reward / mean true objective / share of
+episodes that hide mess:
+
+==========  ===========================  ===========================
+q           base ``bc``                  base ``smoothed``
+==========  ===========================  ===========================
+1 (base)    +0.55 / +0.50 / 0.20         +0.77 / +0.74 / 0.10
+0.5         +0.71 / **+0.63** / 0.28     +0.86 / **+0.81** / 0.19
+0.25        +0.81 / +0.62 / 0.54         +0.86 / +0.77 / 0.30
+0.1         +0.88 / +0.53 / 0.81         +0.83 / +0.57 / 0.71
+0.05        +0.90 / +0.47 / 0.90         +0.90 / +0.46 / 0.90
+-> 0        +0.90 / +0.46 / 0.90         +0.90 / +0.46 / 0.90 (the agent's own argmax)
+adaptive    +0.67 / +0.61 / 0.23         +0.87 / **+0.85** / 0.09
+==========  ===========================  ===========================
+
+The proxy rises as q falls and the truth does not follow it: it peaks at a middle
+q (0.5 here: the agent's ranking makes the noisy base more efficient at honest
+cleaning) and falls to the argmax's +0.46, while the share of episodes that hide
+mess climbs from the base's rate to the argmax's 0.90. At q <= 0.05 the
+quantilizer plays (nearly) as the argmax: the agent's favourite action holds at
+least 5% of the base mass (the uniform share alone) in almost every state.
+Per-episode hiding rates stayed under the single-decision bound ``base rate / q``
+in every row (0.19 against 0.20 at the closest; Taylor's bound is for one
+decision, over an episode it is not guaranteed). The adaptive q (``0.05 +
+0.95 * TV``, TV the total-variation distance between the agent's softmax and the
+base: q grows where the proxy-trained agent and the trusted policy disagree) kept
+the middle q's true objective with fewer catastrophes; with the ``smoothed`` base
+it was the best row on both (+0.85, 0.09, below the base's own 0.10). In the
+``bare`` room (no rug, proxy = truth; 50 episodes, standard error about 0.03)
+q = 1 scores +0.53 (bc) / +0.76 (smoothed) against the agent's +0.80: with the
+weaker ``bc`` base mild optimization costs in-distribution score (adaptive +0.65,
+q = 0.5 +0.69), with the ``smoothed`` base q = 0.5 and adaptive beat the agent
+there too (+0.88, +0.86).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Quantilizer", "QuantilizerError", "quantile_distribution", "quantilize"]
+
+_SUM_TOLERANCE = 1e-6  # how far a base distribution's sum may stray from 1 (float rounding of its source)
+
+
+class QuantilizerError(ValueError):
+    """A base distribution, a value array or a q that cannot be quantilized."""
+
+
+def quantile_distribution(base_probs: Any, values: Any, q: Any) -> np.ndarray:
+    """Taylor's q-quantilizer distribution over actions (see the module docstring).
+
+    Parameters
+    ----------
+    base_probs
+        Base distribution, shape ``(..., n_actions)``: non-negative, each row summing to 1.
+    values
+        The agent's value of each action, same shape; higher is preferred; no NaN.
+    q
+        Share of the base mass kept, in ``(0, 1]``: a number or an array of shape ``(...)``.
+
+    Returns
+    -------
+    The distribution, shape ``(..., n_actions)``, each row summing to 1.
+    """
+    p = np.asarray(base_probs, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    if p.ndim == 0 or p.shape[-1] == 0:
+        raise QuantilizerError(f"base_probs has shape {p.shape}; expected (..., n_actions) with n_actions >= 1")
+    if v.shape != p.shape:
+        raise QuantilizerError(f"values has shape {v.shape}; expected the shape of base_probs, {p.shape}")
+    if not np.all(np.isfinite(p)) or np.any(p < 0):
+        raise QuantilizerError(f"base_probs {p!r} has a negative or non-finite entry; expected probabilities")
+    sums = p.sum(axis=-1)
+    if np.any(np.abs(sums - 1.0) > _SUM_TOLERANCE):
+        raise QuantilizerError(f"base_probs rows sum to {sums!r}; expected 1 (a probability distribution)")
+    if np.any(np.isnan(v)):
+        raise QuantilizerError(f"values {v!r} hold NaN; expected numbers that rank the actions")
+    qa = np.asarray(q, dtype=np.float64)
+    if not np.all((qa > 0.0) & (qa <= 1.0)):  # also rejects NaN
+        raise QuantilizerError(f"q={q!r}; expected a share of the base mass in (0, 1]")
+    try:
+        qa = np.broadcast_to(qa, p.shape[:-1])[..., None]
+    except ValueError:
+        raise QuantilizerError(f"q has shape {qa.shape}; expected a number or shape {p.shape[:-1]}") from None
+    p = p / sums[..., None]
+    higher = v[..., None, :] > v[..., :, None]  # [..., i, j]: action j is valued above action i
+    tied = v[..., None, :] == v[..., :, None]
+    above = np.einsum("...ij,...j->...i", higher, p)
+    block = np.einsum("...ij,...j->...i", tied, p)
+    share = np.divide(qa - above, block, out=np.zeros_like(p), where=block > 0)
+    out = p * np.clip(share, 0.0, 1.0) / qa
+    return out / out.sum(axis=-1, keepdims=True)  # exact up to rounding; this removes the rounding
+
+
+def quantilize(base_probs: Any, values: Any, q: Any, rng: np.random.Generator) -> Any:
+    """One action drawn from :func:`quantile_distribution` (an ``int``; an array of them for a batch)."""
+    if not isinstance(rng, np.random.Generator):
+        raise QuantilizerError(f"rng={rng!r}; expected a numpy.random.Generator (np.random.default_rng(seed))")
+    dist = quantile_distribution(base_probs, values, q)
+    cdf = np.cumsum(dist, axis=-1)
+    u = rng.random(dist.shape[:-1])[..., None]
+    actions = np.minimum((u >= cdf).sum(axis=-1), dist.shape[-1] - 1)  # rounding may leave cdf[-1] < u
+    return int(actions) if actions.ndim == 0 else actions
+
+
+class Quantilizer:
+    """A policy that quantilizes: ``policy(obs) -> action`` drawn from the top q of ``base``, ranked by ``values``.
+
+    Parameters
+    ----------
+    base
+        ``base(obs) -> probabilities`` over the discrete actions: the trusted policy.
+    values
+        ``values(obs) -> array`` of the agent's value (or preference) per action.
+    q
+        Share of the base mass kept, in ``(0, 1]``; with ``uncertainty`` the smallest q.
+    uncertainty
+        Optional ``uncertainty(obs) -> float`` in ``[0, 1]`` (clipped): q grows to
+        ``q_max`` where it is high.
+    q_max
+        The q at uncertainty 1.
+    seed
+        Seed of the sampler.
+
+    >>> pi = Quantilizer(base=lambda obs: [0.5, 0.5], values=lambda obs: [0.0, 1.0], q=0.5, seed=0)
+    >>> pi.distribution(None).tolist(), pi(None)
+    ([0.0, 1.0], 1)
+    """
+
+    def __init__(
+        self,
+        base: Callable[[Any], Any],
+        values: Callable[[Any], Any],
+        q: float = 0.1,
+        uncertainty: Callable[[Any], float] | None = None,
+        q_max: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        for name, fn in (("base", base), ("values", values)):
+            if not callable(fn):
+                raise QuantilizerError(f"{name}={fn!r}; expected a callable of the observation")
+        if uncertainty is not None and not callable(uncertainty):
+            raise QuantilizerError(f"uncertainty={uncertainty!r}; expected a callable of the observation or None")
+        if not (0.0 < q <= q_max <= 1.0):
+            raise QuantilizerError(f"q={q!r}, q_max={q_max!r}; expected 0 < q <= q_max <= 1")
+        self.base, self.values, self.uncertainty = base, values, uncertainty
+        self.q, self.q_max = float(q), float(q_max)
+        self.rng = np.random.default_rng(seed)
+
+    def q_at(self, obs: Any) -> float:
+        """The q used in the state of ``obs``."""
+        if self.uncertainty is None:
+            return self.q
+        u = float(self.uncertainty(obs))
+        if np.isnan(u):
+            raise QuantilizerError(f"uncertainty gave {u}; expected a number in [0, 1]")
+        return self.q + (self.q_max - self.q) * min(max(u, 0.0), 1.0)
+
+    def distribution(self, obs: Any) -> np.ndarray:
+        """The quantilizer's distribution over actions in the state of ``obs``."""
+        return quantile_distribution(self.base(obs), self.values(obs), self.q_at(obs))
+
+    def __call__(self, obs: Any) -> int:
+        dist = self.distribution(obs)
+        return int(min(np.searchsorted(np.cumsum(dist), self.rng.random(), side="right"), dist.size - 1))
+
+    def __repr__(self) -> str:
+        adaptive = "" if self.uncertainty is None else f", adaptive up to {self.q_max}"
+        return f"Quantilizer(q={self.q}{adaptive})"

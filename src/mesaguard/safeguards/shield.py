@@ -1,0 +1,388 @@
+"""Lookahead shield: try each action on a copy of the simulator before the real env takes it.
+
+A score computed after the fact cannot undo an irreversible action. Where a
+simulator copy of the env is at hand (``copy.deepcopy`` of a MiniGrid env takes
+about 0.5 ms and its steps match the original exactly, RNG state included), the
+shield scores the agent's proposed action on a copy first, ``horizon`` steps
+ahead, and keeps it off the real env when the lookahead shows **harm**: a step
+whose ``info[catastrophe]`` is true, or a base-objective increment strictly below
+``bound``. Then it plays the best harmless alternative (the highest lookahead base
+objective), else the ``fallback`` policy's action if its lookahead shows no
+catastrophe, else (fail closed) it truncates the episode without acting.
+
+What a lookahead judges. The first step of a lookahead is the action itself;
+steps 2..H follow a **continuation**: the ``rollout`` policy (for instance the
+agent itself), or with ``rollout=None`` the first action repeated. Harm at step 1
+is the action's own. Harm at a later step is the action's only if the
+continuation is what will be played, and under the shield it is not: the shield
+checks every later step as well. So with ``search=True`` (the default) an action
+is judged harmful only when harm is **unavoidable** within the horizon after it:
+when harm shows on the continuation at step ``j``, the shield searches depth first
+for another plan (deviating from the continuation at step ``j``, then ``j - 1``,
+... down to step 2) that avoids it, and the action is harmful only if every plan
+of ``horizon`` steps that starts with it does harm (exact on a deterministic copy;
+worst case ``|A| ** (H - 1)`` lookaheads, paid only near a hazard). This is
+receding-horizon sound: an executed action comes with a harmless plan, and on the
+next step the rest of that plan is still available to the shield.
+With ``search=False`` harm anywhere on the continuation condemns the first action:
+exact when the continuation is the policy that will run unshielded afterwards,
+and conservative (it may replace actions the shield would have saved later) when
+the shield stays on. ``horizon=1`` makes both the same: the action's own step.
+
+The copy is ``copy.deepcopy`` of everything inside the shield (the wrapped env
+chain, observation wrappers included), so the rollout policy sees the observations
+it was trained on. Copying only ``env.unwrapped`` is cheaper (0.45 to 0.54 ms
+against 0.60 to 0.70 ms for the MiniGrid scenarios under ``gym.make``, measured
+here) but loses those observations and any wrapper that changes reward or info;
+the shield takes the chain. A lookahead is a replay on a fresh copy of the real
+env: one copy per simulated plan, steps are cheap next to a copy. The copy carries
+the env's RNG state, so on a stochastic env (offswitch's interruption) the
+lookahead foresees the draw the real env will make: exact, but only as long as all
+of the env's randomness lives in the copied state (not in a global RNG) and the
+world outside the copy does not change.
+
+The bound. ``bound`` is a floor on a single step's increment, calibrated the way
+every mesaguard threshold is (DESIGN.md): :func:`increment_bound` takes each
+in-distribution episode's smallest increment and sets the bound at the conformal
+rank of those minima, so that an in-distribution episode has an increment below
+it with probability at most ``alpha`` (exchangeable episodes). With ``rollout``
+the agent and the copy exact, a lookahead window of an unshielded in-distribution
+episode is a piece of that episode, so the shield intervenes in at most an
+``alpha`` share of in-distribution episodes through the bound (catastrophes aside).
+``bound=None`` (``-inf``) makes catastrophes the only harm.
+
+Reports ``info["mesaguard_shield"]`` on every step (its own key: a guard around
+or inside the shield rewrites ``info["mesaguard"]``): ``proposed``, ``executed``
+(``None`` when it stopped), ``replaced`` (bool), ``acting`` (``"agent"``,
+``"shield"``, ``"fallback"`` or ``"stop"``), ``value`` (the lookahead base
+objective of the executed action), ``harm`` (of the proposed action:
+``"catastrophe"``, ``"bound"`` or ``None``), ``judged`` (harm per evaluated first
+action), ``lookaheads`` (copies simulated this step), ``error``, and the running
+counters ``steps`` and ``replaced_total``. The wrapper keeps counters over its
+life: ``steps``, ``replaced``, ``stopped``, ``lookaheads``, ``errors``. An internal
+error (a copy that fails, a rollout policy that raises, a NaN increment) fails
+closed: the episode is truncated without acting and the error recorded. A
+truncation without acting returns the last observation, reward 0 and an ``info``
+with a zero increment under the objective's key and no catastrophe.
+
+Measured (``benchmarks/shield.py``): with the shipped agents on the deploy variants
+of lava, side-effects, strawberry, supervisor, offswitch and goodhart, H=1 and H=3
+took the catastrophes per 1,000 episodes from 390..1610 to 0, replaced no action on
+the reference variants (score kept exactly), and cost 0.04 to 0.41x the
+unshielded steps per second.
+
+>>> from mesaguard.scenarios import make
+>>> env = Shield(make("lava", "deploy"), horizon=1)
+>>> obs, _ = env.reset(seed=7)  # the lava lies straight ahead
+>>> FORWARD = 2
+>>> obs, reward, terminated, truncated, info = env.step(FORWARD)
+>>> info["catastrophe"], info["mesaguard_shield"]["harm"], info["mesaguard_shield"]["executed"]
+(False, 'catastrophe', 0)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from mesaguard.calibration import conformal_rank
+from mesaguard.objective import FromInfo, Objective, Transition, make_objective
+
+__all__ = ["INFO_KEY", "Lookahead", "Shield", "ShieldError", "increment_bound"]
+
+INFO_KEY = "mesaguard_shield"
+CATASTROPHE, BOUND = "catastrophe", "bound"
+
+
+class ShieldError(ValueError):
+    """A shield built with arguments it cannot use."""
+
+
+def increment_bound(episodes: Sequence[np.ndarray], alpha: float) -> float:
+    """The calibrated floor on one step's increment: conformal rank of per-episode minima.
+
+    The statistic is ``-u_t`` and an episode's score is its maximum, ``-min(u)``;
+    the threshold is the ``ceil((n + 1)(1 - alpha))``-th smallest of the ``n``
+    maxima, and the bound is minus it. A new in-distribution episode then has an
+    increment strictly below the bound with probability at most ``alpha``.
+
+    >>> episodes = [np.array([0.0, -0.01 * (i % 3), 1.0]) for i in range(40)]
+    >>> increment_bound(episodes, alpha=0.05)
+    -0.02
+    >>> increment_bound(episodes[:5], alpha=0.05)
+    Traceback (most recent call last):
+    ...
+    mesaguard.calibration.CalibrationError: 5 calibration episodes are too few for alpha=0.05: the conformal rank would be 6 > 5; use at least 19 episodes or a larger alpha
+    """
+    minima = []
+    for i, e in enumerate(episodes):
+        u = np.asarray(e, dtype=np.float64).ravel()
+        if u.size == 0 or not np.all(np.isfinite(u)):
+            raise ShieldError(f"episode {i} has increments {u!r}; expected a non-empty array of finite numbers")
+        minima.append(-float(u.min()))
+    k = conformal_rank(len(minima), alpha)
+    return -float(np.sort(minima)[k - 1])
+
+
+@dataclass
+class Lookahead:
+    """One simulated plan: actions taken on the copy, their increments, the first harmful step."""
+
+    actions: list[Any] = field(default_factory=list)
+    increments: list[float] = field(default_factory=list)
+    harm: str | None = None  # of the first harmful step
+    first_harm: int | None = None  # 0-based step of the plan
+
+    @property
+    def value(self) -> float:
+        return float(sum(self.increments))
+
+
+class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Score each proposed action on a copy of the env; replace the harmful ones (see the module docstring).
+
+    Parameters
+    ----------
+    env
+        The deployed env; it must survive ``copy.deepcopy`` with identical steps.
+    horizon
+        Steps simulated per lookahead, the action's own step included (``H >= 1``).
+    objective
+        Where increments come from, as for the guard: ``"info:KEY"`` (default
+        ``"info:base_objective"``), ``"reward"``, an Objective or a callable.
+    bound
+        Floor on one step's increment (from :func:`increment_bound`); ``None``: no floor.
+    rollout
+        Continuation policy ``policy(obs) -> action`` for steps 2..H, fed the copy's
+        observations; ``None`` repeats the first action.
+    fallback
+        Policy ``policy(obs) -> action`` used when no action is harmless; its action
+        is played if its lookahead shows no catastrophe, else the episode stops.
+    search
+        Judge an action harmful only if harm is unavoidable within the horizon
+        (depth-first search over continuations); ``False``: harm on the
+        continuation alone condemns it.
+    catastrophe
+        The ``info`` key that flags a catastrophe; ``None``: only the bound counts.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        horizon: int = 1,
+        objective: str | Objective | Callable[[Transition], float] | None = "info:base_objective",
+        bound: float | None = None,
+        rollout: Callable[[Any], Any] | None = None,
+        fallback: Callable[[Any], Any] | None = None,
+        search: bool = True,
+        catastrophe: str | None = "catastrophe",
+    ) -> None:
+        gym.utils.RecordConstructorArgs.__init__(
+            self, horizon=horizon, objective=objective, bound=bound, search=search, catastrophe=catastrophe
+        )
+        gym.Wrapper.__init__(self, env)
+        if not (isinstance(horizon, int) and not isinstance(horizon, bool) and horizon >= 1):
+            raise ShieldError(f"horizon={horizon!r}; expected an integer >= 1 (steps simulated per lookahead)")
+        if bound is not None and (not isinstance(bound, (int, float)) or math.isnan(bound)):
+            raise ShieldError(f"bound={bound!r}; expected a number (a floor on one step's increment) or None")
+        for name, policy in (("rollout", rollout), ("fallback", fallback)):
+            if policy is not None and not callable(policy):
+                raise ShieldError(f"{name}={policy!r}; expected a policy(obs) -> action or None")
+        self.horizon = horizon
+        self.objective = make_objective(objective)
+        self.bound = -math.inf if bound is None else float(bound)
+        self.rollout = rollout
+        self.fallback = fallback
+        self.search = bool(search)
+        self.catastrophe = catastrophe
+        space = env.action_space
+        # The alternatives a harmful proposal may be replaced with: every action of a discrete space.
+        self.actions: list[Any] = (
+            [int(space.start) + i for i in range(int(space.n))] if isinstance(space, spaces.Discrete) else []
+        )
+        self.steps = self.replaced = self.stopped = self.lookaheads = self.errors = 0
+        self._obs: Any = None
+        self._shared = _descriptions(env)
+
+    # -- the Gymnasium API -------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._obs = obs
+        self._shared = _descriptions(self.env)
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._obs is None:
+            raise ShieldError("step() before reset(); call env.reset(seed=...) first")
+        self.steps += 1
+        before = self.lookaheads
+        record: dict[str, Any] = {
+            "proposed": _plain(action),
+            "executed": None,
+            "replaced": False,
+            "acting": "stop",
+            "value": None,
+            "harm": None,
+            "judged": {},
+            "lookaheads": 0,
+            "error": None,
+        }
+        executed: Any = None
+        try:
+            executed, acting, value = self._decide(action, record)
+        except Exception as exc:  # fail closed: no verdict means no action
+            self.errors += 1
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            executed, acting, value = None, "stop", None
+        record["lookaheads"] = self.lookaheads - before
+        if executed is None:
+            self.stopped += 1
+            record.update(steps=self.steps, replaced_total=self.replaced)
+            return self._obs, 0.0, False, True, self._idle_info(record)
+        replaced = acting != "agent"
+        self.replaced += int(replaced)
+        record.update(
+            executed=_plain(executed), replaced=replaced, acting=acting, value=value,
+            steps=self.steps, replaced_total=self.replaced,
+        )
+        obs, reward, terminated, truncated, info = self.env.step(executed)
+        self._obs = obs
+        info = dict(info)
+        info[INFO_KEY] = record
+        return obs, reward, terminated, truncated, info
+
+    # -- deciding ----------------------------------------------------------
+
+    def _decide(self, action: Any, record: dict[str, Any]) -> tuple[Any, str, float | None]:
+        """The action to execute (None: stop), who chose it, and its lookahead value."""
+        judged: dict[Any, Lookahead] = {}
+
+        def judge(a: Any) -> Lookahead:
+            key = _plain(a)
+            if key not in judged:
+                judged[key] = self._judge(a)
+                record["judged"][key] = judged[key].harm
+            return judged[key]
+
+        proposed = judge(action)
+        record["harm"] = proposed.harm
+        if proposed.harm is None:
+            return action, "agent", proposed.value
+        best: tuple[Any, Lookahead] | None = None
+        for a in self.actions:
+            if _plain(a) == _plain(action):
+                continue
+            look = judge(a)
+            if look.harm is None and (best is None or look.value > best[1].value):
+                best = (a, look)
+        if best is not None:
+            return best[0], "shield", best[1].value
+        if self.fallback is not None:
+            a = self.fallback(self._obs)
+            look = judge(a)
+            if look.harm != CATASTROPHE:
+                return a, "fallback", look.value
+        return None, "stop", None
+
+    def _judge(self, action: Any) -> Lookahead:
+        """The verdict on ``action``: a harmless plan starting with it if one is found, else the harmful one."""
+        plan = self._simulate([action])
+        if plan.harm is None or plan.first_harm == 0 or not self.search:
+            return plan
+        found = self._repair(plan, fixed=1)
+        return plan if found is None else found
+
+    def _repair(self, plan: Lookahead, fixed: int) -> Lookahead | None:
+        """A harmless plan sharing ``plan.actions[:fixed]``, depth first; ``plan`` does harm at ``first_harm >= fixed``."""
+        assert plan.first_harm is not None
+        for pos in range(plan.first_harm, fixed - 1, -1):  # deviate nearest the harm first
+            for alt in self.actions:
+                if _plain(alt) == _plain(plan.actions[pos]):
+                    continue
+                other = self._simulate(plan.actions[:pos] + [alt])
+                if other.harm is None:
+                    return other
+                if other.first_harm is not None and other.first_harm > pos:
+                    found = self._repair(other, fixed=pos + 1)
+                    if found is not None:
+                        return found
+        return None
+
+    def _simulate(self, prefix: list[Any]) -> Lookahead:
+        """Replay ``prefix`` on a fresh copy of the env, then follow the continuation up to the horizon."""
+        self.lookaheads += 1
+        sim = copy.deepcopy(self.env, dict(self._shared))
+        plan = Lookahead()
+        obs = self._obs
+        for t in range(self.horizon):
+            if t < len(prefix):
+                a = prefix[t]
+            elif self.rollout is not None:
+                a = self.rollout(obs)
+            else:
+                a = prefix[0]
+            next_obs, reward, terminated, truncated, info = sim.step(a)
+            u = self.objective.increment(
+                Transition(float(reward), info, obs, a, next_obs, terminated, truncated), t + 1
+            )
+            plan.actions.append(a)
+            plan.increments.append(u)
+            if plan.harm is None:
+                if self.catastrophe is not None and info.get(self.catastrophe, False):
+                    plan.harm, plan.first_harm = CATASTROPHE, t
+                elif u < self.bound:
+                    plan.harm, plan.first_harm = BOUND, t
+                if plan.harm is not None:
+                    break
+            obs = next_obs
+            if terminated or truncated:
+                break
+        return plan
+
+    def _idle_info(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``info`` of a step that did not act: zero increment, no catastrophe."""
+        info: dict[str, Any] = {INFO_KEY: record}
+        if isinstance(self.objective, FromInfo):
+            info[self.objective.key] = 0.0
+        if self.catastrophe is not None:
+            info[self.catastrophe] = False
+        return info
+
+
+def _descriptions(env: gym.Env) -> dict[int, Any]:
+    """A ``deepcopy`` memo that shares what describes the env chain rather than its state.
+
+    The spaces, ``spec`` and ``metadata`` of every layer (and MiniGrid's ``mission_space``)
+    are not changed by stepping; sharing them makes a MiniGrid copy about 30% cheaper
+    (1.35 against 1.97 ms measured on the lava env chain, loaded machine). A rollout policy
+    that samples a copy's action space draws from the original's space RNG.
+    """
+    memo: dict[int, Any] = {}
+    layer: Any = env
+    while True:
+        attrs = getattr(layer, "__dict__", {})
+        for name in ("observation_space", "action_space", "_observation_space", "_action_space", "spec", "metadata",
+                     "_metadata", "mission_space"):
+            if attrs.get(name) is not None:
+                memo[id(attrs[name])] = attrs[name]
+        if not isinstance(layer, gym.Wrapper):
+            return memo
+        layer = layer.env
+
+
+def _plain(action: Any) -> Any:
+    """A hashable, JSON-friendly form of an action (ints for discrete actions)."""
+    if isinstance(action, (np.integer, int)) and not isinstance(action, bool):
+        return int(action)
+    if isinstance(action, np.ndarray):
+        return tuple(action.ravel().tolist())
+    return action
+
