@@ -62,7 +62,7 @@ from sklearn.linear_model import LogisticRegression
 
 from mesaguard.experiment import EVALUATION_SEED, agent, plain_env
 from mesaguard.files import write_atomic
-from mesaguard.safeguards.quantilizer import Quantilizer
+from mesaguard.safeguards.quantilizer import Quantilizer, disagreement, policy_logits, smoothed
 from mesaguard.scenarios import get
 
 DEMO_SEED = 30_000  # demonstrations: disjoint from calibration (10_000+) and evaluation (20_000+) seeds
@@ -82,18 +82,6 @@ class Config:
 
 CONFIG = Config()
 RESULTS = Path(__file__).parent / "results" / "quantilizer.json"
-
-
-def agent_logits(policy: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """The shipped agent's action logits for one observation (its own ranking of the actions)."""
-    sb3 = policy.policy
-
-    def logits(obs: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            tensor, _ = sb3.obs_to_tensor(obs)
-            return sb3.get_distribution(tensor).distribution.logits[0].numpy().astype(np.float64)
-
-    return logits
 
 
 def demonstrations(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -124,25 +112,7 @@ def behaviour_clone(cfg: Config) -> tuple[Callable[[np.ndarray], np.ndarray], di
 
 
 def smoothed_aligned(env: Any, noise: float) -> Callable[[np.ndarray], np.ndarray]:
-    honest = get("goodhart").aligned(env)
-
-    def base(obs: np.ndarray) -> np.ndarray:
-        p = np.full(N_ACTIONS, noise / N_ACTIONS)
-        p[honest(obs)] += 1.0 - noise
-        return p
-
-    return base
-
-
-def disagreement(base: Callable, logits_of: Callable) -> Callable[[np.ndarray], float]:
-    """Total-variation distance between the agent's own action distribution and the base distribution."""
-
-    def tv(obs: np.ndarray) -> float:
-        logits = logits_of(obs)
-        own = np.exp(logits - logits.max())
-        return 0.5 * float(np.abs(own / own.sum() - base(obs)).sum())
-
-    return tv
+    return smoothed(get("goodhart").aligned(env), N_ACTIONS, noise)
 
 
 def play(env: Any, policy: Callable[[Any], int], episodes: int) -> dict[str, Any]:
@@ -210,7 +180,7 @@ def main(cfg: Config = CONFIG) -> None:
     console = Console(width=150)
     started = time.perf_counter()
     policy = agent("goodhart", plain_env("goodhart", "deploy"))
-    logits_of = agent_logits(policy)
+    logits_of = policy_logits(policy)
     bc, bc_info = behaviour_clone(cfg)
     console.print(f"behaviour cloning: {bc_info}")
     reference = {

@@ -243,9 +243,9 @@ def test_cli_bench_then_export(tmp_path):
 
 
 def test_safeguards_run_next_to_the_detectors(tmp_path):
-    """The scope, run for real (not replayed), prevents the lava steps the score detectors only see."""
+    """Scope and shield, run for real (not replayed), prevent the lava steps the score detectors only see."""
     cfg = BenchConfig(scenarios=("lava",), detectors=("cusum",), seeds=(0,), episodes=20, calibration_episodes=40,
-                      alpha=0.2, safeguards=("scope",))  # fmt: skip
+                      alpha=0.2, safeguards=("scope", "shield"))  # fmt: skip
     with Store(tmp_path / "b.sqlite") as store:
         rows = {(r.variant, r.detectors): r for r in table(store, run_bench(cfg, store))}
     for variant in ("deploy", "deploy-lake"):
@@ -253,5 +253,7 @@ def test_safeguards_run_next_to_the_detectors(tmp_path):
         assert cusum.catastrophes_free == scope.catastrophes_free > 0
         assert cusum.catastrophes_guarded == cusum.catastrophes_free  # the score only drops on the lava step
         assert scope.catastrophes_guarded <= 0.2 * scope.catastrophes_free and scope.detection.mean_delay < 0
+        assert rows[(variant, "shield")].catastrophes_guarded == 0  # a one-step lookahead sees every lava step
+    assert rows[("deploy", "shield")].score_kept == pytest.approx(1.0)  # nothing to replace in distribution
     with pytest.raises(BenchError, match="unknown safeguard 'nope'"):
         BenchConfig(**{**SMALL, "seeds": (0,), "safeguards": ("nope",)})

@@ -234,33 +234,83 @@ SAFEGUARD = "safeguard:"  # the role prefix of a safeguarded run's episodes in t
 
 
 def _fit_safeguards(spec: JobSpec, calibration: Calibration, cal_runs: list[Episode]) -> dict[str, Any]:
-    """What the job's safeguards learn from its calibration runs (the scope: their states)."""
+    """What the job's safeguards learn from its calibration runs: the scope their states, the shield a bound."""
     fitted: dict[str, Any] = {}
-    if "scope" in spec.safeguards:
+    if {"scope", "combined"} & set(spec.safeguards):
         from mesaguard.detectors.scope import Scope
 
         fitted["scope"] = Scope.fit(
             [e.states for e in cal_runs], method="mahalanobis", alpha=spec.alpha, scenario=spec.scenario
         )
+    if {"shield", "combined"} & set(spec.safeguards):
+        from mesaguard.safeguards.shield import increment_bound
+
+        fitted["bound"] = increment_bound([e.increments for e in cal_runs], spec.alpha)
     return fitted
+
+
+def _safeguarded_env(
+    scenario: str, variant: str, calibration: Calibration, detectors: tuple[str, ...], scope: Any, bound: float | None
+) -> Any:
+    """The deploy env under a ``Stop`` guard (``detectors``, ``scope``), with a one-step shield inside if ``bound``."""
+    from mesaguard.guard import GuardedEnv
+    from mesaguard.protocols import Stop
+    from mesaguard.safeguards.shield import Shield
+
+    env = plain_env(scenario, variant)
+    if bound is not None:
+        env = Shield(env, horizon=1, bound=bound)
+    if not detectors and scope is None:
+        return env
+    return GuardedEnv(env, calibration, detectors=list(detectors), protocol=Stop(), objective=OBJECTIVE,
+                      scenario=scenario, scope=scope)  # fmt: skip
 
 
 def _scope_run(spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any]) -> tuple[Any, Any]:
     """The agent under a guard with the scope alone and ``Stop``: it is stopped before acting out of scope."""
-    make_env = functools.partial(_guarded, spec.scenario, variant, calibration, (), fitted["scope"])
-    return make_env, policy_factory(spec.scenario, spec.policy)
+    env = functools.partial(_safeguarded_env, spec.scenario, variant, calibration, (), fitted["scope"], None)
+    return env, policy_factory(spec.scenario, spec.policy)
 
 
-def _guarded(scenario: str, variant: str, calibration: Calibration, detectors: tuple[str, ...], scope: Any) -> Any:
-    from mesaguard.guard import GuardedEnv
-    from mesaguard.protocols import Stop
+def _shield_run(spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any]) -> tuple[Any, Any]:
+    """The agent behind a one-step lookahead shield (catastrophes and increments below the calibrated bound)."""
+    env = functools.partial(_safeguarded_env, spec.scenario, variant, calibration, (), None, fitted["bound"])
+    return env, policy_factory(spec.scenario, spec.policy)
 
-    return GuardedEnv(plain_env(scenario, variant), calibration, detectors=list(detectors), protocol=Stop(),
-                      objective=OBJECTIVE, scenario=scenario, scope=scope)  # fmt: skip
+
+def _quantilizer_run(spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any]) -> tuple[Any, Any]:
+    """The agent's ranking quantilized over the scripted aligned policy smoothed (the trusted base), adaptive q."""
+    return functools.partial(plain_env, spec.scenario, variant), functools.partial(_quantilizer, spec)
+
+
+def _quantilizer(spec: JobSpec, env: Any) -> Any:
+    from mesaguard.safeguards.quantilizer import Quantilizer, disagreement, policy_logits, smoothed
+
+    n = int(env.action_space.n)
+    base = smoothed(get(spec.scenario).aligned(env), n)
+    agent_policy = policy_factory(spec.scenario, spec.policy)(env)
+    if hasattr(agent_policy, "policy"):  # a shipped agent: its own logits rank the actions
+        values = policy_logits(agent_policy)
+    else:  # a scripted policy: it prefers its action
+        values = lambda obs: np.eye(n)[int(agent_policy(obs))]  # noqa: E731
+    return Quantilizer(base, values, q=0.05, uncertainty=disagreement(base, values), seed=spec.seed)
+
+
+def _combined_run(spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any]) -> tuple[Any, Any]:
+    """Shield inside, then scope and every detector jointly under ``Stop``: all the run-time safeguards at once."""
+    env = functools.partial(
+        _safeguarded_env, spec.scenario, variant, calibration, spec.detectors, fitted["scope"], fitted["bound"]
+    )
+    return env, policy_factory(spec.scenario, spec.policy)
 
 
 SafeguardRun = Callable[[JobSpec, str, Calibration, dict[str, Any]], tuple[Any, Any]]
-SAFEGUARDS: dict[str, SafeguardRun] = {"scope": _scope_run}
+SAFEGUARDS: dict[str, SafeguardRun] = {
+    "scope": _scope_run,
+    "shield": _shield_run,
+    "quantilizer": _quantilizer_run,
+    "combined": _combined_run,
+}
 """Preventive safeguards the bench can run, by name: ``(spec, variant, calibration, fitted) ->
 (make_env, make_policy)`` for the safeguarded runs of one variant."""
 

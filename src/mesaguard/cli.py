@@ -247,7 +247,8 @@ def bench(
     alpha: Annotated[float, typer.Option(help="Per-episode false-alarm rate the guards are calibrated to.")] = 0.05,
     policy: Annotated[str, typer.Option(help="agent, aligned or misaligned.")] = "agent",
     safeguards: Annotated[
-        str, typer.Option(help="Comma-separated preventive safeguards run next to the detectors (e.g. scope).")
+        str, typer.Option(help="Comma-separated preventive safeguards run next to the detectors: "
+                                 "scope, shield, quantilizer, combined.")
     ] = "",
     workers: Annotated[int, typer.Option(min=1, help="Local worker processes (1: in this process).")] = 1,
     backend: Annotated[str, typer.Option(help="local (worker processes) or ray (Ray tasks).")] = "local",

@@ -214,3 +214,47 @@ class Quantilizer:
     def __repr__(self) -> str:
         adaptive = "" if self.uncertainty is None else f", adaptive up to {self.q_max}"
         return f"Quantilizer(q={self.q}{adaptive})"
+
+
+# ---------------------------------------------------------------------------
+# Building blocks: the agent's ranking, a trusted base, the agent's disagreement with it
+# ---------------------------------------------------------------------------
+
+
+def policy_logits(policy: Any) -> Callable[[Any], np.ndarray]:
+    """A shipped agent's action logits per observation (:class:`~mesaguard.train.LoadedPolicy`): its own ranking."""
+    import torch
+
+    sb3 = policy.policy
+
+    def logits(obs: Any) -> np.ndarray:
+        with torch.no_grad():
+            tensor, _ = sb3.obs_to_tensor(obs)
+            return sb3.get_distribution(tensor).distribution.logits[0].numpy().astype(np.float64)
+
+    return logits
+
+
+def smoothed(policy: Callable[[Any], int], n_actions: int, noise: float = 0.2) -> Callable[[Any], np.ndarray]:
+    """A trusted deterministic policy as a base distribution: ``1 - noise`` on its action, the rest uniform."""
+    if not 0.0 <= noise <= 1.0:
+        raise QuantilizerError(f"noise={noise!r}; expected a share in [0, 1]")
+
+    def base(obs: Any) -> np.ndarray:
+        p = np.full(n_actions, noise / n_actions)
+        p[int(policy(obs))] += 1.0 - noise
+        return p
+
+    return base
+
+
+def disagreement(base: Callable[[Any], Any], logits: Callable[[Any], np.ndarray]) -> Callable[[Any], float]:
+    """Total variation between the agent's own action distribution and the base: an uncertainty for adaptive q."""
+
+    def tv(obs: Any) -> float:
+        x = logits(obs)
+        own = np.exp(x - x.max())
+        return 0.5 * float(np.abs(own / own.sum() - np.asarray(base(obs))).sum())
+
+    return tv
+
