@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export SDL_VIDEODRIVER := offscreen
+export MUJOCO_GL := egl
 export PYTHONHASHSEED := 0
 
 .PHONY: venv demo test test-slow bench clean
