@@ -210,6 +210,21 @@ class DeploymentAlarm:
     steps: int
 
 
+def episode_statistics(calibration: Calibration, names: Sequence[str], episodes: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per episode of increments, the per-step joint standardized statistic of detectors ``names``.
+
+    What :meth:`DeploymentMonitor.update` computes online and passes to
+    :meth:`~DeploymentMonitor.observe`; its maximum is comparable with
+    ``calibration.joint_maxima(names)``.
+    """
+    joint = None
+    for n in names:
+        d = calibration.detectors[n]
+        z = (statistic_traces(d.build(), episodes) - d.location) / d.scale
+        joint = z if joint is None else np.fmax(joint, z)
+    return [row[: len(e)] for row, e in zip(joint, episodes)]
+
+
 def replay(
     calibration: Calibration,
     episodes: Sequence[np.ndarray],
@@ -228,13 +243,8 @@ def replay(
     reference = calibration.joint_maxima(names)
     if len(episodes) == 0:
         return None
-    joint = None
-    for n in names:
-        d = calibration.detectors[n]
-        z = (statistic_traces(d.build(), episodes) - d.location) / d.scale
-        joint = z if joint is None else np.fmax(joint, z)
     lengths = [len(e) for e in episodes]
-    statistics = [row[:length] for row, length in zip(joint, lengths)]
+    statistics = episode_statistics(calibration, names, episodes)
     log_c = math.log(1 / alpha) if horizon is None else horizon_threshold(horizon, alpha)
     if horizon is not None:
         statistics = statistics[:horizon]
