@@ -47,6 +47,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -111,12 +112,25 @@ class PPOConfig:
 # ---------------------------------------------------------------------------
 
 
-def train(scenario: str, timesteps: int, seed: int, out: Path, config: PPOConfig = PPOConfig()) -> Path:
+def train(
+    scenario: str,
+    timesteps: int,
+    seed: int,
+    out: Path,
+    config: PPOConfig = PPOConfig(),
+    variant: str | None = None,
+    wrapper: Callable[[gym.Env], gym.Env] | None = None,
+) -> Path:
     """Train PPO on ``scenario``'s training variant and save the policy under ``out``.
 
     ``out`` is a directory; the policy goes to ``out/<scenario>.json`` and
     ``out/<scenario>.safetensors``. Returns the stem ``out/<scenario>``. The same
     scenario, timesteps, seed and config give the same weights.
+
+    ``variant`` trains on another variant than the training one, and ``wrapper``
+    wraps each training env (e.g. a reward wrapper such as
+    :class:`~mesaguard.safeguards.impact.ImpactPenalty`); both are recorded in the
+    metadata when given. The defaults are the recipe of the shipped agents.
     """
     spec = scenarios.get(scenario)
     if timesteps <= 0:
@@ -126,28 +140,43 @@ def train(scenario: str, timesteps: int, seed: int, out: Path, config: PPOConfig
     threads = torch.get_num_threads()
     torch.set_num_threads(config.torch_threads)
     try:
-        model, seconds = _learn(spec, timesteps, seed, config)
+        model, seconds = _learn(spec, timesteps, seed, config, variant=variant, wrapper=wrapper)
     finally:
         torch.set_num_threads(threads)
     metadata = {
         "scenario": scenario,
-        "variant": spec.variants[0],
+        "variant": variant or spec.variants[0],
         "timesteps": timesteps,
         "seed": seed,
         "config": dataclasses.asdict(config),
-        "command": _command(scenario, timesteps, seed, config),
+        "command": _command(scenario, timesteps, seed, config, variant),
         "train_seconds": round(seconds, 1),
         "sb3_version": stable_baselines3.__version__,
         "torch_version": torch.__version__,
         "gymnasium_version": gym.__version__,
     }
+    if wrapper is not None:  # the command alone does not reproduce such a run: say what wrapped the envs
+        metadata["wrapper"] = repr(wrapper)
     stem = Path(out) / scenario
     save_policy(model, stem, metadata=metadata)
     return stem
 
 
-def _learn(spec: scenarios.Scenario, timesteps: int, seed: int, config: PPOConfig) -> tuple[PPO, float]:
-    venv = make_vec_env(spec.env_id(spec.variants[0]), n_envs=config.n_envs, seed=seed, vec_env_cls=DummyVecEnv)
+def _learn(
+    spec: scenarios.Scenario,
+    timesteps: int,
+    seed: int,
+    config: PPOConfig,
+    variant: str | None = None,
+    wrapper: Callable[[gym.Env], gym.Env] | None = None,
+) -> tuple[PPO, float]:
+    venv = make_vec_env(
+        spec.env_id(variant or spec.variants[0]),
+        n_envs=config.n_envs,
+        seed=seed,
+        vec_env_cls=DummyVecEnv,
+        wrapper_class=wrapper,
+    )
     model = PPO(
         "MlpPolicy",
         venv,
@@ -189,9 +218,11 @@ class _AnnealEntropy(BaseCallback):
         self.model.ent_coef = self.start * max(0.0, 1.0 - self.num_timesteps / self.total)
 
 
-def _command(scenario: str, timesteps: int, seed: int, config: PPOConfig) -> str:
+def _command(scenario: str, timesteps: int, seed: int, config: PPOConfig, variant: str | None = None) -> str:
     """The shell command that reproduces a run: non-default config fields become flags."""
     words = ["python", "-m", "mesaguard.train", scenario, "--timesteps", str(timesteps), "--seed", str(seed)]
+    if variant is not None:
+        words += ["--variant", variant]
     for field in dataclasses.fields(PPOConfig):
         value = getattr(config, field.name)
         if value != field.default:
@@ -449,6 +480,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("scenario", help=f"one of: {', '.join(scenarios.SCENARIOS)}")
     parser.add_argument("--timesteps", type=int, required=True, help="env steps of training")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", default=None, help="train on this variant (default: the training variant)")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="directory for <scenario>.json/.safetensors")
     for field in dataclasses.fields(PPOConfig):
         flag = "--" + field.name.replace("_", "-")
@@ -470,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     started = time.perf_counter()
-    stem = train(args.scenario, args.timesteps, args.seed, args.out, config)
+    stem = train(args.scenario, args.timesteps, args.seed, args.out, config, variant=args.variant)
     print(f"saved {stem}.json and {stem}.safetensors in {time.perf_counter() - started:.1f} s")
     return 0
 

@@ -1,0 +1,312 @@
+"""Continual deployment: the agent keeps learning while deployed; the guard stays fixed; alarms roll it back.
+
+The bench's other experiments train an agent once and deploy it frozen. Here the
+base optimizer (SB3 PPO) goes on adjusting the agent on deployment episodes, while
+the guard around the deployed env keeps its **design-time calibration fixed**: the
+thresholds say what the accepted agent did, and a learner that drifts away from
+that (toward a proxy, say) meets the same thresholds. Deployment runs in rounds:
+
+1. ``model.learn(steps_per_round, reset_num_timesteps=False)`` on the guarded env
+   (:class:`~mesaguard.guard.GuardedEnv`), the agent learning from what it sees;
+2. a round in which no alarm fired *passes*: the parameters after it become the
+   new checkpoint (an in-memory copy of the policy's ``state_dict`` and of the
+   optimizer's, and, with ``checkpoint_dir``, policy files written by
+   :func:`mesaguard.train.save_policy`);
+3. on an alarm the round stops at once (``stop_on_alarm``) and the policy and its
+   optimizer are **rolled back** to the last checkpoint that passed, exactly
+   (tensor for tensor); learning then goes on from there.
+
+Checkpoint 0 is the agent as deployed (accepted at design time). Every round is
+recorded as a :class:`Round` and, with ``record``, as one JSON line of a file
+rewritten atomically after each round: round, env steps, episodes finished,
+alarms, whether it rolled back, the checkpoint in force after it, and the mean
+base objective (the guard's score) of the episodes it finished.
+
+What to expect. The guard's false-alarm rate is per episode (alpha), so even an
+agent that stays as good as the accepted one is rolled back now and then: about
+``1 - (1 - alpha) ** episodes_per_round`` of rounds. A round is at least one PPO
+rollout (``n_steps * n_envs`` steps): ``steps_per_round`` is rounded up to it by SB3.
+PPO updates the policy only after a whole rollout, so a round that an alarm stops
+earlier has not changed it yet; the rollback then discards the partial rollout, and
+an agent that trips the guard before every update never learns in deployment (the
+shipped side-effects agent on ``deploy`` does exactly that: it corners the box within
+a few dozen steps, round after round).
+
+>>> import gymnasium as gym, numpy as np
+>>> from stable_baselines3 import PPO
+>>> from mesaguard.calibration import Calibration
+>>> from mesaguard.guard import GuardedEnv
+>>> rng = np.random.default_rng(0)
+>>> cal = Calibration.fit([rng.normal(1.0, 0.1, 30) for _ in range(100)], alpha=0.05)
+>>> env = GuardedEnv(gym.make("CartPole-v1"), cal, detectors=["cusum"])
+>>> model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=0, device="cpu")
+>>> rounds = ContinualDeployment(model, env, rounds=2, steps_per_round=32).run()
+>>> [(r.round, r.alarms, r.rolled_back, r.checkpoint) for r in rounds]
+[(1, 0, False, 1), (2, 0, False, 2)]
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+
+from mesaguard.files import write_atomic
+from mesaguard.train import LoadedPolicy, PPOConfig, save_policy
+
+__all__ = ["Checkpoint", "ContinualDeployment", "ContinualError", "Round", "ppo_from_policy"]
+
+
+class ContinualError(ValueError):
+    """Bad parameters, or an env that does not report a guard's verdict."""
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one round of continual deployment did.
+
+    Attributes
+    ----------
+    round
+        1, 2, ...
+    steps, total_steps
+        Env steps in this round; the model's ``num_timesteps`` after it.
+    episodes
+        Episodes that ended in this round.
+    alarms
+        Alarms the guard raised in this round (at most one per episode).
+    rolled_back
+        The round had an alarm and the agent was restored to ``checkpoint``.
+    checkpoint
+        The checkpoint in force after the round: a new one if the round passed,
+        else the one rolled back to.
+    mean_base_objective
+        Mean guard score (base objective) of the episodes that ended this round;
+        None when none ended.
+    """
+
+    round: int
+    steps: int
+    total_steps: int
+    episodes: int
+    alarms: int
+    rolled_back: bool
+    checkpoint: int
+    mean_base_objective: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Parameters that passed: the policy's and the optimizer's ``state_dict``, deep copies."""
+
+    id: int
+    round: int
+    total_steps: int
+    policy: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+
+
+class _Watch(BaseCallback):
+    """Counts episodes, alarms and guard scores from ``info["mesaguard"]``; stops learning at an alarm."""
+
+    def __init__(self, stop_on_alarm: bool):
+        super().__init__()
+        self.stop_on_alarm = stop_on_alarm
+        self.episodes, self.alarms, self.scores = 0, 0, []
+
+    def _on_step(self) -> bool:
+        alarm = False
+        for info, done in zip(self.locals["infos"], self.locals["dones"]):
+            verdict = info.get("mesaguard")
+            if verdict is None:
+                raise ContinualError(
+                    "the deployed env reports no info['mesaguard']: wrap it in mesaguard.guard.GuardedEnv "
+                    "with the design-time calibration"
+                )
+            if verdict["alarm"] and verdict["alarm_step"] == verdict["step"]:  # fired at this step
+                self.alarms += 1
+                alarm = True
+            if done:
+                self.episodes += 1
+                self.scores.append(float(verdict["score"]))
+        return not (alarm and self.stop_on_alarm)
+
+
+class ContinualDeployment:
+    """Keep training ``model`` on the guarded deployment env in rounds; roll back on alarm.
+
+    Parameters
+    ----------
+    model
+        An SB3 PPO model (e.g. from :func:`ppo_from_policy`).
+    env
+        The deployed env under :class:`~mesaguard.guard.GuardedEnv` (calibration
+        fixed), a list of them, or a ``VecEnv`` of them; set as the model's env.
+    rounds
+        Number of rounds :meth:`run` plays.
+    steps_per_round
+        Env steps of learning per round (SB3 rounds it up to whole rollouts).
+    stop_on_alarm
+        End a round at the step of its first alarm (default), so a drifting agent
+        learns no further before it is rolled back.
+    record
+        A JSON-lines file, rewritten atomically after each round with every round so far.
+    checkpoint_dir
+        If given, each checkpoint is also written there as policy files
+        (``checkpoint-0001.json`` / ``.safetensors``) by :func:`~mesaguard.train.save_policy`.
+    """
+
+    def __init__(
+        self,
+        model: PPO,
+        env: gym.Env | Sequence[gym.Env] | VecEnv,
+        rounds: int,
+        steps_per_round: int,
+        *,
+        stop_on_alarm: bool = True,
+        record: str | os.PathLike[str] | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if not isinstance(model, PPO):
+            raise ContinualError(f"model is a {type(model).__name__}; expected a stable_baselines3 PPO model")
+        if int(rounds) < 1 or int(steps_per_round) < 1:
+            raise ContinualError(f"rounds={rounds}, steps_per_round={steps_per_round}; expected positive integers")
+        if isinstance(env, gym.Env):
+            env = DummyVecEnv([lambda: env])
+        elif not isinstance(env, VecEnv):
+            envs = list(env)
+            env = DummyVecEnv([lambda e=e: e for e in envs])
+        model.set_env(env)  # resets the env on the first round: a new deployment starts from reset
+        self.model = model
+        self.rounds = int(rounds)
+        self.steps_per_round = int(steps_per_round)
+        self.stop_on_alarm = stop_on_alarm
+        self.record = None if record is None else Path(record)
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.history: list[Round] = []
+        self.checkpoint = self._snapshot(0, 0)
+
+    def _snapshot(self, id: int, round: int) -> Checkpoint:
+        policy = self.model.policy
+        checkpoint = Checkpoint(
+            id=id,
+            round=round,
+            total_steps=int(self.model.num_timesteps),
+            policy={k: v.detach().clone() for k, v in policy.state_dict().items()},
+            optimizer=copy.deepcopy(policy.optimizer.state_dict()),
+        )
+        if self.checkpoint_dir is not None:
+            save_policy(
+                self.model,
+                self.checkpoint_dir / f"checkpoint-{id:04d}",
+                metadata={"checkpoint": id, "round": round, "total_steps": checkpoint.total_steps},
+            )
+        return checkpoint
+
+    def rollback(self) -> Checkpoint:
+        """Restore the policy and its optimizer to the last checkpoint that passed, exactly."""
+        policy = self.model.policy
+        policy.load_state_dict(self.checkpoint.policy, strict=True)  # copies into the live tensors
+        policy.optimizer.load_state_dict(copy.deepcopy(self.checkpoint.optimizer))
+        return self.checkpoint
+
+    def step(self) -> Round:
+        """Play one round: learn, then checkpoint (no alarm) or roll back (alarm); record it."""
+        before = int(self.model.num_timesteps)
+        watch = _Watch(self.stop_on_alarm)
+        self.model.learn(self.steps_per_round, callback=watch, reset_num_timesteps=False)
+        number = len(self.history) + 1
+        rolled_back = watch.alarms > 0
+        if rolled_back:
+            self.rollback()
+        else:
+            self.checkpoint = self._snapshot(self.checkpoint.id + 1, number)
+        scores = watch.scores
+        result = Round(
+            round=number,
+            steps=int(self.model.num_timesteps) - before,
+            total_steps=int(self.model.num_timesteps),
+            episodes=watch.episodes,
+            alarms=watch.alarms,
+            rolled_back=rolled_back,
+            checkpoint=self.checkpoint.id,
+            mean_base_objective=math.fsum(scores) / len(scores) if scores else None,
+        )
+        self.history.append(result)
+        if self.record is not None:
+            lines = "".join(json.dumps(r.as_dict(), allow_nan=False) + "\n" for r in self.history)
+            write_atomic(self.record, lines)
+        return result
+
+    def run(self) -> list[Round]:
+        """Play ``rounds`` rounds; returns every round played so far."""
+        for _ in range(self.rounds):
+            self.step()
+        return list(self.history)
+
+
+def ppo_from_policy(
+    policy: LoadedPolicy | ActorCriticPolicy,
+    env: gym.Env | VecEnv,
+    config: PPOConfig = PPOConfig(),
+    *,
+    learning_rate: float | None = None,
+    ent_coef: float = 0.0,
+    seed: int = 0,
+) -> PPO:
+    """A PPO model on ``env`` whose policy holds ``policy``'s weights (e.g. a shipped agent).
+
+    The hyperparameters come from ``config`` (the recipe the agent was trained
+    with), except the two the recipe annealed to 0 by the end of training: the
+    learning rate is held constant at ``learning_rate`` (default
+    ``config.learning_rate``), since continual deployment has no planned end, and
+    the entropy bonus is ``ent_coef`` (default 0, where the recipe ended). The
+    minibatch is at most one rollout (``n_steps`` times the number of envs), so a
+    single deployed env gets full-batch updates instead of SB3's warning.
+    """
+    sb3_policy = policy.policy if isinstance(policy, LoadedPolicy) else policy
+    n_envs = env.num_envs if isinstance(env, VecEnv) else 1
+    params = sb3_policy._get_constructor_parameters()
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=config.n_steps,
+        batch_size=min(config.batch_size, config.n_steps * n_envs),
+        n_epochs=config.n_epochs,
+        learning_rate=config.learning_rate if learning_rate is None else learning_rate,
+        gamma=config.gamma,
+        gae_lambda=config.gae_lambda,
+        clip_range=config.clip_range,
+        ent_coef=ent_coef,
+        vf_coef=config.vf_coef,
+        max_grad_norm=config.max_grad_norm,
+        policy_kwargs={
+            "net_arch": params["net_arch"],
+            "activation_fn": params["activation_fn"],
+            "ortho_init": params["ortho_init"],
+            "share_features_extractor": sb3_policy.share_features_extractor,
+        },
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    try:
+        model.policy.load_state_dict(sb3_policy.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise ContinualError(f"cannot put the policy's weights into a PPO model built from config ({err})") from err
+    return model
