@@ -54,18 +54,23 @@ def test_in_distribution_runs_raise_no_alarm_on_these_seeds(calibration):
     assert sum(alarms) <= 2
 
 
-@pytest.fixture(scope="module")
-def calibration():
+def pendulum_rewards(seeds: range) -> list[np.ndarray]:
+    """Per-step rewards of one swing-up episode per seed: in-distribution episodes."""
     env = gym.make("Pendulum-v1")
     episodes = []
-    for seed in range(80):
+    for seed in seeds:
         obs, _ = env.reset(seed=seed)
         rewards = []
         for _ in range(200):
             obs, reward, *_ = env.step(swing_up(obs))
             rewards.append(reward)
         episodes.append(np.array(rewards))
-    return Calibration.fit(episodes, alpha=0.05, scenario="pendulum", obs_shape=(3,))
+    return episodes
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return Calibration.fit(pendulum_rewards(range(80)), alpha=0.05, scenario="pendulum", obs_shape=(3,))
 
 
 def test_reports_everything_in_info(calibration):

@@ -14,7 +14,7 @@ from mesaguard.detectors import DetectorError
 from mesaguard.guard import GuardedEnv, GuardedVectorEnv
 from mesaguard.monitor import SHIFTS, DeploymentMonitor, MonitorError, first_deployment_alarm, horizon_threshold, replay, log_wealth_path, sequential_pvalues
 from mesaguard.protocols import Alert, Fallback, Stop
-from tests.test_guard import swing_up
+from tests.test_guard import pendulum_rewards, swing_up
 
 
 def synthetic_calibration(n_cal: int, seed: int = 0, steps: int = 1) -> Calibration:
@@ -210,15 +210,7 @@ def test_a_running_episode_counts_as_plus_infinity_in_a_later_bag():
 
 @pytest.fixture(scope="module")
 def pendulum():
-    env = gym.make("Pendulum-v1")
-    episodes = []
-    for seed in range(120):
-        obs, _ = env.reset(seed=seed)
-        rewards = []
-        for _ in range(200):
-            obs, reward, *_ = env.step(swing_up(obs))
-            rewards.append(reward)
-        episodes.append(np.array(rewards))
+    episodes = pendulum_rewards(range(120))
     return Calibration.fit(episodes, alpha=0.05, detectors=["cusum"], scenario="pendulum", obs_shape=(3,))
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "Calibration",
     "CalibrationError",
     "check_alpha",
+    "check_header",
     "content_hash",
     "DetectorCalibration",
     "conformal_rank",
@@ -383,16 +384,8 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "calibration") -> Calibration:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise CalibrationError(f"{source} is not a mesaguard calibration (no 'format': {FORMAT!r})")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise CalibrationError(
-                f"{source} has schema version {data.get('schema_version')!r}; this mesaguard reads version "
-                f"{SCHEMA_VERSION}. Fit it again with this version (mesaguard calibrate)."
-            )
-        body = {k: v for k, v in data.items() if k != "content_hash"}
-        if data.get("content_hash") != content_hash(body):
-            raise CalibrationError(f"{source} is corrupt: its content hash does not match its content")
+        check_header(data, source, "calibration", FORMAT, SCHEMA_VERSION, CalibrationError,
+                     "Fit it again with this version (mesaguard calibrate).")  # fmt: skip
         try:
             detectors = {
                 name: DetectorCalibration(
@@ -419,6 +412,23 @@ class Calibration:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"{source} is malformed: {exc!r}") from None
+
+
+def check_header(data: Any, source: str, what: str, fmt: str, version: int, error: type[Exception], again: str) -> None:
+    """Raise ``error`` unless ``data`` is a ``fmt`` file of schema ``version`` whose content hash matches.
+
+    The one check every versioned JSON file of mesaguard passes on load; ``what``
+    names the kind of file, ``again`` tells the user how to make a good one.
+    """
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise error(f"{source} is not a mesaguard {what} (no 'format': {fmt!r})")
+    if data.get("schema_version") != version:
+        raise error(
+            f"{source} has schema version {data.get('schema_version')!r}; this mesaguard reads version {version}. {again}"
+        )
+    body = {k: v for k, v in data.items() if k != "content_hash"}
+    if data.get("content_hash") != content_hash(body):
+        raise error(f"{source} is corrupt: its content hash does not match its content")
 
 
 def content_hash(body: Mapping[str, Any]) -> str:

@@ -103,6 +103,7 @@ from sklearn.neighbors import NearestNeighbors
 from mesaguard.calibration import (
     CalibrationError,
     check_alpha,
+    check_header,
     content_hash,
     conformal_rank,
     episodes_needed,
@@ -510,16 +511,7 @@ class Scope:
             raise ScopeError(f"no scope file at {path}; fit one with Scope.fit(...).save(path)") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ScopeError(f"{path} is not a scope file: not valid JSON ({exc})") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ScopeError(f"{path} is not a mesaguard scope (no 'format': {FORMAT!r})")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ScopeError(
-                f"{path} has schema version {data.get('schema_version')!r}; this mesaguard reads version "
-                f"{SCHEMA_VERSION}. Fit the scope again with this version."
-            )
-        body = {k: v for k, v in data.items() if k != "content_hash"}
-        if data.get("content_hash") != content_hash(body):
-            raise ScopeError(f"{path} is corrupt: its content hash does not match its content")
+        check_header(data, str(path), "scope", FORMAT, SCHEMA_VERSION, ScopeError, "Fit the scope again with this version.")
         try:
             arrays_path = path.with_name(Path(str(data["arrays"]["file"])).name)
             with np.load(arrays_path, allow_pickle=False) as npz:
