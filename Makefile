@@ -7,7 +7,7 @@ export SDL_VIDEODRIVER := offscreen
 export MUJOCO_GL := egl
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test test-slow bench clean
+.PHONY: venv demo test test-slow bench bench-safeguards clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,15 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/detection_delay.py
 	$(BIN)/python benchmarks/false_alarms.py
 	$(BIN)/python benchmarks/scenario_speed.py
+	$(BIN)/python benchmarks/deployment.py
+	$(BIN)/python benchmarks/deployment_cheetah.py
+
+# Long: the shield (~25 min), the quantilizer's q-curve (~12 min), 15 PPO trainings for the impact penalty (~40 min).
+bench-safeguards: $(STAMP)
+	$(BIN)/python benchmarks/scope.py
+	$(BIN)/python benchmarks/shield.py
+	$(BIN)/python benchmarks/quantilizer.py
+	$(BIN)/python benchmarks/impact.py
 
 clean:
 	rm -rf $(VENV) runs
