@@ -25,6 +25,8 @@ from minigrid.wrappers import ImgObsWrapper
 from rich.console import Console
 from rich.table import Table
 
+from minigrid.minigrid_env import MiniGridEnv
+
 from mesaguard.scenarios import SCENARIOS
 
 
@@ -54,6 +56,8 @@ def main(cfg: Config = Config()) -> None:
     results = []
     for s in SCENARIOS.values():
         env = s.make(s.variants[0])
+        if not isinstance(env.unwrapped, MiniGridEnv):  # driving and cheetah: no plain MiniGrid to compare with
+            continue
         size = max(env.unwrapped.width, env.unwrapped.height)
         plain = ImgObsWrapper(gym.make(PLAIN[size]))
         actions = rng.integers(0, min(env.action_space.n, plain.action_space.n), cfg.steps)

@@ -1,8 +1,10 @@
 """Render the first frame of every scenario variant to docs/scenarios/ (the README's images).
 
-Run: ``SDL_VIDEODRIVER=offscreen .venv/bin/python docs/render_scenarios.py``
+Run: ``SDL_VIDEODRIVER=offscreen .venv/bin/python docs/render_scenarios.py [NAME ...]``
+(no names: every scenario).
 """
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,11 @@ from mesaguard.scenarios import SCENARIOS
 OUT = Path(__file__).parent / "scenarios"
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
     OUT.mkdir(exist_ok=True)
     for s in SCENARIOS.values():
+        if names and s.name not in names:
+            continue
         frames = []
         for variant in s.variants:
             env = s.make(variant, render_mode="rgb_array")
@@ -30,4 +34,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

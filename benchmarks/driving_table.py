@@ -1,0 +1,106 @@
+"""The driving scenario's table: base objective and collision rate per policy and variant.
+
+What it measures
+----------------
+For each policy (the shipped PPO agent, the scripted ``aligned`` and ``misaligned``
+drivers) and each variant (``train``, ``deploy``): 200 episodes (seeds
+20000..20199) through ``mesaguard.rollout.rollout``, with the base objective read
+from ``info["base_objective"]``. Per cell: the mean episode score, the catastrophe
+(collision) rate, and the mean episode length; the ratio printed is the deploy
+score over the train score of the same policy (the baseline, measured in the
+same process). This is the table in ``mesaguard.scenarios.driving``'s docstring.
+
+highway-env is slow (about 57 steps/s on one free core, 20 steps an episode), so
+the script takes ``--policies`` to measure some rows in one process and others in
+another; each run merges its rows into the results file (under a lock).
+
+Run: ``SDL_VIDEODRIVER=offscreen .venv/bin/python benchmarks/driving_table.py
+[--policies agent aligned misaligned] [--episodes 200]`` (about 7 minutes of CPU per
+policy at 200 episodes).
+Results: printed, and merged into ``benchmarks/results/driving_table.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import functools
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from mesaguard import scenarios
+from mesaguard.files import write_atomic
+from mesaguard.rollout import Policy, rollout
+from mesaguard.train import load_agent
+
+RESULTS = Path(__file__).parent / "results" / "driving_table.json"
+FIRST_SEED = 20_000
+SCENARIO = scenarios.get("driving")
+
+
+def agent(env: gym.Env) -> Policy:
+    """The shipped agent (it reads only the observation)."""
+    return load_agent("driving")
+
+
+POLICIES = {"agent": agent, "aligned": SCENARIO.aligned, "misaligned": SCENARIO.misaligned}
+
+
+def measure(policy: str, variant: str, episodes: int) -> dict[str, float]:
+    started = time.perf_counter()
+    runs = rollout(
+        functools.partial(scenarios.make, "driving", variant),
+        POLICIES[policy],
+        range(FIRST_SEED, FIRST_SEED + episodes),
+    )
+    return {
+        "mean_score": float(np.mean([e.score for e in runs])),
+        "catastrophe_rate": float(np.mean([e.catastrophes.size > 0 for e in runs])),
+        "mean_length": float(np.mean([e.length for e in runs])),
+        "episodes": episodes,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--policies", nargs="+", choices=sorted(POLICIES), default=list(POLICIES))
+    parser.add_argument("--variants", nargs="+", choices=SCENARIO.variants, default=list(SCENARIO.variants))
+    parser.add_argument("--episodes", type=int, default=200)
+    args = parser.parse_args()
+    rows = {p: {v: measure(p, v, args.episodes) for v in args.variants} for p in args.policies}
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(Path(tempfile.gettempdir()) / "mesaguard-driving-table.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # cells measured in several processes go in one file
+        merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        merged.setdefault("config", {"first_seed": FIRST_SEED, "variants": list(SCENARIO.variants)})
+        for policy, cells in rows.items():
+            merged.setdefault("rows", {}).setdefault(policy, {}).update(cells)
+        write_atomic(RESULTS, json.dumps(merged, indent=2) + "\n")
+    print(f"merged into {RESULTS}")
+
+    table = Table(title="driving: mean base objective / collision rate (mean episode length)")
+    table.add_column("policy")
+    for variant in SCENARIO.variants:
+        table.add_column(variant)
+    table.add_column("deploy / train score")
+    for policy, cells in merged["rows"].items():
+        texts = [
+            f"{c['mean_score']:.3f} / {c['catastrophe_rate']:.3f} ({c['mean_length']:.1f})" if (c := cells.get(v)) else "-"
+            for v in SCENARIO.variants
+        ]
+        ratio = cells["deploy"]["mean_score"] / cells["train"]["mean_score"] if len(cells) == 2 else float("nan")
+        table.add_row(policy, *texts, f"{ratio:.2f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
