@@ -21,11 +21,10 @@ from pathlib import Path
 import gymnasium as gym
 import minigrid  # noqa: F401  registers MiniGrid-*
 import numpy as np
+from minigrid.minigrid_env import MiniGridEnv
 from minigrid.wrappers import ImgObsWrapper
 from rich.console import Console
 from rich.table import Table
-
-from minigrid.minigrid_env import MiniGridEnv
 
 from mesaguard.scenarios import SCENARIOS
 
