@@ -1,0 +1,80 @@
+"""What each preventive safeguard costs: agent steps per second, against the unguarded agent.
+
+The shipped agent on each gridworld's reference variant (where a safeguard has the
+least to do: its cost there is its overhead), the safeguards built exactly as the
+bench builds them (:data:`mesaguard.bench.SAFEGUARDS`, fitted on 100 calibration
+episodes), episodes interleaved round by round in one process so machine noise hits
+all alike; the median of 3 rounds of 30 episodes each. Steps per second include the
+agent's own forward pass (torch, one thread), as a deployment would.
+
+Run: ``.venv/bin/python benchmarks/safeguard_cost.py`` (about 5 minutes). Results:
+printed and written to ``benchmarks/results/safeguard_cost.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from mesaguard.bench import SAFEGUARDS, BenchConfig, _fit_safeguards
+from mesaguard.calibration import Calibration
+from mesaguard.experiment import OBJECTIVE, plain_env, policy_factory
+from mesaguard.objective import make_objective
+from mesaguard.rollout import rollout, run_episode
+from mesaguard.scenarios import get
+
+SCENARIOS = ("lava", "side-effects", "strawberry", "goodhart")
+NAMES = ("scope", "shield", "quantilizer", "combined")
+ROUNDS, EPISODES = 3, 30
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    console = Console()
+    objective = make_objective(OBJECTIVE)
+    results = {}
+    for scenario in SCENARIOS:
+        spec = BenchConfig((scenario,), ("threshold", "envelope", "cusum", "meanshift"), (0,), ROUNDS * EPISODES, 100,
+                           safeguards=NAMES).jobs()[0]  # fmt: skip
+        variant = get(scenario).reference_variant
+        cal_runs = rollout(lambda: plain_env(scenario, variant), policy_factory(scenario, "agent"),
+                           spec.seeds("calibration"), objective=OBJECTIVE, record_states=True)  # fmt: skip
+        cal = Calibration.fit([e.increments for e in cal_runs], alpha=spec.alpha, detectors=list(spec.detectors),
+                              scenario=scenario)  # fmt: skip
+        fitted = _fit_safeguards(spec, cal, cal_runs)
+        runners = {"none": (lambda: plain_env(scenario, variant), policy_factory(scenario, "agent"))}
+        runners.update({name: SAFEGUARDS[name](spec, variant, cal, fitted) for name in NAMES})
+        built = {name: (make_env(), make_policy) for name, (make_env, make_policy) in runners.items()}
+        policies = {name: make_policy(env) for name, (env, make_policy) in built.items()}
+        speed: dict[str, list[float]] = {name: [] for name in built}
+        seeds = list(spec.seeds("evaluation"))
+        for r in range(ROUNDS):
+            for name, (env, _) in built.items():
+                start, steps = time.perf_counter(), 0
+                for seed in seeds[r * EPISODES : (r + 1) * EPISODES]:
+                    steps += run_episode(env, policies[name], seed, objective).length
+                speed[name].append(steps / (time.perf_counter() - start))
+        med = {name: float(np.median(v)) for name, v in speed.items()}
+        results[scenario] = {"steps_per_s": med, "ratio": {n: med[n] / med["none"] for n in med}}
+        console.print(f"{scenario}: {results[scenario]['ratio']}")
+    table = Table(title="steps per second, as a share of the unguarded agent's (reference variant)")
+    table.add_column("scenario")
+    table.add_column("unguarded steps/s")
+    for name in NAMES:
+        table.add_column(name)
+    for scenario, r in results.items():
+        table.add_row(scenario, f"{r['steps_per_s']['none']:.0f}", *[f"{r['ratio'][n]:.2f}" for n in NAMES])
+    console.print(table)
+    out = Path(__file__).parent / "results" / "safeguard_cost.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
