@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, SupportsFloat
+from typing import TYPE_CHECKING, Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -53,10 +53,12 @@ from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 from mesaguard.calibration import Calibration
 from mesaguard.detectors import detector_class
 from mesaguard.detectors.base import DetectorError, as_increments
-from mesaguard.detectors.scope import Scope
 from mesaguard.monitor import DeploymentMonitor
 from mesaguard.objective import Objective, ObjectiveError, Transition, make_objective
 from mesaguard.protocols import Alarm, Protocol, Stop, compose
+
+if TYPE_CHECKING:  # scikit-learn loads with the scope, not with every guard
+    from mesaguard.detectors.scope import Scope
 
 __all__ = ["Guard", "GuardedEnv", "GuardedVectorEnv", "ScalarGuard"]
 
