@@ -6,7 +6,8 @@ Part 1, one env: the time a ``GuardedEnv`` adds to each ``env.step`` call, set
 against the time ``gymnasium.wrappers.RecordEpisodeStatistics`` adds on the same
 env, in the same process. Two cheap envs, so that wrapper cost is visible next to
 the env's own step: ``CartPole-v1`` and ``MiniGrid-Empty-8x8-v0`` (with
-``ImgObsWrapper``). Guards run each detector alone and all four together.
+``ImgObsWrapper``). Guards run each detector alone and all four together, and the
+cusum guard once more carrying a :class:`~mesaguard.monitor.DeploymentMonitor`.
 
 Part 1b, where the time goes: the same comparison on a do-nothing env (its step
 returns precomputed rewards), where nothing but the wrappers is on the clock, with
@@ -77,6 +78,7 @@ from rich.table import Table
 
 from mesaguard.calibration import Calibration
 from mesaguard.guard import Guard, GuardedEnv, ScalarGuard
+from mesaguard.monitor import DeploymentMonitor
 from mesaguard.protocols import Alert
 
 
@@ -207,6 +209,12 @@ def single_env_overhead(name: str, make_env: Callable[[], gym.Env], steps: int, 
         variants[f"guard: {label}"] = lambda names=names, label=label: GuardedEnv(
             make_env(), cal, detectors=names, protocol=Alert(counter(label))
         )
+    # The deployment monitor on top of the cusum guard: its own detector, and a p-value and bets
+    # whenever the running maximum of the episode's statistic rises.
+    variants["guard: cusum + deployment monitor"] = lambda: GuardedEnv(
+        make_env(), cal, detectors=["cusum"], protocol=Alert(lambda alarm: None),
+        monitor=DeploymentMonitor(cal, detectors=["cusum"]),
+    )  # fmt: skip
 
     # Fine-grained interleaving: every variant steps the same block of actions in turn
     # (a fresh random order per block), so load from other processes hits all variants
@@ -298,7 +306,7 @@ def guard_breakdown(cfg: Config) -> dict:
         for b in range(0, cfg.null_steps, cfg.block):
             for v in rng.permutation(list(variants)):
                 obj = objs[v]
-                if isinstance(obj, Guard):
+                if isinstance(obj, ScalarGuard):
                     blocks[v].append(time_core(obj, b, b + cfg.block))
                 else:
                     blocks[v].append(seconds_per_step(obj, actions[b : b + cfg.block]))

@@ -348,3 +348,16 @@ def test_replay_over_recorded_episodes_matches_a_guarded_deployment(pendulum):
             break
     hit = replay(pendulum, episodes, alpha=0.05, seed=3)
     assert online is not None and (hit.episode, hit.step, hit.steps) == online
+
+
+@given(st.lists(st.lists(st.floats(-3, 3), min_size=1, max_size=8), min_size=1, max_size=6), st.integers(0, 50))
+def test_scalar_updates_equal_vector_updates(episodes, seed):
+    cal = Calibration.fit([np.random.default_rng(i).normal(0, 1, 6) for i in range(60)], alpha=0.1,
+                          detectors=["cusum", "envelope"])  # fmt: skip
+    scalar, vector = DeploymentMonitor(cal, seed=seed), DeploymentMonitor(cal, seed=seed)
+    for episode in episodes:
+        scalar.start(), vector.start()
+        for u in episode:
+            assert scalar.update_scalar(u) == pytest.approx(vector.update(np.array([u])), rel=1e-12)
+        scalar.finish(), vector.finish()
+    assert scalar.episodes == vector.episodes and scalar.log_evidence == pytest.approx(vector.log_evidence)

@@ -358,7 +358,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             return False
         before = monitor.alarm
         try:
-            monitor.update(np.array([u]))
+            monitor.update_scalar(u)
         except Exception as exc:  # fail closed: a monitor that cannot judge raises its alarm
             self._record(exc)
             monitor.censor()

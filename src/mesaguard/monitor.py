@@ -370,6 +370,9 @@ class DeploymentMonitor:
         self.n_envs = int(n_envs)
         cals = [calibration.detectors[n] for n in self.names]
         self.detectors = [c.build(self.n_envs) for c in cals]
+        # One env: the detectors' plain-float forms and (location, scale) pairs, the hot path of GuardedEnv.
+        self._scalar = [c.build(1).scalar() for c in cals] if self.n_envs == 1 else []
+        self._standard = [(c.location, c.scale) for c in cals]
         self._location = np.array([c.location for c in cals])[:, None]
         self._scale = np.array([c.scale for c in cals])[:, None]
         self.reference = np.asarray(reference, dtype=np.float64)
@@ -437,6 +440,26 @@ class DeploymentMonitor:
             self._open.append(episode)
         for det in self.detectors:
             det.reset(None if mask is None else np.asarray(mask, dtype=bool))
+        for det in self._scalar:
+            det.reset()
+
+    def update_scalar(self, u: float) -> float:
+        """One env, one increment: :meth:`update` in plain floats (tests hold them equal)."""
+        if self.n_envs != 1:
+            raise MonitorError(f"update_scalar is for one env; this monitor watches {self.n_envs}")
+        if not math.isfinite(u):
+            raise DetectorError(f"increment {u} is not finite")
+        x = max((det.update(u) - loc) / scale for det, (loc, scale) in zip(self._scalar, self._standard))
+        episode = self._running[0]
+        if episode is not None:
+            self.steps += 1
+            if episode.steps == 0:
+                episode.u = float(self._rng.random())
+            episode.steps += 1
+            if not episode.censored and x > episode.value:
+                episode.value = x
+                self._refresh()
+        return self.evidence
 
     def update(self, u: np.ndarray, live: np.ndarray | None = None) -> float:
         """Feed one increment per env (envs outside ``live`` had no step); return the evidence."""
