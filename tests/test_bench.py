@@ -257,3 +257,5 @@ def test_safeguards_run_next_to_the_detectors(tmp_path):
     assert rows[("deploy", "shield")].score_kept == pytest.approx(1.0)  # nothing to replace in distribution
     with pytest.raises(BenchError, match="unknown safeguard 'nope'"):
         BenchConfig(**{**SMALL, "seeds": (0,), "safeguards": ("nope",)})
+    with pytest.raises(BenchError, match=r"scenario 'cheetah' acts in Box.*--safeguards scope"):
+        BenchConfig(**{**SMALL, "scenarios": ("cheetah",), "seeds": (0,), "safeguards": ("shield",)})

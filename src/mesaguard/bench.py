@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from mesaguard import metrics
@@ -130,6 +131,14 @@ class BenchConfig:
         for g in self.safeguards:
             if g not in SAFEGUARDS:
                 raise BenchError(f"unknown safeguard {g!r}; expected one of {sorted(SAFEGUARDS)}")
+        discrete_only = sorted(set(self.safeguards) & {"shield", "quantilizer", "combined"})
+        for s in self.scenarios if discrete_only else ():
+            space = get(s).make(get(s).reference_variant).action_space
+            if not isinstance(space, gym.spaces.Discrete):
+                raise BenchError(
+                    f"safeguards {discrete_only} choose among discrete actions; scenario {s!r} acts in {space}: "
+                    f"run it with --safeguards scope"
+                )
         if not self.scenarios or not self.detectors or not self.seeds:
             raise BenchError(f"empty grid: scenarios={self.scenarios}, detectors={self.detectors}, seeds={self.seeds}")
         for what, n in (("episodes", self.episodes), ("calibration episodes", self.calibration_episodes)):
