@@ -100,18 +100,17 @@ agent (red with empty hands, grey carrying mess), plus its facing:
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from minigrid.core.constants import COLOR_TO_IDX, COLORS, DIR_TO_VEC, OBJECT_TO_IDX
+from minigrid.core.constants import COLOR_TO_IDX, COLORS, OBJECT_TO_IDX
 from minigrid.core.grid import Grid
 from minigrid.core.world_object import Floor, WorldObj
 from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_rect
 
 from mesaguard.scenarios import Policy
-from mesaguard.scenarios.room import EMPTY, RoomEnv
+from mesaguard.scenarios.room import EMPTY, RoomEnv, move_route
 from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
@@ -298,31 +297,7 @@ def _first_step(u: GoodhartEnv, targets: set[tuple[int, int]]) -> int:
     Already on a target, or with none reachable: a move into a wall (stay put) when
     there is one, else east.
     """
-    start = (int(u.agent_pos[0]), int(u.agent_pos[1]))
-    first: dict[tuple[int, int], int] = {start: _stay(u, start)}
-    queue = deque([start])
-    while queue:
-        x, y = cell = queue.popleft()
-        if cell in targets:
-            return first[cell]
-        for action, (dx, dy) in enumerate(DIR_TO_VEC):
-            nxt = (x + int(dx), y + int(dy))
-            obj = u.grid.get(*nxt)
-            if nxt in first or not (obj is None or obj.can_overlap()):
-                continue
-            if isinstance(obj, (Rug, Bin)) and nxt not in targets:
-                continue
-            first[nxt] = action if cell == start else first[cell]
-            queue.append(nxt)
-    return _stay(u, start)
-
-
-def _stay(u: GoodhartEnv, cell: tuple[int, int]) -> int:
-    for action, (dx, dy) in enumerate(DIR_TO_VEC):
-        obj = u.grid.get(cell[0] + int(dx), cell[1] + int(dy))
-        if obj is not None and not obj.can_overlap():
-            return action
-    return EAST
+    return move_route(u, targets, lambda obj, cell: isinstance(obj, (Rug, Bin)) and cell not in targets)
 
 
 class _Cleaner:

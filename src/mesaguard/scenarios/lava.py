@@ -87,7 +87,6 @@ truncation. In ``deploy`` it fails on exactly as many episodes as ``misaligned``
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import gymnasium as gym
@@ -97,7 +96,7 @@ from minigrid.core.grid import Grid
 from minigrid.core.world_object import Goal, Lava
 
 from mesaguard.scenarios import Policy, check_variant
-from mesaguard.scenarios.room import AGENT_CODE, RoomEnv
+from mesaguard.scenarios.room import AGENT_CODE, RoomEnv, turn_route
 from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
@@ -247,23 +246,13 @@ class _Router:
 
 def _first_step(u: LavaEnv, avoid: frozenset[tuple[int, int]]) -> int:
     """First action of a shortest path (turns count) to the goal, never entering ``avoid``."""
-    start = (int(u.agent_pos[0]), int(u.agent_pos[1]), int(u.agent_dir))
-    first: dict[tuple[int, int, int], int] = {start: FORWARD}
-    queue = deque([start])
-    while queue:
-        x, y, d = state = queue.popleft()
-        dx, dy = (int(v) for v in DIR_TO_VEC[d])
-        ahead = (x + dx, y + dy)
-        if ahead == u.goal_pos:
-            return first[state] if state != start else FORWARD
-        moves = [(LEFT, (x, y, (d - 1) % 4)), (RIGHT, (x, y, (d + 1) % 4))]
-        if ahead not in avoid and 0 < ahead[0] < u.width - 1 and 0 < ahead[1] < u.height - 1:
-            moves.append((FORWARD, (*ahead, d)))
-        for action, nxt in moves:
-            if nxt not in first:
-                first[nxt] = action if state == start else first[state]
-                queue.append(nxt)
-    return LEFT  # no safe path: turn on the spot (cannot happen in these layouts)
+    return turn_route(
+        u,
+        lambda ahead: ahead == u.goal_pos,
+        lambda ahead: ahead not in avoid and 0 < ahead[0] < u.width - 1 and 0 < ahead[1] < u.height - 1,
+        here=FORWARD,
+        nowhere=LEFT,  # no safe path: turn on the spot (cannot happen in these layouts)
+    )
 
 
 def aligned(env: gym.Env) -> Policy:

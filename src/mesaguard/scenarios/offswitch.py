@@ -103,7 +103,6 @@ interrupted, so its reward beats ``aligned``'s while its base objective falls be
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import gymnasium as gym
@@ -113,7 +112,7 @@ from minigrid.core.world_object import Floor, Goal
 
 from mesaguard.scenarios import Policy
 from mesaguard.scenarios.lava import goal_increment
-from mesaguard.scenarios.room import AGENT_CODE, RoomEnv
+from mesaguard.scenarios.room import AGENT_CODE, RoomEnv, turn_route
 from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
@@ -236,23 +235,13 @@ def make_env(variant: str = "train", render_mode: str | None = None) -> gym.Env:
 
 def _first_step(u: OffSwitchEnv, target: tuple[int, int], avoid: frozenset[tuple[int, int]]) -> int:
     """First action of a shortest path (turns count) onto ``target`` that never enters ``avoid``."""
-    start = (int(u.agent_pos[0]), int(u.agent_pos[1]), int(u.agent_dir))
-    first: dict[tuple[int, int, int], int] = {start: FORWARD}
-    queue = deque([start])
-    while queue:
-        x, y, d = state = queue.popleft()
-        dx, dy = (int(v) for v in DIR_TO_VEC[d])
-        ahead = (x + dx, y + dy)
-        if ahead == target:
-            return first[state] if state != start else FORWARD
-        moves = [(LEFT, (x, y, (d - 1) % 4)), (RIGHT, (x, y, (d + 1) % 4))]
-        if not _is_wall(*ahead) and ahead not in avoid:
-            moves.append((FORWARD, (*ahead, d)))
-        for action, nxt in moves:
-            if nxt not in first:
-                first[nxt] = action if state == start else first[state]
-                queue.append(nxt)
-    return LEFT  # no path: turn on the spot (cannot happen in these layouts)
+    return turn_route(
+        u,
+        lambda ahead: ahead == target,
+        lambda ahead: not _is_wall(*ahead) and ahead not in avoid,
+        here=FORWARD,
+        nowhere=LEFT,  # no path: turn on the spot (cannot happen in these layouts)
+    )
 
 
 class _Router:

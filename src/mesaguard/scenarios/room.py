@@ -13,17 +13,19 @@ agent's direction and the mission. The agent's view of it is
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections import deque
+from collections.abc import Callable, Collection
+from typing import Any, ClassVar
 
 import numpy as np
 from gymnasium import spaces
-from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
+from minigrid.core.constants import COLOR_TO_IDX, DIR_TO_VEC, OBJECT_TO_IDX
 from minigrid.core.mission import MissionSpace
 from minigrid.minigrid_env import MiniGridEnv
 
 from mesaguard.scenarios import check_variant
 
-__all__ = ["AGENT_CODE", "EMPTY", "RoomEnv"]
+__all__ = ["AGENT_CODE", "EMPTY", "RoomEnv", "move_route", "stay_move", "turn_route"]
 
 EMPTY = (OBJECT_TO_IDX["empty"], 0, 0)  # an empty cell's MiniGrid code
 AGENT_CODE = (OBJECT_TO_IDX["agent"], COLOR_TO_IDX["red"])  # the agent's cell: its state channel is the direction
@@ -86,3 +88,78 @@ class RoomEnv(MiniGridEnv):
                 "mission": mission_space,
             }
         )
+
+
+# ---------------------------------------------------------------------------
+# Routes for the scripted policies (breadth-first, on the true state)
+# ---------------------------------------------------------------------------
+
+Cell = tuple[int, int]
+_LEFT, _RIGHT, _FORWARD = 0, 1, 2  # MiniGrid's first three actions
+
+
+def turn_route(
+    env: MiniGridEnv, is_target: Callable[[Cell], bool], passable: Callable[[Cell], bool], here: int, nowhere: int
+) -> int:
+    """First action (left, right, forward: turns count) of a shortest path to a pose facing a target.
+
+    ``here`` when the agent already faces one, ``nowhere`` when none can be faced.
+    """
+    start = (int(env.agent_pos[0]), int(env.agent_pos[1]), int(env.agent_dir))
+    first: dict[tuple[int, int, int], int] = {start: here}
+    queue = deque([start])
+    while queue:
+        x, y, d = state = queue.popleft()
+        dx, dy = (int(v) for v in DIR_TO_VEC[d])
+        ahead = (x + dx, y + dy)
+        if is_target(ahead):
+            return first[state]
+        moves = [(_LEFT, (x, y, (d - 1) % 4)), (_RIGHT, (x, y, (d + 1) % 4))]
+        if passable(ahead):
+            moves.append((_FORWARD, (*ahead, d)))
+        for action, nxt in moves:
+            if nxt not in first:
+                first[nxt] = action if state == start else first[state]
+                queue.append(nxt)
+    return nowhere
+
+
+def move_route(
+    env: MiniGridEnv,
+    targets: Collection[Cell],
+    avoid: Callable[[Any, Cell], bool] | None = None,
+    stay: int | None = None,
+) -> int:
+    """First move (action = MiniGrid direction) of a shortest path onto a target cell.
+
+    Cells with an object the agent cannot overlap are walls; ``avoid(obj, cell)`` bars
+    others. Already on a target, or with none reachable: ``stay``, by default
+    :func:`stay_move`.
+    """
+    start = (int(env.agent_pos[0]), int(env.agent_pos[1]))
+    here = stay_move(env, start) if stay is None else stay
+    first: dict[Cell, int] = {start: here}
+    queue = deque([start])
+    while queue:
+        x, y = cell = queue.popleft()
+        if cell in targets:
+            return first[cell]
+        for action, (dx, dy) in enumerate(DIR_TO_VEC):
+            nxt = (x + int(dx), y + int(dy))
+            obj = env.grid.get(*nxt)
+            if nxt in first or not (obj is None or obj.can_overlap()):
+                continue
+            if avoid is not None and avoid(obj, nxt):
+                continue
+            first[nxt] = action if cell == start else first[cell]
+            queue.append(nxt)
+    return here
+
+
+def stay_move(env: MiniGridEnv, cell: Cell) -> int:
+    """A move into a wall beside ``cell`` (the agent stays put), else east (0)."""
+    for action, (dx, dy) in enumerate(DIR_TO_VEC):
+        obj = env.grid.get(cell[0] + int(dx), cell[1] + int(dy))
+        if obj is not None and not obj.can_overlap():
+            return action
+    return 0

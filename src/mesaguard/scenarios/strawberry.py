@@ -63,7 +63,6 @@ a shine) so a person can see what went wrong.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -78,7 +77,7 @@ from minigrid.minigrid_env import MiniGridEnv
 from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_triangle
 
 from mesaguard.scenarios import Policy, check_variant
-from mesaguard.scenarios.room import EMPTY, RoomEnv
+from mesaguard.scenarios.room import EMPTY, RoomEnv, turn_route
 
 __all__ = [
     "ACTIONS",
@@ -367,23 +366,12 @@ class _Picker:
 
 def _first_step(u: StrawberryEnv, targets: set[tuple[int, int]], final: int) -> int:
     """First action of a shortest path to a pose facing a target, then ``final``."""
-    start = (int(u.agent_pos[0]), int(u.agent_pos[1]), int(u.agent_dir))
-    first: dict[tuple[int, int, int], int] = {start: final}
-    queue = deque([start])
-    while queue:
-        x, y, d = state = queue.popleft()
-        dx, dy = (int(v) for v in DIR_TO_VEC[d])
-        if (x + dx, y + dy) in targets:
-            return first[state]
-        cell = u.grid.get(x + dx, y + dy)
-        moves = [(LEFT, (x, y, (d - 1) % 4)), (RIGHT, (x, y, (d + 1) % 4))]
-        if cell is None or cell.can_overlap():
-            moves.append((FORWARD, (x + dx, y + dy, d)))
-        for action, nxt in moves:
-            if nxt not in first:
-                first[nxt] = action if state == start else first[state]
-                queue.append(nxt)
-    return final  # no target reachable: cannot happen on generated layouts
+    def passable(ahead: tuple[int, int]) -> bool:
+        cell = u.grid.get(*ahead)
+        return cell is None or cell.can_overlap()
+
+    # no target reachable (cannot happen on generated layouts): ``final`` too
+    return turn_route(u, targets.__contains__, passable, here=final, nowhere=final)
 
 
 def _is_strawberry(thing: Thing) -> bool:

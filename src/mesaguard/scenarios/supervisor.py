@@ -110,18 +110,17 @@ float32 values. The supervisor's cells are part of it.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from minigrid.core.constants import COLORS, DIR_TO_VEC, OBJECT_TO_IDX
+from minigrid.core.constants import COLORS, OBJECT_TO_IDX
 from minigrid.core.grid import Grid
 from minigrid.core.world_object import Floor, Goal, Wall
 from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_rect
 
 from mesaguard.scenarios import Policy
-from mesaguard.scenarios.room import EMPTY, RoomEnv
+from mesaguard.scenarios.room import EMPTY, RoomEnv, move_route
 from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
@@ -289,23 +288,10 @@ class _Walker:
 
 def _first_step(u: SupervisorEnv, may_cut: bool) -> int:
     """First move of a shortest path onto the goal (breadth-first over cells)."""
-    start = (int(u.agent_pos[0]), int(u.agent_pos[1]))
-    first: dict[tuple[int, int], int] = {start: EAST}
-    queue = deque([start])
-    while queue:
-        x, y = cell = queue.popleft()
-        if cell == GOAL:
-            return first[cell]
-        for action, (dx, dy) in enumerate(DIR_TO_VEC):
-            nxt = (x + int(dx), y + int(dy))
-            obj = u.grid.get(*nxt)
-            if nxt in first or not (obj is None or obj.can_overlap()):
-                continue
-            if isinstance(obj, ForbiddenTile) and not may_cut:
-                continue
-            first[nxt] = action if cell == start else first[cell]
-            queue.append(nxt)
-    return EAST  # the goal is unreachable: cannot happen in this room
+    def avoid(obj: object, cell: tuple[int, int]) -> bool:
+        return isinstance(obj, ForbiddenTile) and not may_cut
+
+    return move_route(u, {GOAL}, avoid, stay=EAST)  # the goal is always reachable in this room
 
 
 def aligned(env: gym.Env) -> Policy:
