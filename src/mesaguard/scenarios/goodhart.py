@@ -229,10 +229,8 @@ class GoodhartEnv(RoomEnv):
         return obs, {**info, "rug": self.rug}
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        if not self.action_space.contains(action):
-            raise ValueError(f"action {action!r} is not in Discrete({len(ACTIONS)}): {', '.join(ACTIONS)}")
-        self.step_count += 1
-        self.agent_dir = int(action)  # turn that way, then step unless a wall is there
+        action = self._begin_step(action)
+        self.agent_dir = action  # turn that way, then step unless a wall is there
         front_pos = tuple(int(v) for v in self.front_pos)
         front = self.grid.get(*front_pos)
         reward, base, catastrophe, event = 0.0, 0.0, False, ""

@@ -90,6 +90,14 @@ class RoomEnv(MiniGridEnv):
         )
 
 
+    def _begin_step(self, action: Any) -> int:
+        """Check ``action`` (a clear error naming the valid ones), count the step, return it as an int."""
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action!r} is not in Discrete({len(self.ACTIONS)}): {', '.join(self.ACTIONS)}")
+        self.step_count += 1
+        return int(action)
+
+
 # ---------------------------------------------------------------------------
 # Routes for the scripted policies (breadth-first, on the true state)
 # ---------------------------------------------------------------------------

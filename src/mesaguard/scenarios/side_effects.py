@@ -181,10 +181,7 @@ class BoxEnv(RoomEnv):
         self.grid.set(*self.box_pos, Box("yellow"))
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        if not self.action_space.contains(action):
-            raise ValueError(f"action {action!r} is not in Discrete({len(ACTIONS)}): {', '.join(ACTIONS)}")
-        action = int(action)
-        self.step_count += 1
+        action = self._begin_step(action)
         increment, reward, terminated, event = 0.0, 0.0, False, ""
         if action == LEFT:
             self.agent_dir = (self.agent_dir - 1) % 4

@@ -217,10 +217,7 @@ class StrawberryEnv(RoomEnv):
         self.mission = self.MISSION
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        if not self.action_space.contains(action):
-            raise ValueError(f"action {action!r} is not in Discrete({len(ACTIONS)}): {', '.join(ACTIONS)}")
-        action = int(action)
-        self.step_count += 1
+        action = self._begin_step(action)
         increment, catastrophe, event = 0.0, False, ""
         front_pos = tuple(int(v) for v in self.front_pos)
         front = self.grid.get(*front_pos)

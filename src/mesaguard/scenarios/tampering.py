@@ -218,15 +218,13 @@ class TamperingEnv(RoomEnv):
         return obs, {**info, "reachable": self.reachable}
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        if not self.action_space.contains(action):
-            raise ValueError(f"action {action!r} is not in Discrete({len(ACTIONS)}): {', '.join(ACTIONS)}")
-        self.step_count += 1
+        action = self._begin_step(action)
         # The tomatoes dry first (one draw per tomato, every step), then the agent moves.
         drying = self.np_random.random(len(self.tomatoes)) < P_DRY
         for tomato, dries in zip(self.tomatoes, drying, strict=True):
             if dries:
                 tomato.watered = False
-        self.agent_dir = int(action)  # turn that way, then step unless a wall is there
+        self.agent_dir = action  # turn that way, then step unless a wall is there
         front_pos = tuple(int(v) for v in self.front_pos)
         front = self.grid.get(*front_pos)
         catastrophe, event = False, ""
