@@ -36,7 +36,7 @@ from scipy import stats
 
 from mesaguard.detectors import DETECTORS, Detector, detector_class
 from mesaguard.detectors.base import check_episodes, padded
-from mesaguard.files import write_atomic
+from mesaguard.files import read_json, write_atomic
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -374,12 +374,12 @@ class Calibration:
     def load(cls, path: str | os.PathLike[str]) -> Calibration:
         """Read and verify a calibration file (format, schema version, content hash)."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CalibrationError(f"no calibration file at {path}; create one with `mesaguard calibrate`") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CalibrationError(f"{path} is not a calibration file: not valid JSON ({exc})") from None
+        data = read_json(
+            path,
+            CalibrationError,
+            missing=f"no calibration file at {path}; create one with `mesaguard calibrate`",
+            invalid=f"{path} is not a calibration file: not valid JSON",
+        )
         return cls.from_dict(data, source=str(path))
 
     @classmethod

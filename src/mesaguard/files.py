@@ -1,12 +1,14 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Files: atomic writes (a reader sees the old file or the new one, never half of one), checked JSON reads."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["write_atomic"]
+__all__ = ["read_json", "write_atomic"]
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
@@ -26,6 +28,17 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_json(path: str | os.PathLike[str], error: type[Exception], missing: str, invalid: str, after: str = "") -> Any:
+    """The JSON in ``path``; a missing file raises ``error(missing)``, a file that is not
+    JSON ``error(f"{invalid} ({reason}){after}")``."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(missing) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{invalid} ({exc}){after}") from None
 
 
 def _umask() -> int:

@@ -67,7 +67,7 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from mesaguard import scenarios
-from mesaguard.files import write_atomic
+from mesaguard.files import read_json, write_atomic
 
 __all__ = [
     "PPOConfig",
@@ -401,12 +401,13 @@ def _beside(stem: Path, suffix: str) -> Path:
 
 
 def _read_config(json_path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(json_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PolicyFileError(f"{json_path}: missing; expected a policy JSON written by save_policy") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PolicyFileError(f"{json_path}: not valid JSON ({err}); expected a policy JSON written by save_policy") from err
+    config = read_json(
+        json_path,
+        PolicyFileError,
+        missing=f"{json_path}: missing; expected a policy JSON written by save_policy",
+        invalid=f"{json_path}: not valid JSON",
+        after="; expected a policy JSON written by save_policy",
+    )
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise PolicyFileError(f"{json_path}: not a policy file; expected a JSON object with format {FORMAT!r}")
     if config.get("schema_version") != SCHEMA_VERSION:

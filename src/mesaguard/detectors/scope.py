@@ -112,7 +112,7 @@ from mesaguard.calibration import (
     min_episodes,
 )
 from mesaguard.detectors.base import DetectorError
-from mesaguard.files import write_atomic
+from mesaguard.files import read_json, write_atomic
 
 __all__ = ["METHODS", "SCHEMA_VERSION", "ScalarScopeDetector", "Scope", "ScopeDetector", "ScopeError", "first_alarms"]
 
@@ -505,12 +505,12 @@ class Scope:
     def load(cls, path: str | os.PathLike[str]) -> Scope:
         """Read and verify a scope file and its arrays (format, schema version, hashes)."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ScopeError(f"no scope file at {path}; fit one with Scope.fit(...).save(path)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ScopeError(f"{path} is not a scope file: not valid JSON ({exc})") from None
+        data = read_json(
+            path,
+            ScopeError,
+            missing=f"no scope file at {path}; fit one with Scope.fit(...).save(path)",
+            invalid=f"{path} is not a scope file: not valid JSON",
+        )
         check_header(data, str(path), "scope", FORMAT, SCHEMA_VERSION, ScopeError, "Fit the scope again with this version.")
         try:
             arrays_path = path.with_name(Path(str(data["arrays"]["file"])).name)
