@@ -612,15 +612,20 @@ def load_run(store: Store, run_id: str) -> tuple[BenchConfig, dict[tuple[str, in
     return config, jobs
 
 
+def _stored_scenarios(config: BenchConfig, jobs: dict[tuple[str, int], _Job]) -> Iterator[tuple[str, list]]:
+    """Each scenario of the run with the keys of its stored jobs (scenarios with none are left out)."""
+    for scenario in config.scenarios:
+        keys = [k for k in jobs if k[0] == scenario]
+        if keys:
+            yield scenario, keys
+
+
 AlarmsOf = Callable[[tuple[str, int], _Job, tuple[str, ...], str], dict[int, tuple[int, str]]]
 
 
 def _rows(config: BenchConfig, jobs: dict[tuple[str, int], _Job], alarms_of: AlarmsOf, alpha: float) -> list[BenchRow]:
     rows = []
-    for scenario in config.scenarios:
-        keys = [k for k in jobs if k[0] == scenario]
-        if not keys:
-            continue
+    for scenario, keys in _stored_scenarios(config, jobs):
         reference = get(scenario).reference_variant
         for deploy in get(scenario).shifted_variants:
             for names in [*detector_configs(config.detectors), *((g,) for g in config.safeguards)]:
@@ -758,10 +763,7 @@ def deployment_table(store: Store, run_id: str, orders: int = 50) -> list[Deploy
     """
     config, jobs = load_run(store, run_id)
     rows = []
-    for scenario in config.scenarios:
-        keys = [k for k in jobs if k[0] == scenario]
-        if not keys:
-            continue
+    for scenario, keys in _stored_scenarios(config, jobs):
         reference = get(scenario).reference_variant
         for names in detector_configs(config.detectors):
             for variant in get(scenario).variants:
