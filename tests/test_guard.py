@@ -297,3 +297,31 @@ def test_scope_in_the_vector_guard_hands_out_of_scope_states_to_the_fallback(lav
     assert guarded.guard.alarm.all() and set(guarded.guard.detector) == {"scope"}  # all three rooms are shifted
     _, _, _, _, info = guarded.step(np.array([2, 2, 2]))
     assert (info["mesaguard"]["acting"] == "protocol").all()  # the agent's forward never ran
+
+
+def test_vector_scope_steps_each_episode_once_per_step_across_resets(lava):
+    """Same-step autoreset: when one sub-env resets, the others' scope statistics are not stepped twice."""
+    from mesaguard.experiment import plain_env
+
+    calibration, scope = lava
+    envs = gym.vector.SyncVectorEnv([lambda: plain_env("lava", "train") for _ in range(2)],
+                                    autoreset_mode=AutoresetMode.SAME_STEP)  # fmt: skip
+    guarded = GuardedVectorEnv(envs, calibration, protocol=Alert(lambda a: None), objective="info:base_objective",
+                               scope=scope)  # fmt: skip
+    single = [scope.detector(1).scalar() for _ in range(2)]
+    obs, _ = guarded.reset(seed=[3, 4])
+    for i in range(2):
+        single[i].update(obs[i])
+    rng = np.random.default_rng(0)
+    resets = 0
+    for _ in range(150):
+        obs, _, terminated, truncated, info = guarded.step(rng.integers(0, 3, 2))
+        reported = info["mesaguard"]["statistics"]["scope"]
+        for i in range(2):
+            if terminated[i] or truncated[i]:  # obs[i] is the next episode's first; info is the last one's
+                single[i].reset()
+                single[i].update(obs[i])
+                resets += 1
+            else:  # a sub-env going on is stepped once, whatever the other one does
+                assert reported[i] == pytest.approx(single[i].update(obs[i]))
+    assert resets >= 2

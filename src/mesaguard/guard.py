@@ -579,7 +579,7 @@ class GuardedVectorEnv(VectorWrapper):
         if not mask.any():
             return none
         try:
-            out = (self.scope.update(obs) > self.scope.threshold) & mask
+            out = (self.scope.update(obs, mask) > self.scope.threshold) & mask  # the other envs' states stay
         except Exception as exc:  # fail closed: states the scope cannot judge are out of scope
             for i in np.flatnonzero(mask):
                 self._record(i, exc)

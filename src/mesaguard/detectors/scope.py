@@ -579,21 +579,26 @@ class ScopeDetector:
         m = slice(None) if mask is None else np.asarray(mask, dtype=bool)
         self.score[m], self.p_value[m], self.cusum[m], self.statistic[m] = 0.0, 1.0, 0.0, 0.0
 
-    def update(self, obs: Any) -> np.ndarray:
-        """Feed the observation each env is about to act on; return the statistic per env."""
+    def update(self, obs: Any, mask: np.ndarray | None = None) -> np.ndarray:
+        """Feed the observation each env is about to act on; return the statistic per env.
+
+        With ``mask``, only those envs take a step (the others' state and statistic stay).
+        """
         x = _check_states(obs, self.scope.obs_shape, "observations")
         if x.shape[0] != self.n_envs:
             raise ScopeError(f"observations have {x.shape[0]} rows; expected {self.n_envs}, one per env")
-        return self._update(x)
+        return self._update(x, mask)
 
-    def _update(self, x: np.ndarray) -> np.ndarray:
-        looked = self.scope._lookup(x)
-        self.score, self.p_value, e = looked[:, 0], looked[:, 1], looked[:, 2]
+    def _update(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        m = slice(None) if mask is None else np.asarray(mask, dtype=bool)
+        looked = self.scope._lookup(x[m])
+        self.score[m], self.p_value[m], e = looked[:, 0], looked[:, 1], looked[:, 2]
         if self.scope.slack is None:
-            self.statistic = e
+            self.statistic[m] = e
         else:
-            np.maximum(0.0, self.cusum + e - self.scope.slack, out=self.cusum)
-            self.statistic = np.maximum(e, self.cusum)
+            cusum = np.maximum(0.0, self.cusum[m] + e - self.scope.slack)
+            self.cusum[m] = cusum
+            self.statistic[m] = np.maximum(e, cusum)
         return self.statistic.copy()
 
     def update_scalar(self, obs: Any) -> float:
