@@ -259,3 +259,11 @@ def test_safeguards_run_next_to_the_detectors(tmp_path):
         BenchConfig(**{**SMALL, "seeds": (0,), "safeguards": ("nope",)})
     with pytest.raises(BenchError, match=r"scenario 'cheetah' acts in Box.*--safeguards scope"):
         BenchConfig(**{**SMALL, "scenarios": ("cheetah",), "seeds": (0,), "safeguards": ("shield",)})
+
+
+def test_the_combination_alone_fits_its_own_scope_and_bound(tmp_path):
+    cfg = BenchConfig(scenarios=("lava",), detectors=("cusum",), seeds=(0,), episodes=10, calibration_episodes=40,
+                      alpha=0.2, safeguards=("combined",))  # fmt: skip
+    with Store(tmp_path / "b.sqlite") as store:
+        rows = {(r.variant, r.detectors): r for r in table(store, run_bench(cfg, store))}
+    assert rows[("deploy", "combined")].catastrophes_free > 0 == rows[("deploy", "combined")].catastrophes_guarded

@@ -242,10 +242,13 @@ def first_alarms(
 SAFEGUARD = "safeguard:"  # the role prefix of a safeguarded run's episodes in the store
 
 
+_SCOPED = {"scope", "combined"}  # safeguards that fit a scope on the calibration runs' states
+
+
 def _fit_safeguards(spec: JobSpec, calibration: Calibration, cal_runs: list[Episode]) -> dict[str, Any]:
     """What the job's safeguards learn from its calibration runs: the scope their states, the shield a bound."""
     fitted: dict[str, Any] = {}
-    if {"scope", "combined"} & set(spec.safeguards):
+    if _SCOPED & set(spec.safeguards):
         from mesaguard.detectors.scope import Scope
 
         fitted["scope"] = Scope.fit(
@@ -342,7 +345,7 @@ def run_job(spec: JobSpec, progress: Any = None) -> JobRecord:
 
     cal_runs = rollout(
         functools.partial(plain_env, spec.scenario, train), make_policy, spec.seeds("calibration"),
-        objective=OBJECTIVE, on_episode=tick, record_states="scope" in spec.safeguards,
+        objective=OBJECTIVE, on_episode=tick, record_states=bool(_SCOPED & set(spec.safeguards)),
     )  # fmt: skip
     calibration = Calibration.fit(
         [e.increments for e in cal_runs],
