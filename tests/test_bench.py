@@ -261,6 +261,31 @@ def test_safeguards_run_next_to_the_detectors(tmp_path):
         BenchConfig(**{**SMALL, "scenarios": ("cheetah",), "seeds": (0,), "safeguards": ("shield",)})
 
 
+def test_impact_and_continual_run_the_shipped_agent_trained_again(tmp_path):
+    """``impact`` plays the agent trained with relative reachability; ``continual`` the shipped one learning on."""
+    cfg = BenchConfig(scenarios=("side-effects",), detectors=("threshold",), seeds=(0,), episodes=20,
+                      calibration_episodes=40, alpha=0.2, safeguards=("impact", "continual"))  # fmt: skip
+    with Store(tmp_path / "b.sqlite") as store:
+        run_id = run_bench(cfg, store)
+        rows = {(r.variant, r.detectors): r for r in table(store, run_id)}
+        episodes = store.episodes(run_id)
+        alarms = store.alarms(run_id)
+    impact, free = rows[("deploy", "impact")], rows[("deploy", "threshold")]
+    # The impact-trained agent cornered the box in 0 of 600 held-out deploy episodes (benchmarks/impact.py, seed 0
+    # of 'rr-300k'); the shipped agent in about half of them.
+    assert impact.catastrophes_guarded == 0 < impact.catastrophes_free == free.catastrophes_free
+    evaluation = [e.seed for e in episodes if e.role == "evaluation" and e.variant == "deploy"]
+    for name in ("impact", "continual"):  # one safeguarded episode per evaluation seed, paired in order
+        assert [e.seed for e in episodes if e.role == f"safeguard:{name}" and e.variant == "deploy"] == evaluation
+    # Learning on deploy, the agent still corners the box before PPO's first update, and the guard stops it.
+    continual = {i for i, e in enumerate(episodes) if e.role == "safeguard:continual" and e.variant == "deploy"}
+    assert any(a.config == "continual" and a.episode in continual for a in alarms)
+    with pytest.raises(BenchError, match=r"scenarios \['lava'\] have none \(shipped for: side-effects\)"):
+        BenchConfig(**{**SMALL, "scenarios": ("lava",), "seeds": (0,), "policy": "agent", "safeguards": ("impact",)})
+    with pytest.raises(BenchError, match="train the shipped agent; policy='misaligned'"):
+        BenchConfig(**{**SMALL, "seeds": (0,), "safeguards": ("continual",)})
+
+
 def test_the_combination_alone_fits_its_own_scope_and_bound(tmp_path):
     cfg = BenchConfig(scenarios=("lava",), detectors=("cusum",), seeds=(0,), episodes=10, calibration_episodes=40,
                       alpha=0.2, safeguards=("combined",))  # fmt: skip

@@ -11,7 +11,7 @@ import torch
 from stable_baselines3 import PPO
 
 from mesaguard.calibration import Calibration
-from mesaguard.continual import ContinualDeployment, ContinualError, ppo_from_policy
+from mesaguard.continual import ContinualDeployment, ContinualError, EpisodeSeeds, ppo_from_policy
 from mesaguard.guard import GuardedEnv
 from mesaguard.objective import Transition
 from mesaguard.train import load_agent, load_policy
@@ -121,6 +121,30 @@ def test_run_plays_every_round(setup):
     assert all(not r.rolled_back for r in rounds) and rounds[-1].checkpoint == 3
     assert sum(r.episodes for r in rounds) >= 1
     assert all(r.mean_base_objective is None or r.mean_base_objective > 0 for r in rounds)
+
+
+def test_run_until_episodes_plays_the_given_seeds_in_order():
+    """Episodes as a frozen agent's rollout would start them: seed i for episode i, each logged."""
+    rng = np.random.default_rng(0)
+    cal = Calibration.fit([rng.normal(1.0, 0.1, 30) for _ in range(100)], alpha=0.05, detectors=["cusum"])
+    seeds = [101, 7, 55, 3, 12]
+    starts = []
+    env = EpisodeSeeds(GuardedEnv(gym.make("CartPole-v1"), cal, objective="reward"), seeds, objective="reward",
+                       on_episode=lambda e: starts.append(e.seed))  # fmt: skip
+    obs, _ = env.reset(seed=999)  # the learner's seed is ignored: the first episode starts from seeds[0]
+    assert np.array_equal(obs, gym.make("CartPole-v1").reset(seed=seeds[0])[0])
+    model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=0, device="cpu",
+                policy_kwargs={"net_arch": [16]})  # fmt: skip
+    rounds = ContinualDeployment(model, env, rounds=1, steps_per_round=32).run(episodes=len(seeds))
+    assert sum(r.episodes for r in rounds) >= len(seeds) and sum(r.episodes for r in rounds[:-1]) < len(seeds)
+    assert starts[: len(seeds)] == seeds  # then seeds[-1] + 1, + 2, ...
+    assert starts[len(seeds):] == list(range(13, 13 + len(starts) - len(seeds)))
+    for e in env.episodes:  # CartPole pays 1 a step: the logged increments are the episode's steps
+        assert e.length >= 1 and np.all(e.increments == 1.0) and e.catastrophes.size == 0
+    with pytest.raises(ContinualError, match="seeds is empty"):
+        EpisodeSeeds(gym.make("CartPole-v1"), [])
+    with pytest.raises(ContinualError, match="episodes=0"):
+        ContinualDeployment(model, env, rounds=1, steps_per_round=32).run(episodes=0)
 
 
 def test_unguarded_env_is_refused():

@@ -270,7 +270,7 @@ def test_shipped_agent_loads_with_its_provenance():
 
 
 def test_no_shipped_agent_lists_the_shipped_ones():
-    with pytest.raises(PolicyFileError, match=r"no shipped agent for scenario 'nope'; shipped agents: .*strawberry"):
+    with pytest.raises(PolicyFileError, match=r"no shipped agent for scenario 'nope'; shipped: .*strawberry"):
         load_agent("nope")
 
 

@@ -139,6 +139,18 @@ class BenchConfig:
                     f"safeguards {discrete_only} choose among discrete actions; scenario {s!r} acts in {space}: "
                     f"run it with --safeguards scope"
                 )
+        learned = sorted(set(self.safeguards) & {"impact", "continual"})
+        if learned and self.policy != "agent":
+            raise BenchError(f"safeguards {learned} train the shipped agent; policy={self.policy!r}; expected 'agent'")
+        if "impact" in self.safeguards:
+            from mesaguard.train import shipped_agents
+
+            missing = [s for s in self.scenarios if s not in shipped_agents(impact=True)]
+            if missing:
+                raise BenchError(
+                    f"safeguard 'impact' runs an agent trained with an impact penalty; scenarios {missing} have none "
+                    f"(shipped for: {', '.join(shipped_agents(impact=True))})"
+                )
         if not self.scenarios or not self.detectors or not self.seeds:
             raise BenchError(f"empty grid: scenarios={self.scenarios}, detectors={self.detectors}, seeds={self.seeds}")
         for what, n in (("episodes", self.episodes), ("calibration episodes", self.calibration_episodes)):
@@ -278,21 +290,32 @@ def _safeguarded_env(
                       scenario=scenario, scope=scope)  # fmt: skip
 
 
-def _scope_run(spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any]) -> tuple[Any, Any]:
+def _episodes(spec: JobSpec, make_env: Any, make_policy: Any, tick: Any) -> list[Episode]:
+    return rollout(make_env, make_policy, spec.seeds("evaluation"), objective=OBJECTIVE, on_episode=tick)
+
+
+def _scope_run(
+    spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any], tick: Any
+) -> list[Episode]:
     """The agent under a guard with the scope alone and ``Stop``: it is stopped before acting out of scope."""
     env = functools.partial(_safeguarded_env, spec.scenario, variant, calibration, (), fitted["scope"], None)
-    return env, policy_factory(spec.scenario, spec.policy)
+    return _episodes(spec, env, policy_factory(spec.scenario, spec.policy), tick)
 
 
-def _shield_run(spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any]) -> tuple[Any, Any]:
+def _shield_run(
+    spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any], tick: Any
+) -> list[Episode]:
     """The agent behind a one-step lookahead shield (catastrophes and increments below the calibrated bound)."""
     env = functools.partial(_safeguarded_env, spec.scenario, variant, calibration, (), None, fitted["bound"])
-    return env, policy_factory(spec.scenario, spec.policy)
+    return _episodes(spec, env, policy_factory(spec.scenario, spec.policy), tick)
 
 
-def _quantilizer_run(spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any]) -> tuple[Any, Any]:
+def _quantilizer_run(
+    spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any], tick: Any
+) -> list[Episode]:
     """The agent's ranking quantilized over the scripted aligned policy smoothed (the trusted base), adaptive q."""
-    return functools.partial(plain_env, spec.scenario, variant), functools.partial(_quantilizer, spec)
+    env = functools.partial(plain_env, spec.scenario, variant)
+    return _episodes(spec, env, functools.partial(_quantilizer, spec), tick)
 
 
 def _quantilizer(spec: JobSpec, env: Any) -> Any:
@@ -308,23 +331,58 @@ def _quantilizer(spec: JobSpec, env: Any) -> Any:
     return Quantilizer(base, values, q=0.05, uncertainty=disagreement(base, values), seed=spec.seed)
 
 
-def _combined_run(spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any]) -> tuple[Any, Any]:
+def _impact_run(
+    spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any], tick: Any
+) -> list[Episode]:
+    """The agent trained with an impact penalty (shipped, ``load_agent(scenario, impact=True)``), unguarded."""
+    env = functools.partial(plain_env, spec.scenario, variant)
+    return _episodes(spec, env, functools.partial(_impact_agent, spec.scenario), tick)
+
+
+def _impact_agent(scenario: str, env: Any) -> Any:
+    from mesaguard.train import load_agent
+
+    return load_agent(scenario, impact=True)
+
+
+def _continual_run(
+    spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any], tick: Any
+) -> list[Episode]:
+    """The shipped agent keeps learning (PPO) on the deploy episodes, under every detector jointly and ``Stop``
+    with the design-time calibration; an alarm rolls it back to its last checkpoint that passed."""
+    from mesaguard.continual import ContinualDeployment, EpisodeSeeds, ppo_from_policy
+    from mesaguard.train import load_agent
+
+    seeds = spec.seeds("evaluation")
+    guarded = _safeguarded_env(spec.scenario, variant, calibration, spec.detectors, None, None)
+    env = EpisodeSeeds(guarded, seeds, objective=OBJECTIVE, on_episode=tick)
+    model = ppo_from_policy(load_agent(spec.scenario), env, seed=spec.seed)
+    ContinualDeployment(model, env, rounds=1, steps_per_round=model.n_steps).run(episodes=len(seeds))
+    env.close()
+    return env.episodes[: len(seeds)]
+
+
+def _combined_run(
+    spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any], tick: Any
+) -> list[Episode]:
     """Shield inside, then scope and every detector jointly under ``Stop``: all the run-time safeguards at once."""
     env = functools.partial(
         _safeguarded_env, spec.scenario, variant, calibration, spec.detectors, fitted["scope"], fitted["bound"]
     )
-    return env, policy_factory(spec.scenario, spec.policy)
+    return _episodes(spec, env, policy_factory(spec.scenario, spec.policy), tick)
 
 
-SafeguardRun = Callable[[JobSpec, str, Calibration, dict[str, Any]], tuple[Any, Any]]
+SafeguardRun = Callable[[JobSpec, str, Calibration, dict[str, Any], Any], list[Episode]]
 SAFEGUARDS: dict[str, SafeguardRun] = {
     "scope": _scope_run,
     "shield": _shield_run,
     "quantilizer": _quantilizer_run,
     "combined": _combined_run,
+    "impact": _impact_run,
+    "continual": _continual_run,
 }
-"""Preventive safeguards the bench can run, by name: ``(spec, variant, calibration, fitted) ->
-(make_env, make_policy)`` for the safeguarded runs of one variant."""
+"""Preventive safeguards the bench can run, by name: ``(spec, variant, calibration, fitted, on_episode) ->
+episodes``, the safeguarded evaluation episodes of one variant, one per evaluation seed."""
 
 
 def run_job(spec: JobSpec, progress: Any = None) -> JobRecord:
@@ -369,9 +427,7 @@ def run_job(spec: JobSpec, progress: Any = None) -> JobRecord:
     fitted = _fit_safeguards(spec, calibration, cal_runs)
     for name in spec.safeguards:  # real runs: a safeguard changes what happens, so nothing is replayed
         for variant in scenario.variants:
-            make_env, make_guarded_policy = SAFEGUARDS[name](spec, variant, calibration, fitted)
-            runs = rollout(make_env, make_guarded_policy, spec.seeds("evaluation"), objective=OBJECTIVE,
-                           on_episode=tick)  # fmt: skip
+            runs = SAFEGUARDS[name](spec, variant, calibration, fitted, tick)
             first = len(records)
             role = f"{SAFEGUARD}{name}"
             records += [EpisodeRecord(role, variant, e.seed, e.increments, e.catastrophes) for e in runs]

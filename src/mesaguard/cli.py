@@ -248,7 +248,8 @@ def bench(
     policy: Annotated[str, typer.Option(help="agent, aligned or misaligned.")] = "agent",
     safeguards: Annotated[
         str, typer.Option(help="Comma-separated preventive safeguards run next to the detectors: "
-                                 "scope, shield, quantilizer, combined.")
+                                 "scope, shield, quantilizer, combined, impact (the agent trained with an impact "
+                                 "penalty), continual (the agent keeps learning, rolled back on alarm).")
     ] = "",
     workers: Annotated[int, typer.Option(min=1, help="Local worker processes (1: in this process).")] = 1,
     backend: Annotated[str, typer.Option(help="local (worker processes) or ray (Ray tasks).")] = "local",

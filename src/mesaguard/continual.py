@@ -51,10 +51,10 @@ import copy
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import torch
@@ -64,9 +64,11 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 from mesaguard.files import write_atomic
+from mesaguard.objective import Objective, Transition, make_objective
+from mesaguard.rollout import Episode, EpisodeLog
 from mesaguard.train import LoadedPolicy, PPOConfig, save_policy
 
-__all__ = ["Checkpoint", "ContinualDeployment", "ContinualError", "Round", "ppo_from_policy"]
+__all__ = ["Checkpoint", "ContinualDeployment", "ContinualError", "EpisodeSeeds", "Round", "ppo_from_policy"]
 
 
 class ContinualError(ValueError):
@@ -253,11 +255,71 @@ class ContinualDeployment:
             write_atomic(self.record, lines)
         return result
 
-    def run(self) -> list[Round]:
-        """Play ``rounds`` rounds; returns every round played so far."""
-        for _ in range(self.rounds):
-            self.step()
+    def run(self, episodes: int | None = None) -> list[Round]:
+        """Play ``rounds`` rounds, or with ``episodes`` rounds until that many episodes have ended.
+
+        Returns every round played so far. The last round may end a few episodes more
+        (a round is whole rollouts, unless an alarm stops it).
+        """
+        if episodes is None:
+            for _ in range(self.rounds):
+                self.step()
+        else:
+            if int(episodes) < 1:
+                raise ContinualError(f"episodes={episodes!r}; expected a positive integer")
+            ended = 0
+            while ended < episodes:
+                ended += self.step().episodes
         return list(self.history)
+
+
+class EpisodeSeeds(gym.Wrapper):
+    """Episode ``i`` starts from ``reset(seed=seeds[i])``, whatever seed the learner asks for; each is logged.
+
+    SB3 resets the envs it learns on itself (and without seeds after the first
+    episode); this wrapper makes continual deployment play the same episode starts
+    as a frozen agent's :func:`~mesaguard.rollout.rollout` over ``seeds``, and keeps
+    every finished episode as a :class:`~mesaguard.rollout.Episode` in ``episodes``
+    (increments by ``objective``, catastrophes, the guard's verdict). Put it outside
+    the guard, so it sees the guard's ``info["mesaguard"]``. After the last seed,
+    episodes go on from ``seeds[-1] + 1``, ``+ 2``, ...
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        seeds: Sequence[int],
+        objective: str | Objective | Callable[[Transition], float] | None = "info:base_objective",
+        on_episode: Callable[[Episode], None] | None = None,
+    ) -> None:
+        super().__init__(env)
+        self.seeds = [int(s) for s in seeds]
+        if not self.seeds:
+            raise ContinualError("seeds is empty; expected the seed of each episode to play")
+        self.objective = make_objective(objective)
+        self.on_episode = on_episode
+        self.episodes: list[Episode] = []
+        self._log: EpisodeLog | None = None
+        self._obs: Any = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        i = len(self.episodes)
+        seed = self.seeds[i] if i < len(self.seeds) else self.seeds[-1] + i - len(self.seeds) + 1
+        self._obs, info = self.env.reset(seed=seed, options=options)
+        self._log = EpisodeLog(seed, self.objective)
+        return self._obs, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._log is None:
+            raise ContinualError("step() before reset(); call env.reset() first")
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self._log.step(self._obs, action, float(reward), obs, terminated, truncated, info):
+            self.episodes.append(self._log.episode())
+            self._log = None
+            if self.on_episode is not None:
+                self.on_episode(self.episodes[-1])
+        self._obs = obs
+        return obs, reward, terminated, truncated, info
 
 
 def ppo_from_policy(

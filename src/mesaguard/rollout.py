@@ -18,7 +18,7 @@ import numpy as np
 
 from mesaguard.objective import Objective, Transition, make_objective
 
-__all__ = ["Episode", "Policy", "rollout", "run_episode"]
+__all__ = ["Episode", "EpisodeLog", "Policy", "rollout", "run_episode"]
 
 Policy = Callable[[Any], Any]
 EnvFactory = Callable[[], gym.Env]
@@ -53,44 +53,68 @@ class Episode:
         return int(harm[0]) + 1 if harm.size else None
 
 
+class EpisodeLog:
+    """One episode being played, step by step: what :class:`Episode` holds, built as it goes.
+
+    :func:`run_episode` drives it from a loop; a wrapper can drive it from inside an
+    env (continual deployment, where SB3 runs the loop). A step the guard refused
+    (``info["mesaguard"]["refused"]``) is not a step: it ends the log without an
+    increment.
+    """
+
+    def __init__(self, seed: int, objective: Objective, record_states: bool = False) -> None:
+        self.seed, self.objective, self.record_states = int(seed), objective, record_states
+        self.states: list[Any] = []
+        self.increments: list[float] = []
+        self.catastrophes: list[int] = []
+        self.acting: list[str] = []
+        self.guard: dict[str, Any] = {}
+        self.terminated = self.truncated = False
+
+    def step(self, obs: Any, action: Any, reward: float, next_obs: Any, terminated: bool, truncated: bool,
+             info: dict[str, Any]) -> bool:  # fmt: skip
+        """Log one transition; returns True when the episode is over (ended, or the step was refused)."""
+        if info.get("mesaguard", {}).get("refused", False):  # a guard stopped it before the action: no step
+            self.guard = info["mesaguard"]
+            return True
+        if self.record_states:
+            self.states.append(obs)
+        step = len(self.increments) + 1
+        self.increments.append(self.objective.increment(Transition(float(reward), info, obs, action, next_obs), step))
+        if info.get("catastrophe", False):
+            self.catastrophes.append(step)
+        self.guard = info.get("mesaguard", self.guard)
+        if self.guard:
+            self.acting.append(self.guard["acting"])
+        self.terminated, self.truncated = bool(terminated), bool(truncated)
+        return self.terminated or self.truncated
+
+    def episode(self) -> Episode:
+        alarm = bool(self.guard.get("alarm", False))
+        return Episode(
+            seed=self.seed,
+            increments=np.asarray(self.increments),
+            catastrophes=np.asarray(self.catastrophes, dtype=np.int64),
+            alarm_step=self.guard.get("alarm_step") if alarm else None,
+            detector=self.guard.get("detector") if alarm else None,
+            stopped=alarm and self.truncated and not self.terminated,
+            acting=self.acting,
+            states=np.asarray(self.states) if self.record_states else None,
+        )
+
+
 def run_episode(env: gym.Env, policy: Policy, seed: int, objective: Objective, record_states: bool = False) -> Episode:
     """Play one episode with ``policy`` from ``env.reset(seed=seed)``."""
     obs, _ = env.reset(seed=seed)
     env.action_space.seed(seed)
-    states: list[Any] = []
-    increments: list[float] = []
-    catastrophes: list[int] = []
-    acting: list[str] = []
-    guard: dict[str, Any] = {}
+    log = EpisodeLog(seed, objective, record_states)
     done = False
     while not done:
-        if record_states:
-            states.append(obs)
         action = policy(obs)
         next_obs, reward, terminated, truncated, info = env.step(action)
-        if info.get("mesaguard", {}).get("refused", False):  # a guard stopped it before the action: no step
-            guard = info["mesaguard"]
-            states = states[:-1]
-            break
-        step = len(increments) + 1
-        increments.append(objective.increment(Transition(float(reward), info, obs, action, next_obs), step))
-        if info.get("catastrophe", False):
-            catastrophes.append(step)
-        guard = info.get("mesaguard", guard)
-        if guard:
-            acting.append(guard["acting"])
-        obs, done = next_obs, terminated or truncated
-    alarm = bool(guard.get("alarm", False))
-    return Episode(
-        seed=int(seed),
-        increments=np.asarray(increments),
-        catastrophes=np.asarray(catastrophes, dtype=np.int64),
-        alarm_step=guard.get("alarm_step") if alarm else None,
-        detector=guard.get("detector") if alarm else None,
-        stopped=alarm and bool(truncated) and not terminated,
-        acting=acting,
-        states=np.asarray(states) if record_states else None,
-    )
+        done = log.step(obs, action, float(reward), next_obs, terminated, truncated, info)
+        obs = next_obs
+    return log.episode()
 
 
 def _run_chunk(

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -70,12 +71,14 @@ from mesaguard import scenarios
 from mesaguard.files import read_json, write_atomic
 
 __all__ = [
+    "Impact",
     "PPOConfig",
     "LoadedPolicy",
     "PolicyFileError",
     "load_agent",
     "load_policy",
     "save_policy",
+    "shipped_agents",
     "train",
 ]
 
@@ -107,6 +110,29 @@ class PPOConfig:
     torch_threads: int = 1  # torch.set_num_threads: deterministic and fair on a shared machine
 
 
+@dataclass(frozen=True)
+class Impact:
+    """Train on the reward minus ``beta`` times an impact penalty (:mod:`mesaguard.safeguards.impact`).
+
+    ``measure`` is ``"rr"`` (relative reachability) or ``"aup"`` (attainable
+    utility); ``discount`` is the measure's. One measure, on one state graph, serves
+    all the training envs, so the graph is explored once.
+    """
+
+    measure: str = "rr"
+    beta: float = 1.0
+    discount: float = 1.0
+
+    def wrapper(self, spec: scenarios.Scenario) -> Callable[[gym.Env], gym.Env]:
+        from mesaguard.safeguards.impact import ImpactPenalty, StateGraph, make_measure
+
+        space = spec.make(spec.variants[0]).action_space
+        if not isinstance(space, spaces.Discrete):
+            raise ValueError(f"scenario {spec.name!r} acts in {space}; an impact penalty needs discrete actions")
+        measure = make_measure(self.measure, StateGraph(int(space.n)), discount=self.discount)
+        return functools.partial(ImpactPenalty, measure=measure, beta=self.beta)
+
+
 # ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
@@ -120,6 +146,7 @@ def train(
     config: PPOConfig = PPOConfig(),
     variant: str | None = None,
     wrapper: Callable[[gym.Env], gym.Env] | None = None,
+    impact: Impact | None = None,
 ) -> Path:
     """Train PPO on ``scenario``'s training variant and save the policy under ``out``.
 
@@ -130,9 +157,16 @@ def train(
     ``variant`` trains on another variant than the training one, and ``wrapper``
     wraps each training env (e.g. a reward wrapper such as
     :class:`~mesaguard.safeguards.impact.ImpactPenalty`); both are recorded in the
-    metadata when given. The defaults are the recipe of the shipped agents.
+    metadata when given. ``impact`` trains on the reward minus an impact penalty
+    (:class:`Impact`); unlike an arbitrary ``wrapper`` it is part of the recorded
+    command, so the run can be reproduced from the shell. The defaults are the
+    recipe of the shipped agents.
     """
     spec = scenarios.get(scenario)
+    if impact is not None:
+        if wrapper is not None:
+            raise ValueError("give wrapper= or impact=, not both: the impact penalty is the training envs' wrapper")
+        wrapper = impact.wrapper(spec)
     if timesteps <= 0:
         raise ValueError(f"timesteps={timesteps}; expected a positive number of env steps")
     if config.activation not in ACTIVATIONS:
@@ -149,13 +183,15 @@ def train(
         "timesteps": timesteps,
         "seed": seed,
         "config": dataclasses.asdict(config),
-        "command": _command(scenario, timesteps, seed, config, variant),
+        "command": _command(scenario, timesteps, seed, config, variant, impact),
         "train_seconds": round(seconds, 1),
         "sb3_version": stable_baselines3.__version__,
         "torch_version": torch.__version__,
         "gymnasium_version": gym.__version__,
     }
-    if wrapper is not None:  # the command alone does not reproduce such a run: say what wrapped the envs
+    if impact is not None:
+        metadata["impact"] = dataclasses.asdict(impact)
+    elif wrapper is not None:  # the command alone does not reproduce such a run: say what wrapped the envs
         metadata["wrapper"] = repr(wrapper)
     stem = Path(out) / scenario
     save_policy(model, stem, metadata=metadata)
@@ -218,11 +254,15 @@ class _AnnealEntropy(BaseCallback):
         self.model.ent_coef = self.start * max(0.0, 1.0 - self.num_timesteps / self.total)
 
 
-def _command(scenario: str, timesteps: int, seed: int, config: PPOConfig, variant: str | None = None) -> str:
+def _command(
+    scenario: str, timesteps: int, seed: int, config: PPOConfig, variant: str | None = None, impact: Impact | None = None
+) -> str:
     """The shell command that reproduces a run: non-default config fields become flags."""
     words = ["python", "-m", "mesaguard.train", scenario, "--timesteps", str(timesteps), "--seed", str(seed)]
     if variant is not None:
         words += ["--variant", variant]
+    if impact is not None:
+        words += ["--impact", impact.measure, "--beta", str(impact.beta), "--discount", str(impact.discount)]
     for field in dataclasses.fields(PPOConfig):
         value = getattr(config, field.name)
         if value != field.default:
@@ -383,16 +423,31 @@ def load_policy(path_stem: str | os.PathLike[str]) -> LoadedPolicy:
     return LoadedPolicy(policy, dict(config.get("metadata", {})))
 
 
-def load_agent(scenario: str) -> LoadedPolicy:
-    """The trained agent shipped with mesaguard for ``scenario`` (package data)."""
+def load_agent(scenario: str, impact: bool = False) -> LoadedPolicy:
+    """The trained agent shipped with mesaguard for ``scenario`` (package data).
+
+    ``impact=True``: the one trained with an impact penalty (``agents/impact/``; its
+    metadata holds the command), shipped for the scenarios in :func:`shipped_agents`.
+    """
     agents = resources.files("mesaguard") / "agents"
-    shipped = sorted(p.name[: -len(".json")] for p in agents.iterdir() if p.name.endswith(".json"))
+    if impact:
+        agents = agents / "impact"
+    shipped = shipped_agents(impact)
     if scenario not in shipped:
-        raise PolicyFileError(f"no shipped agent for scenario {scenario!r}; shipped agents: {', '.join(shipped)}")
+        kind = "impact-trained agent" if impact else "agent"
+        raise PolicyFileError(f"no shipped {kind} for scenario {scenario!r}; shipped: {', '.join(shipped)}")
     with resources.as_file(agents / f"{scenario}.json") as json_path, resources.as_file(
         agents / f"{scenario}.safetensors"
     ):
         return load_policy(json_path)
+
+
+def shipped_agents(impact: bool = False) -> list[str]:
+    """The scenarios with a shipped agent (``impact=True``: one trained with an impact penalty)."""
+    agents = resources.files("mesaguard") / "agents"
+    if impact:
+        agents = agents / "impact"
+    return sorted(p.name[: -len(".json")] for p in agents.iterdir() if p.name.endswith(".json"))
 
 
 def _beside(stem: Path, suffix: str) -> Path:
@@ -483,6 +538,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", default=None, help="train on this variant (default: the training variant)")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="directory for <scenario>.json/.safetensors")
+    parser.add_argument("--impact", choices=("rr", "aup"), default=None,
+                        help="train on the reward minus an impact penalty: relative reachability or attainable utility")
+    parser.add_argument("--beta", type=float, default=Impact.beta, help="weight of the impact penalty")
+    parser.add_argument("--discount", type=float, default=Impact.discount, help="discount of the impact measure")
     for field in dataclasses.fields(PPOConfig):
         flag = "--" + field.name.replace("_", "-")
         if isinstance(field.default, tuple):
@@ -503,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     started = time.perf_counter()
-    stem = train(args.scenario, args.timesteps, args.seed, args.out, config, variant=args.variant)
+    impact = None if args.impact is None else Impact(args.impact, args.beta, args.discount)
+    stem = train(args.scenario, args.timesteps, args.seed, args.out, config, variant=args.variant, impact=impact)
     print(f"saved {stem}.json and {stem}.safetensors in {time.perf_counter() - started:.1f} s")
     return 0
 
