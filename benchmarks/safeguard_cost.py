@@ -7,12 +7,19 @@ episodes), episodes interleaved round by round in one process so machine noise h
 all alike; the median of 3 rounds of 30 episodes each. Steps per second include the
 agent's own forward pass (torch, one thread), as a deployment would.
 
+``continual`` (:data:`mesaguard.bench.LEARNING`) is the agent learning as it runs:
+PPO's sampling, its value head and an update per 64 steps, under every detector
+jointly; each round builds the PPO model afresh (a deployment's start) and plays
+the round's 30 episodes. ``impact`` has no run-time cost (the same network, trained
+on another reward) and is not measured.
+
 Run: ``.venv/bin/python benchmarks/safeguard_cost.py`` (about 5 minutes). Results:
 printed and written to ``benchmarks/results/safeguard_cost.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -22,7 +29,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mesaguard.bench import SAFEGUARDS, BenchConfig, _fit_safeguards
+from mesaguard.bench import LEARNING, SAFEGUARDS, BenchConfig, _fit_safeguards
 from mesaguard.calibration import Calibration
 from mesaguard.experiment import OBJECTIVE, plain_env, policy_factory
 from mesaguard.objective import make_objective
@@ -31,6 +38,7 @@ from mesaguard.scenarios import get
 
 SCENARIOS = ("lava", "side-effects", "strawberry", "goodhart")
 NAMES = ("scope", "shield", "quantilizer", "combined")
+COLUMNS = (*NAMES, "continual")
 ROUNDS, EPISODES = 3, 30
 
 
@@ -52,7 +60,7 @@ def main() -> None:
         runners.update({name: SAFEGUARDS[name](spec, variant, cal, fitted) for name in NAMES})
         built = {name: (make_env(), make_policy) for name, (make_env, make_policy) in runners.items()}
         policies = {name: make_policy(env) for name, (env, make_policy) in built.items()}
-        speed: dict[str, list[float]] = {name: [] for name in built}
+        speed: dict[str, list[float]] = {name: [] for name in [*built, "continual"]}
         seeds = list(spec.seeds("evaluation"))
         for r in range(ROUNDS):
             for name, (env, _) in built.items():
@@ -60,16 +68,19 @@ def main() -> None:
                 for seed in seeds[r * EPISODES : (r + 1) * EPISODES]:
                     steps += run_episode(env, policies[name], seed, objective).length
                 speed[name].append(steps / (time.perf_counter() - start))
+            start = time.perf_counter()
+            played = LEARNING["continual"](dataclasses.replace(spec, episodes=EPISODES), variant, cal, None)
+            speed["continual"].append(sum(e.length for e in played) / (time.perf_counter() - start))
         med = {name: float(np.median(v)) for name, v in speed.items()}
         results[scenario] = {"steps_per_s": med, "ratio": {n: med[n] / med["none"] for n in med}}
         console.print(f"{scenario}: {results[scenario]['ratio']}")
     table = Table(title="steps per second, as a share of the unguarded agent's (reference variant)")
     table.add_column("scenario")
     table.add_column("unguarded steps/s")
-    for name in NAMES:
+    for name in COLUMNS:
         table.add_column(name)
     for scenario, r in results.items():
-        table.add_row(scenario, f"{r['steps_per_s']['none']:.0f}", *[f"{r['ratio'][n]:.2f}" for n in NAMES])
+        table.add_row(scenario, f"{r['steps_per_s']['none']:.0f}", *[f"{r['ratio'][n]:.2f}" for n in COLUMNS])
     console.print(table)
     out = Path(__file__).parent / "results" / "safeguard_cost.json"
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -50,7 +50,8 @@ def _optimizer_tensors(model: PPO) -> list[torch.Tensor]:
     return [v for slot in sorted(state) for _, v in sorted(state[slot].items()) if torch.is_tensor(v)]
 
 
-def test_round_without_alarm_advances_the_checkpoint(setup):
+def test_round_without_alarm_checkpoints_the_parameters_that_acted(setup):
+    """A passing round blesses the parameters that acted in it, not the update PPO made from it (unchecked)."""
     deployment, switch, tmp = setup
     model = deployment.model
     start = _params(model)
@@ -59,28 +60,42 @@ def test_round_without_alarm_advances_the_checkpoint(setup):
     assert r.steps == 32 and r.total_steps == 32
     after = _params(model)
     assert any(not torch.equal(start[k], after[k]) for k in start)  # it did learn
-    assert all(torch.equal(deployment.checkpoint.policy[k], after[k]) for k in after)
+    assert all(torch.equal(deployment.checkpoint.policy[k], start[k]) for k in start)  # what acted in round 1
+    assert deployment.checkpoint.total_steps == 0  # ... from step 0 on
     assert (tmp / "checkpoints" / "checkpoint-0001.safetensors").is_file()
     shipped = load_policy(tmp / "checkpoints" / "checkpoint-0001")  # the checkpoint file holds the same weights
-    assert all(torch.equal(v, after[k]) for k, v in shipped.policy.state_dict().items())
+    assert all(torch.equal(v, start[k]) for k, v in shipped.policy.state_dict().items())
 
 
 def test_rollback_restores_the_checkpoint_parameters_exactly(setup):
     deployment, switch, _ = setup
     model = deployment.model
-    deployment.step()  # passes: checkpoint 1, with an optimizer state to restore
-    saved = _params(model)
-    saved_optimizer = [t.clone() for t in _optimizer_tensors(model)]
-    assert saved_optimizer  # Adam has moments after one round
+    deployment.step()  # passes; PPO's update from it acts in round 2
+    acting = _params(model)
+    acting_optimizer = [t.clone() for t in _optimizer_tensors(model)]
+    assert acting_optimizer  # Adam has moments after one update
+    deployment.step()  # passes: checkpoint 2 holds what acted in round 2
+    assert any(not torch.equal(acting[k], v) for k, v in _params(model).items())  # round 2's update moved them
     switch.bad = True
     r = deployment.step()
-    assert r.rolled_back and r.alarms == 1 and r.checkpoint == 1
+    assert r.rolled_back and r.alarms == 1 and r.checkpoint == 2
     restored = _params(model)
-    assert restored.keys() == saved.keys()
-    assert all(torch.equal(saved[k], restored[k]) for k in saved)
-    assert all(torch.equal(a, b) for a, b in zip(saved_optimizer, _optimizer_tensors(model), strict=True))
+    assert restored.keys() == acting.keys()
+    assert all(torch.equal(acting[k], restored[k]) for k in acting)
+    assert all(torch.equal(a, b) for a, b in zip(acting_optimizer, _optimizer_tensors(model), strict=True))
     # the restored tensors are the model's own: learning goes on from the checkpoint
     assert restored["action_net.weight"].data_ptr() != deployment.checkpoint.policy["action_net.weight"].data_ptr()
+
+
+def test_an_update_that_breaks_the_agent_is_never_checkpointed(setup):
+    """Round 1 passes and PPO updates; the update is bad (the alarm comes in round 2): back to what acted in 1."""
+    deployment, switch, _ = setup
+    start = _params(deployment.model)
+    deployment.step()
+    switch.bad = True  # as if round 1's update had broken the agent
+    r = deployment.step()
+    assert r.rolled_back and r.checkpoint == 1
+    assert all(torch.equal(start[k], v) for k, v in _params(deployment.model).items())
 
 
 def test_changed_parameters_are_restored_after_an_alarm(setup):

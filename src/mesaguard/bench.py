@@ -129,8 +129,8 @@ class BenchConfig:
         for d in self.detectors:
             detector_class(d)
         for g in self.safeguards:
-            if g not in SAFEGUARDS:
-                raise BenchError(f"unknown safeguard {g!r}; expected one of {sorted(SAFEGUARDS)}")
+            if g not in SAFEGUARDS and g not in LEARNING:
+                raise BenchError(f"unknown safeguard {g!r}; expected one of {sorted([*SAFEGUARDS, *LEARNING])}")
         discrete_only = sorted(set(self.safeguards) & {"shield", "quantilizer", "combined"})
         for s in self.scenarios if discrete_only else ():
             space = get(s).make(get(s).reference_variant).action_space
@@ -290,32 +290,22 @@ def _safeguarded_env(
                       scenario=scenario, scope=scope)  # fmt: skip
 
 
-def _episodes(spec: JobSpec, make_env: Any, make_policy: Any, tick: Any) -> list[Episode]:
-    return rollout(make_env, make_policy, spec.seeds("evaluation"), objective=OBJECTIVE, on_episode=tick)
-
-
-def _scope_run(
-    spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any], tick: Any
-) -> list[Episode]:
+def _scope_run(spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any]) -> tuple[Any, Any]:
     """The agent under a guard with the scope alone and ``Stop``: it is stopped before acting out of scope."""
     env = functools.partial(_safeguarded_env, spec.scenario, variant, calibration, (), fitted["scope"], None)
-    return _episodes(spec, env, policy_factory(spec.scenario, spec.policy), tick)
+    return env, policy_factory(spec.scenario, spec.policy)
 
 
-def _shield_run(
-    spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any], tick: Any
-) -> list[Episode]:
+def _shield_run(spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any]) -> tuple[Any, Any]:
     """The agent behind a one-step lookahead shield (catastrophes and increments below the calibrated bound)."""
     env = functools.partial(_safeguarded_env, spec.scenario, variant, calibration, (), None, fitted["bound"])
-    return _episodes(spec, env, policy_factory(spec.scenario, spec.policy), tick)
+    return env, policy_factory(spec.scenario, spec.policy)
 
 
-def _quantilizer_run(
-    spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any], tick: Any
-) -> list[Episode]:
+def _quantilizer_run(spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any]) -> tuple[Any, Any]:
     """The agent's ranking quantilized over the scripted aligned policy smoothed (the trusted base), adaptive q."""
     env = functools.partial(plain_env, spec.scenario, variant)
-    return _episodes(spec, env, functools.partial(_quantilizer, spec), tick)
+    return env, functools.partial(_quantilizer, spec)
 
 
 def _quantilizer(spec: JobSpec, env: Any) -> Any:
@@ -331,12 +321,10 @@ def _quantilizer(spec: JobSpec, env: Any) -> Any:
     return Quantilizer(base, values, q=0.05, uncertainty=disagreement(base, values), seed=spec.seed)
 
 
-def _impact_run(
-    spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any], tick: Any
-) -> list[Episode]:
+def _impact_run(spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any]) -> tuple[Any, Any]:
     """The agent trained with an impact penalty (shipped, ``load_agent(scenario, impact=True)``), unguarded."""
     env = functools.partial(plain_env, spec.scenario, variant)
-    return _episodes(spec, env, functools.partial(_impact_agent, spec.scenario), tick)
+    return env, functools.partial(_impact_agent, spec.scenario)
 
 
 def _impact_agent(scenario: str, env: Any) -> Any:
@@ -345,9 +333,7 @@ def _impact_agent(scenario: str, env: Any) -> Any:
     return load_agent(scenario, impact=True)
 
 
-def _continual_run(
-    spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any], tick: Any
-) -> list[Episode]:
+def _continual_run(spec: JobSpec, variant: str, calibration: Calibration, tick: Any) -> list[Episode]:
     """The shipped agent keeps learning (PPO) on the deploy episodes, under every detector jointly and ``Stop``
     with the design-time calibration; an alarm rolls it back to its last checkpoint that passed."""
     from mesaguard.continual import ContinualDeployment, EpisodeSeeds, ppo_from_policy
@@ -362,27 +348,29 @@ def _continual_run(
     return env.episodes[: len(seeds)]
 
 
-def _combined_run(
-    spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any], tick: Any
-) -> list[Episode]:
+def _combined_run(spec: JobSpec, variant: str, calibration: Calibration, fitted: dict[str, Any]) -> tuple[Any, Any]:
     """Shield inside, then scope and every detector jointly under ``Stop``: all the run-time safeguards at once."""
     env = functools.partial(
         _safeguarded_env, spec.scenario, variant, calibration, spec.detectors, fitted["scope"], fitted["bound"]
     )
-    return _episodes(spec, env, policy_factory(spec.scenario, spec.policy), tick)
+    return env, policy_factory(spec.scenario, spec.policy)
 
 
-SafeguardRun = Callable[[JobSpec, str, Calibration, dict[str, Any], Any], list[Episode]]
+SafeguardRun = Callable[[JobSpec, str, Calibration, dict[str, Any]], tuple[Any, Any]]
 SAFEGUARDS: dict[str, SafeguardRun] = {
     "scope": _scope_run,
     "shield": _shield_run,
     "quantilizer": _quantilizer_run,
     "combined": _combined_run,
     "impact": _impact_run,
-    "continual": _continual_run,
 }
-"""Preventive safeguards the bench can run, by name: ``(spec, variant, calibration, fitted, on_episode) ->
-episodes``, the safeguarded evaluation episodes of one variant, one per evaluation seed."""
+"""Preventive safeguards the bench can run, by name: ``(spec, variant, calibration, fitted) ->
+(make_env, make_policy)`` for the safeguarded runs of one variant."""
+
+LearningRun = Callable[[JobSpec, str, Calibration, Any], list[Episode]]
+LEARNING: dict[str, LearningRun] = {"continual": _continual_run}
+"""Safeguards under which the agent changes as it runs, by name: ``(spec, variant, calibration, on_episode) ->
+episodes``, one per evaluation seed."""
 
 
 def run_job(spec: JobSpec, progress: Any = None) -> JobRecord:
@@ -427,7 +415,12 @@ def run_job(spec: JobSpec, progress: Any = None) -> JobRecord:
     fitted = _fit_safeguards(spec, calibration, cal_runs)
     for name in spec.safeguards:  # real runs: a safeguard changes what happens, so nothing is replayed
         for variant in scenario.variants:
-            runs = SAFEGUARDS[name](spec, variant, calibration, fitted, tick)
+            if name in LEARNING:
+                runs = LEARNING[name](spec, variant, calibration, tick)
+            else:
+                make_env, make_guarded_policy = SAFEGUARDS[name](spec, variant, calibration, fitted)
+                runs = rollout(make_env, make_guarded_policy, spec.seeds("evaluation"), objective=OBJECTIVE,
+                               on_episode=tick)  # fmt: skip
             first = len(records)
             role = f"{SAFEGUARD}{name}"
             records += [EpisodeRecord(role, variant, e.seed, e.increments, e.catastrophes) for e in runs]

@@ -8,13 +8,22 @@ that (toward a proxy, say) meets the same thresholds. Deployment runs in rounds:
 
 1. ``model.learn(steps_per_round, reset_num_timesteps=False)`` on the guarded env
    (:class:`~mesaguard.guard.GuardedEnv`), the agent learning from what it sees;
-2. a round in which no alarm fired *passes*: the parameters after it become the
-   new checkpoint (an in-memory copy of the policy's ``state_dict`` and of the
-   optimizer's, and, with ``checkpoint_dir``, policy files written by
-   :func:`mesaguard.train.save_policy`);
+2. a round in which no alarm fired *passes*: the parameters that acted during its
+   last rollout (a whole rollout under the guard without an alarm) become the new
+   checkpoint (an in-memory copy of the policy's ``state_dict`` and of the
+   optimizer's as they were when that rollout began, and, with ``checkpoint_dir``,
+   policy files written by :func:`mesaguard.train.save_policy`). The parameters PPO
+   computed from that rollout are live but **not yet checked**: they act in the
+   next round, and pass or fail there;
 3. on an alarm the round stops at once (``stop_on_alarm``) and the policy and its
    optimizer are **rolled back** to the last checkpoint that passed, exactly
    (tensor for tensor); learning then goes on from there.
+
+Only parameters that acted under the guard are ever checkpointed: taking the
+parameters after a round's update instead would bless an update nobody checked,
+and an update that broke the agent would become the checkpoint every later alarm
+rolls back to (on supervisor's ``train`` variant it did: 86% of episodes raised an
+alarm, against 5% with this rule; ``mesaguard bench --safeguards continual``).
 
 Checkpoint 0 is the agent as deployed (accepted at design time). Every round is
 recorded as a :class:`Round` and, with ``record``, as one JSON line of a file
@@ -114,7 +123,8 @@ class Round:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """Parameters that passed: the policy's and the optimizer's ``state_dict``, deep copies."""
+    """Parameters that passed: the policy's and the optimizer's ``state_dict`` (deep copies) as they were when
+    they began to act (``total_steps``: the model's env steps then), and the round they passed in."""
 
     id: int
     round: int
@@ -124,12 +134,26 @@ class Checkpoint:
 
 
 class _Watch(BaseCallback):
-    """Counts episodes, alarms and guard scores from ``info["mesaguard"]``; stops learning at an alarm."""
+    """Counts episodes, alarms and guard scores from ``info["mesaguard"]``; stops learning at an alarm.
+
+    Keeps ``passed``: the parameters (policy and optimizer state) that acted during the
+    last rollout that ended without an alarm.
+    """
 
     def __init__(self, stop_on_alarm: bool):
         super().__init__()
         self.stop_on_alarm = stop_on_alarm
         self.episodes, self.alarms, self.scores = 0, 0, []
+        self.acting: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+        self.passed: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+        self.acting_steps = self.passed_steps = 0  # the model's num_timesteps when they began to act
+
+    def _on_rollout_start(self) -> None:
+        self.acting, self.acting_steps = _parameters(self.model.policy), int(self.model.num_timesteps)
+
+    def _on_rollout_end(self) -> None:
+        if self.alarms == 0:
+            self.passed, self.passed_steps = self.acting, self.acting_steps
 
     def _on_step(self) -> bool:
         alarm = False
@@ -147,6 +171,14 @@ class _Watch(BaseCallback):
                 self.episodes += 1
                 self.scores.append(float(verdict["score"]))
         return not (alarm and self.stop_on_alarm)
+
+
+def _parameters(policy: ActorCriticPolicy) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Copies of the policy's ``state_dict`` and of its optimizer's."""
+    return (
+        {k: v.detach().clone() for k, v in policy.state_dict().items()},
+        copy.deepcopy(policy.optimizer.state_dict()),
+    )
 
 
 class ContinualDeployment:
@@ -203,21 +235,25 @@ class ContinualDeployment:
         self.history: list[Round] = []
         self.checkpoint = self._snapshot(0, 0)
 
-    def _snapshot(self, id: int, round: int) -> Checkpoint:
-        policy = self.model.policy
-        checkpoint = Checkpoint(
-            id=id,
-            round=round,
-            total_steps=int(self.model.num_timesteps),
-            policy={k: v.detach().clone() for k, v in policy.state_dict().items()},
-            optimizer=copy.deepcopy(policy.optimizer.state_dict()),
-        )
+    def _snapshot(self, id: int, round: int, watch: _Watch | None = None) -> Checkpoint:
+        """Checkpoint ``id``: what ``watch`` saw pass (default: the model as it is), with a policy file if asked."""
+        if watch is not None and watch.passed is not None:
+            (policy_state, optimizer_state), steps = watch.passed, watch.passed_steps
+        else:
+            (policy_state, optimizer_state), steps = _parameters(self.model.policy), int(self.model.num_timesteps)
+        checkpoint = Checkpoint(id=id, round=round, total_steps=steps, policy=policy_state, optimizer=optimizer_state)
         if self.checkpoint_dir is not None:
-            save_policy(
-                self.model,
-                self.checkpoint_dir / f"checkpoint-{id:04d}",
-                metadata={"checkpoint": id, "round": round, "total_steps": checkpoint.total_steps},
-            )
+            policy = self.model.policy
+            live = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+            policy.load_state_dict(policy_state, strict=True)  # the checkpoint's weights, in the live tensors
+            try:
+                save_policy(
+                    policy,
+                    self.checkpoint_dir / f"checkpoint-{id:04d}",
+                    metadata={"checkpoint": id, "round": round, "total_steps": checkpoint.total_steps},
+                )
+            finally:
+                policy.load_state_dict(live, strict=True)
         return checkpoint
 
     def rollback(self) -> Checkpoint:
@@ -236,8 +272,8 @@ class ContinualDeployment:
         rolled_back = watch.alarms > 0
         if rolled_back:
             self.rollback()
-        else:
-            self.checkpoint = self._snapshot(self.checkpoint.id + 1, number)
+        elif watch.passed is not None:  # the parameters that acted through a whole rollout without an alarm
+            self.checkpoint = self._snapshot(self.checkpoint.id + 1, number, watch)
         scores = watch.scores
         result = Round(
             round=number,

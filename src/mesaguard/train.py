@@ -299,19 +299,22 @@ FEATURE_EXTRACTORS: dict[str, type[torch.nn.Module]] = {"FlattenExtractor": Flat
 
 
 class LoadedPolicy:
-    """A deterministic ``policy(obs) -> action`` around an SB3 policy; no gradients.
+    """A ``policy(obs) -> action`` around an SB3 policy; no gradients.
 
     One observation gives one action (an ``int`` for a discrete action space);
-    a batch ``(n, *obs_shape)`` gives an array of ``n`` actions.
+    a batch ``(n, *obs_shape)`` gives an array of ``n`` actions. Deterministic (the
+    most likely action) unless ``deterministic=False``: then actions are sampled from
+    the policy's distribution with torch's global generator, as PPO acts while it learns.
     """
 
-    def __init__(self, policy: ActorCriticPolicy, metadata: dict[str, Any]):
+    def __init__(self, policy: ActorCriticPolicy, metadata: dict[str, Any], deterministic: bool = True):
         self.policy = policy
         self.metadata = metadata
+        self.deterministic = deterministic
 
     def __call__(self, obs: Any) -> Any:
         with torch.no_grad():
-            action, _ = self.policy.predict(obs, deterministic=True)
+            action, _ = self.policy.predict(obs, deterministic=self.deterministic)
         if isinstance(self.policy.action_space, spaces.Discrete) and np.ndim(action) == 0:
             return int(action)
         return action
