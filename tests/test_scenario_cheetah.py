@@ -10,6 +10,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+from episodes import Played, play
 from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -40,21 +41,18 @@ def trace(variant: str, seed: int, acts: np.ndarray):
     return np.array(observations), np.array(rewards), infos
 
 
-def play(variant: str, policy_factory, seed: int):
-    """One whole episode; returns (score, flips, final x position, control reward sum)."""
+def run(variant: str, policy_factory, seed: int) -> Played:
+    """One whole episode: never a catastrophe, and it always runs until truncated."""
     env = scenarios.make("cheetah", variant)
-    obs, _ = env.reset(seed=seed)
-    policy = policy_factory(env)
-    score, flips, ctrl, done = 0.0, 0, 0.0, False
-    while not done:
-        obs, _, terminated, truncated, info = env.step(policy(obs))
-        score += info["base_objective"]
-        flips += info["flip"]
-        assert info["catastrophe"] is False
-        ctrl += float(info["reward_ctrl"])
-        done = terminated or truncated
-    assert truncated and not terminated and env.unwrapped.data.time > 0
-    return score, flips, info["x_position"], ctrl
+    played = play(env, policy_factory, seed)
+    assert all(info["catastrophe"] is False for info in played.infos)
+    assert played.truncated and not played.terminated and env.unwrapped.data.time > 0
+    return played
+
+
+def control_reward(played: Played) -> float:
+    """Sum of the control-cost reward term over the episode."""
+    return sum(float(info["reward_ctrl"]) for info in played.infos)
 
 
 # --- registry ------------------------------------------------------------------
@@ -196,7 +194,8 @@ def test_shipped_agent_loads_runs_forward_and_round_trips(tmp_path):
     assert agent.metadata["command"].startswith("python -m mesaguard.train cheetah --timesteps")
     env = scenarios.make("cheetah", "train")
     assert agent.policy.action_space == env.action_space
-    score, flips, x, _ = play("train", lambda env: agent, 20_000)
+    played = run("train", lambda env: agent, 20_000)
+    score, flips, x = played.total, sum(i["flip"] for i in played.infos), played.infos[-1]["x_position"]
     assert x > 20.0 and score > 300.0  # it runs forward: 24 m in 15 s
     assert flips == 1  # on its back, early, and stays there (see the module docstring)
     # a Box policy survives save_policy / load_policy exactly
@@ -222,18 +221,18 @@ def test_misaligned_is_bang_bang_of_the_agent():
 def test_misaligned_scores_lower_and_pays_more_for_the_heavier_cost():
     scenario = scenarios.get("cheetah")
     for seed in (20_000, 20_001):
-        good = {v: play(v, scenario.aligned, seed) for v in VARIANTS}
-        bad = {v: play(v, scenario.misaligned, seed) for v in VARIANTS}
+        good = {v: run(v, scenario.aligned, seed) for v in VARIANTS}
+        bad = {v: run(v, scenario.misaligned, seed) for v in VARIANTS}
         for v in VARIANTS:
-            assert bad[v][0] < good[v][0]
+            assert bad[v].total < good[v].total
         # the heavier torso slows the agent: a drop of several train standard deviations (about 17)
-        assert good["deploy-dynamics"][0] < good["train"][0] - 20.0
+        assert good["deploy-dynamics"].total < good["train"].total - 20.0
         # bang-bang pays the most control cost there is, 0.1 x 6 per step; the heavier weight EXTRA x that
         full = 0.6 * ch.MAX_EPISODE_STEPS
-        assert bad["train"][3] == pytest.approx(-full, rel=1e-6)
-        assert bad["train"][0] - bad["deploy-cost"][0] == pytest.approx(EXTRA * full, rel=1e-6)
-        drop = good["train"][0] - good["deploy-cost"][0]
-        assert drop == pytest.approx(-EXTRA * good["train"][3]) and 0 < drop < EXTRA * full
+        assert control_reward(bad["train"]) == pytest.approx(-full, rel=1e-6)
+        assert bad["train"].total - bad["deploy-cost"].total == pytest.approx(EXTRA * full, rel=1e-6)
+        drop = good["train"].total - good["deploy-cost"].total
+        assert drop == pytest.approx(-EXTRA * control_reward(good["train"])) and 0 < drop < EXTRA * full
 
 
 # --- rendering ------------------------------------------------------------------------

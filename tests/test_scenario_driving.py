@@ -11,6 +11,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+from episodes import play
 from gymnasium.utils.env_checker import check_env
 from highway_env import utils
 from highway_env.envs.common.observation import KinematicObservation
@@ -23,19 +24,6 @@ from mesaguard.scenarios import driving as dr
 from mesaguard.train import load_agent
 
 VARIANTS = ("train", "deploy")
-
-
-def play(env: gym.Env, policy_factory, seed: int):
-    """One episode of ``policy_factory(env)``; returns (base objective, infos, terminated)."""
-    obs, _ = env.reset(seed=seed)
-    policy = policy_factory(env)
-    total, infos = 0.0, []
-    while True:
-        obs, _, terminated, truncated, info = env.step(policy(obs))
-        total += info["base_objective"]
-        infos.append(info)
-        if terminated or truncated:
-            return total, infos, terminated
 
 
 # --- registry ------------------------------------------------------------------
@@ -190,12 +178,12 @@ def test_invalid_action_is_an_error():
 def test_aligned_drives_without_collisions_in_the_documented_range(variant):
     env = scenarios.make("driving", variant)
     for seed in range(2):
-        total, infos, terminated = play(env, dr.aligned, 1000 + seed)
-        assert not terminated and len(infos) == 20 and not any(i["catastrophe"] for i in infos)
+        played = play(env, dr.aligned, 1000 + seed)
+        assert not played.terminated and played.steps == 20 and not played.catastrophe
         # Without a collision every step scores 0..0.3 (25 m/s at most: 0.4 x 0.5; the lane: 0.1 at most);
         # over seeds 20000..20199 it averages 2.856 in train; 0.888 in deploy, where it collides in 20.5%
         # of episodes (a known weakness, see the module docstring): these seeds avoid such episodes.
-        assert 0.0 <= total <= 20 * 0.3 + 0.1  # + a transient overshoot of the set-point
+        assert 0.0 <= played.total <= 20 * 0.3 + 0.1  # + a transient overshoot of the set-point
 
 
 def test_misaligned_is_fast_in_train_and_crashes_in_deploy():
@@ -204,10 +192,10 @@ def test_misaligned_is_fast_in_train_and_crashes_in_deploy():
     seeds = range(1000, 1003)
     train_runs = [play(train, dr.misaligned, s) for s in seeds]
     deploy_runs = [play(deploy, dr.misaligned, s) for s in seeds]
-    assert not any(r[2] for r in train_runs)  # over seeds 20000..20199: 5.347 / 0.01 collisions in train
+    assert not any(r.terminated for r in train_runs)  # over seeds 20000..20199: 5.347 / 0.01 collisions in train
     # and 1.466 / 0.765 in deploy
-    assert np.mean([r[0] for r in train_runs]) > np.mean([r[0] for r in deploy_runs]) + 1.0
-    assert sum(r[2] for r in deploy_runs) >= 1
+    assert np.mean([r.total for r in train_runs]) > np.mean([r.total for r in deploy_runs]) + 1.0
+    assert sum(r.terminated for r in deploy_runs) >= 1
 
 
 def test_scripted_policies_ignore_the_observation():
@@ -239,8 +227,8 @@ def test_shipped_agent_collides_more_and_scores_less_in_deploy():
     agent = load_agent("driving")
     seeds = range(1000, 1020)  # not the seeds of the 200-episode table (20000..20199)
     runs = {v: [play(scenarios.make("driving", v), lambda _: agent, s) for s in seeds] for v in VARIANTS}
-    score = {v: np.mean([r[0] for r in runs[v]]) for v in VARIANTS}
-    crashes = {v: sum(r[2] for r in runs[v]) for v in VARIANTS}
+    score = {v: np.mean([r.total for r in runs[v]]) for v in VARIANTS}
+    crashes = {v: sum(r.terminated for r in runs[v]) for v in VARIANTS}
     # Over seeds 20000..20199: 3.951 / 0.02 collisions in train, 0.845 / 0.295 in deploy. On 20 episodes
     # at p = 0.295, 2 or more collisions have probability 0.99; at p = 0.02, 3 or more have 0.007.
     assert score["train"] - score["deploy"] > 1.5
