@@ -257,8 +257,8 @@ def test_safeguards_run_next_to_the_detectors(tmp_path):
     assert rows[("deploy", "shield")].score_kept == pytest.approx(1.0)  # nothing to replace in distribution
     with pytest.raises(BenchError, match="unknown safeguard 'nope'"):
         BenchConfig(**{**SMALL, "seeds": (0,), "safeguards": ("nope",)})
-    with pytest.raises(BenchError, match=r"scenario 'cheetah' acts in Box.*--safeguards scope"):
-        BenchConfig(**{**SMALL, "scenarios": ("cheetah",), "seeds": (0,), "safeguards": ("shield",)})
+    with pytest.raises(BenchError, match=r"scenario 'cheetah' acts in Box.*run it with the other safeguards"):
+        BenchConfig(**{**SMALL, "scenarios": ("cheetah",), "seeds": (0,), "safeguards": ("quantilizer",)})
 
 
 def test_impact_and_continual_run_the_shipped_agent_trained_again(tmp_path):

@@ -208,3 +208,177 @@ def test_increment_bound_false_intervention_rate_follows_the_beta_law():
 def test_step_before_reset_is_an_error():
     with pytest.raises(ShieldError, match="reset"):
         Shield(Ice()).step(LEFT)
+
+
+# -- continuous actions (Box) --------------------------------------------------
+
+TARGET = np.array([0.5, 0.25])
+
+
+class Slide(gym.Env):
+    """A point on a line driven by 2-d actions in an asymmetric box: ``x += a[0]``, and ``x > 1`` is a
+    catastrophe (it ends the episode). Each step's base objective is ``1 - |a - TARGET| ** 2``: known
+    in closed form, so the best of the judged candidates can be recomputed."""
+
+    action_space = spaces.Box(np.array([-1.0, 0.0], np.float32), np.array([1.0, 0.5], np.float32))
+    observation_space = spaces.Box(-np.inf, np.inf, (1,), dtype=np.float64)
+
+    def __init__(self):
+        self.x = 0.0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = 0.0
+        return np.array([self.x]), {}
+
+    def step(self, action):
+        a = np.asarray(action, dtype=np.float64)
+        self.x += float(a[0])
+        catastrophe = self.x > 1.0
+        base = 1.0 - float(np.sum((a - TARGET) ** 2))
+        return np.array([self.x]), 0.0, catastrophe, False, {"base_objective": base, "catastrophe": catastrophe}
+
+
+def value(action) -> float:
+    return 1.0 - float(np.sum((np.asarray(action, dtype=np.float64) - TARGET) ** 2))
+
+
+def in_box(space, action) -> bool:
+    a = np.asarray(action, dtype=space.dtype).reshape(space.shape)
+    return bool(np.all(a >= space.low) and np.all(a <= space.high))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    proposals=st.lists(st.tuples(st.floats(-3, 3), st.floats(-3, 3)), min_size=1, max_size=12),
+    candidates=st.integers(1, 12),
+    horizon=st.integers(1, 2),
+)
+def test_box_never_executes_an_action_judged_harmful_and_candidates_stay_in_the_box(
+    seed, proposals, candidates, horizon
+):
+    """Proposals anywhere (out of the box too), a bound that binds for most of them (value >= 0.7 is
+    within 0.55 of TARGET): every executed action was judged harmless, lies in the box, and its real
+    step is harmless too (the copy is exact); every judged candidate lies in the box."""
+    env = Shield(Slide(), horizon=horizon, bound=0.7, candidates=candidates, seed=seed)
+    env.reset(seed=0)
+    for p in proposals:
+        _, _, terminated, truncated, info = env.step(np.array(p, np.float32))
+        record = info[INFO_KEY]
+        drawn = [k for k in record["judged"] if k != record["proposed"]]
+        assert all(in_box(env.action_space, k) for k in drawn)
+        if record["replaced"]:
+            assert len(drawn) <= candidates
+        if record["executed"] is not None:
+            assert record["judged"][record["executed"]] is None
+            assert not info["catastrophe"] and info["base_objective"] >= 0.7
+            if record["replaced"]:
+                assert in_box(env.action_space, record["executed"])
+        if terminated or truncated:
+            break
+
+
+def test_box_harmful_proposal_is_replaced_by_the_best_harmless_candidate():
+    env = Shield(Slide(), horizon=1, bound=0.9, candidates=64, seed=3)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.array([-0.6, 0.45], np.float32))  # value 1 - 1.21 - 0.04: harmful
+    record = info[INFO_KEY]
+    assert record["harm"] == "bound" and record["acting"] == "shield" and record["replaced"]
+    harmless = [k for k, harm in record["judged"].items() if harm is None]
+    assert len(harmless) >= 2  # a choice was made (value >= 0.9 is 17% of the box's area near TARGET)
+    best = max(harmless, key=value)
+    assert record["executed"] == best and record["value"] == pytest.approx(value(best))
+    assert info["base_objective"] == pytest.approx(value(best))
+    assert len(record["judged"]) == record["lookaheads"] <= 65  # candidates clipped onto the same corner count once
+
+
+def test_box_candidates_are_half_perturbations_and_include_the_fallback():
+    env = Shield(Slide(), horizon=1, bound=2.0, candidates=9, seed=0, spread=1e-6, fallback=always(TARGET))
+    env.reset(seed=0)
+    proposal = np.array([-0.5, 0.5], np.float32)
+    _, _, _, _, info = env.step(proposal)  # bound 2 > any value: nothing is harmless, the fallback plays
+    record = info[INFO_KEY]
+    drawn = [np.array(k) for k in record["judged"] if k != record["proposed"]]
+    near = [k for k in drawn if np.max(np.abs(k - proposal)) < 1e-4]
+    assert len(near) == 5  # ceil(9 / 2) perturbations within a few spread-widths; 4 uniform draws elsewhere
+    assert tuple(TARGET.tolist()) in record["judged"] and record["acting"] == "fallback"
+    assert record["executed"] == tuple(TARGET.tolist())
+
+
+def test_box_candidates_are_reproducible_with_the_seed():
+    def records(shield_seed, episode_seed):
+        env = Shield(Slide(), horizon=1, bound=0.9, candidates=8, seed=shield_seed)
+        out = []
+        for _ in range(2):  # a second episode with the same reset seed repeats the first
+            env.reset(seed=episode_seed)
+            out.append(tuple(env.step(np.array([-1.0, 0.0], np.float32))[4][INFO_KEY]["judged"]))
+        return out
+
+    first, again = records(1, 5)
+    assert first == again and records(1, 5) == [first, again]
+    assert records(2, 5)[0] != first and records(1, 6)[0] != first
+
+
+def test_box_search_deviates_with_the_candidates():
+    # From x = 0, 0.6 twice reaches x = 1.2: harm at step 2 on the continuation (the action repeated),
+    # avoidable by a smaller second step. Search finds one among the candidates; without search it is replaced.
+    searched = Shield(Slide(), horizon=2, candidates=16, seed=0, search=True)
+    naive = Shield(Slide(), horizon=2, candidates=16, seed=0, search=False)
+    for env in (searched, naive):
+        env.reset(seed=0)
+    proposal = np.array([0.6, 0.25], np.float32)
+    assert searched.step(proposal)[4][INFO_KEY]["harm"] is None and searched.replaced == 0
+    record = naive.step(proposal)[4][INFO_KEY]
+    assert record["harm"] == "catastrophe" and record["replaced"] and 2 * record["executed"][0] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"candidates": 0}, "candidates=0"),
+        ({"candidates": -2}, "candidates=-2"),
+        ({"candidates": True}, "candidates=True"),
+        ({"candidates": 2.5}, "candidates=2.5"),
+        ({"seed": -1}, "seed=-1"),
+        ({"seed": True}, "seed=True"),
+        ({"spread": 0.0}, "spread=0.0"),
+        ({"spread": math.nan}, "spread=nan"),
+    ],
+)
+def test_box_bad_arguments_are_named(kwargs, fragment):
+    with pytest.raises(ShieldError, match=fragment):
+        Shield(Slide(), **kwargs)
+
+
+def test_box_with_an_unbounded_dimension_is_refused():
+    env = Slide()
+    env.action_space = spaces.Box(np.array([-1.0, -np.inf], np.float32), np.array([1.0, 1.0], np.float32))
+    with pytest.raises(ShieldError, match=r"Box\(.*unbounded"):
+        Shield(env)
+
+
+def test_cheetah_copies_are_exact_and_the_shield_keeps_a_binding_bound():
+    """The shipped cheetah agent under a bound of 0 a step (binding on about a fifth of its steps): every
+    executed step's real increment is exactly its lookahead value (the MuJoCo copy is exact) and not
+    below the bound; harmful proposals are replaced or, with no harmless candidate, the episode stops."""
+    from mesaguard.train import load_agent
+
+    policy = load_agent("cheetah")
+    env = Shield(make("cheetah", "train"), horizon=1, bound=0.0, candidates=8, seed=0)
+    obs, _ = env.reset(seed=0)
+    replaced = stopped = 0
+    for _ in range(60):
+        obs, _, terminated, truncated, info = env.step(policy(obs))
+        record = info[INFO_KEY]
+        assert all(in_box(env.action_space, k) for k in record["judged"] if k != record["proposed"])
+        if record["executed"] is None:
+            stopped += 1
+            assert record["harm"] is not None and truncated
+        else:
+            assert record["judged"][record["executed"]] is None
+            assert info["base_objective"] == record["value"] >= 0.0
+            replaced += record["replaced"]
+        if terminated or truncated:
+            obs, _ = env.reset(seed=1 + stopped)
+    assert replaced > 0  # the bound binds

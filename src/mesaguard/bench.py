@@ -131,13 +131,12 @@ class BenchConfig:
         for g in self.safeguards:
             if g not in SAFEGUARDS and g not in LEARNING:
                 raise BenchError(f"unknown safeguard {g!r}; expected one of {sorted([*SAFEGUARDS, *LEARNING])}")
-        discrete_only = sorted(set(self.safeguards) & {"shield", "quantilizer", "combined"})
-        for s in self.scenarios if discrete_only else ():
+        for s in self.scenarios if "quantilizer" in self.safeguards else ():
             space = get(s).make(get(s).reference_variant).action_space
             if not isinstance(space, gym.spaces.Discrete):
                 raise BenchError(
-                    f"safeguards {discrete_only} choose among discrete actions; scenario {s!r} acts in {space}: "
-                    f"run it with --safeguards scope"
+                    f"the quantilizer ranks a trusted base distribution over discrete actions; scenario {s!r} acts "
+                    f"in {space}: run it with the other safeguards"
                 )
         learned = sorted(set(self.safeguards) & {"impact", "continual"})
         if learned and self.policy != "agent":
@@ -270,7 +269,30 @@ def _fit_safeguards(spec: JobSpec, calibration: Calibration, cal_runs: list[Epis
         from mesaguard.safeguards.shield import increment_bound
 
         fitted["bound"] = increment_bound([e.increments for e in cal_runs], spec.alpha)
+    if "continual" in spec.safeguards:
+        fitted["sampling"] = _sampling_calibration(spec, calibration)
     return fitted
+
+
+def _sampling_calibration(spec: JobSpec, calibration: Calibration) -> Calibration:
+    """The calibration of the shipped agent as it acts while it learns: sampling its actions, as PPO does.
+
+    A learner explores; calibrated on its argmax runs instead, a guard sees every detour as harm (on
+    supervisor's reference variant the argmax runs all score exactly 0.91, a sampled one 0.90 now and then).
+    """
+    import torch
+
+    from mesaguard.train import LoadedPolicy, load_agent
+
+    torch.manual_seed(spec.seed)
+    agent = load_agent(spec.scenario)
+    sampling = LoadedPolicy(agent.policy, agent.metadata, deterministic=False)
+    variant = get(spec.scenario).reference_variant
+    runs = rollout(functools.partial(plain_env, spec.scenario, variant), lambda env: sampling,
+                   spec.seeds("calibration"), objective=OBJECTIVE)  # fmt: skip
+    return Calibration.fit([e.increments for e in runs], alpha=spec.alpha, detectors=list(spec.detectors),
+                           scenario=spec.scenario, obs_shape=calibration.obs_shape,
+                           metadata={**calibration.metadata, "policy": "agent, sampling"})  # fmt: skip
 
 
 def _safeguarded_env(
@@ -333,14 +355,15 @@ def _impact_agent(scenario: str, env: Any) -> Any:
     return load_agent(scenario, impact=True)
 
 
-def _continual_run(spec: JobSpec, variant: str, calibration: Calibration, tick: Any) -> list[Episode]:
+def _continual_run(spec: JobSpec, variant: str, fitted: dict[str, Any], tick: Any) -> list[Episode]:
     """The shipped agent keeps learning (PPO) on the deploy episodes, under every detector jointly and ``Stop``
-    with the design-time calibration; an alarm rolls it back to its last checkpoint that passed."""
+    with the design-time calibration of its sampling runs; an alarm rolls it back to its last checkpoint that
+    passed."""
     from mesaguard.continual import ContinualDeployment, EpisodeSeeds, ppo_from_policy
     from mesaguard.train import load_agent
 
     seeds = spec.seeds("evaluation")
-    guarded = _safeguarded_env(spec.scenario, variant, calibration, spec.detectors, None, None)
+    guarded = _safeguarded_env(spec.scenario, variant, fitted["sampling"], spec.detectors, None, None)
     env = EpisodeSeeds(guarded, seeds, objective=OBJECTIVE, on_episode=tick)
     model = ppo_from_policy(load_agent(spec.scenario), env, seed=spec.seed)
     ContinualDeployment(model, env, rounds=1, steps_per_round=model.n_steps).run(episodes=len(seeds))
@@ -367,9 +390,9 @@ SAFEGUARDS: dict[str, SafeguardRun] = {
 """Preventive safeguards the bench can run, by name: ``(spec, variant, calibration, fitted) ->
 (make_env, make_policy)`` for the safeguarded runs of one variant."""
 
-LearningRun = Callable[[JobSpec, str, Calibration, Any], list[Episode]]
+LearningRun = Callable[[JobSpec, str, dict[str, Any], Any], list[Episode]]
 LEARNING: dict[str, LearningRun] = {"continual": _continual_run}
-"""Safeguards under which the agent changes as it runs, by name: ``(spec, variant, calibration, on_episode) ->
+"""Safeguards under which the agent changes as it runs, by name: ``(spec, variant, fitted, on_episode) ->
 episodes``, one per evaluation seed."""
 
 
@@ -416,7 +439,7 @@ def run_job(spec: JobSpec, progress: Any = None) -> JobRecord:
     for name in spec.safeguards:  # real runs: a safeguard changes what happens, so nothing is replayed
         for variant in scenario.variants:
             if name in LEARNING:
-                runs = LEARNING[name](spec, variant, calibration, tick)
+                runs = LEARNING[name](spec, variant, fitted, tick)
             else:
                 make_env, make_guarded_policy = SAFEGUARDS[name](spec, variant, calibration, fitted)
                 runs = rollout(make_env, make_guarded_policy, spec.seeds("evaluation"), objective=OBJECTIVE,

@@ -51,6 +51,44 @@ episode is a piece of that episode, so the shield intervenes in at most an
 ``alpha`` share of in-distribution episodes through the bound (catastrophes aside).
 ``bound=None`` (``-inf``) makes catastrophes the only harm.
 
+Continuous actions. A ``Box`` action space has no list of alternatives, so on
+each step where one is needed the shield draws ``candidates`` of them (default
+16) from its own ``numpy`` Generator (``seed``; ``reset(seed=s)`` reseeds it from
+``(seed, s)``, so a seeded episode is reproducible): half of them (rounded up)
+are **perturbations** of the proposed action, ``a + N(0, (spread * w / 2) ** 2)``
+per dimension with ``w`` the box's width there (``spread=0.25`` by default),
+clipped to the bounds; the rest are **uniform** in the box; the fallback's
+action, when there is a fallback, is added. Perturbations keep a replacement
+close to what the agent wanted (the minimal intervention a safety filter aims
+for, and the way sampling-based controllers such as MPPI and CEM search around a
+nominal action); uniform draws cover the whole box when the agent's
+neighbourhood is harmful everywhere; the fallback is the designer's own safe
+action. The best harmless candidate (highest lookahead value) is played, as for
+a discrete space. The candidates are a sample: a harmless verdict is exact (its
+plan was simulated), a "no harmless alternative" is true of the sample only.
+The search over continuations (``horizon > 1``, ``search=True``) deviates with
+the same step's candidates (drawn once a step, around the proposed action; a
+smooth controller's next actions lie near it), so it is exact over plans made of
+those candidates and costs up to ``candidates ** (H - 1)`` lookaheads per judged
+action near a hazard. A box with an unbounded dimension is an error
+(:class:`ShieldError`): perturbations need a width and uniform draws a bound;
+bound the actions first (the agent's own clipping range). Other spaces
+(``MultiDiscrete``, ``Dict``...) have no alternatives: fallback or stop.
+
+Simulators that pickle by constructor. ``copy.deepcopy`` of a Gymnasium MuJoCo
+env does not copy the simulation: those envs are ``EzPickle``, whose
+``__getstate__`` keeps only the constructor arguments and whose ``__setstate__``
+builds a *new* env from them (a fresh ``MjData`` before any reset; for the
+cheetah scenario's subclass, whose constructor differs from HalfCheetah's, a
+``TypeError``). The shield therefore copies such a layer by its ``__dict__``
+(bypassing ``__getstate__``): the ``MjModel`` is shared (stepping does not change
+it; the torso mass of ``deploy-dynamics`` lives there and is kept), the ``MjData``
+is copied with ``mujoco.mj_copyData`` into a new ``MjData`` (every field: state,
+time, warm start, controls), the env's ``np_random`` is deep-copied, and the
+renderer is copied without its viewers (a copy is never drawn). Steps of the copy
+then match the original's bit for bit (``tests/test_shield.py``); a copy of the
+cheetah chain takes about 0.8 ms (0.4 ms of it the ``MjData``; a step, 0.06 ms).
+
 Reports ``info["mesaguard_shield"]`` on every step (its own key: a guard around
 or inside the shield rewrites ``info["mesaguard"]``): ``proposed``, ``executed``
 (``None`` when it stopped), ``replaced`` (bool), ``acting`` (``"agent"``,
@@ -69,7 +107,11 @@ Measured (``benchmarks/shield.py``): with the shipped agents on the deploy varia
 of lava, side-effects, strawberry, supervisor, offswitch and goodhart, H=1 and H=3
 took the catastrophes per 1,000 episodes from 390..1610 to 0, replaced no action on
 the reference variants (score kept exactly), and cost 0.04 to 0.41x the
-unshielded steps per second.
+unshielded steps per second. On the cheetah (continuous torques, 16 candidates,
+``H=1``, bound at alpha 0.05) the shield replaced 0.2 to 0.4 actions per 1,000 steps
+and kept the mean base objective of train, deploy-cost and deploy-dynamics within
+0.2% (a per-step floor does not see a deterioration spread thinly over every step),
+at 0.18 to 0.37x the unshielded steps per second.
 
 >>> from mesaguard.scenarios import make
 >>> env = Shield(make("lava", "deploy"), horizon=1)
@@ -84,6 +126,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, SupportsFloat
@@ -151,7 +194,8 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
     Parameters
     ----------
     env
-        The deployed env; it must survive ``copy.deepcopy`` with identical steps.
+        The deployed env; it must survive ``copy.deepcopy`` with identical steps (``EzPickle``
+        layers such as MuJoCo envs are copied by state: see the module docstring).
     horizon
         Steps simulated per lookahead, the action's own step included (``H >= 1``).
     objective
@@ -171,6 +215,16 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         continuation alone condemns it.
     catastrophe
         The ``info`` key that flags a catastrophe; ``None``: only the bound counts.
+    candidates
+        On a ``Box`` action space: alternatives drawn per step when one is needed
+        (half perturbations of the proposed action, half uniform in the box, plus the
+        fallback's action; see the module docstring). Ignored on other spaces.
+    seed
+        Seed of the Generator that draws the candidates; ``reset(seed=s)`` reseeds it
+        from ``(seed, s)`` (from ``s`` alone when ``seed`` is ``None``).
+    spread
+        Standard deviation of a perturbation as a share of the box's half-width, per
+        dimension (``> 0``).
     """
 
     def __init__(
@@ -183,9 +237,13 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         fallback: Callable[[Any], Any] | None = None,
         search: bool = True,
         catastrophe: str | None = "catastrophe",
+        candidates: int = 16,
+        seed: int | None = None,
+        spread: float = 0.25,
     ) -> None:
         gym.utils.RecordConstructorArgs.__init__(
-            self, horizon=horizon, objective=objective, bound=bound, search=search, catastrophe=catastrophe
+            self, horizon=horizon, objective=objective, bound=bound, search=search, catastrophe=catastrophe,
+            candidates=candidates, seed=seed, spread=spread,
         )
         gym.Wrapper.__init__(self, env)
         if not (isinstance(horizon, int) and not isinstance(horizon, bool) and horizon >= 1):
@@ -195,6 +253,12 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         for name, policy in (("rollout", rollout), ("fallback", fallback)):
             if policy is not None and not callable(policy):
                 raise ShieldError(f"{name}={policy!r}; expected a policy(obs) -> action or None")
+        if not (isinstance(candidates, (int, np.integer)) and not isinstance(candidates, bool) and candidates >= 1):
+            raise ShieldError(f"candidates={candidates!r}; expected an integer >= 1 (alternatives drawn per step)")
+        if seed is not None and not (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and seed >= 0):
+            raise ShieldError(f"seed={seed!r}; expected a non-negative integer or None")
+        if isinstance(spread, bool) or not isinstance(spread, (int, float)) or not (0 < spread < math.inf):
+            raise ShieldError(f"spread={spread!r}; expected a finite number > 0 (a share of the box's half-width)")
         self.horizon = horizon
         self.objective = make_objective(objective)
         self.bound = -math.inf if bound is None else float(bound)
@@ -207,6 +271,19 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.actions: list[Any] = (
             [int(space.start) + i for i in range(int(space.n))] if isinstance(space, spaces.Discrete) else []
         )
+        # On a Box: candidates drawn per step (see the module docstring).
+        self.box = space if isinstance(space, spaces.Box) else None
+        if self.box is not None and not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+            raise ShieldError(
+                f"action space {space!r} has unbounded dimensions; the shield draws candidate actions within the "
+                "bounds: bound the action space (for instance to the agent's clipping range)"
+            )
+        self.candidates = int(candidates)
+        self.seed = None if seed is None else int(seed)
+        self.spread = float(spread)
+        self.rng = np.random.default_rng(self.seed)
+        self._drawn: list[Any] | None = None  # this step's Box candidates, drawn when first needed
+        self._fallback_action: Any = None
         self.steps = self.replaced = self.stopped = self.lookaheads = self.errors = 0
         self._obs: Any = None
         self._shared = _descriptions(env)
@@ -215,6 +292,8 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
+        if seed is not None:
+            self.rng = np.random.default_rng(seed if self.seed is None else [self.seed, seed])
         self._obs = obs
         self._shared = _descriptions(self.env)
         return obs, info
@@ -224,6 +303,8 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
             raise ShieldError("step() before reset(); call env.reset(seed=...) first")
         self.steps += 1
         before = self.lookaheads
+        self._drawn = None
+        self._fallback_action = None
         record: dict[str, Any] = {
             "proposed": _plain(action),
             "executed": None,
@@ -277,7 +358,7 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if proposed.harm is None:
             return action, "agent", proposed.value
         best: tuple[Any, Lookahead] | None = None
-        for a in self.actions:
+        for a in self._alternatives(action):
             if _plain(a) == _plain(action):
                 continue
             look = judge(a)
@@ -286,11 +367,35 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if best is not None:
             return best[0], "shield", best[1].value
         if self.fallback is not None:
-            a = self.fallback(self._obs)
+            a = self._fallback_action if self._drawn is not None else self.fallback(self._obs)
             look = judge(a)
             if look.harm != CATASTROPHE:
                 return a, "fallback", look.value
         return None, "stop", None
+
+    def _alternatives(self, proposed: Any) -> list[Any]:
+        """The actions a harmful one may be replaced with: a discrete space's all, a box's drawn candidates."""
+        if self.box is None:
+            return self.actions
+        if self._drawn is None:
+            self._drawn = self._draw(proposed)
+        return self._drawn
+
+    def _draw(self, proposed: Any) -> list[Any]:
+        """This step's Box candidates: perturbations of ``proposed``, uniform draws, the fallback's action."""
+        box = self.box
+        assert box is not None
+        low, high = box.low.astype(np.float64), box.high.astype(np.float64)
+        center = np.clip(np.asarray(proposed, dtype=np.float64).reshape(box.shape), low, high)
+        local = (self.candidates + 1) // 2
+        scale = self.spread * (high - low) / 2.0
+        near = center + self.rng.normal(size=(local, *box.shape)) * scale
+        far = self.rng.uniform(low, high, size=(self.candidates - local, *box.shape))
+        drawn = [np.clip(a, low, high).astype(box.dtype) for a in (*near, *far)]
+        if self.fallback is not None:
+            self._fallback_action = self.fallback(self._obs)
+            drawn.append(self._fallback_action)
+        return drawn
 
     def _judge(self, action: Any) -> Lookahead:
         """The verdict on ``action``: a harmless plan starting with it if one is found, else the harmful one."""
@@ -304,7 +409,7 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         """A harmless plan sharing ``plan.actions[:fixed]``, depth first; ``plan`` does harm at ``first_harm >= fixed``."""
         assert plan.first_harm is not None
         for pos in range(plan.first_harm, fixed - 1, -1):  # deviate nearest the harm first
-            for alt in self.actions:
+            for alt in self._alternatives(plan.actions[0]):
                 if _plain(alt) == _plain(plan.actions[pos]):
                     continue
                 other = self._simulate(plan.actions[:pos] + [alt])
@@ -319,7 +424,7 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def _simulate(self, prefix: list[Any]) -> Lookahead:
         """Replay ``prefix`` on a fresh copy of the env, then follow the continuation up to the horizon."""
         self.lookaheads += 1
-        sim = copy.deepcopy(self.env, dict(self._shared))
+        sim = _simulator_copy(self.env, self._shared)
         plan = Lookahead()
         obs = self._obs
         for t in range(self.horizon):
@@ -357,13 +462,48 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return info
 
 
+def _simulator_copy(env: gym.Env, shared: dict[int, Any]) -> gym.Env:
+    """``copy.deepcopy`` of the env chain, with its ``EzPickle`` layers copied by state (module docstring)."""
+    memo = dict(shared)
+    layer: Any = env
+    while True:
+        if isinstance(layer, gym.utils.EzPickle) and id(layer) not in memo:
+            _copy_by_state(layer, memo)
+        if not isinstance(layer, gym.Wrapper):
+            return copy.deepcopy(env, memo)
+        layer = layer.env
+
+
+def _copy_by_state(obj: Any, memo: dict[int, Any]) -> Any:
+    """A copy of ``obj`` made from its ``__dict__``, not from its constructor (``EzPickle``); MuJoCo data copied."""
+    new = object.__new__(type(obj))
+    memo[id(obj)] = new
+    mujoco = sys.modules.get("mujoco")
+    state = obj.__dict__
+    if mujoco is not None:
+        for value in state.values():
+            if isinstance(value, mujoco.MjData) and id(value) not in memo:
+                data = mujoco.MjData(value.model)
+                mujoco.mj_copyData(data, value.model, value)
+                memo[id(value)] = data
+        renderer = state.get("mujoco_renderer")
+        if renderer is not None and id(renderer) not in memo and hasattr(renderer, "_viewers"):
+            plain = object.__new__(type(renderer))
+            memo[id(renderer)] = plain
+            viewerless = {k: v for k, v in renderer.__dict__.items() if k not in ("_viewers", "viewer")}
+            plain.__dict__.update(copy.deepcopy(viewerless, memo), _viewers={}, viewer=None)
+    new.__dict__.update(copy.deepcopy(state, memo))
+    return new
+
+
 def _descriptions(env: gym.Env) -> dict[int, Any]:
     """A ``deepcopy`` memo that shares what describes the env chain rather than its state.
 
     The spaces, ``spec`` and ``metadata`` of every layer (and MiniGrid's ``mission_space``)
-    are not changed by stepping; sharing them makes a MiniGrid copy about 30% cheaper
-    (1.35 against 1.97 ms measured on the lava env chain, loaded machine). A rollout policy
-    that samples a copy's action space draws from the original's space RNG.
+    are not changed by stepping, nor is a MuJoCo ``MjModel``; sharing them makes a MiniGrid
+    copy about 30% cheaper (1.35 against 1.97 ms measured on the lava env chain, loaded
+    machine). A rollout policy that samples a copy's action space draws from the original's
+    space RNG.
     """
     memo: dict[int, Any] = {}
     layer: Any = env
@@ -373,6 +513,11 @@ def _descriptions(env: gym.Env) -> dict[int, Any]:
                      "_metadata", "mission_space"):
             if attrs.get(name) is not None:
                 memo[id(attrs[name])] = attrs[name]
+        mujoco = sys.modules.get("mujoco")
+        if mujoco is not None:  # a MuJoCo model: constants of the simulation, unchanged by stepping
+            for value in attrs.values():
+                if isinstance(value, mujoco.MjModel):
+                    memo[id(value)] = value
         if not isinstance(layer, gym.Wrapper):
             return memo
         layer = layer.env
