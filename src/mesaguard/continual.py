@@ -22,8 +22,10 @@ that (toward a proxy, say) meets the same thresholds. Deployment runs in rounds:
 Only parameters that acted under the guard are ever checkpointed: taking the
 parameters after a round's update instead would bless an update nobody checked,
 and an update that broke the agent would become the checkpoint every later alarm
-rolls back to (on supervisor's ``train`` variant it did: 86% of episodes raised an
-alarm, against 5% with this rule; ``mesaguard bench --safeguards continual``).
+rolls back to. (Measured with ``mesaguard bench --safeguards continual`` at the
+recipe's initial learning rate, 3 seeds x 100 episodes: the share of reference
+episodes with an alarm fell from 0.17 to 0.08 on lava, from 0.26 to 0.12 on
+side-effects, with this rule.)
 
 Checkpoint 0 is the agent as deployed (accepted at design time). Every round is
 recorded as a :class:`Round` and, with ``record``, as one JSON line of a file
@@ -363,7 +365,7 @@ def ppo_from_policy(
     env: gym.Env | VecEnv,
     config: PPOConfig = PPOConfig(),
     *,
-    learning_rate: float | None = None,
+    learning_rate: float = 1e-5,
     ent_coef: float = 0.0,
     seed: int = 0,
 ) -> PPO:
@@ -371,9 +373,14 @@ def ppo_from_policy(
 
     The hyperparameters come from ``config`` (the recipe the agent was trained
     with), except the two the recipe annealed to 0 by the end of training: the
-    learning rate is held constant at ``learning_rate`` (default
-    ``config.learning_rate``), since continual deployment has no planned end, and
-    the entropy bonus is ``ent_coef`` (default 0, where the recipe ended). The
+    learning rate is held constant at ``learning_rate``, since continual deployment
+    has no planned end, and the entropy bonus is ``ent_coef`` (default 0, where the
+    recipe ended). The default rate, 1e-5, is a fiftieth of the recipe's initial
+    rate, where its annealing stood with 2% of training left. At the initial rate
+    (5e-4), PPO's updates on one deployed env's rollouts (64 steps, 10 epochs) broke
+    the shipped supervisor agent within a few rounds on ``supervised``, where reward
+    and base objective agree: 91 of 100 episodes raised an alarm (1e-5: none; 0: none;
+    5e-5: 27, all after the 50th episode). The
     minibatch is at most one rollout (``n_steps`` times the number of envs), so a
     single deployed env gets full-batch updates instead of SB3's warning.
     """
@@ -386,7 +393,7 @@ def ppo_from_policy(
         n_steps=config.n_steps,
         batch_size=min(config.batch_size, config.n_steps * n_envs),
         n_epochs=config.n_epochs,
-        learning_rate=config.learning_rate if learning_rate is None else learning_rate,
+        learning_rate=learning_rate,
         gamma=config.gamma,
         gae_lambda=config.gae_lambda,
         clip_range=config.clip_range,
