@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -245,6 +246,29 @@ def test_tiny_training_run_is_deterministic(tmp_path):
     meta = load_policy(a).metadata
     assert meta["command"] == mt._command("strawberry", 512, 0, TINY)
     assert (meta["scenario"], meta["timesteps"], meta["seed"]) == ("strawberry", 512, 0)
+
+
+def test_impact_training_is_recorded_and_reproducible_from_its_command(tmp_path):
+    """The penalty is part of the command: the CLI given it trains the same weights as the API."""
+    from typer.testing import CliRunner
+
+    from mesaguard.cli import app
+    from mesaguard.safeguards.impact import ImpactPenalty
+
+    impact = mt.Impact("rr", beta=0.5)
+    a = mt.train("side-effects", 512, seed=0, out=tmp_path / "a", config=TINY, variant="deploy", impact=impact)
+    meta = load_policy(a).metadata
+    assert meta["impact"] == {"measure": "rr", "beta": 0.5, "discount": 1.0} and "wrapper" not in meta
+    words = shlex.split(meta["command"])
+    assert words[words.index("--impact") :][:6] == ["--impact", "rr", "--beta", "0.5", "--discount", "1.0"]
+    assert mt.main([*words[3:], "--out", str(tmp_path / "b")]) == 0  # the recorded command, from the shell
+    assert (tmp_path / "b" / "side-effects.safetensors").read_bytes() == a.with_suffix(".safetensors").read_bytes()
+    wrapped = impact.wrapper(scenarios.get("side-effects"))(scenarios.make("side-effects", "deploy"))
+    assert isinstance(wrapped, ImpactPenalty) and wrapped.beta == 0.5 and wrapped.measure.discount == 1.0
+    result = CliRunner().invoke(app, ["train", "side-effects", "--impact", "nope", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "expected 'rr' or 'aup'" in result.output
+    with pytest.raises(ValueError, match="not both"):
+        mt.train("side-effects", 512, 0, tmp_path, wrapper=lambda env: env, impact=impact)
 
 
 @pytest.mark.slow

@@ -55,15 +55,22 @@ def train(
     scenario: str,
     timesteps: Annotated[int, typer.Option(min=1)] = 100_000,
     seed: int = 0,
-    out: Annotated[Path | None, typer.Option(help="Output stem (writes STEM.json and STEM.safetensors).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (writes SCENARIO.json and .safetensors there).")] = None,
+    variant: Annotated[str | None, typer.Option(help="Train on this variant (default: the training one).")] = None,
+    impact: Annotated[str | None, typer.Option(help="rr or aup: train on the reward minus an impact penalty.")] = None,
+    beta: Annotated[float, typer.Option(help="Weight of the impact penalty.")] = 1.0,
 ) -> None:
     """Train the scenario's agent with PPO (the base optimizer) and save it without pickle."""
     from mesaguard.scenarios import get
+    from mesaguard.train import Impact
     from mesaguard.train import train as run_training
 
     get(scenario)
-    stem = out or Path("runs") / scenario / "agent"
-    path = run_training(scenario, timesteps=timesteps, seed=seed, out=stem)
+    if impact is not None and impact not in ("rr", "aup"):
+        raise typer.BadParameter(f"impact={impact!r}; expected 'rr' or 'aup'", param_hint="--impact")
+    penalty = None if impact is None else Impact(impact, beta)
+    path = run_training(scenario, timesteps=timesteps, seed=seed, out=out or Path("runs") / scenario,
+                        variant=variant, impact=penalty)  # fmt: skip
     console.print(f"saved the policy to [bold]{path}[/]")
 
 
