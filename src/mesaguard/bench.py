@@ -364,7 +364,12 @@ def _continual_run(spec: JobSpec, variant: str, fitted: dict[str, Any], tick: An
 
     seeds = spec.seeds("evaluation")
     guarded = _safeguarded_env(spec.scenario, variant, fitted["sampling"], spec.detectors, None, None)
-    env = EpisodeSeeds(guarded, seeds, objective=OBJECTIVE, on_episode=tick)
+
+    def counted(episode: Episode) -> None:  # the last round may play past the seeds: those are not counted
+        if tick is not None and len(env.episodes) <= len(seeds):
+            tick(episode)
+
+    env = EpisodeSeeds(guarded, seeds, objective=OBJECTIVE, on_episode=counted)
     model = ppo_from_policy(load_agent(spec.scenario), env, seed=spec.seed)
     ContinualDeployment(model, env, rounds=1, steps_per_round=model.n_steps).run(episodes=len(seeds))
     env.close()
