@@ -36,12 +36,15 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/deployment.py
 	$(BIN)/python benchmarks/deployment_cheetah.py
 
-# Long: the shield (~25 min), the quantilizer's q-curve (~12 min), 15 PPO trainings for the impact penalty (~40 min).
+# Long: the shield (~25 min, the cheetah's ~6 more), the quantilizer's q-curve (~12 min), 15 PPO trainings for the
+# impact penalty (~40 min), every safeguard's cost (~8 min).
 bench-safeguards: $(STAMP)
 	$(BIN)/python benchmarks/scope.py
 	$(BIN)/python benchmarks/shield.py
+	$(BIN)/python benchmarks/shield.py --cheetah
 	$(BIN)/python benchmarks/quantilizer.py
 	$(BIN)/python benchmarks/impact.py
+	$(BIN)/python benchmarks/safeguard_cost.py
 
 clean:
 	rm -rf $(VENV) runs
