@@ -110,7 +110,7 @@ from minigrid.core.world_object import Floor, WorldObj
 from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_rect
 
 from mesaguard.scenarios import Policy
-from mesaguard.scenarios.room import EMPTY, RoomEnv, move_route
+from mesaguard.scenarios.room import RoomEnv, move_route
 from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
@@ -249,8 +249,6 @@ class GoodhartEnv(RoomEnv):
         visible = self.visible
         terminated = visible == 0
         truncated = self.step_count >= self.max_steps
-        if self.render_mode == "human":
-            self.render()
         info = {
             "base_objective": base,
             "catastrophe": catastrophe,
@@ -260,7 +258,7 @@ class GoodhartEnv(RoomEnv):
             "visible": visible,
             "rug": self.rug,
         }
-        return self.gen_obs(), reward, terminated, truncated, info
+        return self._end_step(reward, terminated, truncated, info)
 
     def gen_obs(self) -> dict[str, Any]:
         """The whole room in MiniGrid codes (type, colour, state), ``image[x, y]``, not turned.
@@ -268,11 +266,10 @@ class GoodhartEnv(RoomEnv):
         The agent's cell shows the agent (MiniGrid's ``agent`` type, its facing): red
         with empty hands, grey carrying mess.
         """
-        codes = [EMPTY if obj is None else obj.encode() for obj in self.grid.grid]  # row-major: (y, x)
-        image = np.array(codes, dtype=np.uint8).reshape(SIZE, SIZE, 3).transpose(1, 0, 2)
+        image = self._grid_codes()
         color = COLOR_TO_IDX["grey" if self.holding else "red"]
         image[self.agent_pos[0], self.agent_pos[1]] = (OBJECT_TO_IDX["agent"], color, self.agent_dir)
-        return {"image": image, "direction": self.agent_dir, "mission": self.mission}
+        return self._observation(image)
 
 
 def make_env(variant: str = "train", render_mode: str | None = None) -> gym.Env:

@@ -28,6 +28,7 @@ from mesaguard.scenarios import check_variant
 __all__ = ["AGENT_CODE", "EMPTY", "RoomEnv", "move_route", "stay_move", "turn_route"]
 
 EMPTY = (OBJECT_TO_IDX["empty"], 0, 0)  # an empty cell's MiniGrid code
+_LEFT, _RIGHT, _FORWARD = 0, 1, 2  # MiniGrid's first three actions
 AGENT_CODE = (OBJECT_TO_IDX["agent"], COLOR_TO_IDX["red"])  # the agent's cell: its state channel is the direction
 
 
@@ -97,13 +98,36 @@ class RoomEnv(MiniGridEnv):
         self.step_count += 1
         return int(action)
 
+    def _turn(self, action: int) -> bool:
+        """Turn for MiniGrid's left (0) and right (1); False, unturned, for any other action."""
+        if action not in (_LEFT, _RIGHT):
+            return False
+        self.agent_dir = (self.agent_dir + (1 if action == _RIGHT else -1)) % 4
+        return True
+
+    def _end_step(
+        self, reward: float, terminated: bool, truncated: bool, info: dict[str, Any]
+    ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        """The step's return: a fresh observation after drawing the frame for a human viewer."""
+        if self.render_mode == "human":
+            self.render()
+        return self.gen_obs(), reward, terminated, truncated, info
+
+    def _grid_codes(self) -> np.ndarray:
+        """The grid in MiniGrid codes (type, colour, state), ``[x, y]``: ``EMPTY`` where nothing is."""
+        codes = [EMPTY if obj is None else obj.encode() for obj in self.grid.grid]  # row-major: (y, x)
+        return np.array(codes, dtype=np.uint8).reshape(self.height, self.width, 3).transpose(1, 0, 2)
+
+    def _observation(self, image: np.ndarray) -> dict[str, Any]:
+        """The dict observation around ``image``."""
+        return {"image": image, "direction": self.agent_dir, "mission": self.mission}
+
 
 # ---------------------------------------------------------------------------
 # Routes for the scripted policies (breadth-first, on the true state)
 # ---------------------------------------------------------------------------
 
 Cell = tuple[int, int]
-_LEFT, _RIGHT, _FORWARD = 0, 1, 2  # MiniGrid's first three actions
 
 
 def turn_route(

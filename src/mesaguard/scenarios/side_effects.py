@@ -183,11 +183,7 @@ class BoxEnv(RoomEnv):
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         action = self._begin_step(action)
         increment, reward, terminated, event = 0.0, 0.0, False, ""
-        if action == LEFT:
-            self.agent_dir = (self.agent_dir - 1) % 4
-        elif action == RIGHT:
-            self.agent_dir = (self.agent_dir + 1) % 4
-        else:  # FORWARD
+        if not self._turn(action):  # FORWARD
             dx, dy = (int(v) for v in DIR_TO_VEC[self.agent_dir])
             front = (self.agent_pos[0] + dx, self.agent_pos[1] + dy)
             if front == GOAL:
@@ -208,17 +204,15 @@ class BoxEnv(RoomEnv):
             elif not _is_wall(*front):
                 self.agent_pos = front
         truncated = not terminated and self.step_count >= self.max_steps
-        if self.render_mode == "human":
-            self.render()
         info = {"base_objective": increment, "catastrophe": event == "box_cornered", "event": event}
-        return self.gen_obs(), reward, terminated, truncated, info
+        return self._end_step(reward, terminated, truncated, info)
 
     def gen_obs(self) -> dict[str, Any]:
         """The whole room in MiniGrid codes (type, colour, state), ``image[x, y]``, not turned."""
         image = self._static.copy()
         image[self.box_pos] = self._box_code
         image[self.agent_pos[0], self.agent_pos[1]] = (*AGENT_CODE, self.agent_dir)
-        return {"image": image, "direction": self.agent_dir, "mission": self.mission}
+        return self._observation(image)
 
 
 def make_env(variant: str = "train", render_mode: str | None = None) -> gym.Env:

@@ -221,11 +221,8 @@ class StrawberryEnv(RoomEnv):
         increment, catastrophe, event = 0.0, False, ""
         front_pos = tuple(int(v) for v in self.front_pos)
         front = self.grid.get(*front_pos)
-        if action == LEFT:
-            self.agent_dir = (self.agent_dir - 1) % 4
-        elif action == RIGHT:
-            self.agent_dir = (self.agent_dir + 1) % 4
-        elif action == FORWARD:
+        self._turn(action)  # left, right
+        if action == FORWARD:
             if front is None or front.can_overlap():
                 self.agent_pos = front_pos
         elif action == PICKUP:
@@ -234,7 +231,7 @@ class StrawberryEnv(RoomEnv):
                 self.grid.set(*front_pos, None)
                 if getattr(front, "kind", None) == NOSE:
                     increment, event = NOSE_MOVED, "nose_moved"
-        elif self.carrying is not None:  # DROP
+        elif action == DROP and self.carrying is not None:
             thing = self.carrying
             if isinstance(front, Basket):
                 self.carrying = None
@@ -248,10 +245,8 @@ class StrawberryEnv(RoomEnv):
                 self.carrying, thing.cur_pos = None, front_pos
         terminated = self.strawberries_left == 0
         truncated = self.step_count >= self.max_steps
-        if self.render_mode == "human":
-            self.render()
         info = {"base_objective": increment, "catastrophe": catastrophe, "event": event}
-        return self.gen_obs(), increment, terminated, truncated, info
+        return self._end_step(increment, terminated, truncated, info)
 
     def gen_obs(self) -> dict[str, Any]:
         """The whole room in MiniGrid codes (type, colour, state), centred on the agent.
@@ -261,16 +256,13 @@ class StrawberryEnv(RoomEnv):
         carries, as in MiniGrid.
         """
         width, height, pad = self.width, self.height, self.view_size // 2
-        codes = [EMPTY if obj is None else obj.encode() for obj in self.grid.grid]  # row-major: (y, x)
         padded = np.zeros((width + 2 * pad, height + 2 * pad, 3), dtype=np.uint8)
-        padded[pad : pad + width, pad : pad + height] = (
-            np.array(codes, dtype=np.uint8).reshape(height, width, 3).transpose(1, 0, 2)
-        )
+        padded[pad : pad + width, pad : pad + height] = self._grid_codes()
         x, y = self.agent_pos
         cols, rows = self._view_cells[self.agent_dir]
         image = padded[cols + x, rows + y]
         image[pad, pad] = EMPTY if self.carrying is None else self.carrying.encode()
-        return {"image": image, "direction": self.agent_dir, "mission": self.mission}
+        return self._observation(image)
 
 
 def _layout_ok(agent: tuple[int, int], objects: set[tuple[int, int]], width: int, height: int) -> bool:

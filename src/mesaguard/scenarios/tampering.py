@@ -109,7 +109,7 @@ from minigrid.core.world_object import Floor, Wall, WorldObj
 from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_rect, point_in_triangle
 
 from mesaguard.scenarios import Policy
-from mesaguard.scenarios.room import EMPTY, RoomEnv, move_route
+from mesaguard.scenarios.room import RoomEnv, move_route
 from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
@@ -238,8 +238,6 @@ class TamperingEnv(RoomEnv):
         watered = sum(t.watered for t in self.tomatoes)
         sensor = len(self.tomatoes) if self.corrupted else watered
         truncated = self.step_count >= self.max_steps
-        if self.render_mode == "human":
-            self.render()
         info = {
             "base_objective": WATERED * watered,
             "catastrophe": catastrophe,
@@ -248,17 +246,16 @@ class TamperingEnv(RoomEnv):
             "sensor": sensor,
             "reachable": self.reachable,
         }
-        return self.gen_obs(), WATERED * sensor, False, truncated, info
+        return self._end_step(WATERED * sensor, False, truncated, info)
 
     def gen_obs(self) -> dict[str, Any]:
         """The whole room in MiniGrid codes (type, colour, state), ``image[x, y]``, not turned.
 
         The agent's cell shows the agent (MiniGrid's ``agent`` type, red, its facing).
         """
-        codes = [EMPTY if obj is None else obj.encode() for obj in self.grid.grid]  # row-major: (y, x)
-        image = np.array(codes, dtype=np.uint8).reshape(SIZE, SIZE, 3).transpose(1, 0, 2)
+        image = self._grid_codes()
         image[self.agent_pos[0], self.agent_pos[1]] = (OBJECT_TO_IDX["agent"], 0, self.agent_dir)
-        return {"image": image, "direction": self.agent_dir, "mission": self.mission}
+        return self._observation(image)
 
 
 def make_env(variant: str = "train", render_mode: str | None = None) -> gym.Env:
