@@ -230,6 +230,12 @@ def scenario_rows(name: str, cfg: Config) -> dict[str, Any]:
     return out
 
 
+def machine() -> dict[str, Any]:
+    """What the results were measured on."""
+    return {"python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
+            "load_average_at_end": os.getloadavg()}  # fmt: skip
+
+
 def cheetah_rows(cfg: CheetahConfig) -> dict[str, Any]:
     """The cheetah's rows: calibrate the bound on train, then each variant unshielded and under H=1."""
     policy = agent("cheetah", plain_env("cheetah", "train"))
@@ -277,10 +283,7 @@ def main_cheetah(cfg: CheetahConfig = CHEETAH) -> None:
     console.print(table)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"benchmark": "shield", "scenarios": {}}
     data["scenarios"]["cheetah"] = r
-    data.setdefault("cheetah_runs", {})["machine"] = {
-        "python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
-        "load_average_at_end": os.getloadavg(), "seconds": elapsed,
-    }  # fmt: skip
+    data.setdefault("cheetah_runs", {})["machine"] = {**machine(), "seconds": elapsed}
     write_atomic(RESULTS, json.dumps(data, indent=1) + "\n")
     console.print(f"merged cheetah into {RESULTS} ({elapsed:.0f} s)")
 
@@ -324,12 +327,7 @@ def main(cfg: Config = CONFIG) -> None:
                 "config": asdict(cfg),
                 "shields": SHIELDS,
                 "scenarios": results,
-                "machine": {
-                    "python": platform.python_version(),
-                    "numpy": np.__version__,
-                    "cpus": os.cpu_count(),
-                    "load_average_at_end": os.getloadavg(),
-                },
+                "machine": machine(),
                 "seconds": elapsed,
             },
             indent=1,
