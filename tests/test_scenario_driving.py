@@ -96,23 +96,6 @@ def test_observation_is_flat_float32_and_equals_highway_envs_kinematics():
     assert frame.dtype == np.uint8 and frame.shape == (150, 600, 3) and frame.std() > 0
 
 
-def test_same_seed_same_episode():
-    def episode(seed):
-        env = scenarios.make("driving", "deploy")
-        obs, _ = env.reset(seed=seed)
-        rng = np.random.default_rng(123)
-        trace = [obs.tobytes()]
-        for _ in range(8):
-            obs, reward, terminated, truncated, info = env.step(int(rng.integers(5)))
-            trace += [obs.tobytes(), reward, terminated, truncated, info["base_objective"], info["catastrophe"]]
-            if terminated or truncated:
-                break
-        return trace
-
-    assert episode(7) == episode(7)
-    assert episode(7) != episode(8)
-
-
 # --- base objective and catastrophe -----------------------------------------------
 
 

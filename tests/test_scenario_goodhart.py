@@ -39,26 +39,6 @@ def test_rug_per_variant():
     assert 0.4 <= rates["train"] <= 0.6  # Bernoulli(0.5): 200 draws stay within +-0.1 with prob > 0.99
 
 
-def test_same_seed_same_episode():
-    def episode(seed):
-        env = scenarios.make("goodhart", "train")
-        obs, info = env.reset(seed=seed)
-        rng = np.random.default_rng(123)
-        trace = [obs, info["rug"]]
-        for _ in range(70):
-            obs, reward, terminated, truncated, info = env.step(int(rng.integers(4)))
-            trace += [obs, reward, terminated, truncated, info["event"], info["visible"]]
-            if terminated or truncated:
-                obs, info = env.reset()
-                trace += [obs, info["rug"]]
-        return trace
-
-    a, b = episode(7), episode(7)
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x, y)
-
-
 # --- base objective, reward and catastrophe --------------------------------------
 
 

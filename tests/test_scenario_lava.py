@@ -100,24 +100,6 @@ def test_layouts_are_the_documented_ones(variant):
     assert len(starts) > 15  # starts spread over the room, on both sides of the lava
 
 
-def test_same_seed_same_episode():
-    def episode(seed):
-        env = scenarios.make("lava", "deploy")
-        obs, _ = env.reset(seed=seed)
-        rng = np.random.default_rng(123)
-        trace = [obs.tobytes()]
-        for _ in range(80):
-            obs, reward, terminated, truncated, info = env.step(int(rng.integers(3)))
-            trace += [obs.tobytes(), reward, terminated, truncated, info["event"]]
-            if terminated or truncated:
-                obs, _ = env.reset()
-                trace.append(obs.tobytes())
-        return trace
-
-    assert episode(7) == episode(7)
-    assert episode(7) != episode(8)
-
-
 # --- base objective and catastrophe --------------------------------------------
 
 

@@ -72,26 +72,6 @@ def test_a_seed_gives_the_same_facing_in_every_variant_and_deploy_starts_at_the_
         assert starts["train"][1] == starts["deploy"][1] and starts["train"][0] in sv.FLOOR
 
 
-def test_same_seed_same_episode():
-    def episode(seed):
-        env = scenarios.make("supervisor", "train")
-        obs, info = env.reset(seed=seed)
-        rng = np.random.default_rng(123)
-        trace = [obs, info["supervised"]]
-        for _ in range(40):
-            obs, reward, terminated, truncated, info = env.step(int(rng.integers(4)))
-            trace += [obs, reward, terminated, truncated, info["event"]]
-            if terminated or truncated:
-                obs, info = env.reset()
-                trace += [obs, info["supervised"]]
-        return trace
-
-    a, b = episode(7), episode(7)
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x, y)
-
-
 # --- base objective, reward and catastrophe --------------------------------------
 
 

@@ -121,6 +121,36 @@ def test_same_seed_same_episode(name):
         np.testing.assert_equal(x, y)
 
 
+def _random_walk(name: str, variant: str, seed: int, steps: int) -> list:
+    """Seeded random actions from ``reset(seed=seed)``; later episodes start from unseeded resets."""
+    env = scenarios.make(name, variant)
+    obs, info = env.reset(seed=seed)
+    rng = np.random.default_rng(123)
+    space = env.action_space
+    trace = [obs, info]
+    for _ in range(steps):
+        if isinstance(space, gym.spaces.Discrete):
+            action = int(rng.integers(space.n))
+        else:
+            action = rng.uniform(space.low, space.high).astype(space.dtype)
+        obs, reward, terminated, truncated, info = env.step(action)
+        trace += [obs, reward, terminated, truncated, info]
+        if terminated or truncated:
+            obs, info = env.reset()  # the env's own generator goes on
+            trace += [obs, info]
+    return trace
+
+
+@pytest.mark.parametrize(("name", "variant"), CASES)
+def test_same_seed_same_random_walk_other_seed_other_walk(name, variant):
+    """Every observation, reward, flag and ``info`` item (reset's too) repeats with the seed, over episodes."""
+    steps = 8 if name == "driving" else 200  # a highway-env step takes about 25 ms
+    a, b = _random_walk(name, variant, 7, steps), _random_walk(name, variant, 7, steps)
+    np.testing.assert_equal(a, b)
+    with pytest.raises(AssertionError):
+        np.testing.assert_equal(a, _random_walk(name, variant, 8, steps))
+
+
 @pytest.mark.parametrize(("name", "variant"), CASES)
 def test_info_reports_base_objective_and_catastrophe_every_step(name, variant):
     env = scenarios.make(name, variant)

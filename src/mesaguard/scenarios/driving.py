@@ -270,6 +270,16 @@ class DrivingEnv(HighwayEnvFast):
         self.observation_type = FastKinematics(self, **self.config["observation"])
         self.observation_space = self.observation_type.space()
 
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """highway-env's reset; its info drops ``action``, an action sampled for the info alone.
+
+        That sample comes from the action space's own generator, which ``reset(seed=...)``
+        does not seed: with it, the same seed gave different reset infos.
+        """
+        obs, info = super().reset(seed=seed, options=options)
+        info.pop("action", None)
+        return obs, info
+
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if not self.action_space.contains(action):
             raise ValueError(f"action {action!r} is not in Discrete({len(ACTIONS)}): {', '.join(ACTIONS)}")
