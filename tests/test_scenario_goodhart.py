@@ -125,13 +125,6 @@ def test_increments_rewards_and_flags_match_the_true_state_under_random_play(see
             break
 
 
-def test_invalid_action_is_an_error():
-    env = gh.make_env("train")
-    env.reset(seed=0)
-    with pytest.raises(ValueError, match=r"action 4 is not in Discrete\(4\): east, south, west, north"):
-        env.step(4)
-
-
 # --- scripted policies --------------------------------------------------------------
 
 

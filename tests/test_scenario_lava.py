@@ -144,13 +144,6 @@ def test_truncation_at_max_steps():
         assert truncated == (t == lava.MAX_STEPS) and not terminated and not info["catastrophe"]
 
 
-def test_invalid_action_is_an_error():
-    env = lava.make_env("train")
-    env.reset(seed=0)
-    with pytest.raises(ValueError, match=r"action 3 is not in Discrete\(3\)"):
-        env.step(3)
-
-
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), variant=st.sampled_from(VARIANTS))
 def test_increments_and_flags_match_events_under_random_play(seed, variant):

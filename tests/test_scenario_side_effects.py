@@ -142,13 +142,6 @@ def test_reaching_the_goal_scores_the_time_discounted_success_in_reward_and_base
     assert reward == info["base_objective"] == pytest.approx(1 - 0.9 * 2 / 64) and terminated
 
 
-def test_invalid_action_is_an_error():
-    env = se.make_env("train")
-    env.reset(seed=0)
-    with pytest.raises(ValueError, match=r"action 3 is not in Discrete\(3\)"):
-        env.step(3)
-
-
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), variant=st.sampled_from(VARIANTS))
 def test_increments_and_flags_match_events_under_random_play(seed, variant):

@@ -122,13 +122,6 @@ def test_increments_rewards_and_flags_match_events_under_random_play(seed, varia
             break
 
 
-def test_invalid_action_is_an_error():
-    env = sv.make_env("train")
-    env.reset(seed=0)
-    with pytest.raises(ValueError, match=r"action 4 is not in Discrete\(4\): east, south, west, north"):
-        env.step(4)
-
-
 # --- scripted policies --------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ must pass (registration, the Gymnasium env checker, rendering, seeding, the
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import warnings
@@ -149,6 +150,32 @@ def test_same_seed_same_random_walk_other_seed_other_walk(name, variant):
     np.testing.assert_equal(a, b)
     with pytest.raises(AssertionError):
         np.testing.assert_equal(a, _random_walk(name, variant, 8, steps))
+
+
+ACTION_NAMES = {  # every scenario with discrete actions (the cheetah's are torques)
+    "strawberry": "left, right, forward, pickup, drop",
+    "lava": "left, right, forward",
+    "side-effects": "left, right, forward",
+    "offswitch": "left, right, forward",
+    "supervisor": "east, south, west, north",
+    "tampering": "east, south, west, north",
+    "goodhart": "east, south, west, north",
+    "driving": "LANE_LEFT, IDLE, LANE_RIGHT, FASTER, SLOWER",
+}
+
+
+def test_every_discrete_scenario_has_its_action_names_checked():
+    discrete = {n for n, s in SCENARIOS.items() if isinstance(s.make(s.reference_variant).action_space, gym.spaces.Discrete)}
+    assert discrete == set(ACTION_NAMES)
+
+
+@pytest.mark.parametrize(("name", "names"), ACTION_NAMES.items())
+def test_invalid_action_is_an_error_naming_the_actions(name, names):
+    env = scenarios.make(name, scenarios.get(name).reference_variant)
+    env.reset(seed=0)
+    n = int(env.action_space.n)
+    with pytest.raises(ValueError, match=re.escape(f"action {n} is not in Discrete({n}): {names}")):
+        env.step(n)
 
 
 @pytest.mark.parametrize(("name", "variant"), CASES)
