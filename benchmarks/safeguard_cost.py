@@ -31,11 +31,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mesaguard.bench import LEARNING, SAFEGUARDS, BenchConfig, _fit_safeguards
-from mesaguard.calibration import Calibration
+from mesaguard.bench import LEARNING, SAFEGUARDS, BenchConfig, _calibrate, _fit_safeguards
 from mesaguard.experiment import OBJECTIVE, plain_env, policy_factory
 from mesaguard.objective import make_objective
-from mesaguard.rollout import rollout, run_episode
+from mesaguard.rollout import run_episode
 from mesaguard.scenarios import get
 
 SCENARIOS = ("lava", "side-effects", "strawberry", "goodhart", "driving", "cheetah")
@@ -55,10 +54,7 @@ def main() -> None:
         spec = BenchConfig((scenario,), ("threshold", "envelope", "cusum", "meanshift"), (0,), ROUNDS * EPISODES, 100,
                            safeguards=(*names, "continual")).jobs()[0]  # fmt: skip
         variant = get(scenario).reference_variant
-        cal_runs = rollout(lambda: plain_env(scenario, variant), policy_factory(scenario, "agent"),
-                           spec.seeds("calibration"), objective=OBJECTIVE, record_states=True)  # fmt: skip
-        cal = Calibration.fit([e.increments for e in cal_runs], alpha=spec.alpha, detectors=list(spec.detectors),
-                              scenario=scenario)  # fmt: skip
+        cal_runs, cal = _calibrate(spec, policy_factory(scenario, "agent"), "agent", record_states=True)
         fitted = _fit_safeguards(spec, cal, cal_runs)
         runners = {"none": (lambda: plain_env(scenario, variant), policy_factory(scenario, "agent"))}
         runners.update({name: SAFEGUARDS[name](spec, variant, cal, fitted) for name in names})

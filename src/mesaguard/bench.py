@@ -270,11 +270,29 @@ def _fit_safeguards(spec: JobSpec, calibration: Calibration, cal_runs: list[Epis
 
         fitted["bound"] = increment_bound([e.increments for e in cal_runs], spec.alpha)
     if "continual" in spec.safeguards:
-        fitted["sampling"] = _sampling_calibration(spec, calibration)
+        fitted["sampling"] = _sampling_calibration(spec)
     return fitted
 
 
-def _sampling_calibration(spec: JobSpec, calibration: Calibration) -> Calibration:
+def _calibrate(
+    spec: JobSpec, make_policy: Any, label: str, on_episode: Any = None, record_states: bool = False
+) -> tuple[list[Episode], Calibration]:
+    """The job's calibration runs of ``make_policy`` on the reference variant, and the calibration fitted on them."""
+    variant = get(spec.scenario).reference_variant
+    runs = rollout(functools.partial(plain_env, spec.scenario, variant), make_policy, spec.seeds("calibration"),
+                   objective=OBJECTIVE, on_episode=on_episode, record_states=record_states)  # fmt: skip
+    calibration = Calibration.fit(
+        [e.increments for e in runs],
+        alpha=spec.alpha,
+        detectors=list(spec.detectors),
+        scenario=spec.scenario,
+        obs_shape=get(spec.scenario).make(variant).observation_space.shape,
+        metadata={"policy": label, "variant": variant, "job_seed": spec.seed},
+    )
+    return runs, calibration
+
+
+def _sampling_calibration(spec: JobSpec) -> Calibration:
     """The calibration of the shipped agent as it acts while it learns: sampling its actions, as PPO does.
 
     A learner explores; calibrated on its argmax runs instead, a guard sees every detour as harm (on
@@ -287,12 +305,7 @@ def _sampling_calibration(spec: JobSpec, calibration: Calibration) -> Calibratio
     torch.manual_seed(spec.seed)
     agent = load_agent(spec.scenario)
     sampling = LoadedPolicy(agent.policy, agent.metadata, deterministic=False)
-    variant = get(spec.scenario).reference_variant
-    runs = rollout(functools.partial(plain_env, spec.scenario, variant), lambda env: sampling,
-                   spec.seeds("calibration"), objective=OBJECTIVE)  # fmt: skip
-    return Calibration.fit([e.increments for e in runs], alpha=spec.alpha, detectors=list(spec.detectors),
-                           scenario=spec.scenario, obs_shape=calibration.obs_shape,
-                           metadata={**calibration.metadata, "policy": "agent, sampling"})  # fmt: skip
+    return _calibrate(spec, lambda env: sampling, "agent, sampling")[1]
 
 
 def _safeguarded_env(
@@ -417,17 +430,8 @@ def run_job(spec: JobSpec, progress: Any = None) -> JobRecord:
         make_env = functools.partial(plain_env, spec.scenario, variant)
         return rollout(make_env, make_policy, spec.seeds(role), objective=OBJECTIVE, on_episode=tick)
 
-    cal_runs = rollout(
-        functools.partial(plain_env, spec.scenario, train), make_policy, spec.seeds("calibration"),
-        objective=OBJECTIVE, on_episode=tick, record_states=bool(_SCOPED & set(spec.safeguards)),
-    )  # fmt: skip
-    calibration = Calibration.fit(
-        [e.increments for e in cal_runs],
-        alpha=spec.alpha,
-        detectors=list(spec.detectors),
-        scenario=spec.scenario,
-        obs_shape=scenario.make(train).observation_space.shape,
-        metadata={"policy": spec.policy, "variant": train, "job_seed": spec.seed},
+    cal_runs, calibration = _calibrate(
+        spec, make_policy, spec.policy, on_episode=tick, record_states=bool(_SCOPED & set(spec.safeguards))
     )
     records = [EpisodeRecord("calibration", train, e.seed, e.increments, e.catastrophes) for e in cal_runs]
     alarms: list[AlarmRecord] = []
