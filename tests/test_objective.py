@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from mesaguard.objective import FromCallable, FromInfo, FromReward, ObjectiveError, Transition, make_objective
+from mesaguard.objective import Batch, FromCallable, FromInfo, FromReward, ObjectiveError, Transition, make_objective
 
 
 def test_sources():
@@ -35,8 +35,20 @@ def test_unknown_spec():
 def test_batch_values_from_vector_infos():
     rewards = np.array([1.0, 2.0, 3.0])
     infos = {"base_objective": np.array([0.5, 0.0, -1.0]), "_base_objective": np.array([True, False, True])}
-    np.testing.assert_array_equal(FromReward().batch_values(rewards, infos), rewards)
-    np.testing.assert_array_equal(FromInfo().batch_values(rewards, infos), [0.5, np.nan, -1.0])
-    # the generic per-env path sees only what each env reported
-    seen = FromCallable(lambda t: t.reward + t.info.get("base_objective", 100.0)).batch_values(rewards, infos)
+    batch = Batch(rewards, infos)
+    np.testing.assert_array_equal(FromReward().batch_values(batch), rewards)
+    np.testing.assert_array_equal(FromInfo().batch_values(batch), [0.5, np.nan, -1.0])
+    np.testing.assert_array_equal(FromInfo("absent").batch_values(batch), [np.nan] * 3)
+    # the generic per-env path sees only what each env reported, and only the live envs
+    seen = FromCallable(lambda t: t.reward + t.info.get("base_objective", 100.0)).batch_values(batch)
     np.testing.assert_array_equal(seen, [1.5, 102.0, 2.0])
+    batch.live = np.array([True, False, True])
+    seen = FromCallable(lambda t: t.reward).batch_values(batch)
+    np.testing.assert_array_equal(seen, [1.0, np.nan, 3.0])
+
+
+def test_batch_transitions_carry_every_field():
+    obs, actions, next_obs = np.arange(6).reshape(3, 2), np.array([0, 1, 1]), np.arange(6, 12).reshape(3, 2)
+    batch = Batch(np.zeros(3), {}, obs, actions, next_obs, np.array([False, True, False]), np.zeros(3, dtype=bool))
+    t = batch.transition(1)
+    assert t.obs.tolist() == [2, 3] and t.action == 1 and t.next_obs.tolist() == [8, 9] and t.terminated

@@ -24,13 +24,14 @@ mesaguard.objective.ObjectiveError: base objective 'info:base_objective' gave in
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "Batch",
     "FromCallable",
     "FromInfo",
     "FromReward",
@@ -62,6 +63,57 @@ class Transition:
     truncated: bool = False
 
 
+@dataclass(slots=True)
+class Batch:
+    """One vector-env step as the guard sees it: the same fields as :class:`Transition`, one per sub-env.
+
+    ``infos`` is Gymnasium's vector info (arrays with ``_key`` masks) of the step
+    itself (in same-step autoreset the guard has already put the ended sub-envs'
+    ``final_info`` there); ``obs``, ``actions`` and ``next_obs`` are indexable per
+    sub-env; ``live`` marks the sub-envs that stepped (the others' values are not read).
+
+    >>> batch = Batch(np.array([1.0, 2.0]), {"x": np.array([5, 0]), "_x": np.array([True, False])})
+    >>> batch.transition(0).info, batch.transition(1).info
+    ({'x': np.int64(5)}, {})
+    """
+
+    rewards: np.ndarray
+    infos: dict[str, Any]
+    obs: Sequence[Any] | None = None
+    actions: Sequence[Any] | None = None
+    next_obs: Sequence[Any] | None = None
+    terminated: np.ndarray | None = None
+    truncated: np.ndarray | None = None
+    live: np.ndarray | None = None
+
+    def info(self, i: int) -> dict[str, Any]:
+        """Sub-env ``i``'s own info dict."""
+        out: dict[str, Any] = {}
+        for key, values in self.infos.items():
+            if key.startswith("_") or not isinstance(values, np.ndarray):
+                continue
+            present = self.infos.get("_" + key)
+            if present is None or present[i]:
+                out[key] = values[i]
+        return out
+
+    def transition(self, i: int) -> Transition:
+        """Sub-env ``i``'s step as a :class:`Transition`."""
+
+        def at(values: Any) -> Any:
+            return None if values is None else values[i]
+
+        return Transition(
+            float(self.rewards[i]),
+            self.info(i),
+            at(self.obs),
+            at(self.actions),
+            at(self.next_obs),
+            bool(at(self.terminated)),
+            bool(at(self.truncated)),
+        )
+
+
 class Objective:
     """Base class: subclasses implement :meth:`value`; :meth:`increment` checks it."""
 
@@ -77,20 +129,17 @@ class Objective:
             raise ObjectiveError.nonfinite(self.name, u, step)
         return u
 
-    def batch_values(self, rewards: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
-        """Unchecked values of a vector env step, one per env (may hold NaN; the guard checks).
+    def batch_values(self, batch: Batch) -> np.ndarray:
+        """Unchecked values of a vector env step, one per sub-env (NaN where unknown; the guard checks).
 
-        ``rewards`` has shape ``(n,)`` and ``infos`` is Gymnasium's vector info
-        (arrays, with ``_key`` masks). The default calls :meth:`value` per env.
+        The default calls :meth:`value` on each live sub-env's :class:`Transition`.
         """
-        per_env: list[dict[str, Any]] = [{} for _ in rewards]
-        for key, values in infos.items():
-            if key.startswith("_") or not isinstance(values, np.ndarray):
-                continue
-            present = infos.get("_" + key, np.ones(len(rewards), dtype=bool))
-            for i in np.flatnonzero(present):
-                per_env[i][key] = values[i]
-        return np.array([self.value(Transition(float(r), info)) for r, info in zip(rewards, per_env)])
+        n = len(batch.rewards)
+        live = range(n) if batch.live is None else np.flatnonzero(batch.live)
+        values = np.full(n, np.nan)
+        for i in live:
+            values[i] = self.value(batch.transition(int(i)))
+        return values
 
 
 class FromReward(Objective):
@@ -101,8 +150,8 @@ class FromReward(Objective):
     def value(self, transition: Transition) -> float:
         return transition.reward
 
-    def batch_values(self, rewards: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
-        return rewards
+    def batch_values(self, batch: Batch) -> np.ndarray:
+        return batch.rewards
 
 
 class FromInfo(Objective):
@@ -121,11 +170,11 @@ class FromInfo(Objective):
                 f"the env must report the base objective there, or choose another objective"
             ) from None
 
-    def batch_values(self, rewards: np.ndarray, infos: dict[str, Any]) -> np.ndarray:
-        if self.key not in infos:
-            self.value(Transition(0.0, infos))  # raises the missing-key error
-        values = np.asarray(infos[self.key], dtype=np.float64)
-        present = infos.get("_" + self.key)
+    def batch_values(self, batch: Batch) -> np.ndarray:
+        if self.key not in batch.infos:  # no sub-env reported it (the guard names the missing key per sub-env)
+            return np.full(len(batch.rewards), np.nan)
+        values = np.asarray(batch.infos[self.key], dtype=np.float64)
+        present = batch.infos.get("_" + self.key)
         return values if present is None else np.where(present, values, np.nan)
 
 

@@ -19,7 +19,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Alarm", "Alert", "Fallback", "Protocol", "Stop", "compose"]
+__all__ = ["Alarm", "Alert", "Fallback", "Protocol", "ProtocolError", "Stop", "compose", "predict_policy"]
+
+
+class ProtocolError(RuntimeError):
+    """A protocol that had to act and could not: the guard stops the episode and executes nothing."""
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,35 @@ class Fallback(Protocol):
         self.policy = policy
 
     def act(self, obs: Any) -> Any:
-        return self.policy(obs)
+        action = self.policy(obs)
+        if action is None:  # a fallback that gives no action cannot act: the guard fails closed
+            raise ProtocolError(f"the fallback policy {self.policy!r} returned None; expected an action")
+        return action
 
     def __repr__(self) -> str:
         return f"Fallback({self.policy!r})"
+
+
+def predict_policy(model: Any, deterministic: bool = True) -> Callable[[Any], Any]:
+    """``obs -> action`` from a model with Stable-Baselines3's ``predict(obs, deterministic=) -> (action, state)``.
+
+    SB3's habit ``Fallback(model.predict)`` would hand the env a tuple; use
+    ``Fallback(predict_policy(model))``.
+
+    >>> class Model:
+    ...     def predict(self, obs, deterministic=True):
+    ...         return 2 * obs, None
+    >>> predict_policy(Model())(3)
+    6
+    """
+    predict = getattr(model, "predict", None)
+    if not callable(predict):
+        raise TypeError(f"predict_policy needs a model with predict(obs, deterministic=...), got {model!r}")
+
+    def policy(obs: Any) -> Any:
+        return predict(obs, deterministic=deterministic)[0]
+
+    return policy
 
 
 class Alert(Protocol):

@@ -1,0 +1,426 @@
+"""GuardedVectorEnv: the guard over a Gymnasium vector env, on whole arrays.
+
+Its step is a sequence of named steps: the protocol takes over where an alarm
+stands (:meth:`GuardedVectorEnv._take_over`), the vector env steps, the objective
+gives each live sub-env's increment (:meth:`GuardedVectorEnv._increments`), the
+detectors, the deployment monitor and the scope judge (:meth:`GuardedVectorEnv._judge`),
+the episodes that ended or were stopped are closed (:meth:`GuardedVectorEnv._close`)
+and the stopped ones restarted (:meth:`GuardedVectorEnv._restart`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
+from gymnasium.vector.utils import iterate
+
+from mesaguard.calibration import Calibration
+from mesaguard.guard.core import DEPLOYMENT, SCOPE, Guard, GuardError, check_setup, protocol_action, with_error
+from mesaguard.monitor import DeploymentMonitor
+from mesaguard.objective import Batch, Objective, Transition, make_objective
+from mesaguard.protocols import Alarm, Protocol, Stop, compose
+
+if TYPE_CHECKING:  # scikit-learn loads with the scope, not with every guard
+    from mesaguard.detectors.scope import Scope
+
+__all__ = ["GuardedVectorEnv"]
+
+_FINAL = ("final_obs", "_final_obs", "final_info", "_final_info")
+
+
+class _Items:
+    """A batched value of ``space`` indexable per sub-env (unbatched on first use: only a callable objective reads it)."""
+
+    def __init__(self, space: Any, batch: Any) -> None:
+        self.space, self.batch = space, batch
+        self._items: list[Any] | None = None
+
+    def __getitem__(self, i: int) -> Any:
+        if isinstance(self.batch, np.ndarray):
+            return self.batch[i]
+        if self._items is None:
+            self._items = list(iterate(self.space, self.batch))
+        return self._items[i]
+
+
+class _Swapped:
+    """``items`` with the ended sub-envs' entries taken from ``final`` (same-step autoreset's ``final_obs``)."""
+
+    def __init__(self, items: _Items, final: np.ndarray, ended: np.ndarray) -> None:
+        self.items, self.final, self.ended = items, final, ended
+
+    def __getitem__(self, i: int) -> Any:
+        return self.final[i] if self.ended[i] else self.items[i]
+
+
+def own_step_infos(info: dict[str, Any], ended: np.ndarray) -> dict[str, Any]:
+    """Same-step autoreset: the vector info of the step itself, the ended sub-envs' ``final_info`` put back.
+
+    Gymnasium returns the *reset*'s info for a sub-env that ended in this step and
+    keeps its own step's info under ``final_info``; the objective must read the latter.
+
+    >>> info = {"u": np.array([0.0, 0.0]), "_u": np.array([True, True]),
+    ...         "final_info": {"u": np.array([0.0, -3.0]), "_u": np.array([False, True])},
+    ...         "_final_info": np.array([False, True])}
+    >>> merged = own_step_infos(info, np.array([False, True]))
+    >>> merged["u"].tolist(), merged["_u"].tolist()
+    ([0.0, -3.0], [True, True])
+    """
+    final = info.get("final_info")
+    if not isinstance(final, dict) or not ended.any():
+        return info
+    merged: dict[str, Any] = {}
+    for key, values in info.items():  # the reset's items of the ended sub-envs are not this step's
+        if key in _FINAL or key.startswith("_") or not isinstance(values, np.ndarray):
+            if key not in _FINAL and not key.startswith("_"):
+                merged[key] = values
+            continue
+        merged[key] = values
+        merged["_" + key] = np.asarray(info.get("_" + key, np.ones(len(ended), dtype=bool))) & ~ended
+    for key, values in final.items():
+        if key.startswith("_") or not isinstance(values, np.ndarray):
+            continue
+        mine = np.asarray(final.get("_" + key, np.ones(len(ended), dtype=bool))) & ended
+        if key in merged and merged[key].shape == values.shape:
+            where = mine.reshape(mine.shape + (1,) * (values.ndim - 1))
+            merged[key] = np.where(where, values, merged[key])
+            merged["_" + key] = merged["_" + key] | mine
+        else:
+            merged[key], merged["_" + key] = values, mine
+    return merged
+
+
+class GuardedVectorEnv(VectorWrapper):
+    """The guard over a Gymnasium vector env, on whole arrays.
+
+    Same parameters and ``info["mesaguard"]`` keys as :class:`GuardedEnv`, each an
+    array of shape ``(num_envs,)`` (``detector`` holds ``""`` where no alarm stands,
+    ``alarm_step`` -1; ``deployment`` is one dict for the whole vector env). Sub-env
+    episodes are tracked through the vector env's autoreset mode (next-step and
+    same-step are supported). ``Stop`` ends a sub-env's episode at the alarm: that
+    step reports ``truncated`` and the sub-env is reset at once through
+    ``reset(options={"reset_mask": ...})``, so the returned observation of that
+    sub-env is already the first of its next episode. A deployment alarm under
+    ``Stop`` ends every sub-env's episode and refuses every later step (no action is
+    executed) until :meth:`clear`, which also resets the vector env.
+
+    Both autoreset modes give the verdicts of one :class:`GuardedEnv` per sub-env:
+    in same-step mode the ended sub-envs' own step (``final_obs``, ``final_info``)
+    is what the objective reads. A protocol that has to act in a sub-env and cannot
+    refuses the whole step (no sub-env executes an action: they step together);
+    that sub-env's episode ends at once (``truncated``, reset), the others' steps
+    are simply not taken (``refused``, to be stepped again).
+    """
+
+    def __init__(
+        self,
+        env: VectorEnv,
+        calibration: Calibration,
+        detectors: Sequence[str] | None = None,
+        protocol: Protocol | Sequence[Protocol] | None = None,
+        objective: str | Objective | Callable[[Transition], float] | None = None,
+        scenario: str | None = None,
+        monitor: DeploymentMonitor | None = None,
+        scope: Scope | None = None,
+    ) -> None:
+        super().__init__(env)
+        n = env.num_envs
+        check_setup(calibration, env.single_observation_space.shape, n, scenario=scenario, monitor=monitor, scope=scope)
+        mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+        if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+            raise ValueError(f"autoreset mode {mode}; GuardedVectorEnv supports NEXT_STEP and SAME_STEP")
+        self.same_step = mode == AutoresetMode.SAME_STEP
+        self.scope = None if scope is None else scope.detector(n)
+        self.guard = Guard(calibration, detectors, n_envs=n)
+        self.protocol = compose(Stop() if protocol is None else protocol)
+        self.objective = make_objective(objective)
+        self.monitor = monitor
+        self._obs: Any = None
+        self._restarting = np.zeros(n, dtype=bool)  # next-step autoreset: these sub-envs reset at the next step
+        self._errors: list[str | None] = [None] * n
+        self._errored = np.zeros(n, dtype=bool)  # an error stands in this episode: the guard stops counting
+        self._open = np.zeros(n, dtype=bool)  # a monitor episode is running in this sub-env
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        # Read the partial-reset mask first: Gymnasium's vector envs pop it out of ``options``.
+        mask = None if not options or "reset_mask" not in options else np.asarray(options["reset_mask"], dtype=bool)
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._start(mask)
+        self._restarting[:] = False if mask is None else self._restarting & ~mask
+        self._obs = obs
+        if self.scope is not None:
+            self._check_scope(obs, np.ones(self.num_envs, dtype=bool) if mask is None else mask)
+        return obs, info
+
+    def clear(self, *, seed: int | list[int | None] | None = None):
+        """Clear a standing deployment alarm (the monitor starts a new test) and reset every sub-env."""
+        if self.monitor is not None:
+            self.monitor.clear()
+        return self.reset(seed=seed)
+
+    def step(self, actions: Any):
+        n, monitor = self.num_envs, self.monitor
+        if monitor is not None and monitor.alarm and self.protocol.stops:
+            return self._refuse(np.ones(n, dtype=bool))
+        actions, acting, failed = self._take_over(actions)
+        if failed.any():  # a protocol had to act and could not: nothing executes, those episodes end
+            return self._refuse(failed)
+        obs, rewards, terminated, truncated, info = self.env.step(actions)
+        done = np.asarray(terminated, dtype=bool) | np.asarray(truncated, dtype=bool)
+        # In next-step autoreset, a sub-env that ended last step was reset by this step: no increment.
+        stepped = np.ones(n, dtype=bool) if self.same_step else ~self._restarting
+        try:
+            u, stop = self._judge(actions, obs, rewards, terminated, truncated, info, stepped, done)
+        except Exception as exc:  # fail closed: anything between the env's step and the verdict latches the alarm
+            u, stop = np.zeros(n), stepped.copy()
+            self._fail(stepped & ~self.guard.alarm, exc)
+        self._close(done, stop, stepped)
+        info = dict(info) if isinstance(info, dict) else {}
+        info["mesaguard"] = self._report(u, acting)
+        obs = self._restart(obs, stop & ~done, done)
+        return obs, rewards, terminated, np.asarray(truncated, dtype=bool) | stop, info
+
+    def _take_over(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray]:
+        """The actions after the protocol took over where an alarm stands; who acts; where it could not act."""
+        n, monitor = self.num_envs, self.monitor
+        acting = np.full(n, "agent", dtype=object)
+        failed = np.zeros(n, dtype=bool)
+        takeover = self.guard.alarm | (monitor is not None and monitor.alarm)
+        if not takeover.any():
+            return actions, acting, failed
+        actions = np.array(actions, copy=True)
+        for i in np.flatnonzero(takeover & ~self._restarting):
+            try:
+                override = protocol_action(self.protocol, self._obs[i], self.single_action_space)
+            except Exception as exc:  # fail closed: the protocol had to act and could not
+                self._record(i, exc)
+                failed[i] = True
+                continue
+            if override is not None:
+                actions[i], acting[i] = override, "protocol"
+        if monitor is not None and not failed.any():
+            monitor.censor((acting == "protocol") & self._open)  # those episodes are the fallback's from here
+        return actions, acting, failed
+
+    def _judge(
+        self, actions: Any, obs: Any, rewards: Any, terminated: Any, truncated: Any, info: Any,
+        stepped: np.ndarray, done: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """This step's increments and the sub-envs to stop: objective, detectors, monitor, scope."""
+        g = self.guard
+        if not isinstance(info, dict):
+            raise GuardError(f"the vector env's step returned info={info!r}; Gymnasium vector envs return a dict")
+        ended = done & stepped if self.same_step else np.zeros(self.num_envs, dtype=bool)
+        next_obs: Any = _Items(self.single_observation_space, obs)
+        if ended.any() and "final_obs" in info:
+            next_obs = _Swapped(next_obs, info["final_obs"], ended)
+        batch = Batch(
+            np.asarray(rewards, dtype=np.float64),
+            own_step_infos(info, ended) if self.same_step else info,
+            _Items(self.single_observation_space, self._obs),
+            _Items(self.single_action_space, actions),
+            next_obs,
+            np.asarray(terminated, dtype=bool),
+            np.asarray(truncated, dtype=bool),
+            stepped & ~self._errored,
+        )
+        u, bad = self._increments(batch)
+        live = batch.live & ~bad
+        stop = np.zeros(self.num_envs, dtype=bool)
+        if bad.any():
+            newly = bad & ~g.alarm
+            g.fail(bad)
+            for i in np.flatnonzero(newly):
+                stop[i] |= self._fire(i)
+        new = g.update(u, None if live.all() else live)
+        if g.broken is not None:
+            for i in np.flatnonzero(g.broken):
+                self._record(i, GuardError(f"score or statistic not finite at step {int(g.steps[i])}"))
+        for i in np.flatnonzero(new):
+            stop[i] |= self._fire(i)
+        if self.monitor is not None:
+            stop |= self._watch(u, live, bad, stepped)
+        if not self.same_step and self._restarting.any():
+            self._start(self._restarting)
+        if self.protocol.stops:
+            stop |= g.alarm & stepped
+        if self.scope is not None:  # the next states of the episodes going on, before the agents act in them
+            stop |= self._check_scope(obs, ~done & ~stop)
+        return u, stop
+
+    def _increments(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """The live sub-envs' increments (0 elsewhere) and the live ones whose objective failed (recorded).
+
+        The objective's batch path runs first; a sub-env it cannot give a finite
+        number for is asked again on its own :class:`Transition`, which either gives
+        the number or raises the error that names what went wrong.
+        """
+        n, live = self.num_envs, batch.live
+        try:
+            u = np.array(self.objective.batch_values(batch), dtype=np.float64).reshape(n)
+        except Exception:  # the batch path failed: each live sub-env below gives its own number or error
+            u = np.full(n, np.nan)
+        bad = live & ~np.isfinite(u)
+        for i in np.flatnonzero(bad):
+            try:
+                u[i] = self.objective.increment(batch.transition(int(i)), int(self.guard.steps[i]) + 1)
+                bad[i] = False
+            except Exception as exc:
+                self._record(i, exc)
+        return np.where(live & ~bad, u, 0.0), bad
+
+    def _close(self, done: np.ndarray, stop: np.ndarray, stepped: np.ndarray) -> None:
+        """Finish the monitor's episodes that ended (censored where the guard stopped them)."""
+        if self.monitor is None:
+            return
+        ended = (done | stop) & stepped & self._open
+        if not ended.any():
+            return
+        self._open &= ~ended
+        try:
+            self.monitor.finish(ended & ~stop)
+            self.monitor.finish(ended & stop, censored=True)
+        except Exception as exc:  # fail closed: a monitor that cannot judge raises its alarm
+            self._fail(ended, exc)
+            self.monitor.fail()
+
+    def _restart(self, obs: Any, stopped: np.ndarray, ended: np.ndarray | None = None) -> Any:
+        """Start the next episodes: the ``stopped`` sub-envs now (a partial reset) and, after a step, the
+        ``ended`` ones as the autoreset mode does (``None``: no step was taken)."""
+        started = stopped.copy()
+        if stopped.any():
+            obs, _ = self.env.reset(options={"reset_mask": stopped})
+            self._start(stopped)
+            self._restarting &= ~stopped
+        if ended is not None and self.same_step:
+            if ended.any():
+                self._start(ended)
+            started |= ended
+            self._restarting[:] = False
+        elif ended is not None:
+            self._restarting = ended.copy()
+        if self.scope is not None and started.any():  # first states of the episodes started here
+            self._check_scope(obs, started)
+        self._obs = obs
+        return obs
+
+    def _start(self, mask: np.ndarray | None) -> None:
+        """New episodes in the sub-envs of ``mask`` (all if None): guard, errors, monitor and scope."""
+        self.guard.reset(mask)
+        every = np.ones(self.num_envs, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        for i in np.flatnonzero(every):
+            self._errors[i] = None
+        self._errored &= ~every
+        if self.monitor is not None:
+            if (self._open & every).any():  # episodes left before their end (a reset mid-episode): censored
+                self.monitor.finish(self._open & every, censored=True)
+            self.monitor.start(mask)
+            self._open |= every
+        if self.scope is not None:
+            self.scope.reset(mask)
+
+    def _check_scope(self, obs: Any, mask: np.ndarray) -> np.ndarray:
+        """Check the states the agents of ``mask`` are about to act in; the sub-envs to stop now.
+
+        A first state out of scope (after a reset) cannot stop an action in a vector
+        env, which steps every sub-env together: there ``Fallback`` takes the action.
+        """
+        g, none = self.guard, np.zeros(self.num_envs, dtype=bool)
+        if not mask.any():
+            return none
+        try:
+            out = (self.scope.update(obs, mask) > self.scope.threshold) & mask  # the other envs' states stay
+        except Exception as exc:  # fail closed: states the scope cannot judge are out of scope
+            for i in np.flatnonzero(mask):
+                self._record(i, exc)
+            out = mask.copy()
+        new = out & ~g.alarm
+        if not new.any():
+            return none
+        g.fail(new, name=SCOPE)
+        stop = none.copy()
+        for i in np.flatnonzero(new):
+            stop[i] = self._fire(i) or self.protocol.stops
+        return stop
+
+    def _watch(self, u: np.ndarray, live: np.ndarray, bad: np.ndarray, stepped: np.ndarray) -> np.ndarray:
+        """Feed the deployment monitor; the sub-envs to stop (all that stepped, on its alarm under Stop)."""
+        monitor = self.monitor
+        if bad.any():
+            monitor.censor(bad)  # increments unknown: the monitor cannot see those episodes any more
+        before = monitor.alarm
+        try:
+            monitor.update(u, live)
+        except Exception as exc:  # fail closed: a monitor that cannot judge raises its alarm
+            for i in np.flatnonzero(stepped):
+                self._record(i, exc)
+            monitor.censor(stepped)
+            monitor.fail()
+        if monitor.alarm and not before:
+            alarm = Alarm(-1, int(monitor.steps), DEPLOYMENT, float(self.guard.score.sum()), {}, None)
+            try:
+                self.protocol.on_alarm(alarm)
+            except Exception as exc:  # fail closed: an alert that failed still stops the run
+                for i in np.flatnonzero(stepped):
+                    self._record(i, exc)
+                return stepped.copy()
+            if self.protocol.stops:
+                return stepped.copy()
+        return np.zeros(self.num_envs, dtype=bool)
+
+    def _refuse(self, ended: np.ndarray):
+        """No action is executed in any sub-env; the episodes of ``ended`` end now: restarted at once where a
+        protocol could not act, left ended under a standing deployment alarm with ``Stop`` (until :meth:`clear`)."""
+        n = self.num_envs
+        closing = self._open & ended
+        if self.monitor is not None and closing.any():
+            self._open &= ~ended
+            self.monitor.finish(closing, censored=True)
+        info = {"mesaguard": self._report(np.zeros(n), np.full(n, "protocol", dtype=object), refused=True)}
+        if not (self.monitor is not None and self.monitor.alarm and self.protocol.stops):
+            self._restart(self._obs, ended)
+        return self._obs, np.zeros(n), np.zeros(n, dtype=bool), ended.copy(), info
+
+    def _report(self, u: np.ndarray, acting: np.ndarray, refused: bool = False) -> dict[str, Any]:
+        g = self.guard
+        statistics = {name: g.statistics[i].copy() for i, name in enumerate(g.names)}
+        if self.scope is not None:
+            statistics[SCOPE] = self.scope.statistic.copy()
+        report = {
+            "score": g.score.copy(),
+            "increment": u,
+            "step": g.steps.copy(),
+            "statistics": statistics,
+            "alarm": g.alarm.copy(),
+            "detector": g.detector.copy(),
+            "alarm_step": g.alarm_step.copy(),
+            "acting": acting,
+            "error": np.array(self._errors, dtype=object),
+            "refused": np.full(self.num_envs, refused),
+        }
+        if self.monitor is not None:
+            report["deployment"] = self.monitor.report()
+        return report
+
+    def _fire(self, i: int) -> bool:
+        try:
+            self.protocol.on_alarm(self.guard.alarm_record(int(i), self._errors[i]))
+        except Exception as exc:  # fail closed: an alert that failed still stops the run
+            self._record(i, exc)
+            return True
+        return False
+
+    def _record(self, i: int, exc: BaseException) -> None:
+        self._errors[i] = with_error(self._errors[i], exc)
+        self._errored[i] = True
+
+    def _fail(self, mask: np.ndarray, exc: BaseException) -> None:
+        """Latch the alarm (``"error"``) in the sub-envs of ``mask`` for ``exc``, and tell the protocol."""
+        self.guard.fail(mask)
+        for i in np.flatnonzero(mask):
+            self._record(i, exc)
+            self._fire(i)
+
