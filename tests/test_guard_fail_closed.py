@@ -235,3 +235,22 @@ def test_vector_guard_gives_the_single_guards_verdicts(calibration, mode, object
         assert vector[i] == single[: len(vector[i])], f"sub-env {i}"
     alarms = sum(ep[2] for eps in vector for ep in eps)
     assert 0 < alarms < sum(map(len, vector))  # the comparison covers both verdicts
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP], ids=["next-step", "same-step"])
+def test_the_monitor_counts_every_finished_episode_in_both_autoreset_modes(calibration, mode):
+    from mesaguard.monitor import DeploymentMonitor
+
+    monitor = DeploymentMonitor(calibration, n_envs=3)
+    venv = GuardedVectorEnv(
+        SyncVectorEnv([Walk] * 3, autoreset_mode=mode), calibration, detectors=[], protocol=Alert(lambda a: None),
+        objective="info:base_objective", monitor=monitor,
+    )  # fmt: skip
+    venv.reset(seed=[1, 2, 3])
+    done = 0
+    for _ in range(300):
+        _, _, terminated, truncated, info = venv.step(np.ones(3, dtype=np.int64))
+        done += int((np.asarray(terminated) | np.asarray(truncated)).sum())
+        assert not any(info["mesaguard"]["error"]), info["mesaguard"]["error"]
+    assert done >= 30 and info["mesaguard"]["deployment"]["episodes"] == done
+    assert monitor.evidence > 1e-3  # in distribution and uncensored: no collapse to ~0 (it was 1e-32)
