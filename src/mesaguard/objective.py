@@ -24,7 +24,7 @@ mesaguard.objective.ObjectiveError: base objective 'info:base_objective' gave in
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,9 +79,9 @@ class Batch:
 
     rewards: np.ndarray
     infos: dict[str, Any]
-    obs: Sequence[Any] | None = None
-    actions: Sequence[Any] | None = None
-    next_obs: Sequence[Any] | None = None
+    obs: Any = None  # each indexable per sub-env: obs[i]
+    actions: Any = None
+    next_obs: Any = None
     terminated: np.ndarray | None = None
     truncated: np.ndarray | None = None
     live: np.ndarray | None = None
@@ -163,12 +163,13 @@ class FromInfo(Objective):
 
     def value(self, transition: Transition) -> float:
         try:
-            return transition.info[self.key]
+            value: float = transition.info[self.key]
         except KeyError:
             raise ObjectiveError(
                 f"info has no key {self.key!r} (keys: {sorted(transition.info)}); "
                 f"the env must report the base objective there, or choose another objective"
             ) from None
+        return value
 
     def batch_values(self, batch: Batch) -> np.ndarray:
         if self.key not in batch.infos:  # no sub-env reported it (the guard names the missing key per sub-env)
@@ -185,7 +186,7 @@ class FromCallable(Objective):
         if not callable(fn):
             raise TypeError(f"objective must be callable, got {fn!r}")
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", "callable")
+        self.name = name or str(getattr(fn, "__name__", "callable"))
 
     def value(self, transition: Transition) -> float:
         return self.fn(transition)

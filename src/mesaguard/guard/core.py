@@ -213,9 +213,9 @@ class Guard:
 
     def reset(self, mask: np.ndarray | None = None) -> None:
         """Start new episodes in the envs of ``mask`` (all if None)."""
-        m = slice(None) if mask is None else np.asarray(mask, dtype=bool)
+        m: slice | np.ndarray = slice(None) if mask is None else np.asarray(mask, dtype=bool)
         for det in self.detectors:
-            det.reset(None if mask is None else m)
+            det.reset(None if mask is None else np.asarray(mask, dtype=bool))
         self.score[m] = 0.0
         self.steps[m] = 0
         self.alarm[m] = False

@@ -106,9 +106,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         obs, info = self.env.reset(seed=seed, options=options)
         self.guard.reset()
         if self.monitor is not None:
-            if self._open:  # the last episode was left before its end (reset mid-episode): it is censored
-                self._finish(censored=True)
-            self.monitor.start()
+            self.monitor.start()  # an episode left before its end (a reset mid-episode) ends censored there
             self._open = True
         self._obs, self._error = obs, None
         if self.scope is not None:
@@ -180,15 +178,20 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def _finish(self, censored: bool) -> None:
         """End the monitor's episode (censored: cut short or taken over); a monitor that cannot is an error."""
         self._open = False
+        monitor = self.monitor
+        if monitor is None:
+            return
         try:
-            self.monitor.finish(censored=censored)
+            monitor.finish(censored=censored)
         except Exception as exc:  # fail closed: a monitor that cannot judge raises its alarm
             self._record(exc)
-            self.monitor.fail()
+            monitor.fail()
 
     def _watch(self, u: float) -> bool:
         """Feed the deployment monitor; True if the episode must stop (its alarm, under a stopping protocol)."""
         monitor = self.monitor
+        if monitor is None:
+            return False
         if not self._open:  # a step after the episode ended (a refused step, a step without reset): an error
             raise GuardError("step outside a started episode; call reset() first")
         if self._error is not None:  # the increment is unknown: the monitor cannot see this episode any more
@@ -207,9 +210,11 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def _check_scope(self, obs: Any) -> bool:
         """Check the state the agent is about to act in; True if the episode must stop now."""
-        g = self.guard
+        g, scope = self.guard, self.scope
+        if scope is None:
+            return False
         try:
-            out = self.scope.update(obs) > self.scope.threshold
+            out = scope.update(obs) > scope.threshold
         except Exception as exc:  # fail closed: a state the scope cannot judge is out of scope
             self._record(exc)
             out = True

@@ -144,10 +144,12 @@ class GuardedVectorEnv(VectorWrapper):
         self._errored = np.zeros(n, dtype=bool)  # an error stands in this episode: the guard stops counting
         self._open = np.zeros(n, dtype=bool)  # a monitor episode is running in this sub-env
 
-    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
         # Read the partial-reset mask first: Gymnasium's vector envs pop it out of ``options``.
         mask = None if not options or "reset_mask" not in options else np.asarray(options["reset_mask"], dtype=bool)
-        obs, info = self.env.reset(seed=seed, options=options)
+        obs, info = self.env.reset(seed=seed, options=options)  # type: ignore[arg-type]  # a list of seeds works
         self._start(mask)
         self._restarting[:] = False if mask is None else self._restarting & ~mask
         self._obs = obs
@@ -155,13 +157,13 @@ class GuardedVectorEnv(VectorWrapper):
             self._check_scope(obs, np.ones(self.num_envs, dtype=bool) if mask is None else mask)
         return obs, info
 
-    def clear(self, *, seed: int | list[int | None] | None = None):
+    def clear(self, *, seed: int | list[int | None] | None = None) -> tuple[Any, dict[str, Any]]:
         """Clear a standing deployment alarm (the monitor starts a new test) and reset every sub-env."""
         if self.monitor is not None:
             self.monitor.clear()
         return self.reset(seed=seed)
 
-    def step(self, actions: Any):
+    def step(self, actions: Any) -> tuple[Any, Any, Any, np.ndarray, dict[str, Any]]:
         n, monitor = self.num_envs, self.monitor
         if monitor is not None and monitor.alarm and self.protocol.stops:
             return self._refuse(np.ones(n, dtype=bool))
@@ -258,7 +260,8 @@ class GuardedVectorEnv(VectorWrapper):
         number for is asked again on its own :class:`Transition`, which either gives
         the number or raises the error that names what went wrong.
         """
-        n, live = self.num_envs, batch.live
+        n = self.num_envs
+        live = np.ones(n, dtype=bool) if batch.live is None else batch.live
         try:
             u = np.array(self.objective.batch_values(batch), dtype=np.float64).reshape(n)
         except Exception:  # the batch path failed: each live sub-env below gives its own number or error
@@ -274,18 +277,17 @@ class GuardedVectorEnv(VectorWrapper):
 
     def _close(self, done: np.ndarray, stop: np.ndarray, stepped: np.ndarray) -> None:
         """Finish the monitor's episodes that ended (censored where the guard stopped them)."""
-        if self.monitor is None:
-            return
+        monitor = self.monitor
         ended = (done | stop) & stepped & self._open
-        if not ended.any():
+        if monitor is None or not ended.any():
             return
         self._open &= ~ended
         try:
-            self.monitor.finish(ended & ~stop)
-            self.monitor.finish(ended & stop, censored=True)
+            monitor.finish(ended & ~stop)
+            monitor.finish(ended & stop, censored=True)
         except Exception as exc:  # fail closed: a monitor that cannot judge raises its alarm
             self._fail(ended, exc)
-            self.monitor.fail()
+            monitor.fail()
 
     def _restart(self, obs: Any, stopped: np.ndarray, ended: np.ndarray | None = None) -> Any:
         """Start the next episodes: the ``stopped`` sub-envs now (a partial reset) and, after a step, the
@@ -315,9 +317,7 @@ class GuardedVectorEnv(VectorWrapper):
             self._errors[i] = None
         self._errored &= ~every
         if self.monitor is not None:
-            if (self._open & every).any():  # episodes left before their end (a reset mid-episode): censored
-                self.monitor.finish(self._open & every, censored=True)
-            self.monitor.start(mask)
+            self.monitor.start(mask)  # an episode left before its end (a reset mid-episode) ends censored there
             self._open |= every
         if self.scope is not None:
             self.scope.reset(mask)
@@ -328,11 +328,11 @@ class GuardedVectorEnv(VectorWrapper):
         A first state out of scope (after a reset) cannot stop an action in a vector
         env, which steps every sub-env together: there ``Fallback`` takes the action.
         """
-        g, none = self.guard, np.zeros(self.num_envs, dtype=bool)
-        if not mask.any():
+        g, scope, none = self.guard, self.scope, np.zeros(self.num_envs, dtype=bool)
+        if scope is None or not mask.any():
             return none
         try:
-            out = (self.scope.update(obs, mask) > self.scope.threshold) & mask  # the other envs' states stay
+            out = (scope.update(obs, mask) > scope.threshold) & mask  # the other envs' states stay
         except Exception as exc:  # fail closed: states the scope cannot judge are out of scope
             for i in np.flatnonzero(mask):
                 self._record(i, exc)
@@ -349,6 +349,8 @@ class GuardedVectorEnv(VectorWrapper):
     def _watch(self, u: np.ndarray, live: np.ndarray, bad: np.ndarray, stepped: np.ndarray) -> np.ndarray:
         """Feed the deployment monitor; the sub-envs to stop (all that stepped, on its alarm under Stop)."""
         monitor = self.monitor
+        if monitor is None:
+            return np.zeros(self.num_envs, dtype=bool)
         if bad.any():
             monitor.censor(bad)  # increments unknown: the monitor cannot see those episodes any more
         before = monitor.alarm
@@ -371,7 +373,7 @@ class GuardedVectorEnv(VectorWrapper):
                 return stepped.copy()
         return np.zeros(self.num_envs, dtype=bool)
 
-    def _refuse(self, ended: np.ndarray):
+    def _refuse(self, ended: np.ndarray) -> tuple[Any, Any, Any, np.ndarray, dict[str, Any]]:
         """No action is executed in any sub-env; the episodes of ``ended`` end now: restarted at once where a
         protocol could not act, left ended under a standing deployment alarm with ``Stop`` (until :meth:`clear`)."""
         n = self.num_envs
@@ -405,7 +407,7 @@ class GuardedVectorEnv(VectorWrapper):
             report["deployment"] = self.monitor.report()
         return report
 
-    def _fire(self, i: int) -> bool:
+    def _fire(self, i: int | np.integer[Any]) -> bool:
         try:
             self.protocol.on_alarm(self.guard.alarm_record(int(i), self._errors[i]))
         except Exception as exc:  # fail closed: an alert that failed still stops the run
@@ -413,7 +415,7 @@ class GuardedVectorEnv(VectorWrapper):
             return True
         return False
 
-    def _record(self, i: int, exc: BaseException) -> None:
+    def _record(self, i: int | np.integer[Any], exc: BaseException) -> None:
         self._errors[i] = with_error(self._errors[i], exc)
         self._errored[i] = True
 
