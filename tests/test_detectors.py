@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from mesaguard.detectors import DETECTORS, Cusum, DetectorError, MeanShift, ScoreEnvelope, ScoreThreshold, detector_class
+from mesaguard.calibration import Calibration, statistic_traces
 
 finite = st.floats(-10, 10, allow_nan=False, allow_infinity=False)
 
@@ -23,9 +24,9 @@ def test_envelope_hand_values_and_fit_carries_final_score():
     det = ScoreEnvelope.fit([np.array([1.0, 1.0, 1.0]), np.array([3.0])])
     # S_t of the two runs: [1, 2, 3] and [3, 3, 3] (the short run keeps its final score)
     np.testing.assert_allclose(det.mean, [2.0, 2.5, 3.0])
-    floor = np.std([1.0, 1.0, 1.0, 3.0], ddof=1)  # one increment's pooled spread: 1.0
-    # raw spreads sqrt(2), sqrt(0.5), 0: the last two are floored
-    np.testing.assert_allclose(det.std, [np.sqrt(2.0), floor, floor])
+    # raw spreads sqrt(2), sqrt(0.5), 0: only the zero is floored, at the data's resolution after 3 steps
+    floor = 64 * np.spacing(3.0) * np.sqrt(3.0)
+    np.testing.assert_allclose(det.std, [np.sqrt(2.0), np.sqrt(0.5), floor])
     det = ScoreEnvelope(mean=[1.0, 2.0], std=[1.0, 2.0])
     assert [det.update_scalar(u) for u in [0.0, 0.0, 0.0]] == [1.0, 1.0, 1.0]  # past T: the last band
 
@@ -159,3 +160,71 @@ def test_staggered_episodes_agree_with_scalar_runs(name):
             one = det.with_envs(1)
             want += [one.update_scalar(u) for u in e]
         np.testing.assert_allclose(got[i], want, rtol=1e-9, atol=1e-9)
+
+
+# --- time-indexed references: spreads that vary by orders of magnitude within an episode --------------------------
+
+QUIET = 1e-6  # the quiet phase's spread, a millionth of the loud phase's
+
+
+def _profiled(rng, n, shift=0.0):
+    """Episodes of 60 steps: 30 loud steps (sd 1) then 30 quiet ones (sd 1e-6); ``shift`` lowers the quiet mean."""
+    loud = rng.normal(-1.0, 1.0, size=(n, 30))
+    quiet = rng.normal(-shift, QUIET, size=(n, 30))
+    return list(np.concatenate([loud, quiet], axis=1))
+
+
+@pytest.mark.parametrize("name", ["cusum", "meanshift", "envelope", "threshold"])
+def test_false_alarms_stay_within_alpha_when_the_spread_varies_a_millionfold(name):
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    cal = Calibration.fit(_profiled(rng, 400), alpha=0.1, detectors=[name])
+    fresh = _profiled(rng, 1000)
+    maxima = statistic_traces(cal.detectors[name].build(len(fresh)), fresh).max(axis=1)
+    false_alarms = int((maxima > cal.thresholds[name]).sum())
+    # conformal: given this calibration the realized rate is Beta(n + 1 - k, k) (mean <= alpha); take its 0.999
+    # quantile, then the binomial 0.999 quantile of 1000 fresh episodes at that rate
+    n, k = cal.n_cal, cal.rank
+    rate = stats.beta.ppf(0.999, n + 1 - k, k)
+    assert false_alarms <= stats.binom.ppf(0.999, 1000, rate), false_alarms
+
+
+@pytest.mark.parametrize("name", ["cusum", "meanshift"])
+def test_a_small_deviation_in_the_quiet_phase_is_detected(name):
+    rng = np.random.default_rng(1)
+    cal = Calibration.fit(_profiled(rng, 400), alpha=0.05, detectors=[name])
+    shifted = _profiled(rng, 200, shift=5 * QUIET)  # five quiet spreads: invisible to one pooled spread (~0.7)
+    traces = statistic_traces(cal.detectors[name].build(len(shifted)), shifted)
+    detected = (traces > cal.thresholds[name]).any(axis=1)
+    assert detected.mean() > 0.95
+    assert (traces[:, :30] <= cal.thresholds[name]).mean() > 0.9  # not before the quiet phase starts, mostly
+
+
+def test_meanshift_blocks_by_hand():
+    # block sums of two steps; an identity covariance: the statistic after j blocks is sum(d) / sqrt(j)
+    det = MeanShift(mu=[2.0, 2.0], chol=np.eye(2), block=2)
+    stats = [det.update_scalar(u) for u in [1.0, 1.0, 0.0, 1.0, 5.0]]
+    assert stats == [0.0, 0.0, 0.0, pytest.approx(1 / np.sqrt(2)), pytest.approx(1 / np.sqrt(2))]
+    vec = MeanShift(mu=[2.0, 2.0], chol=np.eye(2), block=2, n_envs=2)
+    out = [vec.update(np.array([u, 2 * u])) for u in [1.0, 1.0, 0.0, 1.0]]
+    assert out[-1].tolist() == [pytest.approx(1 / np.sqrt(2)), pytest.approx(((2 - 4) + (2 - 2)) / np.sqrt(2))]
+
+
+def test_meanshift_keeps_each_blocks_own_variance():
+    rng = np.random.default_rng(2)
+    episodes = _profiled(rng, 300)
+    det = MeanShift.fit(episodes, block=10)
+    variances = np.sum(det.chol**2, axis=1)  # the diagonal of L L'
+    sums = np.stack([np.add.reduceat(e, [0, 10, 20, 30, 40, 50]) for e in episodes])
+    np.testing.assert_allclose(variances, sums.var(axis=0, ddof=1), rtol=1e-6)  # quiet blocks: ~1e-11, not ~1
+
+
+def test_cusum_innovations_from_autocorrelated_increments():
+    rng = np.random.default_rng(3)
+    ar = np.zeros((200, 50))
+    for t in range(1, 50):  # a smooth objective: AR(1) with coefficient 0.9
+        ar[:, t] = 0.9 * ar[:, t - 1] + rng.normal(0, 1, 200)
+    det = Cusum.fit(list(ar))
+    assert 0.8 < det.rho < 0.95
+    assert Cusum.fit(list(ar), innovations=False).rho == 0.0

@@ -211,7 +211,7 @@ def test_a_running_episode_counts_as_plus_infinity_in_a_later_bag():
 @pytest.fixture(scope="module")
 def pendulum():
     episodes = pendulum_rewards(range(120))
-    return Calibration.fit(episodes, alpha=0.05, detectors=["cusum"], scenario="pendulum", obs_shape=(3,))
+    return Calibration.fit(episodes, alpha=0.05, detectors=["envelope"], scenario="pendulum", obs_shape=(3,))
 
 
 def heavier_cost(transition):

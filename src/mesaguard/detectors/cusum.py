@@ -1,4 +1,4 @@
-"""CUSUM on the standardized shortfall of base-objective increments (Page, 1954)."""
+"""CUSUM on the standardized shortfall of base-objective increments, step by step (Page, 1954)."""
 
 from __future__ import annotations
 
@@ -7,26 +7,40 @@ from typing import Any, Self
 
 import numpy as np
 
-from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes, spread_floor
+from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes
+from mesaguard.detectors.reference import StepReference
 
 __all__ = ["Cusum"]
 
 
 class Cusum(Detector):
-    """CUSUM on the shortfall of base-objective increments (Page, 1954).
+    """CUSUM on the shortfall of each step's increment against the reference *at that step* (Page, 1954).
 
-    ``C_t = max(0, C_{t-1} + (mean - u_t) / std - slack)``, reset each episode.
-    With ``slack = shift / 2`` it is the likelihood-ratio CUSUM for a drop of
-    ``shift`` standard deviations in Gaussian increments, whose delay meets
-    Lorden's bound ``log(ARL) / KL`` as the false-alarm rate goes to zero.
+    With ``z_t = (u_t - mean[t]) / std[t]`` the increment standardized by the
+    in-distribution mean and spread of step ``t`` (time-indexed, see
+    :mod:`mesaguard.detectors.reference`) and ``rho`` the lag-1 autocorrelation of
+    ``z`` in distribution, the innovation ``e_t = (z_t - rho z_{t-1}) / sqrt(1 - rho^2)``
+    is what the reference did not predict from the step before, and
+
+        ``C_t = max(0, C_{t-1} - e_t - slack)``, reset each episode.
+
+    For independent Gaussian increments (``rho = 0``) with ``slack = shift / 2`` it is
+    the likelihood-ratio CUSUM for a drop of ``shift`` standard deviations, whose
+    delay meets Lorden's bound ``log(ARL) / KL``. With autocorrelated increments (a
+    smooth control objective) raw increments wander for long stretches in
+    distribution and inflate the threshold; innovations do not. Past the last
+    reference step, the last step's reference is used.
 
     Parameters
     ----------
     mean, std
-        In-distribution mean and spread of one step's increment, from calibration.
+        Per-step in-distribution mean and (floored) spread of the increment, length
+        ``T``; one value each is one pooled reference for every step.
     slack
         Shortfall, in stds, ignored per step (Page's k). The default 0.25 is the
         optimal k for a drop of half a standard deviation per step.
+    rho
+        Lag-1 autocorrelation of the standardized increments (0: treat them as independent).
 
     >>> det = Cusum(mean=1.0, std=0.1, slack=0.5, n_envs=1)
     >>> stats = [det.update(np.array([x]))[0] for x in [1.0] * 5 + [0.5] * 5]
@@ -34,48 +48,88 @@ class Cusum(Detector):
     22.5
     >>> int(np.argmax(np.array(stats) > 0))  # first step with evidence of the drop
     5
+    >>> quiet = Cusum(mean=[0.0, 0.0], std=[1.0, 1e-6], slack=0.0)  # a deviation of 1e-5 where the spread is 1e-6
+    >>> [round(quiet.update_scalar(u), 3) for u in [0.0, -1e-5]]
+    [0.0, 10.0]
     """
 
     name = "cusum"
 
-    def __init__(self, mean: float, std: float, slack: float = 0.25, n_envs: int = 1) -> None:
+    def __init__(
+        self,
+        mean: float | Sequence[float],
+        std: float | Sequence[float],
+        slack: float = 0.25,
+        rho: float = 0.0,
+        n_envs: int = 1,
+    ) -> None:
         super().__init__(n_envs)
-        if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
-            raise DetectorError(f"cusum needs a finite mean and a positive std, got mean={mean}, std={std}")
+        self.mean = np.atleast_1d(np.asarray(mean, dtype=np.float64))
+        self.std = np.atleast_1d(np.asarray(std, dtype=np.float64))
+        if self.mean.ndim != 1 or self.mean.shape != self.std.shape or self.mean.size == 0:
+            raise DetectorError(f"cusum mean {self.mean.shape} and std {self.std.shape} must be equal 1-D arrays")
+        if not (np.isfinite(self.mean).all() and np.isfinite(self.std).all() and (self.std > 0).all()):
+            raise DetectorError("cusum needs finite means and a finite positive std at every step")
         if not (np.isfinite(slack) and slack >= 0):
             raise DetectorError(f"cusum slack={slack}; expected a non-negative number of stds")
-        self.mean, self.std, self.slack = float(mean), float(std), float(slack)
+        if not (np.isfinite(rho) and -1 < rho < 1):
+            raise DetectorError(f"cusum rho={rho}; expected an autocorrelation strictly between -1 and 1")
+        self.slack, self.rho = float(slack), float(rho)
+        self._gain = 1.0 / np.sqrt(1.0 - self.rho**2)
         self.sum = np.zeros(self.n_envs)
+        self.prev = np.zeros(self.n_envs)  # last standardized increment (0 before the first step)
+        self.t = np.zeros(self.n_envs, dtype=np.int64)
 
     @classmethod
     def fit(cls, episodes: Sequence[np.ndarray], **options: Any) -> Self:
         episodes = check_episodes(episodes)
-        pooled = np.concatenate(episodes)
-        return cls(mean=float(pooled.mean()), std=spread_floor(episodes), **options)
+        ref = StepReference.fit(episodes)
+        z = [(e - ref.mean[: e.size]) / ref.std[: e.size] for e in episodes]
+        pairs = [(x[:-1], x[1:]) for x in z if x.size > 1]
+        rho = 0.0
+        if pairs and options.pop("innovations", True):
+            a, b = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+            if a.std() > 0 and b.std() > 0:
+                rho = float(np.clip(np.corrcoef(a, b)[0, 1], -0.95, 0.95))
+        return cls(mean=ref.mean, std=ref.std, rho=rho, **options)
 
     def params(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "slack": self.slack}
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "slack": self.slack, "rho": self.rho}
 
     def reset(self, mask: np.ndarray | None = None) -> None:
-        self.sum[self._mask(mask)] = 0.0
+        m = self._mask(mask)
+        self.sum[m] = 0.0
+        self.prev[m] = 0.0
+        self.t[m] = 0
 
     def _update(self, u: np.ndarray) -> np.ndarray:
-        np.maximum(0.0, self.sum + ((self.mean - u) / self.std - self.slack), out=self.sum)
+        i = np.minimum(self.t, self.mean.size - 1)
+        z = (u - self.mean[i]) / self.std[i]
+        e = (z - self.rho * self.prev) * self._gain if self.rho else z
+        self.prev = z
+        self.t += 1
+        np.maximum(0.0, self.sum - e - self.slack, out=self.sum)
         return self.sum.copy()
 
     def scalar(self) -> _ScalarCusum:
-        return _ScalarCusum(self.mean, self.std, self.slack)
+        return _ScalarCusum(self.mean.tolist(), self.std.tolist(), self.slack, self.rho)
 
 
 class _ScalarCusum(ScalarDetector):
-    def __init__(self, mean: float, std: float, slack: float) -> None:
-        self.mean, self.std, self.slack = mean, std, slack
-        self.sum = 0.0
+    def __init__(self, mean: list[float], std: list[float], slack: float, rho: float) -> None:
+        self.mean, self.std, self.last = mean, std, len(mean) - 1
+        self.slack, self.rho, self.gain = slack, rho, 1.0 / (1.0 - rho * rho) ** 0.5
+        self.sum, self.prev, self.t = 0.0, 0.0, 0
 
     def reset(self) -> None:
-        self.sum = 0.0
+        self.sum, self.prev, self.t = 0.0, 0.0, 0
 
     def update(self, u: float) -> float:
-        s = self.sum + ((self.mean - u) / self.std - self.slack)
+        i = self.t if self.t < self.last else self.last
+        self.t += 1
+        z = (u - self.mean[i]) / self.std[i]
+        e = (z - self.rho * self.prev) * self.gain
+        self.prev = z
+        s = self.sum - e - self.slack
         self.sum = s if s > 0.0 else 0.0
         return self.sum

@@ -7,7 +7,8 @@ from typing import Any, Self
 
 import numpy as np
 
-from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes, padded, spread_floor
+from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes
+from mesaguard.detectors.reference import StepReference
 
 __all__ = ["ScoreEnvelope"]
 
@@ -25,8 +26,8 @@ class ScoreEnvelope(Detector):
     ----------
     mean, std
         Per-step mean and spread of ``S_t`` (``t = 1..T``) over in-distribution
-        episodes, from :meth:`fit`. ``std`` is floored at one increment's pooled
-        spread.
+        episodes, from :meth:`fit`. ``std`` is floored only at the data's resolution
+        (:mod:`mesaguard.detectors.reference`), so quiet stretches keep their own band.
 
     >>> det = ScoreEnvelope(mean=[1.0, 2.0, 3.0, 4.0], std=[0.5, 0.5, 0.5, 0.5])
     >>> [det.update_scalar(u) for u in [1.0, 1.0, 0.0, 0.0]]
@@ -43,6 +44,8 @@ class ScoreEnvelope(Detector):
             raise DetectorError(
                 f"envelope mean {self.mean.shape} and std {self.std.shape} must be equal non-empty 1-D arrays"
             )
+        if not (np.isfinite(self.mean).all() and np.isfinite(self.std).all()):
+            raise DetectorError("envelope mean and std must be finite")
         if not (self.std > 0).all():
             raise DetectorError(f"envelope std must be positive, got minimum {self.std.min()}")
         self.score = np.zeros(self.n_envs)
@@ -50,11 +53,8 @@ class ScoreEnvelope(Detector):
 
     @classmethod
     def fit(cls, episodes: Sequence[np.ndarray], **options: Any) -> Self:
-        episodes = check_episodes(episodes)
-        increments, lengths = padded(episodes)
-        scores = np.cumsum(increments, axis=1)  # zero increments after the end: final score carried on
-        std = np.maximum(scores.std(axis=0, ddof=1), spread_floor(episodes))
-        return cls(mean=scores.mean(axis=0), std=std, **options)
+        ref = StepReference.fit(check_episodes(episodes), cumulative=True)  # a finished run's score carried on
+        return cls(mean=ref.mean, std=ref.std, **options)
 
     def params(self) -> dict[str, Any]:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}

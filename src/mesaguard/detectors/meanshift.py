@@ -1,4 +1,4 @@
-"""Covariance-weighted mean-shift test, after Greenberg and Mannor (ICML 2021)."""
+"""Greenberg and Mannor's uniform degradation test (UDT, ICML 2021): covariance-weighted, in blocks."""
 
 from __future__ import annotations
 
@@ -9,77 +9,106 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes, padded
+from mesaguard.detectors.reference import blocks, resolution
 
 __all__ = ["MeanShift"]
 
 
 class MeanShift(Detector):
-    """Optimal test for a uniform drop of the per-step rewards, weighted by their covariance.
+    """Greenberg and Mannor's uniform degradation test (UDT): the optimal test of a drop of every step's reward.
 
     Greenberg and Mannor, "Detecting Rewards Deterioration in Episodic
     Reinforcement Learning" (ICML 2021): rewards within an episode are correlated,
     so a drop is tested on the whole vector of the episode so far, with the
-    in-distribution per-step means ``mu`` and covariance ``Sigma``. After ``t``
-    steps, with deficits ``d = mu[:t] - r[:t]``, the statistic is
+    in-distribution means ``mu`` and covariance ``Sigma``. As in the paper the
+    increments are summed in blocks of ``block`` steps (the test's resolution: a
+    ``B x B`` covariance, ``B = ceil(T / block)``). After ``j`` complete blocks, with
+    deficits ``d = mu[:j] - x[:j]`` of the block sums ``x``, the statistic is
 
-        ``1' Sigma_t^{-1} d / sqrt(1' Sigma_t^{-1} 1)``
+        ``1' Sigma_j^{-1} d / sqrt(1' Sigma_j^{-1} 1)``
 
-    which is standard normal in distribution and the most powerful linear test of
-    a uniform drop. With ``Sigma = L L'`` (Cholesky), ``Sigma_t`` is the leading
-    block and ``L_t`` its factor, so the statistic is ``sum_k y_k e_k /
-    sqrt(sum_k y_k**2)`` with ``y = L^{-1} 1`` fixed and ``e = L^{-1} d`` found by
-    one forward-substitution row per step. Past the longest reference episode the
-    statistic stays at its last value.
+    (``Sigma_j`` the leading block), standard normal in distribution and the most
+    powerful linear test of a uniform drop given the first ``j`` blocks. With
+    ``Sigma = L L'`` (Cholesky), ``L_j`` is the leading block of ``L``, so the
+    statistic is ``sum_k y_k e_k / sqrt(sum_k y_k**2)`` with ``y = L^{-1} 1`` fixed and
+    the whitened deficits ``e = L^{-1} d`` found by one forward-substitution row per
+    block. Within a block the statistic holds; past the longest reference episode
+    it stays at its last value.
+
+    The covariance is estimated with shrinkage of the *correlations* only
+    (Ledoit-Wolf on the block sums standardized by their own spreads, then scaled
+    back): each block keeps its own variance, however small, where shrinking the
+    covariance itself would lift near-zero variances toward the average and throw
+    away the quiet blocks in which a deviation is most surprising. Spreads are
+    floored at the data's resolution (:func:`mesaguard.detectors.reference.resolution`).
 
     Parameters
     ----------
     mu
-        Per-step mean increment (zero after an episode ended), length ``T``.
+        Mean of each block's increment sum (zero after an episode ended), length ``B``.
     chol
-        Lower Cholesky factor of the ``T x T`` covariance of increments, estimated
-        with Ledoit-Wolf shrinkage (scikit-learn) so that it is well conditioned
-        with fewer episodes than steps.
+        Lower Cholesky factor of the ``B x B`` covariance of block sums.
+    block
+        Steps per block (1: every step is its own block).
 
     >>> det = MeanShift(mu=[1.0, 1.0, 1.0], chol=np.eye(3))
     >>> [round(det.update_scalar(u), 3) for u in [1.0, 0.0, 0.0]]
     [0.0, 0.707, 1.155]
+    >>> blocked = MeanShift(mu=[2.0, 2.0], chol=np.eye(2), block=2)
+    >>> [round(blocked.update_scalar(u), 3) for u in [1.0, 0.0, 0.0, 0.0]]
+    [0.0, 1.0, 1.0, 2.121]
     """
 
     name = "meanshift"
+    MAX_BLOCKS = 50  # default resolution: at most this many blocks (a 50 x 50 covariance whatever T)
 
-    def __init__(self, mu: Sequence[float], chol: Sequence[Sequence[float]], n_envs: int = 1) -> None:
+    def __init__(
+        self, mu: Sequence[float], chol: Sequence[Sequence[float]] | np.ndarray, block: int = 1, n_envs: int = 1
+    ) -> None:
         super().__init__(n_envs)
         self.mu = np.asarray(mu, dtype=np.float64)
         self.chol = np.tril(np.asarray(chol, dtype=np.float64))
-        T = self.mu.size
-        if self.mu.ndim != 1 or T == 0 or self.chol.shape != (T, T):
-            raise DetectorError(f"meanshift mu {self.mu.shape} and chol {self.chol.shape} must be (T,) and (T, T)")
+        B = self.mu.size
+        if self.mu.ndim != 1 or B == 0 or self.chol.shape != (B, B):
+            raise DetectorError(f"meanshift mu {self.mu.shape} and chol {self.chol.shape} must be (B,) and (B, B)")
+        if not (np.isfinite(self.mu).all() and np.isfinite(self.chol).all()):
+            raise DetectorError("meanshift mu and chol must be finite")
         diag = np.diag(self.chol)
         if not (diag > 0).all():
             raise DetectorError("meanshift chol must be a Cholesky factor with a positive diagonal")
-        self.y = solve_triangular(self.chol, np.ones(T), lower=True)
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+            raise DetectorError(f"meanshift block={block!r}; expected a positive number of steps")
+        self.block = int(block)
+        self.y = solve_triangular(self.chol, np.ones(B), lower=True)
         self.norm = np.sqrt(np.cumsum(self.y**2))
-        self.e = np.zeros((self.n_envs, T))
+        self.e = np.zeros((self.n_envs, B))
         self.num = np.zeros(self.n_envs)
         self.stat = np.zeros(self.n_envs)
-        self.t = np.zeros(self.n_envs, dtype=np.int64)
-        self._rows = np.empty((self.n_envs, T))
+        self.t = np.zeros(self.n_envs, dtype=np.int64)  # complete blocks so far
+        self.acc = np.zeros(self.n_envs)  # the current block's increment sum
+        self.k = np.zeros(self.n_envs, dtype=np.int64)  # steps into the current block
+        self._rows = np.empty((self.n_envs, B))
 
     @classmethod
     def fit(cls, episodes: Sequence[np.ndarray], **options: Any) -> Self:
         from sklearn.covariance import LedoitWolf
 
         episodes = check_episodes(episodes)
+        T = max(e.size for e in episodes)
+        block = int(options.pop("block", -(-T // cls.MAX_BLOCKS)))
         increments, _ = padded(episodes)
-        cov = LedoitWolf(assume_centered=False).fit(increments).covariance_
-        # Steps every reference episode had already finished have zero variance;
-        # a tiny ridge, relative to the largest variance, keeps the factor defined.
-        ridge = 1e-9 * max(float(np.diag(cov).max()), 1e-12)
-        chol = np.linalg.cholesky(cov + ridge * np.eye(cov.shape[0]))
-        return cls(mu=increments.mean(axis=0), chol=chol, **options)
+        sums = np.stack([blocks(row, block) for row in increments])
+        spread = np.maximum(sums.std(axis=0, ddof=1), resolution(episodes) * np.sqrt(block))
+        z = (sums - sums.mean(axis=0)) / spread
+        shrunk = LedoitWolf(assume_centered=True).fit(z).covariance_
+        d = np.sqrt(np.diag(shrunk))
+        corr = shrunk / np.outer(d, d)  # unit diagonal: each block keeps its own variance below
+        cov = corr * np.outer(spread, spread)
+        chol = np.linalg.cholesky(cov + 1e-12 * np.diag(np.diag(cov)))
+        return cls(mu=sums.mean(axis=0), chol=chol, block=block, **options)
 
     def params(self) -> dict[str, Any]:
-        return {"mu": self.mu.tolist(), "chol": self.chol.tolist()}
+        return {"mu": self.mu.tolist(), "chol": self.chol.tolist(), "block": self.block}
 
     def reset(self, mask: np.ndarray | None = None) -> None:
         m = self._mask(mask)
@@ -87,16 +116,33 @@ class MeanShift(Detector):
         self.num[m] = 0.0
         self.stat[m] = 0.0
         self.t[m] = 0
+        self.acc[m] = 0.0
+        self.k[m] = 0
 
     def _update(self, u: np.ndarray) -> np.ndarray:
+        if self.block > 1:
+            self.acc += u
+            self.k += 1
+            done = self.k >= self.block
+            if not done.any():
+                return self.stat.copy()
+            x = np.where(done, self.acc, 0.0)
+            self.acc[done] = 0.0
+            self.k[done] = 0
+            return self._blocks(x, done)
+        return self._blocks(u, None)
+
+    def _blocks(self, x: np.ndarray, done: np.ndarray | None) -> np.ndarray:
+        """Feed the complete block sums ``x`` of the envs in ``done`` (all if None)."""
         live = self.t < self.mu.size
+        if done is not None:
+            live &= done
         if not live.any():
             return self.stat.copy()
         if live.all() and (self.t == self.t[0]).all():
-            # Every env at the same step (calibration, synchronized starts): one matrix-vector product.
+            # Every env at the same block (calibration, synchronized starts): one matrix-vector product.
             t = int(self.t[0])
-            d = self.mu[t] - u
-            e = (d - self.e @ self.chol[t]) / self.chol[t, t]
+            e = (self.mu[t] - x - self.e @ self.chol[t]) / self.chol[t, t]
             self.e[:, t] = e
             self.num += self.y[t] * e
             self.stat[:] = self.num / self.norm[t]
@@ -109,7 +155,7 @@ class MeanShift(Detector):
             self._rows = np.empty((rows.size, self.mu.size))
         np.take(self.chol, t, axis=0, out=self._rows)
         past = np.einsum("ij,ij->i", self._rows, self.e[rows] if rows.size < self.n_envs else self.e)
-        e = (self.mu[t] - u[rows] - past) / self.chol[t, t]
+        e = (self.mu[t] - x[rows] - past) / self.chol[t, t]
         self.e[rows, t] = e
         self.num[rows] += self.y[t] * e
         self.stat[rows] = self.num[rows] / self.norm[t]
@@ -121,20 +167,26 @@ class MeanShift(Detector):
 
 
 class _ScalarMeanShift(ScalarDetector):
-    """One forward-substitution row per step: a dot product over the history so far."""
+    """One forward-substitution row per block: a dot product over the history so far."""
 
     def __init__(self, det: MeanShift) -> None:
-        self.chol, self.T = det.chol, det.mu.size
+        self.chol, self.T, self.block = det.chol, det.mu.size, det.block
         self.mu, self.y, self.norm = det.mu.tolist(), det.y.tolist(), det.norm.tolist()
         self.diag = np.diag(det.chol).tolist()
         self.e = np.zeros(self.T)
-        self.num, self.stat, self.t = 0.0, 0.0, 0
+        self.num, self.stat, self.t, self.acc, self.k = 0.0, 0.0, 0, 0.0, 0
 
     def reset(self) -> None:
         self.e[: self.t] = 0.0
-        self.num, self.stat, self.t = 0.0, 0.0, 0
+        self.num, self.stat, self.t, self.acc, self.k = 0.0, 0.0, 0, 0.0, 0
 
     def update(self, u: float) -> float:
+        if self.block > 1:
+            self.acc += u
+            self.k += 1
+            if self.k < self.block:
+                return self.stat
+            u, self.acc, self.k = self.acc, 0.0, 0
         t = self.t
         if t >= self.T:
             return self.stat
