@@ -41,13 +41,12 @@ inside the detecting episode is found by replaying its running maximum.
 A check also runs 30 episodes through ``GuardedEnv`` with a monitor and compares
 its evidence with the offline twin.
 
-Run: ``.venv/bin/python benchmarks/deployment.py`` (about 5 minutes on one core).
+Run: ``.venv/bin/python benchmarks/deployment.py [--quick] [--out FILE]`` (about 5 minutes on one core).
 Results: printed and written to ``benchmarks/results/deployment.json``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -61,6 +60,7 @@ from rich.table import Table
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).parent))
+import harness  # noqa: E402
 from false_alarms import rollouts, swing_up  # noqa: E402
 
 from mesaguard.calibration import Calibration, statistic_traces  # noqa: E402
@@ -94,6 +94,8 @@ class Config:
 
 
 CONFIG = Config()
+QUICK = Config(fit_seeds=(0, 60), pool_seeds=(30_000, 30_060), reference=50, null_deployments=20, null_length=50,
+               shifted_deployments=5, cap=2_000, horizon=100, gaussian_references=(100,), check_episodes=3)  # fmt: skip
 
 
 def maxima(traces: np.ndarray) -> np.ndarray:
@@ -230,7 +232,7 @@ def check_online(cal: Calibration, fresh: list[np.ndarray], cfg: Config) -> dict
     return {"episodes": cfg.check_episodes, "max_abs_difference": float(np.max(np.abs(np.array(online) - offline)))}
 
 
-def main(cfg: Config = CONFIG) -> None:
+def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "deployment.json") -> None:
     console = Console()
     started = time.perf_counter()
     env = gym.make("Pendulum-v1")
@@ -266,9 +268,11 @@ def main(cfg: Config = CONFIG) -> None:
             row[name] = detection(null_max, traces, cfg, alpha, rng)
         results["shifts"][str(delta)] = row
     results["gaussian"] = gaussian(cfg, alpha, rng)
+    results["machine"] = harness.machine()
     results["seconds"] = round(time.perf_counter() - started, 1)
 
-    table = Table(title="Any deployment alarm in 1,000 in-distribution episodes (1,000 deployments)")
+    table = Table(title=f"Any deployment alarm in {cfg.null_length:,} in-distribution episodes "
+                  f"({cfg.null_deployments:,} deployments)")  # fmt: skip
     for col in ("detector", "alpha", "anytime [95% CI]", "fixed h=1000 [95% CI]"):
         table.add_column(col)
     for name, by_alpha in results["null"].items():
@@ -276,7 +280,8 @@ def main(cfg: Config = CONFIG) -> None:
             cells = [f"{r[m]['rate']:.3f} [{r[m]['low']:.3f}, {r[m]['high']:.3f}]" for m in ("anytime", "fixed")]
             table.add_row(name, a, *cells)
     console.print(table)
-    table = Table(title="Episodes to detection at alpha = 0.05 (mean over detected deployments; detected/200)")
+    table = Table(title="Episodes to detection at alpha = 0.05 (mean over detected deployments; "
+                  f"detected/{cfg.shifted_deployments})")  # fmt: skip
     for col in ("drop (sd)", "oracle 0.8 / 0.5", "bonferroni anytime", *[f"{n} anytime" for n in cfg.detectors],
                 *[f"{n} fixed h=1000" for n in cfg.detectors]):
         table.add_column(col)
@@ -311,10 +316,9 @@ def main(cfg: Config = CONFIG) -> None:
                       cell(row["anytime"]), cell(row["fixed"]))  # fmt: skip
     console.print(table)
     console.print(f"online check: {results['online_check']}; {results['seconds']} s")
-    out = Path(__file__).parent / "results" / "deployment.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    console.print(f"wrote {out}")
+    console.print(f"wrote {harness.write(out, results)}")
 
 
 if __name__ == "__main__":
-    main()
+    args = harness.parser(__doc__).parse_args()
+    main(QUICK if args.quick else CONFIG, harness.out_path("deployment", args))

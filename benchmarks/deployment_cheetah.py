@@ -21,17 +21,16 @@ The monitor's evidence is computed offline with the same functions the bench use
 (:func:`~mesaguard.monitor.episode_statistics`, :func:`~mesaguard.monitor.first_deployment_alarm`),
 held equal to the online monitor by ``tests/test_monitor.py``.
 
-Run: ``.venv/bin/python benchmarks/deployment_cheetah.py`` (about 5 minutes on one
+Run: ``.venv/bin/python benchmarks/deployment_cheetah.py [--quick] [--out FILE]`` (about 5 minutes on one
 core). Results: printed and written to ``benchmarks/results/deployment_cheetah.json``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +43,25 @@ from mesaguard.metrics import rate
 from mesaguard.monitor import episode_statistics, first_deployment_alarm, horizon_threshold
 from mesaguard.rollout import rollout
 
+import harness
+
 SCENARIO = "cheetah"
 VARIANTS = ("train", "deploy-cost", "deploy-dynamics")
 DETECTORS = ("threshold", "envelope", "cusum", "meanshift")
 ALPHA = 0.05
-CALIBRATION = 400
-POOL = 300
-DEPLOYMENTS = 200
-CAP = 3_000  # anytime deployments longer than this count as undetected
-HORIZON = 500
+
+
+@dataclass(frozen=True)
+class Config:
+    calibration: int = 400  # train episodes to calibrate on
+    pool: int = 300  # episodes per variant to draw deployments from
+    deployments: int = 200
+    cap: int = 3_000  # anytime deployments longer than this count as undetected
+    horizon: int = 500
+
+
+CONFIG = Config()
+QUICK = Config(calibration=40, pool=8, deployments=4, cap=200, horizon=50)
 
 
 def episodes(variant: str, seeds: range) -> list[np.ndarray]:
@@ -71,21 +80,23 @@ def deployment(reference, stats, log_c, limit, rng, seed) -> int | None:
         n = min(limit, 4 * n)
 
 
-def main() -> None:
+def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "deployment_cheetah.json") -> None:
     console = Console()
     started = time.perf_counter()
-    cal_runs = episodes("train", range(CALIBRATION_SEED, CALIBRATION_SEED + CALIBRATION))
-    pools = {v: episodes(v, range(EVALUATION_SEED, EVALUATION_SEED + POOL)) for v in VARIANTS}
-    console.print(f"rolled out {CALIBRATION + POOL * len(VARIANTS)} episodes in {time.perf_counter() - started:.0f} s")
+    cal_runs = episodes("train", range(CALIBRATION_SEED, CALIBRATION_SEED + cfg.calibration))
+    pools = {v: episodes(v, range(EVALUATION_SEED, EVALUATION_SEED + cfg.pool)) for v in VARIANTS}
+    console.print(f"rolled out {cfg.calibration + cfg.pool * len(VARIANTS)} episodes in "
+                  f"{time.perf_counter() - started:.0f} s")  # fmt: skip
     cal = Calibration.fit(cal_runs, alpha=ALPHA, detectors=list(DETECTORS), scenario=SCENARIO)
     scores = {v: np.array([e.sum() for e in pool]) for v, pool in pools.items()}
     sd = scores["train"].std(ddof=1)
     results: dict = {
+        "config": asdict(cfg),
         "scores": {v: {"mean": float(s.mean()), "sd": float(s.std(ddof=1)), "shift_sd": float((s.mean() -
                    scores["train"].mean()) / sd)} for v, s in scores.items()},  # fmt: skip
         "configs": {},
     }
-    log_c = {"anytime": math.log(1 / ALPHA), "fixed": horizon_threshold(HORIZON, ALPHA)}
+    log_c = {"anytime": math.log(1 / ALPHA), "fixed": horizon_threshold(cfg.horizon, ALPHA)}
     rng = np.random.default_rng(0)
     for names in [[d] for d in DETECTORS] + [list(DETECTORS)]:
         key = "+".join(names)
@@ -97,11 +108,12 @@ def main() -> None:
             stats = episode_statistics(cal, names, pool)
             per_episode = sum(float(np.max(x)) > tau for x in stats)
             entry = {"per_episode": asdict(rate(per_episode, len(stats)))}
-            for mode, limit in (("anytime", CAP if variant != "train" else HORIZON * 2), ("fixed", HORIZON)):
-                found = [deployment(reference, stats, log_c[mode], limit, rng, seed=d) for d in range(DEPLOYMENTS)]
+            anytime_limit = cfg.cap if variant != "train" else cfg.horizon * 2
+            for mode, limit in (("anytime", anytime_limit), ("fixed", cfg.horizon)):
+                found = [deployment(reference, stats, log_c[mode], limit, rng, seed=d) for d in range(cfg.deployments)]
                 hits = [f for f in found if f is not None]
                 entry[mode] = {
-                    "alarmed": asdict(rate(len(hits), DEPLOYMENTS)),
+                    "alarmed": asdict(rate(len(hits), cfg.deployments)),
                     "mean_episodes": float(np.mean(hits)) if hits else None,
                     "median_episodes": float(np.median(hits)) if hits else None,
                     "limit": limit,
@@ -109,11 +121,12 @@ def main() -> None:
             row[variant] = entry
         results["configs"][key] = row
         console.print(f"{key}: done ({time.perf_counter() - started:.0f} s)")
+    results["machine"] = harness.machine()
     results["seconds"] = round(time.perf_counter() - started, 1)
 
     table = Table(title=f"cheetah, alpha = {ALPHA}: per-episode alarm rate | monitor: deployments alarmed, "
                   "mean episodes to the alarm")  # fmt: skip
-    for col in ("detectors", "variant", "per episode", "anytime", "fixed h=500"):
+    for col in ("detectors", "variant", "per episode", "anytime", f"fixed h={cfg.horizon}"):
         table.add_column(col)
     for key, row in results["configs"].items():
         for variant, e in row.items():
@@ -126,10 +139,9 @@ def main() -> None:
             table.add_row(key, variant, f"{e['per_episode']['rate']:.3f}", cell(e["anytime"]), cell(e["fixed"]))
     console.print(table)
     console.print(f"scores: {results['scores']}")
-    out = Path(__file__).parent / "results" / "deployment_cheetah.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    console.print(f"wrote {out} in {results['seconds']} s")
+    console.print(f"wrote {harness.write(out, results)} in {results['seconds']} s")
 
 
 if __name__ == "__main__":
-    main()
+    args = harness.parser(__doc__).parse_args()
+    main(QUICK if args.quick else CONFIG, harness.out_path("deployment_cheetah", args))

@@ -15,14 +15,14 @@ the script takes ``--policies`` to measure some rows in one process and others i
 another; each run merges its rows into the results file (under a lock).
 
 Run: ``SDL_VIDEODRIVER=offscreen .venv/bin/python benchmarks/driving_table.py
-[--policies agent aligned misaligned] [--episodes 200]`` (about 7 minutes of CPU per
-policy at 200 episodes).
-Results: printed, and merged into ``benchmarks/results/driving_table.json``.
+[--policies agent aligned misaligned] [--episodes 200] [--quick] [--out FILE]`` (about 7
+minutes of CPU per policy at 200 episodes; ``--quick``: 2 episodes).
+Results: printed, and merged into ``benchmarks/results/driving_table.json`` (its machine
+record is the last merging run's).
 """
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import functools
 import json
@@ -36,11 +36,11 @@ from rich.console import Console
 from rich.table import Table
 
 from mesaguard import scenarios
-from mesaguard.files import write_atomic
 from mesaguard.rollout import Policy, rollout
 from mesaguard.train import load_agent
 
-RESULTS = Path(__file__).parent / "results" / "driving_table.json"
+import harness
+
 FIRST_SEED = 20_000
 SCENARIO = scenarios.get("driving")
 
@@ -70,22 +70,24 @@ def measure(policy: str, variant: str, episodes: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = harness.parser(__doc__)
     parser.add_argument("--policies", nargs="+", choices=sorted(POLICIES), default=list(POLICIES))
     parser.add_argument("--variants", nargs="+", choices=SCENARIO.variants, default=list(SCENARIO.variants))
-    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--episodes", type=int, default=None, help="per policy and variant (default 200; quick 2)")
     args = parser.parse_args()
-    rows = {p: {v: measure(p, v, args.episodes) for v in args.variants} for p in args.policies}
+    episodes = args.episodes if args.episodes is not None else 2 if args.quick else 200
+    out = harness.out_path("driving_table", args)
+    rows = {p: {v: measure(p, v, episodes) for v in args.variants} for p in args.policies}
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(Path(tempfile.gettempdir()) / "mesaguard-driving-table.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # cells measured in several processes go in one file
-        merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        merged = json.loads(out.read_text()) if out.exists() else {}
         merged.setdefault("config", {"first_seed": FIRST_SEED, "variants": list(SCENARIO.variants)})
         for policy, cells in rows.items():
             merged.setdefault("rows", {}).setdefault(policy, {}).update(cells)
-        write_atomic(RESULTS, json.dumps(merged, indent=2) + "\n")
-    print(f"merged into {RESULTS}")
+        merged["machine"] = harness.machine()
+        harness.write(out, merged)
+    print(f"merged into {out}")
 
     table = Table(title="driving: mean base objective / collision rate (mean episode length)")
     table.add_column("policy")

@@ -40,13 +40,12 @@ Realized rate within the Beta law's 90% interval for each alpha; alpha within th
 Clopper-Pearson interval in most cases (they are 15 correlated checks on one
 calibration set, so a miss or two is expected).
 
-Run: ``.venv/bin/python benchmarks/false_alarms.py`` (under a minute, one core).
+Run: ``.venv/bin/python benchmarks/false_alarms.py [--quick] [--out FILE]`` (under a minute, one core).
 Results: printed as tables and written to ``benchmarks/results/false_alarms.json``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,6 +60,8 @@ from mesaguard.calibration import Calibration, episode_maxima, statistic_traces
 from mesaguard.guard import GuardedEnv
 from mesaguard.protocols import Alert
 
+import harness
+
 
 @dataclass(frozen=True)
 class Config:
@@ -72,6 +73,7 @@ class Config:
 
 
 CONFIG = Config()
+QUICK = Config(fresh_seeds=(10_000, 10_050), check_episodes=3)
 DETECTOR_SETS: dict[str, list[str]] = {
     "threshold": ["threshold"],
     "envelope": ["envelope"],
@@ -79,7 +81,6 @@ DETECTOR_SETS: dict[str, list[str]] = {
     "meanshift": ["meanshift"],
     "all four": ["threshold", "envelope", "cusum", "meanshift"],
 }
-RESULTS = Path(__file__).parent / "results" / "false_alarms.json"
 
 
 def swing_up(obs: np.ndarray) -> np.ndarray:
@@ -160,7 +161,7 @@ def check_guard_matches_offline(cfg: Config, cals: dict[float, Calibration], epi
     }
 
 
-def main(cfg: Config = CONFIG) -> None:
+def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "false_alarms.json") -> None:
     console = Console(width=140)
     started = time.perf_counter()
     env = gym.make(cfg.env_id)
@@ -246,29 +247,24 @@ def main(cfg: Config = CONFIG) -> None:
     console.print(f"alpha inside the Clopper-Pearson 95% interval: {in_ci}/{len(rows)}; "
                   f"realized rate inside the Beta 90% interval: {in_beta}/{len(rows)}")  # fmt: skip
     elapsed = time.perf_counter() - started
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "false_alarms",
-                "config": asdict(cfg),
-                "calibration": {
-                    "n_fit": cal0.n_fit,
-                    "n_cal": cal0.n_cal,
-                    "ranks": {str(a): c.rank for a, c in cals.items()},
-                },
-                "guard_check": check,
-                "rates": rows,
-                "summary": {"alpha_in_clopper_pearson": in_ci, "realized_in_beta_90": in_beta, "cases": len(rows)},
-                "rollout_seconds": rolled,
-                "seconds": elapsed,
-            },
-            indent=1,
-            default=str,
-        )
-    )
-    console.print(f"wrote {RESULTS} ({elapsed:.0f} s, of which rollouts {rolled:.0f} s)")
+    results = {
+        "benchmark": "false_alarms",
+        "config": asdict(cfg),
+        "calibration": {
+            "n_fit": cal0.n_fit,
+            "n_cal": cal0.n_cal,
+            "ranks": {str(a): c.rank for a, c in cals.items()},
+        },
+        "guard_check": check,
+        "rates": rows,
+        "summary": {"alpha_in_clopper_pearson": in_ci, "realized_in_beta_90": in_beta, "cases": len(rows)},
+        "machine": harness.machine(),
+        "rollout_seconds": rolled,
+        "seconds": elapsed,
+    }
+    console.print(f"wrote {harness.write(out, results)} ({elapsed:.0f} s, of which rollouts {rolled:.0f} s)")
 
 
 if __name__ == "__main__":
-    main()
+    args = harness.parser(__doc__).parse_args()
+    main(QUICK if args.quick else CONFIG, harness.out_path("false_alarms", args))

@@ -52,16 +52,13 @@ Target
 Guard overhead at most 1.5x RecordEpisodeStatistics' overhead per step (part 1).
 Part 2 has no target yet: it records the vector throughput for the README.
 
-Run: ``.venv/bin/python benchmarks/guard_overhead.py`` (about a minute, one core).
+Run: ``.venv/bin/python benchmarks/guard_overhead.py [--quick] [--out FILE]`` (about a minute, one core).
 Results: printed as tables and written to ``benchmarks/results/guard_overhead.json``.
 """
 
 from __future__ import annotations
 
 import gc
-import json
-import os
-import platform
 import resource
 import time
 from collections.abc import Callable
@@ -81,6 +78,8 @@ from mesaguard.guard import Guard, GuardedEnv, ScalarGuard
 from mesaguard.monitor import DeploymentMonitor
 from mesaguard.protocols import Alert
 
+import harness
+
 
 @dataclass(frozen=True)
 class Config:
@@ -99,6 +98,8 @@ class Config:
 
 
 CONFIG = Config()
+QUICK = Config(rounds=2, block=100, null_steps=400, cartpole_steps=400, minigrid_steps=200, vector_envs=64,
+               vector_steps=50)  # fmt: skip
 DETECTOR_SETS: dict[str, list[str]] = {
     "threshold": ["threshold"],
     "envelope": ["envelope"],
@@ -106,7 +107,6 @@ DETECTOR_SETS: dict[str, list[str]] = {
     "meanshift": ["meanshift"],
     "all four": ["threshold", "envelope", "cusum", "meanshift"],
 }
-RESULTS = Path(__file__).parent / "results" / "guard_overhead.json"
 
 
 # ---------------------------------------------------------------------------- envs
@@ -146,10 +146,12 @@ class NullEnv(gym.Env):
         return self.obs, reward, False, self.t >= self.episode_length, {}
 
 
-ENVS: dict[str, tuple[Callable[[], gym.Env], int]] = {
-    "CartPole-v1": (make_cartpole, CONFIG.cartpole_steps),
-    "MiniGrid-Empty-8x8-v0 (ImgObsWrapper)": (make_minigrid, CONFIG.minigrid_steps),
-}
+def envs(cfg: Config) -> dict[str, tuple[Callable[[], gym.Env], int]]:
+    """The part-1 envs: name -> (constructor, timed steps per variant per round)."""
+    return {
+        "CartPole-v1": (make_cartpole, cfg.cartpole_steps),
+        "MiniGrid-Empty-8x8-v0 (ImgObsWrapper)": (make_minigrid, cfg.minigrid_steps),
+    }
 
 
 def random_episodes(make_env: Callable[[], gym.Env], n: int, seed: int) -> list[np.ndarray]:
@@ -379,13 +381,9 @@ def vector_throughput(cfg: Config) -> dict:
     variants: dict[str, Callable[[], tuple[float, int]]] = {"numpy score += u": run_numpy}
     for label, names in DETECTOR_SETS.items():
         variants[f"guard: {label}"] = lambda names=names: run_guard(names)
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    faults: dict[str, list[int]] = {v: [] for v in variants}
-    for _ in range(cfg.rounds):
-        for v in rng.permutation(list(variants)):
-            elapsed, f = variants[v]()
-            times[v].append(elapsed)
-            faults[v].append(f)
+    measured = harness.interleaved(variants, cfg.rounds, rng)
+    times = {v: [elapsed for elapsed, _ in m] for v, m in measured.items()}
+    faults = {v: [f for _, f in m] for v, m in measured.items()}
     env_steps = cfg.vector_steps * n
     base = np.median(times["numpy score += u"])
     rows = {}
@@ -407,10 +405,10 @@ def vector_throughput(cfg: Config) -> dict:
 # ---------------------------------------------------------------------------- report
 
 
-def main(cfg: Config = CONFIG) -> None:
+def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "guard_overhead.json") -> None:
     console = Console(width=120)
     started = time.perf_counter()
-    single = [single_env_overhead(name, make, steps, cfg) for name, (make, steps) in ENVS.items()]
+    single = [single_env_overhead(name, make, steps, cfg) for name, (make, steps) in envs(cfg).items()]
     for r in single:
         table = Table(
             title=f"{r['env']}: overhead per step (bare step {r['bare_step_us']:.1f} us; median of {cfg.rounds} rounds)"
@@ -477,30 +475,19 @@ def main(cfg: Config = CONFIG) -> None:
         f"target: guard overhead <= {target}x RecordEpisodeStatistics' overhead: met in {met} of {total} cases"
     )
     elapsed = time.perf_counter() - started
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "benchmark": "guard_overhead",
-                "config": asdict(cfg),
-                "target": {"guard_overhead_over_res_overhead_max": target, "met": verdict},
-                "single_env": single,
-                "breakdown_null_env": breakdown,
-                "vector": vector,
-                "machine": {
-                    "python": platform.python_version(),
-                    "numpy": np.__version__,
-                    "gymnasium": gym.__version__,
-                    "cpus": os.cpu_count(),
-                    "load_average_at_end": os.getloadavg(),
-                },
-                "seconds": elapsed,
-            },
-            indent=1,
-        )
-    )
-    console.print(f"wrote {RESULTS} ({elapsed:.0f} s)")
+    results = {
+        "benchmark": "guard_overhead",
+        "config": asdict(cfg),
+        "target": {"guard_overhead_over_res_overhead_max": target, "met": verdict},
+        "single_env": single,
+        "breakdown_null_env": breakdown,
+        "vector": vector,
+        "machine": harness.machine(),
+        "seconds": elapsed,
+    }
+    console.print(f"wrote {harness.write(out, results)} ({elapsed:.0f} s)")
 
 
 if __name__ == "__main__":
-    main()
+    args = harness.parser(__doc__).parse_args()
+    main(QUICK if args.quick else CONFIG, harness.out_path("guard_overhead", args))

@@ -37,16 +37,13 @@ the truth) as the in-distribution check of what the quantilizer costs. Taylor's 
 decision, ``P_Q(a) <= P_base(a) / q``, holds per step by construction; the table
 shows how far the per-episode catastrophe rate stays under ``base rate / q``.
 
-Run: ``.venv/bin/python benchmarks/quantilizer.py [--episodes N]`` (a few minutes).
+Run: ``.venv/bin/python benchmarks/quantilizer.py [--episodes N] [--bare-episodes N] [--quick] [--out FILE]``
+(a few minutes).
 Results: printed as a table and written to ``benchmarks/results/quantilizer.json``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -61,9 +58,10 @@ from scipy import stats
 from sklearn.linear_model import LogisticRegression
 
 from mesaguard.experiment import EVALUATION_SEED, agent, plain_env
-from mesaguard.files import write_atomic
 from mesaguard.safeguards.quantilizer import Quantilizer, disagreement, policy_logits, smoothed
 from mesaguard.scenarios import get
+
+import harness
 
 DEMO_SEED = 30_000  # demonstrations: disjoint from calibration (10_000+) and evaluation (20_000+) seeds
 N_ACTIONS = 4
@@ -81,7 +79,7 @@ class Config:
 
 
 CONFIG = Config()
-RESULTS = Path(__file__).parent / "results" / "quantilizer.json"
+QUICK = Config(episodes=3, bare_episodes=2, demo_episodes=40, qs=(1.0, 0.1))
 
 
 def demonstrations(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +173,7 @@ def curve(base_name: str, make_base: Callable[[Any], Callable], logits_of: Calla
     return {"base": base_name, "rows": rows}
 
 
-def main(cfg: Config = CONFIG) -> None:
+def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "quantilizer.json") -> None:
     torch.set_num_threads(1)
     console = Console(width=150)
     started = time.perf_counter()
@@ -214,29 +212,22 @@ def main(cfg: Config = CONFIG) -> None:
                       f"{d['catastrophe_rate']:.3f}", f"{d['hidden_per_episode']:.2f}", "")
         console.print(table)
     elapsed = time.perf_counter() - started
-    write_atomic(
-        RESULTS,
-        json.dumps(
-            {
-                "benchmark": "quantilizer",
-                "config": asdict(cfg),
-                "behaviour_cloning": bc_info,
-                "agent": reference,
-                "curves": curves,
-                "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                            "load_average_at_end": os.getloadavg()},
-                "seconds": elapsed,
-            },
-            indent=1,
-        )
-        + "\n",
-    )
-    console.print(f"wrote {RESULTS} ({elapsed:.0f} s)")
+    results = {
+        "benchmark": "quantilizer",
+        "config": asdict(cfg),
+        "behaviour_cloning": bc_info,
+        "agent": reference,
+        "curves": curves,
+        "machine": harness.machine(),
+        "seconds": elapsed,
+    }
+    console.print(f"wrote {harness.write(out, results)} ({elapsed:.0f} s)")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=CONFIG.episodes)
-    parser.add_argument("--bare-episodes", type=int, default=CONFIG.bare_episodes)
+    parser = harness.parser(__doc__)
+    parser.add_argument("--episodes", type=int, help=f"per row on deploy (default {CONFIG.episodes})")
+    parser.add_argument("--bare-episodes", type=int, help=f"per row on bare (default {CONFIG.bare_episodes})")
     args = parser.parse_args()
-    main(Config(episodes=args.episodes, bare_episodes=args.bare_episodes))
+    cfg = harness.configured(QUICK if args.quick else CONFIG, episodes=args.episodes, bare_episodes=args.bare_episodes)
+    main(cfg, harness.out_path("quantilizer", args))

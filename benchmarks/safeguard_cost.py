@@ -14,14 +14,14 @@ the round's 30 episodes. ``impact`` has no run-time cost (the same network, trai
 on another reward) and is not measured.
 
 Driving and the cheetah come last (the quantilizer is not run on the cheetah's
-continuous actions). Run: ``.venv/bin/python benchmarks/safeguard_cost.py`` (about 20 minutes). Results:
-printed and written to ``benchmarks/results/safeguard_cost.json``.
+continuous actions). Run: ``.venv/bin/python benchmarks/safeguard_cost.py [--quick] [--out FILE]`` (about 20
+minutes; ``--quick``: lava alone, one round of 2 episodes). Results: printed and written to
+``benchmarks/results/safeguard_cost.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -37,18 +37,26 @@ from mesaguard.objective import make_objective
 from mesaguard.rollout import run_episode
 from mesaguard.scenarios import get
 
+import harness
+
 SCENARIOS = ("lava", "side-effects", "strawberry", "goodhart", "driving", "cheetah")
 NAMES = ("scope", "shield", "quantilizer", "combined")
 COLUMNS = (*NAMES, "continual")
 ROUNDS, EPISODES = 3, 30
 
 
-def main() -> None:
+def main(
+    scenarios: tuple[str, ...] = SCENARIOS,
+    rounds: int = ROUNDS,
+    episodes: int = EPISODES,
+    out: Path = harness.RESULTS / "safeguard_cost.json",
+) -> None:
+    ROUNDS, EPISODES = rounds, episodes  # this run's settings (the body reads these names)
     torch.set_num_threads(1)
     console = Console()
     objective = make_objective(OBJECTIVE)
     results = {}
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
         discrete = isinstance(get(scenario).make(get(scenario).reference_variant).action_space, gym.spaces.Discrete)
         names = [n for n in NAMES if discrete or n != "quantilizer"]  # the quantilizer needs discrete actions
         spec = BenchConfig((scenario,), ("threshold", "envelope", "cusum", "meanshift"), (0,), ROUNDS * EPISODES, 100,
@@ -83,10 +91,12 @@ def main() -> None:
         cells = [f"{r['ratio'][n]:.2f}" if n in r["ratio"] else "-" for n in COLUMNS]
         table.add_row(scenario, f"{r['steps_per_s']['none']:.0f}", *cells)
     console.print(table)
-    out = Path(__file__).parent / "results" / "safeguard_cost.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    console.print(f"wrote {out}")
+    console.print(f"wrote {harness.write(out, {**results, 'machine': harness.machine()})}")
 
 
 if __name__ == "__main__":
-    main()
+    args = harness.parser(__doc__).parse_args()
+    if args.quick:
+        main(("lava",), rounds=1, episodes=2, out=harness.out_path("safeguard_cost", args))
+    else:
+        main(out=harness.out_path("safeguard_cost", args))

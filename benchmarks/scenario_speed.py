@@ -7,13 +7,12 @@ size under ``ImgObsWrapper`` (the cheapest way to get a plain array observation)
 Interleaved blocks, median of 5 rounds: a ratio above 1 means the scenario is faster.
 Target (issue 3): within 1.5x of plain MiniGrid, i.e. ratio >= 0.67.
 
-Run: ``.venv/bin/python benchmarks/scenario_speed.py`` (about 30 s).
+Run: ``.venv/bin/python benchmarks/scenario_speed.py [--quick] [--out FILE]`` (about 30 s).
 Results: printed, and written to ``benchmarks/results/scenario_speed.json``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ from rich.table import Table
 
 from mesaguard.scenarios import SCENARIOS
 
+import harness
+
 
 @dataclass(frozen=True)
 class Config:
@@ -35,6 +36,8 @@ class Config:
     steps: int = 4000  # per round and env
     rounds: int = 5
 
+
+QUICK = Config(steps=200, rounds=2)
 
 # MiniGrid's Empty rooms come in 5, 6, 8 and 16: the nearest at least as large as each scenario.
 PLAIN = {6: "MiniGrid-Empty-6x6-v0", 7: "MiniGrid-Empty-8x8-v0", 8: "MiniGrid-Empty-8x8-v0", 9: "MiniGrid-Empty-8x8-v0"}
@@ -50,7 +53,7 @@ def steps_per_second(env: gym.Env, actions: np.ndarray, seed: int) -> float:
     return len(actions) / (time.perf_counter() - start)
 
 
-def main(cfg: Config = Config()) -> None:
+def main(cfg: Config = Config(), out: Path = harness.RESULTS / "scenario_speed.json") -> None:
     rng = np.random.default_rng(cfg.seed)
     results = []
     for s in SCENARIOS.values():
@@ -60,18 +63,22 @@ def main(cfg: Config = Config()) -> None:
         size = max(env.unwrapped.width, env.unwrapped.height)
         plain = ImgObsWrapper(gym.make(PLAIN[size]))
         actions = rng.integers(0, min(env.action_space.n, plain.action_space.n), cfg.steps)
-        ours, theirs = [], []
-        for _ in range(cfg.rounds):
-            ours.append(steps_per_second(env, actions, cfg.seed))
-            theirs.append(steps_per_second(plain, actions, cfg.seed))
+        speed = harness.interleaved(
+            {
+                "scenario": lambda env=env, actions=actions: steps_per_second(env, actions, cfg.seed),
+                "plain": lambda plain=plain, actions=actions: steps_per_second(plain, actions, cfg.seed),
+            },
+            cfg.rounds,
+        )
+        median = {name: float(np.median(v)) for name, v in speed.items()}
         row = {
             "scenario": s.name,
             "size": size,
             "plain": PLAIN[size],
-            "scenario_steps_per_s": float(np.median(ours)),
-            "plain_steps_per_s": float(np.median(theirs)),
+            "scenario_steps_per_s": median["scenario"],
+            "plain_steps_per_s": median["plain"],
+            "ratio": harness.ratios(median, baseline="plain")["scenario"],
         }
-        row["ratio"] = row["scenario_steps_per_s"] / row["plain_steps_per_s"]
         results.append(row)
 
     table = Table(title="steps per second, random actions (median of rounds)")
@@ -81,11 +88,12 @@ def main(cfg: Config = Config()) -> None:
         table.add_row(r["scenario"], r["plain"], f"{r['scenario_steps_per_s']:,.0f}", f"{r['plain_steps_per_s']:,.0f}",
                       f"{r['ratio']:.2f}")  # fmt: skip
     Console().print(table)
-    out = Path(__file__).parent / "results" / "scenario_speed.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "scenario_speed", "config": asdict(cfg), "results": results}, indent=1))
-    print(f"wrote {out}")
+    written = harness.write(
+        out, {"benchmark": "scenario_speed", "config": asdict(cfg), "results": results, "machine": harness.machine()}
+    )
+    print(f"wrote {written}")
 
 
 if __name__ == "__main__":
-    main()
+    args = harness.parser(__doc__).parse_args()
+    main(QUICK if args.quick else Config(), harness.out_path("scenario_speed", args))

@@ -33,14 +33,12 @@ states repeat, so statistics tie (at the threshold too) and the test is
 conservative: a realized rate below the Beta interval is that, not a failure; one
 above it would be.
 
-Run: ``.venv/bin/python benchmarks/scope.py`` (about 10 minutes on a loaded 2-core machine).
+Run: ``.venv/bin/python benchmarks/scope.py [--quick] [--out FILE]`` (about 10 minutes on a loaded 2-core machine).
 Results: printed as a table and written to ``benchmarks/results/scope.json``.
 """
 
 from __future__ import annotations
 
-import json
-import platform
 import time
 import timeit
 from dataclasses import asdict, dataclass
@@ -56,7 +54,8 @@ from threadpoolctl import threadpool_limits
 from mesaguard import scenarios
 from mesaguard.detectors.scope import Scope, first_alarms
 from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED, agent
-from mesaguard.files import write_atomic
+
+import harness
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class Config:
 
 
 CONFIG = Config()
-RESULTS = Path(__file__).parent / "results" / "scope.json"
+QUICK = Config(scenarios=("lava",), calibration=40, fresh=5, timing_updates=50)
 
 
 @dataclass
@@ -190,10 +189,10 @@ def shifted(scope: Scope, run: Recorded) -> dict:
     }
 
 
-def main(cfg: Config = CONFIG) -> None:
+def main(cfg: Config = CONFIG, out_file: Path = harness.RESULTS / "scope.json") -> None:
     torch.set_num_threads(1)
     console = Console(width=160)
-    results: dict = {"benchmark": "scope", "config": asdict(cfg), "machine": platform.processor() or platform.machine()}
+    results: dict = {"benchmark": "scope", "config": asdict(cfg)}
     table = Table(title=f"scope detector, shipped agents, alpha={cfg.alpha}")
     for col in ("scenario", "method", "aggregate", "false alarms (Beta 90%)", "variant", "detected",
                 "mean alarm step", "catastrophes prevented", "µs/update hit|miss|stream (x env step)"):  # fmt: skip
@@ -248,9 +247,10 @@ def main(cfg: Config = CONFIG) -> None:
                     )  # fmt: skip
         results[name] = per_scenario
     console.print(table)
-    write_atomic(RESULTS, json.dumps(results, indent=1))
-    console.print(f"written to {RESULTS}")
+    results["machine"] = harness.machine()
+    console.print(f"written to {harness.write(out_file, results)}")
 
 
 if __name__ == "__main__":
-    main()
+    args = harness.parser(__doc__).parse_args()
+    main(QUICK if args.quick else CONFIG, harness.out_path("scope", args))

@@ -98,7 +98,7 @@ deploy-cost episodes: on those steps none of the 16 candidates reached the bound
 (from a low-speed state no torque makes one step's progress large), and with no
 fallback the shield fails closed, truncating the episode (score -8 to -10%).
 
-Run: ``.venv/bin/python benchmarks/shield.py [--episodes N] [--reference-episodes N]`` (about
+Run: ``.venv/bin/python benchmarks/shield.py [--episodes N] [--reference-episodes N] [--quick] [--out FILE]`` (about
 ten minutes on one loaded core of the 2-core dev machine with the defaults; the
 shielded agent's episodes are long where it keeps proposing a harmful action until
 truncation, and each H=3 step costs several copies).
@@ -109,10 +109,7 @@ Results: printed as a table and written to ``benchmarks/results/shield.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -125,9 +122,10 @@ from rich.table import Table
 
 from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED, OBJECTIVE, agent, plain_env
 from mesaguard.rollout import rollout
-from mesaguard.files import write_atomic
 from mesaguard.safeguards.shield import INFO_KEY, Shield, increment_bound
 from mesaguard.scenarios import get
+
+import harness
 
 
 @dataclass(frozen=True)
@@ -140,6 +138,7 @@ class Config:
 
 
 CONFIG = Config()
+QUICK = Config(episodes=2, reference_episodes=2, calibration_episodes=40, scenarios=("lava", "goodhart"))
 
 
 @dataclass(frozen=True)
@@ -154,13 +153,13 @@ class CheetahConfig:
 
 
 CHEETAH = CheetahConfig()
+CHEETAH_QUICK = CheetahConfig(episodes=2, calibration_episodes=40, candidates=4, variants=("train", "deploy-cost"))
 SHIELDS: dict[str, dict[str, Any]] = {
     "none": {},
     "H=1": {"horizon": 1},
     "H=3": {"horizon": 3, "search": True},
     "H=3 naive": {"horizon": 3, "search": False},  # deploy only: on the reference it plays as H=3
 }
-RESULTS = Path(__file__).parent / "results" / "shield.json"
 
 
 def play(env: Any, policy: Any, seeds: range) -> dict[str, Any]:
@@ -226,14 +225,8 @@ def scenario_rows(name: str, cfg: Config) -> dict[str, Any]:
         out["variants"][variant] = rows
     for row in out["variants"][reference].values():
         free = out["variants"][reference]["none"]["score"]
-        row["score_kept"] = row["score"] / free if free else float("nan")
+        row["score_kept"] = row["score"] / free if free else None
     return out
-
-
-def machine() -> dict[str, Any]:
-    """What the results were measured on."""
-    return {"python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
-            "load_average_at_end": os.getloadavg()}  # fmt: skip
 
 
 def cheetah_rows(cfg: CheetahConfig) -> dict[str, Any]:
@@ -260,7 +253,7 @@ def cheetah_rows(cfg: CheetahConfig) -> dict[str, Any]:
     return out
 
 
-def main_cheetah(cfg: CheetahConfig = CHEETAH) -> None:
+def main_cheetah(cfg: CheetahConfig = CHEETAH, out: Path = harness.RESULTS / "shield.json") -> None:
     """Run the cheetah rows alone and merge them into the results file (other scenarios kept)."""
     torch.set_num_threads(1)
     console = Console(width=150)
@@ -281,14 +274,13 @@ def main_cheetah(cfg: CheetahConfig = CHEETAH) -> None:
                 f"{row['lookaheads_per_step']:.2f}", f"{row['steps_per_s']:.0f}", f"{row['steps_per_s_ratio_to_none']:.3f}",
             )
     console.print(table)
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"benchmark": "shield", "scenarios": {}}
+    data = json.loads(out.read_text()) if out.exists() else {"benchmark": "shield", "scenarios": {}}
     data["scenarios"]["cheetah"] = r
-    data.setdefault("cheetah_runs", {})["machine"] = {**machine(), "seconds": elapsed}
-    write_atomic(RESULTS, json.dumps(data, indent=1) + "\n")
-    console.print(f"merged cheetah into {RESULTS} ({elapsed:.0f} s)")
+    data["cheetah_runs"] = {"machine": harness.machine(), "seconds": elapsed}
+    console.print(f"merged cheetah into {harness.write(out, data)} ({elapsed:.0f} s)")
 
 
-def main(cfg: Config = CONFIG) -> None:
+def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "shield.json") -> None:
     torch.set_num_threads(1)
     console = Console(width=150)
     started = time.perf_counter()
@@ -306,7 +298,7 @@ def main(cfg: Config = CONFIG) -> None:
                 table.add_row(
                     variant, label, f"{row['catastrophes_per_1000_episodes']:.0f}",
                     f"{row['episodes_with_catastrophe']:.3f}", f"{row['score']:+.3f}",
-                    f"{row['score_kept']:.3f}" if "score_kept" in row else "",
+                    "" if "score_kept" not in row else "-" if row["score_kept"] is None else f"{row['score_kept']:.3f}",
                     f"{row['replaced_per_1000_steps']:.1f}", f"{row['episodes_stopped']:.3f}",
                     f"{row['lookaheads_per_step']:.2f}", f"{row['steps_per_s']:.0f}",
                     f"{row['steps_per_s_ratio_to_none']:.3f}",
@@ -314,38 +306,34 @@ def main(cfg: Config = CONFIG) -> None:
         console.print(table)
     elapsed = time.perf_counter() - started
     kept: dict[str, Any] = {}  # the cheetah rows (``--cheetah``) are not rerun here: keep them
-    if RESULTS.exists():
-        previous = json.loads(RESULTS.read_text())
+    if out.exists():
+        previous = json.loads(out.read_text())
         kept = {k: v for k, v in previous.items() if k == "cheetah_runs"}
         results = {**{k: v for k, v in previous.get("scenarios", {}).items() if k == "cheetah"}, **results}
-    write_atomic(
-        RESULTS,
-        json.dumps(
-            {
-                **kept,
-                "benchmark": "shield",
-                "config": asdict(cfg),
-                "shields": SHIELDS,
-                "scenarios": results,
-                "machine": machine(),
-                "seconds": elapsed,
-            },
-            indent=1,
-        )
-        + "\n",
-    )
-    console.print(f"wrote {RESULTS} ({elapsed:.0f} s)")
+    results = {
+        **kept,
+        "benchmark": "shield",
+        "config": asdict(cfg),
+        "shields": SHIELDS,
+        "scenarios": results,
+        "machine": harness.machine(),
+        "seconds": elapsed,
+    }
+    console.print(f"wrote {harness.write(out, results)} ({elapsed:.0f} s)")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=CONFIG.episodes)
-    parser.add_argument("--reference-episodes", type=int, default=CONFIG.reference_episodes)
-    parser.add_argument("--scenarios", nargs="+", default=list(CONFIG.scenarios))
+    parser = harness.parser(__doc__)
+    parser.add_argument("--episodes", type=int, help=f"per row (default {CONFIG.episodes}; cheetah {CHEETAH.episodes})")
+    parser.add_argument("--reference-episodes", type=int, help=f"default {CONFIG.reference_episodes}")
+    parser.add_argument("--scenarios", nargs="+", help=f"default {' '.join(CONFIG.scenarios)}")
     parser.add_argument("--cheetah", action="store_true", help="run the cheetah rows alone and merge them")
     args = parser.parse_args()
+    out = harness.out_path("shield", args)
     if args.cheetah:
-        episodes = args.episodes if args.episodes != CONFIG.episodes else CHEETAH.episodes
-        main_cheetah(CheetahConfig(episodes=episodes))
+        main_cheetah(harness.configured(CHEETAH_QUICK if args.quick else CHEETAH, episodes=args.episodes), out)
         raise SystemExit
-    main(Config(episodes=args.episodes, reference_episodes=args.reference_episodes, scenarios=tuple(args.scenarios)))
+    scenarios = tuple(args.scenarios) if args.scenarios else None
+    cfg = harness.configured(QUICK if args.quick else CONFIG, episodes=args.episodes,
+                             reference_episodes=args.reference_episodes, scenarios=scenarios)  # fmt: skip
+    main(cfg, out)

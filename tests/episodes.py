@@ -7,6 +7,9 @@ read the room they start in) and steps it until the episode ends; :class:`Played
 keeps the reset info, every step's info and reward, and the two sums, added up step
 by step in play order so that exact comparisons (``total == 2.0``) mean what they say.
 
+:func:`rollout` plays a shipped agent over several seeds and keeps the means a test of
+the agent asserts on (base objective, catastrophe rate, reward).
+
 :func:`mesaguard.rollout.run_episode` is the bench's loop: it keeps the increments and
 catastrophe steps an :class:`~mesaguard.rollout.Episode` needs, not the step infos and
 rewards these tests read.
@@ -20,12 +23,16 @@ rewards these tests read.
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
+import numpy as np
 
-__all__ = ["Played", "play"]
+from mesaguard import scenarios
+
+__all__ = ["Outcome", "Played", "play", "rollout"]
 
 PolicyFactory = Callable[[gym.Env], Callable[[Any], Any]]
 
@@ -111,3 +118,25 @@ def play(
                 total, reward_total, tuple(rewards), tuple(infos), reset_info, bool(terminated), bool(truncated)
             )
     raise AssertionError(f"episode did not end within max_steps={max_steps} steps")
+
+
+class Outcome(NamedTuple):
+    """Means over the episodes of :func:`rollout`."""
+
+    score: float  # mean base objective (``Played.total``)
+    catastrophes: float  # share of episodes with a catastrophe
+    reward: float  # mean reward (``Played.reward``)
+
+
+def rollout(scenario: str, variant: str, policy: Callable[[Any], Any], seeds: Iterable[int]) -> Outcome:
+    """Play ``policy`` (a trained agent: it reads only the observation) once per seed on ``scenario``'s ``variant``.
+
+    One env (``scenarios.make``) serves every episode, reset with each seed in turn.
+    """
+    env = scenarios.make(scenario, variant)
+    runs = [play(env, lambda _: policy, seed) for seed in seeds]
+    return Outcome(
+        float(np.mean([r.total for r in runs])),
+        float(np.mean([r.catastrophe for r in runs])),
+        float(np.mean([r.reward for r in runs])),
+    )

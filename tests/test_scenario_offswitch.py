@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 
+import functools
+
 import gymnasium as gym
+import helpers
 import numpy as np
 import pytest
 from episodes import play
@@ -21,37 +24,13 @@ LEFT, RIGHT, FORWARD = osw.LEFT, osw.RIGHT, osw.FORWARD
 EAST, SOUTH, WEST, NORTH = range(4)
 
 
-def shortest_steps(u: osw.OffSwitchEnv) -> int:
-    """Steps (turns included) of a shortest path onto the goal that never steps on the button.
-
-    An independent breadth-first search over poses, not the scripted policies' own.
-    """
-    start = (*u.agent_pos, u.agent_dir)
-    dist, frontier = {start: 0}, [start]
-    while frontier:
-        nxt = []
-        for x, y, d in frontier:
-            dx, dy = ((1, 0), (0, 1), (-1, 0), (0, -1))[d]
-            if (x + dx, y + dy) == osw.GOAL:
-                return dist[(x, y, d)] + 1
-            moves = [(x, y, (d + 1) % 4), (x, y, (d - 1) % 4)]
-            cell = u.grid.get(x + dx, y + dy)
-            if (cell is None or cell.type == "floor") and (x + dx, y + dy) != u.button_pos:
-                moves.append((x + dx, y + dy, d))
-            for pose in moves:
-                if pose not in dist:
-                    dist[pose] = dist[(x, y, d)] + 1
-                    nxt.append(pose)
-        frontier = nxt
-    raise AssertionError("goal unreachable")
+stage = functools.partial(helpers.stage, osw.make_env)
 
 
-def stage(variant: str, agent: tuple[int, int], direction: int, seed: int = 0) -> gym.Env:
-    env = osw.make_env(variant)
-    env.reset(seed=seed)
-    u = env.unwrapped
-    u.agent_pos, u.agent_dir = agent, direction
-    return env
+def off_the_button(u: osw.OffSwitchEnv, x: int, y: int) -> bool:
+    """Whether the agent may step onto (x, y) on a path that never steps on the button."""
+    cell = u.grid.get(x, y)
+    return (cell is None or cell.type == "floor") and (x, y) != u.button_pos
 
 
 # --- registry ------------------------------------------------------------------
@@ -167,7 +146,8 @@ def test_aligned_takes_a_shortest_path_that_leaves_the_button_alone(variant):
     goals = 0
     for seed in SEEDS:
         env.reset(seed=seed)
-        expected = osw.goal_increment(shortest_steps(env.unwrapped))
+        u = env.unwrapped
+        expected = osw.goal_increment(helpers.shortest_steps(u, osw.GOAL, functools.partial(off_the_button, u)))
         played = play(env, osw.aligned, seed)
         infos = played.infos
         assert not played.catastrophe

@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from episodes import Played, play
+from helpers import place
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,7 +40,8 @@ def stage(env: gym.Env, things: dict[tuple[int, int], object], agent: tuple[int,
             u.grid.set(x, y, None)
     for pos, obj in things.items():
         u.put_obj(obj, *pos)
-    u.agent_pos, u.agent_dir, u.carrying = agent, direction, None
+    place(env, agent, direction)
+    u.carrying = None
     u.strawberries_left = sum(isinstance(o, sb.Thing) and o.kind == "strawberry" for o in things.values())
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from episodes import rollout
 from stable_baselines3 import PPO
 
 from mesaguard import scenarios
@@ -46,23 +47,6 @@ def observations() -> np.ndarray:
 @pytest.fixture()
 def saved(model, tmp_path) -> Path:
     return save_policy(model, tmp_path / "agent", metadata={"scenario": "strawberry"})
-
-
-def rollout(policy, variant: str, seeds) -> tuple[float, float]:
-    """Mean base objective and catastrophe rate of ``policy`` over ``seeds``."""
-    env = scenarios.make("strawberry", variant)
-    totals, catastrophes = [], []
-    for seed in seeds:
-        obs, _ = env.reset(seed=seed)
-        total, catastrophe, done = 0.0, False, False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(policy(obs))
-            total += info["base_objective"]
-            catastrophe |= info["catastrophe"]
-            done = terminated or truncated
-        totals.append(total)
-        catastrophes.append(catastrophe)
-    return float(np.mean(totals)), float(np.mean(catastrophes))
 
 
 # --- save / load round trip ----------------------------------------------------
@@ -310,7 +294,7 @@ def test_shipped_agent_is_near_optimal_in_train_and_bad_in_deploy():
     """
     agent = load_agent("strawberry")
     seeds = range(1000, 1020)
-    train_score, train_catastrophes = rollout(agent, "train", seeds)
-    deploy_score, deploy_catastrophes = rollout(agent, "deploy", seeds)
+    train_score, train_catastrophes, _ = rollout("strawberry", "train", agent, seeds)
+    deploy_score, deploy_catastrophes, _ = rollout("strawberry", "deploy", agent, seeds)
     assert train_score >= 1.7 and train_catastrophes == 0.0
     assert deploy_score <= 0.0 and deploy_catastrophes >= 0.75

@@ -1,0 +1,135 @@
+"""The benchmarks' shared harness: the machine record, atomic result files, the common arguments, timing turns."""
+
+from __future__ import annotations
+
+import datetime
+import doctest
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+_spec = importlib.util.spec_from_file_location("benchmarks_harness", BENCHMARKS / "harness.py")
+harness = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = harness  # as an import would (dataclasses and doctest look modules up there)
+_spec.loader.exec_module(harness)
+
+
+def test_the_module_doctests_pass():
+    result = doctest.testmod(harness)
+    assert result.attempted >= 3 and result.failed == 0
+
+
+def test_machine_record_has_its_fields():
+    record = harness.machine()
+    assert tuple(record) == harness.MACHINE_FIELDS
+    assert record["python"] == platform.python_version()
+    assert record["platform"] == platform.platform()
+    assert record["cpus"] == os.cpu_count()
+    assert record["packages"]["numpy"] == np.__version__
+    assert set(record["packages"]) <= set(harness.PACKAGES)
+    date = datetime.datetime.fromisoformat(record["date"])
+    assert date.utcoffset() == datetime.timedelta(0)
+    assert len(record["load_average_at_end"]) == 3
+    json.dumps(record, allow_nan=False)  # it goes into a result file as it is
+
+
+def test_write_puts_numpy_values_as_plain_json(tmp_path):
+    path = harness.write(tmp_path / "r.json", {"n": np.int64(3), "x": np.float32(0.5), "a": np.arange(3)})
+    assert path == tmp_path / "r.json"
+    assert path.read_text().endswith("\n")
+    assert json.loads(path.read_text()) == {"n": 3, "x": 0.5, "a": [0, 1, 2]}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), object()])
+def test_a_value_json_cannot_hold_leaves_the_old_file_intact(tmp_path, bad):
+    path = tmp_path / "r.json"
+    harness.write(path, {"figure": 1.0})
+    before = path.read_bytes()
+    with pytest.raises((ValueError, TypeError)):
+        harness.write(path, {"figure": bad})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_a_write_that_fails_half_way_leaves_the_old_file_intact(tmp_path):
+    # A real failure in the middle of writing: the process may not write files over 4 KiB,
+    # so writing the 50 KB result fails with EFBIG after the first 4 KiB went to disk.
+    path = tmp_path / "r.json"
+    harness.write(path, {"figure": 1.0})
+    before = path.read_bytes()
+    script = textwrap.dedent(
+        f"""
+        import errno, importlib.util, resource, signal, sys
+        spec = importlib.util.spec_from_file_location("harness", {str(BENCHMARKS / "harness.py")!r})
+        harness = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(harness)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        try:
+            harness.write({str(path)!r}, {{"figures": list(range(10_000))}})
+        except OSError as exc:
+            sys.exit(3 if exc.errno == errno.EFBIG else 4)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # the half-written temporary file is gone
+
+
+def test_out_path_never_puts_a_quick_run_over_the_results(tmp_path):
+    parser = harness.parser("A benchmark.\n\nMore.")
+    assert harness.out_path("x", parser.parse_args([])) == harness.RESULTS / "x.json"
+    quick = harness.out_path("x", parser.parse_args(["--quick"]))
+    assert quick.name == "x.json" and harness.RESULTS not in quick.parents
+    assert harness.out_path("x", parser.parse_args(["--quick", "--out", str(tmp_path / "y.json")])) == tmp_path / "y.json"
+
+
+def test_interleaved_with_a_generator_runs_every_variant_once_per_round():
+    calls: list[str] = []
+    variants = {name: (lambda name=name: calls.append(name) or len(calls)) for name in ("a", "b", "c")}
+    out = harness.interleaved(variants, rounds=4, rng=np.random.default_rng(0))
+    assert [sorted(calls[i : i + 3]) for i in range(0, 12, 3)] == [["a", "b", "c"]] * 4
+    assert {name: len(v) for name, v in out.items()} == {"a": 4, "b": 4, "c": 4}
+    assert sorted(x for v in out.values() for x in v) == list(range(1, 13))
+
+
+def test_every_benchmark_writes_through_the_harness():
+    scripts = sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "harness.py")
+    assert len(scripts) >= 12
+    for script in scripts:
+        source = script.read_text()
+        assert "import harness" in source and "harness.write(" in source and "harness.machine()" in source, script
+        assert "harness.parser(" in source and "harness.out_path(" in source, script
+        for private in ("write_text(", "write_atomic(", "json.dump(", "argparse", "platform."):
+            assert private not in source, (script.name, private)
+
+
+def test_every_machine_record_in_the_results_has_the_one_shape():
+    def records(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "machine":
+                    yield value
+                else:
+                    yield from records(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from records(value)
+
+    seen = 0
+    for path in sorted((BENCHMARKS / "results").glob("*.json")):
+        for record in records(json.loads(path.read_text())):
+            assert isinstance(record, dict) and tuple(record) == harness.MACHINE_FIELDS, path.name
+            assert isinstance(record["packages"], dict), path.name
+            seen += 1
+    assert seen >= 5  # guard_overhead, quantilizer, scope, shield and its cheetah runs
