@@ -7,6 +7,7 @@ run ``python -m mesaguard.cli`` and a plain install without MuJoCo and highway-e
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -42,8 +43,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     corrupt = root / "corrupt.sqlite"
     shutil.copy(store, corrupt)
     db = sqlite3.connect(store)
-    page, first = db.execute("SELECT page_size, rootpage FROM pragma_page_size, sqlite_master WHERE name='episodes'"
-                            ).fetchone()  # fmt: skip
+    query = "SELECT page_size, rootpage FROM pragma_page_size, sqlite_master WHERE name='episodes'"
+    page, first = db.execute(query).fetchone()
     db.close()
     assert 1 < first < corrupt.stat().st_size // page, "the episodes' first page is not in the middle of the file"
     with corrupt.open("r+b") as f:  # garbage over the episodes' first page; the schema and other tables are intact
@@ -169,7 +170,8 @@ def test_python_m_entry_point_prints_one_unwrapped_line(tmp_path, arg):
     argv = ["deploy", "strawberry", "--calibration", str(folder)] + (
         ["--protocol", "stpo"] if arg == "--protocol" else []
     )
-    out = subprocess.run([sys.executable, "-m", "mesaguard.cli", *argv], capture_output=True, text=True, check=False)
+    out = subprocess.run([sys.executable, "-m", "mesaguard.cli", *argv], capture_output=True, text=True, check=False,
+                         env={**os.environ, "COLUMNS": "80"})  # fmt: skip
     line = {
         "--protocol": "OptionError: unknown --protocol 'stpo'; expected one of: stop, fallback",
         "--calibration": f"IsADirectoryError: Is a directory: '{folder}'",

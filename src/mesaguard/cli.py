@@ -164,8 +164,8 @@ def train(
     spec = _scenario(scenario)
     if variant is not None:
         spec.env_id(variant)  # unknown variants: the error lists the valid ones
-    if impact is not None:
-        _choice("--impact", impact, ("rr", "aup"))
+    if impact is not None and impact not in ("rr", "aup"):
+        raise typer.BadParameter(f"impact={impact!r}; expected 'rr' or 'aup'", param_hint="--impact")
     penalty = None if impact is None else Impact(impact, beta)
     folder = _output("--out", out or Path("runs") / scenario, folder=True)
     path = run_training(scenario, timesteps=timesteps, seed=seed, out=folder, variant=variant, impact=penalty)
