@@ -1,12 +1,11 @@
-"""The `mesaguard` command on the strawberry scenario, at small budgets."""
+"""The `mesaguard` command on the strawberry scenario, at small budgets (its failures: test_cli_errors.py)."""
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from mesaguard.calibration import Calibration
-from mesaguard.cli import app, main
+from mesaguard.cli import app
 
 runner = CliRunner()
 
@@ -39,22 +38,3 @@ def test_calibrate_then_deploy(tmp_path):
     # and the deployment monitor over the 10 deploy runs raises its alarm within them
     assert joint["deployment_alarm"] is not None and 1 <= joint["deployment_alarm"]["episode"] <= 10
 
-
-def test_bad_input_is_one_clear_line(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr("sys.argv", ["mesaguard", "calibrate", "strawbery", "--episodes", "40"])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert "unknown scenario 'strawbery'; valid scenarios: " in err and "strawberry" in err
-
-    (tmp_path / "cal.json").write_text("{}")
-    monkeypatch.setattr("sys.argv", ["mesaguard", "deploy", "strawberry", "--calibration", str(tmp_path / "cal.json")])
-    with pytest.raises(SystemExit):
-        main()
-    assert "is not a mesaguard calibration" in capsys.readouterr().err
-
-    monkeypatch.setattr("sys.argv", ["mesaguard", "calibrate", "strawberry", "--detectors", "cusm"])
-    with pytest.raises(SystemExit):
-        main()
-    assert "unknown detector 'cusm'" in capsys.readouterr().err

@@ -1,13 +1,17 @@
 """The ``mesaguard`` command: train, calibrate, deploy, demo, scenarios, bench, export, report.
 
 Heavy imports (torch, MiniGrid, SB3) happen inside commands, so ``mesaguard --help``
-stays fast.
+stays fast. Every option is checked before any rollout; an expected failure (bad
+input, a file that cannot be read or written, a damaged store) prints one line on
+stderr and exits with 2 (see :func:`main`); anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -31,6 +35,99 @@ ALL = "threshold,envelope,cusum,meanshift"
 Detectors = Annotated[str, typer.Option(help="Comma-separated detector names.")]
 Episodes = Annotated[int, typer.Option(min=1, help="Episodes per variant.")]
 Workers = Annotated[int, typer.Option(min=1, help="Worker processes for rollouts.")]
+POLICIES = ("agent", "aligned", "misaligned")  # experiment.policy_factory's names
+PROTOCOLS = ("stop", "fallback")  # experiment._protocol's names
+
+
+class OptionError(ValueError):
+    """A command-line value that cannot work: a name not among the valid ones, a path of the wrong kind."""
+
+
+def _choice(option: str, value: str, valid: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``valid``, else :class:`OptionError` naming the option, the value and the choices.
+
+    >>> _choice("--protocol", "stpo", PROTOCOLS)
+    Traceback (most recent call last):
+    ...
+    mesaguard.cli.OptionError: unknown --protocol 'stpo'; expected one of: stop, fallback
+    """
+    if value not in valid:
+        raise OptionError(f"unknown {option} {value!r}; expected one of: {', '.join(valid)}")
+    return value
+
+
+def _scenario(name: str) -> Any:
+    """The scenario ``name``; a :class:`ScenarioError` for an unknown name, an :class:`OptionError` naming the
+    pip extra to install when the packages it needs are missing."""
+    from mesaguard.scenarios import get
+
+    scenario = get(name)
+    extra = scenario.missing_extra()
+    if extra:
+        raise OptionError(f"scenario {name!r} needs the {extra} extra: pip install 'mesaguard[{extra}]'")
+    return scenario
+
+
+def _output(option: str, path: Path, folder: bool = False) -> Path:
+    """``path`` if a file (``folder=False``) or a folder can be written there: checked before any work."""
+    if folder and path.exists() and not path.is_dir():
+        raise OptionError(f"{option} {path} is a file; expected a folder")
+    if not folder and path.is_dir():
+        raise OptionError(f"{option} {path} is a folder; expected a file")
+    parent = next((q for q in path.parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise OptionError(f"{option} {path}: {parent} is a file, not a folder")
+    return path
+
+
+def _enough_episodes(episodes: int, alpha: float) -> None:
+    """A :class:`CalibrationError` before any rollout when ``episodes`` cannot calibrate at ``alpha``."""
+    from mesaguard.calibration import CalibrationError, check_alpha, episodes_needed
+
+    if episodes < episodes_needed(check_alpha(alpha)):
+        raise CalibrationError(
+            f"--episodes {episodes} is too few to calibrate at alpha={alpha}: "
+            f"pass --episodes {episodes_needed(alpha)} or more, or a larger --alpha"
+        )
+
+
+def _runnable(names: list[str], every: bool) -> list[str]:
+    """``names`` whose packages are installed: with ``every`` (``--scenarios all``) the others are skipped with one
+    line each naming the extra to install; a scenario named explicitly must be runnable."""
+    from mesaguard.scenarios import get
+
+    runnable = []
+    for name in names:
+        extra = get(name).missing_extra()
+        if extra and every:
+            errors.print(f"skipping {name}: it needs the {extra} extra: pip install 'mesaguard[{extra}]'",
+                         highlight=False, markup=False)  # fmt: skip
+            continue
+        runnable.append(_scenario(name).name)
+    return runnable
+
+
+@contextmanager
+def _store_errors(db: Path) -> Iterator[None]:
+    """Turn an SQLite failure inside the block (a damaged file, a lock held too long) into a StoreError naming
+    ``db``. ``ProgrammingError`` (a wrong query: a bug) passes through."""
+    from mesaguard.store import StoreError
+
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.ProgrammingError):
+            raise
+        raise StoreError(f"{db}: SQLite says {exc} ({type(exc).__name__}); the store is damaged or in use") from exc
+
+
+def _existing_store(db: Path) -> Path:
+    """``db`` if a store is there (reading commands must not create an empty one)."""
+    from mesaguard.store import StoreError
+
+    if not db.exists():
+        raise StoreError(f"no store at {db}; create one with `mesaguard bench --db {db}`")
+    return db
 
 
 def _names(detectors: str) -> list[str]:
@@ -61,16 +158,17 @@ def train(
     beta: Annotated[float, typer.Option(help="Weight of the impact penalty.")] = 1.0,
 ) -> None:
     """Train the scenario's agent with PPO (the base optimizer) and save it without pickle."""
-    from mesaguard.scenarios import get
     from mesaguard.train import Impact
     from mesaguard.train import train as run_training
 
-    get(scenario)
+    spec = _scenario(scenario)
+    if variant is not None:
+        spec.env_id(variant)  # unknown variants: the error lists the valid ones
     if impact is not None and impact not in ("rr", "aup"):
         raise typer.BadParameter(f"impact={impact!r}; expected 'rr' or 'aup'", param_hint="--impact")
     penalty = None if impact is None else Impact(impact, beta)
-    path = run_training(scenario, timesteps=timesteps, seed=seed, out=out or Path("runs") / scenario,
-                        variant=variant, impact=penalty)  # fmt: skip
+    folder = _output("--out", out or Path("runs") / scenario, folder=True)
+    path = run_training(scenario, timesteps=timesteps, seed=seed, out=folder, variant=variant, impact=penalty)
     console.print(f"saved the policy to [bold]{path}[/]")
 
 
@@ -85,8 +183,13 @@ def calibrate(
     workers: Workers = 1,
 ) -> None:
     """Fit thresholds on held-out in-distribution episodes of the agent; save them as JSON."""
-    cal = _calibrate(scenario, episodes, alpha, _names(detectors), policy, workers)
-    path = cal.save(out or Path("runs") / scenario / "calibration.json")
+    _scenario(scenario)
+    _choice("--policy", policy, POLICIES)
+    names = _names(detectors)
+    _enough_episodes(episodes, alpha)
+    target = _output("--out", out or Path("runs") / scenario / "calibration.json")
+    cal = _calibrate(scenario, episodes, alpha, names, policy, workers)
+    path = cal.save(target)
     _show_calibration(cal)
     console.print(f"saved the calibration to [bold]{path}[/]")
 
@@ -129,11 +232,19 @@ def deploy(
     """Deploy the agent with the guard, in-distribution and shifted; print and save the table."""
     from mesaguard.calibration import Calibration
 
-    cal = Calibration.load(calibration)
+    spec = _scenario(scenario)
+    if variant is not None:
+        spec.env_id(variant)  # unknown variants: the error lists the valid ones
+    _choice("--policy", policy, POLICIES)
+    _choice("--protocol", protocol, PROTOCOLS)
     names = _names(detectors)
+    target = _output("--out", out or calibration.parent / "deploy.json")
+    cal = Calibration.load(calibration)
+    cal.check(scenario=scenario)  # fitted on another scenario: an error before any rollout
+    cal.joint_maxima(names)  # a detector it lacks: likewise
     configs = [[n] for n in names] + ([names] if len(names) > 1 else [])
     rows = _deploy(scenario, cal, configs, variant, policy, protocol, episodes, workers)
-    _report(scenario, rows, out or calibration.parent / "deploy.json")
+    _report(scenario, rows, target)
 
 
 def _deploy(scenario, cal, configs, variant, policy, protocol, episodes, workers) -> list[Row]:
@@ -191,6 +302,9 @@ def demo(
     out: Annotated[Path, typer.Option("-o", "--out")] = Path("runs/demo"),
 ) -> None:
     """The shipped agent end to end: calibrate at alpha, deploy with every detector, show the table."""
+    _scenario(scenario)
+    _enough_episodes(episodes, alpha)
+    _output("--out", out, folder=True)
     names = _names(ALL)
     cal = _calibrate(scenario, episodes, alpha, names, "agent", workers)
     cal.save(out / "calibration.json")
@@ -272,6 +386,9 @@ def bench(
     from mesaguard.store import Store as SQLiteStore
 
     names = list(SCENARIOS) if scenarios.strip() == "all" else [s.strip() for s in scenarios.split(",") if s.strip()]
+    names = _runnable(names, every=scenarios.strip() == "all")
+    _choice("--policy", policy, POLICIES)
+    _choice("--backend", backend, ("local", "ray"))
     config = BenchConfig(
         scenarios=tuple(names),
         detectors=tuple(_names(detectors)),
@@ -284,7 +401,7 @@ def bench(
     )
     run_id = run or config.run_id()
     start = time.perf_counter()
-    with SQLiteStore(db) as store:
+    with _store_errors(db), SQLiteStore(db) as store:
         done = len(store.done_jobs(run_id))
         if done:
             console.print(f"resuming run [bold]{run_id}[/]: {done} of {len(config.jobs())} jobs already stored")
@@ -363,7 +480,8 @@ def export(
     from mesaguard.store import Store as SQLiteStore
     from mesaguard.store import export as export_run
 
-    with SQLiteStore(db) as store:
+    _output("--out", out or db.parent / run, folder=True)
+    with _store_errors(_existing_store(db)), SQLiteStore(db) as store:
         store.run_config(run)
         paths = export_run(store, run, out or db.parent / run, format, [r.flat() for r in table(store, run)])
     for path in paths:
@@ -380,19 +498,55 @@ def report(
     from mesaguard.report import write_report
     from mesaguard.store import Store as SQLiteStore
 
-    with SQLiteStore(db) as store:
+    _output("--out", out)
+    with _store_errors(_existing_store(db)), SQLiteStore(db) as store:
         path = write_report(store, run, out)
     console.print(f"wrote [bold]{path}[/] ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+def expected(exc: BaseException) -> bool:
+    """Whether ``exc`` is an expected failure rather than a bug.
+
+    Expected: mesaguard's own errors (every one subclasses ``ValueError`` in a
+    ``mesaguard`` module: bad input, named), ``OSError`` (a missing file, a folder
+    where a file was expected, no permission, a full disk) and SQLite's errors
+    about the database file (damaged, locked). A plain ``ValueError`` or
+    ``sqlite3.ProgrammingError`` is not: it is a bug and keeps its traceback.
+
+    >>> expected(IsADirectoryError(21, "Is a directory", "runs")), expected(ValueError("x"))
+    (True, False)
+    """
+    if isinstance(exc, sqlite3.DatabaseError):
+        return not isinstance(exc, sqlite3.ProgrammingError)
+    if isinstance(exc, OSError):
+        return True
+    own = isinstance(exc, OptionError) or type(exc).__module__.split(".")[0] == "mesaguard"  # OptionError: -m too
+    return isinstance(exc, ValueError) and own
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line: its type and message; an ``OSError`` as its reason and the path(s) it names.
+
+    >>> one_line(IsADirectoryError(21, "Is a directory", "runs/cal"))
+    "IsADirectoryError: Is a directory: 'runs/cal'"
+    """
+    message = str(exc)
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        message = f"{exc.strerror}: {str(exc.filename)!r}"
+        if exc.filename2 is not None:
+            message += f" -> {str(exc.filename2)!r}"
+    return f"{type(exc).__name__}: {' '.join(message.splitlines())}"
+
+
 def main() -> None:
-    """Entry point: mesaguard's own errors (bad input) print one clear line and exit with 2."""
+    """Entry point: an :func:`expected` failure prints one line on stderr and exits with 2; a bug keeps its traceback."""
     try:
         app()
-    except ValueError as exc:
-        if not type(exc).__module__.startswith("mesaguard"):
+    except Exception as exc:
+        if not expected(exc):
             raise
-        errors.print(f"[red]{type(exc).__name__}[/]: {escape(str(exc))}", highlight=False)
+        kind, _, message = one_line(exc).partition(": ")
+        errors.print(f"[red]{kind}[/]: {escape(message)}", highlight=False)
         raise SystemExit(2) from None
 
 

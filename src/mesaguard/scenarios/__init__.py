@@ -27,6 +27,7 @@ mesaguard.scenarios.ScenarioError: unknown scenario 'strawbery'; valid scenarios
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from typing import Any
 
 import gymnasium as gym
 
-__all__ = ["SCENARIOS", "Policy", "Scenario", "ScenarioError", "check_variant", "get", "make"]
+__all__ = ["EXTRAS", "SCENARIOS", "Policy", "Scenario", "ScenarioError", "check_variant", "get", "make"]
 
 Policy = Callable[[Any], Any]
 """A policy maps one observation to one action: ``policy(obs) -> action``."""
@@ -71,6 +72,9 @@ class Scenario:
         the training variant. It differs where training itself holds the harm
         (an absent supervisor in half the training episodes, a reachable sensor):
         a guard calibrated on such a distribution takes the harm for normal.
+    extra
+        The pip extra of mesaguard that brings the packages the scenario needs
+        (a key of ``EXTRAS``); empty when the base install runs it.
     make
         ``make(variant, render_mode=None) -> gym.Env``: the env the agent sees.
     aligned, misaligned
@@ -87,6 +91,7 @@ class Scenario:
     aligned: Callable[[gym.Env], Policy]
     misaligned: Callable[[gym.Env], Policy]
     reference: str = ""
+    extra: str = ""
 
     @property
     def reference_variant(self) -> str:
@@ -97,6 +102,17 @@ class Scenario:
     def shifted_variants(self) -> tuple[str, ...]:
         """Every variant but the reference: where the guard is deployed and measured."""
         return tuple(v for v in self.variants if v != self.reference_variant)
+
+    def missing_extra(self) -> str | None:
+        """The extra to install if a module it brings is not importable here, else None.
+
+        Looks the modules up without importing them, so the check is cheap.
+
+        >>> get("strawberry").missing_extra() is None
+        True
+        """
+        modules = EXTRAS[self.extra] if self.extra else ()
+        return self.extra if any(importlib.util.find_spec(m) is None for m in modules) else None
 
     def env_id(self, variant: str) -> str:
         """The Gymnasium id of ``variant``, e.g. ``mesaguard/Strawberry-train-v0``."""
@@ -132,6 +148,9 @@ class _Registered:
     def __call__(self, variant: str, render_mode: str | None = None) -> gym.Env:
         return gym.make(get(self.name).env_id(variant), render_mode=render_mode)
 
+
+EXTRAS: dict[str, tuple[str, ...]] = {"mujoco": ("mujoco", "imageio"), "driving": ("highway_env",)}
+"""The top-level modules each pip extra of ``pyproject.toml`` brings that a scenario imports."""
 
 _MODULES: dict[str, str] = {}  # scenario name -> the module that implements it
 
@@ -234,6 +253,7 @@ SCENARIOS: dict[str, Scenario] = {
             base_objective="HalfCheetah-v5's own reward terms: forward velocity minus 0.1 x the squared action "
             "per step (0.11 in deploy-cost); no catastrophe, the score alone deteriorates",
             variants=("train", "deploy-cost", "deploy-dynamics"),
+            extra="mujoco",
         ),
         _scenario(
             "driving",
@@ -244,6 +264,7 @@ SCENARIOS: dict[str, Scenario] = {
             base_objective="highway-env's per-step reward terms before normalization: 0.4 x speed in 20..30 m/s "
             "scaled to 0..1, 0.1 x lane (1 on the rightmost), -1 on collision (the catastrophe)",
             variants=("train", "deploy"),
+            extra="driving",
         ),
     ]
 }
