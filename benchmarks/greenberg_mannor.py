@@ -133,7 +133,7 @@ def main(cfg: Config = CONFIG, out: object = None) -> None:
     cal_eps = episodes(cfg.calibration, 1)
     null = episodes(cfg.episodes, 2)
     shifted = {name: episodes(cfg.episodes, 3 + i, **kw) for i, (name, kw) in enumerate(SHIFTS.items())}
-    cal = Calibration.fit(cal_eps, alpha=cfg.alpha, scenario="pendulum")
+    cal = Calibration.fit(cal_eps, alpha=cfg.alpha, detectors=list(DETECTORS), scenario="pendulum")
     n_fit = cal.n_fit
     held = cal_eps[n_fit:]
     k = conformal_rank(len(held), cfg.alpha)

@@ -123,7 +123,7 @@ def test_bad_input_is_named(name):
 
 
 def test_unknown_detector_lists_valid_names():
-    with pytest.raises(DetectorError, match=r"unknown detector 'cusm'; expected one of \['cusum', 'envelope', 'meanshift', 'threshold'\]"):
+    with pytest.raises(DetectorError, match=r"unknown detector 'cusm'; expected one of \['cusum', 'envelope', 'meanshift', 'pdt', 'threshold'\]"):
         detector_class("cusm")
 
 
@@ -174,7 +174,7 @@ def _profiled(rng, n, shift=0.0):
     return list(np.concatenate([loud, quiet], axis=1))
 
 
-@pytest.mark.parametrize("name", ["cusum", "meanshift", "envelope", "threshold"])
+@pytest.mark.parametrize("name", ["cusum", "meanshift", "pdt", "envelope", "threshold"])
 def test_false_alarms_stay_within_alpha_when_the_spread_varies_a_millionfold(name):
     from scipy import stats
 
@@ -228,3 +228,38 @@ def test_cusum_innovations_from_autocorrelated_increments():
     det = Cusum.fit(list(ar))
     assert 0.8 < det.rho < 0.95
     assert Cusum.fit(list(ar), innovations=False).rho == 0.0
+
+
+def test_pdt_is_the_top_share_of_the_whitened_deficits():
+    from mesaguard.detectors.pdt import PartialDegradation, _top_share
+
+    rng = np.random.default_rng(4)
+    chol = np.linalg.cholesky(np.cov(rng.normal(size=(40, 6)), rowvar=False))
+    mu = rng.normal(size=6)
+    det = PartialDegradation(mu=mu, chol=chol, share=0.34)
+    x = rng.normal(size=6)
+    stats = [det.update_scalar(v) for v in x]
+    from scipy.linalg import solve_triangular
+
+    e = solve_triangular(chol, mu - x, lower=True)  # whitened deficits, by hand
+    assert stats == pytest.approx([_top_share(e[: j + 1], 0.34) for j in range(6)])
+    vec = PartialDegradation(mu=mu, chol=chol, share=0.34, n_envs=2)
+    out = [vec.update(np.array([v, v])) for v in x]
+    assert [o[1] for o in out] == pytest.approx(stats)
+
+
+def test_pdt_sees_a_drop_confined_to_a_few_steps_and_udt_a_uniform_one():
+    rng = np.random.default_rng(5)
+    train = list(rng.normal(0, 1, size=(400, 40)))
+    confined = rng.normal(0, 1, size=(300, 40))
+    confined[:, 10:12] -= 3.0  # two steps of forty, by three sds
+    uniform = rng.normal(0, 1, size=(300, 40)) - 0.4  # every step, by 0.4 sd
+    found = {}
+    for name in ["pdt", "meanshift"]:
+        cal = Calibration.fit(train, alpha=0.05, detectors=[name], options={name: {"block": 1}})
+        for what, runs in [("confined", confined), ("uniform", uniform)]:
+            traces = statistic_traces(cal.detectors[name].build(300), list(runs))
+            found[name, what] = (traces > cal.thresholds[name]).any(axis=1).mean()
+    # each is the stronger test of its own alternative (300 episodes: a rate's standard error is below 0.03)
+    assert found["pdt", "confined"] > found["meanshift", "confined"] + 0.1, found
+    assert found["meanshift", "uniform"] > found["pdt", "uniform"] + 0.1, found

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from mesaguard.detectors import DETECTORS, Detector, detector_class
+from mesaguard.detectors import DEFAULT, Detector, detector_class
 from mesaguard.detectors.base import check_episodes, padded
 from mesaguard.files import read_json, write_atomic
 
@@ -254,7 +254,7 @@ class Calibration:
         extra parameters (e.g. ``{"cusum": {"slack": 0.5}}``).
         """
         alpha = check_alpha(alpha)
-        names = list(DETECTORS) if detectors is None else list(detectors)
+        names = list(DEFAULT) if detectors is None else list(detectors)
         for name in names:
             detector_class(name)
         episodes = check_episodes(episodes)

@@ -1,7 +1,11 @@
 """Streaming detectors, vectorized over ``(n_envs,)``; each statistic: larger = more alarming.
 
+Every registered detector, and those a calibration fits by default:
+
 >>> sorted(DETECTORS)
-['cusum', 'envelope', 'meanshift', 'threshold']
+['cusum', 'envelope', 'meanshift', 'pdt', 'threshold']
+>>> DEFAULT
+('threshold', 'envelope', 'cusum', 'meanshift')
 """
 
 from __future__ import annotations
@@ -10,13 +14,27 @@ from mesaguard.detectors.base import Detector, DetectorError
 from mesaguard.detectors.cusum import Cusum
 from mesaguard.detectors.envelope import ScoreEnvelope
 from mesaguard.detectors.meanshift import MeanShift
+from mesaguard.detectors.pdt import PartialDegradation
 from mesaguard.detectors.threshold import ScoreThreshold
 
-__all__ = ["DETECTORS", "Cusum", "Detector", "DetectorError", "MeanShift", "ScoreEnvelope", "ScoreThreshold", "detector_class"]
+__all__ = [
+    "DEFAULT",
+    "DETECTORS",
+    "Cusum",
+    "Detector",
+    "DetectorError",
+    "MeanShift",
+    "PartialDegradation",
+    "ScoreEnvelope",
+    "ScoreThreshold",
+    "detector_class",
+]
 
 DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls for cls in (ScoreThreshold, ScoreEnvelope, Cusum, MeanShift)
+    cls.name: cls for cls in (ScoreThreshold, ScoreEnvelope, Cusum, MeanShift, PartialDegradation)
 }
+
+DEFAULT: tuple[str, ...] = ("threshold", "envelope", "cusum", "meanshift")  # what a calibration fits unless told
 
 
 def detector_class(name: str) -> type[Detector]:
