@@ -195,8 +195,8 @@ class FastKinematics(KinematicObservation):
     The same numbers as :class:`~highway_env.envs.common.observation.KinematicObservation`
     (the tests compare the two) for what this scenario uses: sorted order, no vehicles
     behind, features ``presence, x, y, vx, vy``; the ego's row absolute, the others'
-    relative to it; normalized to [-1, 1] and clipped. About 0.2 ms of CPU instead of
-    6 (measured here): pandas took a third of a step's time.
+    relative to it; normalized to [-1, 1] and clipped. Pandas took a large share of a
+    step's time (``benchmarks/results/recorded.json``).
     """
 
     def observe(self) -> np.ndarray:
