@@ -56,12 +56,22 @@ def test_an_unknown_table_is_an_error_naming_the_page() -> None:
         build.render("<!-- generated: nope -->\n<!-- end generated -->", "page.md")
 
 
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors for the headings of a markdown page."""
+    headings = re.findall(r"^#+ (.+)$", path.read_text(), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 @pytest.mark.parametrize("page", build.pages())
-def test_relative_links_resolve(page: str) -> None:
+def test_relative_links_and_anchors_resolve(page: str) -> None:
     path = ROOT / page
-    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
-        if "://" not in target:
-            assert (path.parent / target).exists(), f"{page}: broken link {target}"
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", path.read_text()):
+        if "://" in target:
+            continue
+        linked = path.parent / target if target else path
+        assert linked.exists(), f"{page}: broken link {target}"
+        if anchor:
+            assert anchor in _anchors(linked), f"{page}: no heading for #{anchor} in {target or page}"
 
 
 def test_readme_keeps_the_two_commands() -> None:
