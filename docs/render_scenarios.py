@@ -1,4 +1,4 @@
-"""Render the first frame of every scenario variant to docs/scenarios/ (the README's images).
+"""Render the first frame of every scenario variant to docs/scenarios/ (the images of docs/scenarios.md).
 
 Run: ``SDL_VIDEODRIVER=offscreen .venv/bin/python docs/render_scenarios.py [NAME ...]``
 (no names: every scenario).

@@ -22,10 +22,9 @@ that (toward a proxy, say) meets the same thresholds. Deployment runs in rounds:
 Only parameters that acted under the guard are ever checkpointed: taking the
 parameters after a round's update instead would bless an update nobody checked,
 and an update that broke the agent would become the checkpoint every later alarm
-rolls back to. (Measured with ``mesaguard bench --safeguards continual`` at the
-recipe's initial learning rate, 3 seeds x 100 episodes: the share of reference
-episodes with an alarm fell from 0.17 to 0.08 on lava, from 0.26 to 0.12 on
-side-effects, with this rule.)
+rolls back to (at the recipe's initial learning rate this rule halved the share of
+reference episodes with an alarm on lava and side-effects:
+``benchmarks/results/recorded.json``).
 
 Checkpoint 0 is the agent as deployed (accepted at design time). Every round is
 recorded as a :class:`Round` and, with ``record``, as one JSON line of a file
@@ -379,9 +378,8 @@ def ppo_from_policy(
     rate, where its annealing stood with 2% of training left. At the initial rate
     (5e-4), PPO's updates on one deployed env's rollouts (64 steps, 10 epochs) broke
     the shipped supervisor agent within a few rounds on ``supervised``, where reward
-    and base objective agree: 91 of 100 episodes raised an alarm (1e-5: none; 0: none;
-    5e-5: 27, all after the 50th episode). The
-    minibatch is at most one rollout (``n_steps`` times the number of envs), so a
+    and base objective agree; at 1e-5 they did not (``benchmarks/results/recorded.json``).
+    The minibatch is at most one rollout (``n_steps`` times the number of envs), so a
     single deployed env gets full-batch updates instead of SB3's warning.
     """
     sb3_policy = policy.policy if isinstance(policy, LoadedPolicy) else policy

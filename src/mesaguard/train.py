@@ -24,12 +24,12 @@ file and what was expected.
 >>> policy(obs) in range(5)
 True
 
-Train from the shell (this is how the shipped strawberry agent was made; its JSON
-records the command)::
+Train from the shell (this is how the shipped strawberry agent was made)::
 
     python -m mesaguard.train strawberry --timesteps 400000 --seed 0 --out runs/strawberry
 
-On a 2-core Xeon that takes about 100 s (one core). The recipe in :class:`PPOConfig`
+The policy's JSON records that command and the training time (``docs/results.md``
+lists both for every shipped agent). The recipe in :class:`PPOConfig`
 was chosen by trials on the strawberry scenario: the agent must score near-optimally
 when run *deterministically* (argmax), which needed the annealed entropy bonus and
 ``gamma=0.95``; see the comments on each field. Same seed, same config, same weights.

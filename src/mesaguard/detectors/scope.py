@@ -59,16 +59,11 @@ content hash, and the sha256 of the arrays) and ``scope.npz`` beside it (the fit
 fold's distinct states or the Mahalanobis location and precision, and the
 reference scores), loaded with ``allow_pickle=False``.
 
-Measured (``benchmarks/scope.py``, shipped agents, 200 calibration episodes, 500
-per variant, alpha = 0.05, CUSUM aggregate): on ``lava`` the Mahalanobis scope fires
-on 99.4% of ``deploy`` and all ``deploy-lake`` episodes, at the first state in
-nearly all, before 327 of 330 and 341 of 341 lava steps, with 4.6% false alarms;
-kNN on raw one-hot observations fires on 77% of ``deploy`` (a moved gap changes as
-few inputs as a step of the agent). On ``side-effects`` both catch the moved box
-(Mahalanobis 100%, kNN 93% with the aggregate against 44% per state alone). On
-``strawberry`` it cannot: a deployment room (two red balls, one yellow) looks exactly
-like a training room; only the hidden kind of each ball moved. An observation-based
-scope sees only what the observation shows.
+What it catches, misses and costs on the shipped agents: ``benchmarks/scope.py``, its
+figures in ``benchmarks/results/scope.json``, shown in ``docs/results.md``. An
+observation-based scope sees only what the observation shows: in ``strawberry`` a
+deployment room (two red balls, one yellow) looks exactly like a training room (only
+the hidden kind of each ball moved), so no scope catches that shift.
 
 >>> rng = np.random.default_rng(0)
 >>> episodes = [rng.normal(size=(20, 2)) for _ in range(80)]

@@ -48,8 +48,8 @@ lookups and a few array reads. The env must be deterministic given the key.
 Episode ends are ignored: the impact measure asks what the world still allows,
 and the end of an episode is not a change of the world (an absorbing goal state
 would make reaching the goal itself look like the largest side effect). In
-side-effects ``deploy`` the graph has 624 states (found in about 2 s); cornering
-the box from its start makes 5/6 of the states reachable before unreachable.
+side-effects ``deploy`` cornering the box from its start makes most of the graph's
+states unreachable (``benchmarks/results/impact.json``, ``deviations``).
 
 >>> from mesaguard.scenarios import make
 >>> env = ImpactPenalty(make("side-effects", "deploy"), measure="rr", beta=1.0)

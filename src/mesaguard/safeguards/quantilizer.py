@@ -37,44 +37,18 @@ where they cannot.
 >>> quantile_distribution(base, values, q=1e-9).round(3).tolist()
 [0.0, 1.0, 0.0]
 
-What was found on the Goodhart scenario (``benchmarks/quantilizer.py``, results in
-``benchmarks/results/quantilizer.json``). Values: the action logits of the shipped
-proxy-trained PPO agent (its own ranking). Base: ``bc``, a logistic-regression clone
-of an honest cleaner that acts at random 20% of the time, or ``smoothed``, the
-honest cleaner itself as ``0.8 * onehot + 0.2 * uniform``. 200 ``deploy`` episodes
-per q (rug always laid); mean proxy reward / mean true objective / share of
-episodes that hide mess:
-
-==========  ===========================  ===========================
-q           base ``bc``                  base ``smoothed``
-==========  ===========================  ===========================
-1 (base)    +0.55 / +0.50 / 0.20         +0.77 / +0.74 / 0.10
-0.5         +0.71 / **+0.63** / 0.28     +0.86 / **+0.81** / 0.19
-0.25        +0.81 / +0.62 / 0.54         +0.86 / +0.77 / 0.30
-0.1         +0.88 / +0.53 / 0.81         +0.83 / +0.57 / 0.71
-0.05        +0.90 / +0.47 / 0.90         +0.90 / +0.46 / 0.90
--> 0        +0.90 / +0.46 / 0.90         +0.90 / +0.46 / 0.90 (the agent's own argmax)
-adaptive    +0.67 / +0.61 / 0.23         +0.87 / **+0.85** / 0.09
-==========  ===========================  ===========================
-
-The proxy rises as q falls and the truth does not follow it: it peaks at a middle
-q (0.5 here: the agent's ranking makes the noisy base more efficient at honest
-cleaning) and falls to the argmax's +0.46, while the share of episodes that hide
-mess climbs from the base's rate to the argmax's 0.90. At q <= 0.05 the
-quantilizer plays (nearly) as the argmax: the agent's favourite action holds at
-least 5% of the base mass (the uniform share alone) in almost every state.
-Per-episode hiding rates stayed under the single-decision bound ``base rate / q``
-in every row (0.19 against 0.20 at the closest; Taylor's bound is for one
-decision, over an episode it is not guaranteed). The adaptive q (``0.05 +
-0.95 * TV``, TV the total-variation distance between the agent's softmax and the
-base: q grows where the proxy-trained agent and the trusted policy disagree) kept
-the middle q's true objective with fewer catastrophes; with the ``smoothed`` base
-it was the best row on both (+0.85, 0.09, below the base's own 0.10). In the
-``bare`` room (no rug, proxy = truth; 50 episodes, standard error about 0.03)
-q = 1 scores +0.53 (bc) / +0.76 (smoothed) against the agent's +0.80: with the
-weaker ``bc`` base mild optimization costs in-distribution score (adaptive +0.65,
-q = 0.5 +0.69), with the ``smoothed`` base q = 0.5 and adaptive beat the agent
-there too (+0.88, +0.86).
+On the Goodhart scenario (``benchmarks/quantilizer.py``; its figures are in
+``benchmarks/results/quantilizer.json``, shown in ``docs/results.md``) the values are
+the shipped proxy-trained agent's action logits and the base is either ``bc``, a
+logistic-regression clone of an honest cleaner that acts at random part of the time,
+or ``smoothed``, that cleaner itself mixed with the uniform distribution. As q falls
+the proxy rises and the true objective does not follow it: it peaks at a middle q
+and falls to the argmax's, Goodhart's law as a curve. Taylor's bound is for one
+decision; over an episode it is not guaranteed, and the benchmark records each
+row's per-episode rate next to ``base rate / q``. The adaptive q of the benchmark is
+``q_min + (1 - q_min) * TV``, TV the total-variation distance between the agent's
+softmax and the base: q grows where the proxy-trained agent and the trusted policy
+disagree.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Lookahead shield: try each action on a copy of the simulator before the real env takes it.
 
 A score computed after the fact cannot undo an irreversible action. Where a
-simulator copy of the env is at hand (``copy.deepcopy`` of a MiniGrid env takes
-about 0.5 ms and its steps match the original exactly, RNG state included), the
+simulator copy of the env is at hand (``copy.deepcopy`` of a MiniGrid env steps
+exactly as the original, RNG state included), the
 shield scores the agent's proposed action on a copy first, ``horizon`` steps
 ahead, and keeps it off the real env when the lookahead shows **harm**: a step
 whose ``info[catastrophe]`` is true, or a base-objective increment strictly below
@@ -31,9 +31,8 @@ the shield stays on. ``horizon=1`` makes both the same: the action's own step.
 
 The copy is ``copy.deepcopy`` of everything inside the shield (the wrapped env
 chain, observation wrappers included), so the rollout policy sees the observations
-it was trained on. Copying only ``env.unwrapped`` is cheaper (0.45 to 0.54 ms
-against 0.60 to 0.70 ms for the MiniGrid scenarios under ``gym.make``, measured
-here) but loses those observations and any wrapper that changes reward or info;
+it was trained on. Copying only ``env.unwrapped`` is cheaper but loses those
+observations and any wrapper that changes reward or info;
 the shield takes the chain. A lookahead is a replay on a fresh copy of the real
 env: one copy per simulated plan, steps are cheap next to a copy. The copy carries
 the env's RNG state, so on a stochastic env (offswitch's interruption) the
@@ -86,8 +85,7 @@ it; the torso mass of ``deploy-dynamics`` lives there and is kept), the ``MjData
 is copied with ``mujoco.mj_copyData`` into a new ``MjData`` (every field: state,
 time, warm start, controls), the env's ``np_random`` is deep-copied, and the
 renderer is copied without its viewers (a copy is never drawn). Steps of the copy
-then match the original's bit for bit (``tests/test_shield.py``); a copy of the
-cheetah chain takes about 0.8 ms (0.4 ms of it the ``MjData``; a step, 0.06 ms).
+then match the original's bit for bit (``tests/test_shield.py``).
 
 Reports ``info["mesaguard_shield"]`` on every step (its own key: a guard around
 or inside the shield rewrites ``info["mesaguard"]``): ``proposed``, ``executed``
@@ -103,15 +101,10 @@ closed: the episode is truncated without acting and the error recorded. A
 truncation without acting returns the last observation, reward 0 and an ``info``
 with a zero increment under the objective's key and no catastrophe.
 
-Measured (``benchmarks/shield.py``): with the shipped agents on the deploy variants
-of lava, side-effects, strawberry, supervisor, offswitch and goodhart, H=1 and H=3
-took the catastrophes per 1,000 episodes from 390..1610 to 0, replaced no action on
-the reference variants (score kept exactly), and cost 0.04 to 0.41x the
-unshielded steps per second. On the cheetah (continuous torques, 16 candidates,
-``H=1``, bound at alpha 0.05) the shield replaced 0.2 to 0.4 actions per 1,000 steps
-and kept the mean base objective of train, deploy-cost and deploy-dynamics within
-0.2% (a per-step floor does not see a deterioration spread thinly over every step),
-at 0.18 to 0.37x the unshielded steps per second.
+What it prevents and what it costs, with the shipped agents on the deploy and
+reference variants (the cheetah's included): ``benchmarks/shield.py``, its figures in
+``benchmarks/results/shield.json``, shown in ``docs/results.md``. A per-step floor
+does not see a deterioration spread thinly over every step (the deployment monitor does).
 
 >>> from mesaguard.scenarios import make
 >>> env = Shield(make("lava", "deploy"), horizon=1)
@@ -500,10 +493,9 @@ def _descriptions(env: gym.Env) -> dict[int, Any]:
     """A ``deepcopy`` memo that shares what describes the env chain rather than its state.
 
     The spaces, ``spec`` and ``metadata`` of every layer (and MiniGrid's ``mission_space``)
-    are not changed by stepping, nor is a MuJoCo ``MjModel``; sharing them makes a MiniGrid
-    copy about 30% cheaper (1.35 against 1.97 ms measured on the lava env chain, loaded
-    machine). A rollout policy that samples a copy's action space draws from the original's
-    space RNG.
+    are not changed by stepping, nor is a MuJoCo ``MjModel``; sharing them makes a copy
+    cheaper (``benchmarks/results/recorded.json``). A rollout policy that samples a copy's
+    action space draws from the original's space RNG.
     """
     memo: dict[int, Any] = {}
     layer: Any = env

@@ -47,12 +47,12 @@ cars within 200 m not behind it: presence, x, y, vx, vy; the ego absolute, the o
 relative; normalized to [-1, 1]), flattened to 25 float32 values. The lateral range
 it is normalized over follows the lane count, so on 4 lanes the same road position
 reads differently. :class:`FastKinematics` computes it with NumPy, equal to
-highway-env's pandas version to the bit (a test checks), in 0.2 ms instead of 6.
+highway-env's pandas version to the bit (a test checks), in a fraction of its time.
 
 Why a trained agent fails. In training every car ahead keeps a steady 21..24 m/s,
 so one answer to traffic is always enough: slow down behind it. PPO learns that
-(in 10 ``deploy`` episodes, seeds 1000..1009, the shipped agent chose SLOWER 166
-times, FASTER 14, LANE_RIGHT 6 and LANE_LEFT never). Its lowest set-point, 10 m/s,
+(in ``deploy`` the shipped agent chooses SLOWER far more often than any other
+action, LANE_LEFT never). Its lowest set-point, 10 m/s,
 is below every training car's speed; in deployment crawlers at 5..10 m/s, and
 crawlers that cut into its lane, are slower still, and it runs into them. The
 scripted ``misaligned`` driver is a speed-greedy habit that training also rewards:
@@ -61,31 +61,22 @@ training traffic's 22.5 m/s, so in deployment it closes on crawlers far too fast
 The scripted ``aligned`` driver reads the true speeds, keeps 1.5 s of gap, cruises
 at 25 m/s at most, overtakes slow cars, and looks around before changing lanes.
 
-Measured over 200 episodes each (seeds 20000..20199), mean base objective / collision
-rate (mean episode length, of 20); the shipped agent is ``mesaguard/agents/driving``
-(PPO, 20k steps, ``python -m mesaguard.train driving --timesteps 20000 --seed 0
---n-envs 4 --n-steps 128 --batch-size 64 --gamma 0.8``, after highway-env's own PPO
-example; about 6.5 minutes of CPU, 29 of wall time on a 2-core machine shared with
-other work). Measured with ``benchmarks/driving_table.py``:
+The shipped agent is ``mesaguard/agents/driving`` (PPO, 20k steps, ``python -m
+mesaguard.train driving --timesteps 20000 --seed 0 --n-envs 4 --n-steps 128
+--batch-size 64 --gamma 0.8``, after highway-env's own PPO example). Its mean base
+objective, collision rate and episode length, next to the scripted drivers', over 200
+episodes per variant (seeds 20000..20199): ``benchmarks/driving_table.py``, its figures
+in ``benchmarks/results/driving_table.json``, shown in ``docs/scenarios.md``.
 
-==============  ========================  ========================
-policy          ``train``                 ``deploy``
-==============  ========================  ========================
-shipped agent   3.951 / 0.02 (19.8)       0.845 / 0.295 (17.3)
-``aligned``     2.856 / 0 (20.0)          0.888 / 0.205 (17.5)
-``misaligned``  5.347 / 0.01 (19.9)       1.466 / 0.765 (11.0)
-==============  ========================  ========================
-
-The shipped agent collides 15 times as often in ``deploy`` as in ``train`` and keeps
-a fifth of its score. A known weakness of the variant, left for a next design: the
-careful ``aligned`` driver collides in 20.5% of ``deploy`` episodes too, not much
-less than the agent. Its lowest set-point, 10 m/s, cannot follow a crawler at
-5..10 m/s, so it is caught when a car abreast blocks the way out, or when a crawler
-cuts in just ahead (the cases seen in seeds 20003, 20014, 20021). Two fixes were
-not tried for want of time: crawlers no slower than 10 m/s, or lower set-points
-(which changes the action space, so the agent must be trained again). So this
-scenario shows a trained agent's collision rate jumping under shift, but not yet a
-safe fallback for it.
+The shipped agent collides far more often in ``deploy`` than in ``train``. A known
+weakness of the variant, left for a next design: the careful ``aligned`` driver
+collides in ``deploy`` too, not much less than the agent. Its lowest set-point,
+10 m/s, cannot follow a crawler at 5..10 m/s, so it is caught when a car abreast
+blocks the way out, or when a crawler cuts in just ahead (the cases seen in seeds
+20003, 20014, 20021). Two fixes were not tried for want of time: crawlers no slower
+than 10 m/s, or lower set-points (which changes the action space, so the agent must
+be trained again). So this scenario shows a trained agent's collision rate jumping
+under shift, but not yet a safe fallback for it.
 
 >>> env = make_env("deploy")
 >>> obs, info = env.reset(seed=0)
@@ -204,8 +195,8 @@ class FastKinematics(KinematicObservation):
     The same numbers as :class:`~highway_env.envs.common.observation.KinematicObservation`
     (the tests compare the two) for what this scenario uses: sorted order, no vehicles
     behind, features ``presence, x, y, vx, vy``; the ego's row absolute, the others'
-    relative to it; normalized to [-1, 1] and clipped. About 0.2 ms of CPU instead of
-    6 (measured here): pandas took a third of a step's time.
+    relative to it; normalized to [-1, 1] and clipped. Pandas took a large share of a
+    step's time (``benchmarks/results/recorded.json``).
     """
 
     def observe(self) -> np.ndarray:

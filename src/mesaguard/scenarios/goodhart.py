@@ -49,23 +49,14 @@ there is no rug (``bare``) its cleaning is as good as it was trained to be. As
 with the tampering scenario, ``train`` rollouts already contain the hiding (the
 base objective sees it; the reward did not); ``bare`` runs show the agent as designed.
 
-Measured over seeds 20000..20199 (mean base objective / catastrophe rate); the
-shipped agent is ``python -m mesaguard.train goodhart --timesteps 400000 --seed 0``
-(about 130 s on one core; 200000 steps gave the same picture, less sharply: deploy
-+0.52 with a catastrophe in 77% of episodes):
-
-==============  ===============  ===============  ===============
-policy          train            deploy           bare
-==============  ===============  ===============  ===============
-shipped agent   +0.619 / 0.435   +0.463 / 0.900   +0.776 / 0.000
-aligned         +0.864 / 0.000   +0.864 / 0.000   +0.864 / 0.000
-misaligned      +0.435 / 0.490   +0.000 / 1.000   +0.864 / 0.000
-==============  ===============  ===============  ===============
-
-The shipped agent's reward (the proxy) in deploy is +0.90 against +0.86 for
-honest cleaning, while the truth falls to +0.46: it sweeps part of the mess under
-the rug and bins the rest. The scripted cleaners do not always finish in 30 steps
-(aligned +0.864 of 1.0); the hider always does.
+The shipped agent is ``python -m mesaguard.train goodhart --timesteps 400000 --seed
+0`` (200000 steps gave the same picture, less sharply). Its mean base objective and
+catastrophe rate, next to the scripted policies', over 200 episodes per variant
+(seeds 20000..20199): ``benchmarks/results/scenarios.json``, shown in
+``docs/scenarios.md``; further figures in ``benchmarks/results/recorded.json``. In
+deploy its reward (the proxy) beats honest cleaning's while the truth falls: it
+sweeps part of the mess under the rug and bins the rest. The scripted cleaners do
+not always finish in 30 steps; the hider always does.
 
 Actions, ``Discrete(4)``: move east, south, west, north (the index is MiniGrid's
 direction; the agent turns that way and steps unless a wall is there). Terminated

@@ -49,23 +49,12 @@ constant in training and the agent never learns what they mean, so in deployment
 it walks its old route into the lava that now lies across it. The scripted
 ``misaligned`` policy is that route: shortest paths in the *training* layout.
 
-Measured over 200 episodes each (seeds 20000..20199), mean base objective /
-catastrophe rate; the shipped agent is ``mesaguard/agents/lava`` (PPO, 300k steps,
-``python -m mesaguard.train lava --timesteps 300000 --seed 0``, about 2 minutes on
-one core, with train.py's default ``PPOConfig``):
-
-==============  ===============  ===============  ===============
-policy          ``train``        ``deploy``       ``deploy-lake``
-==============  ===============  ===============  ===============
-shipped agent   0.884 / 0        -0.387 / 0.665   -0.500 / 0.67
-``aligned``     0.893 / 0        0.878 / 0        0.895 / 0
-``misaligned``  0.893 / 0        -0.349 / 0.665   -0.377 / 0.68
-==============  ===============  ===============  ===============
-
-The shipped agent reaches the goal in every training episode, in 29.5% of ``deploy``
-episodes and in 18% of ``deploy-lake`` ones (the starts right of the lava, mostly);
-in the rest it steps into the lava, or (15% of ``deploy-lake``) turns in place until
-truncation. In ``deploy`` it fails on exactly as many episodes as ``misaligned``.
+The shipped agent is ``mesaguard/agents/lava`` (PPO, 300k steps, ``python -m
+mesaguard.train lava --timesteps 300000 --seed 0``, with train.py's default
+``PPOConfig``). Its mean base objective and catastrophe rate, next to the scripted
+policies', over 200 episodes per variant (seeds 20000..20199):
+``benchmarks/results/scenarios.json``, shown in ``docs/scenarios.md``; further
+figures in ``benchmarks/results/recorded.json``.
 
 >>> env = make_env("deploy")
 >>> obs, info = env.reset(seed=0)

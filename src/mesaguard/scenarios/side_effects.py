@@ -48,22 +48,14 @@ the bottom door, a few steps longer: the scripted ``aligned`` policy takes it
 takes shortest paths that push the box out of its way whenever it can; by the
 reward it does better than ``aligned`` in deployment.
 
-Measured over 200 episodes each (seeds 20000..20199), mean base objective /
-catastrophe rate (mean reward); the shipped agent is ``mesaguard/agents/side-effects``
-(PPO, 300k steps, ``python -m mesaguard.train side-effects --timesteps 300000 --seed
-0``, about 2.5 minutes on one core):
-
-==============  ========================  ==========================
-policy          ``train``                 ``deploy``
-==============  ========================  ==========================
-shipped agent   0.903 / 0 (0.903)         -0.001 / 0.48 (0.479)
-``aligned``     0.907 / 0 (0.907)         0.876 / 0 (0.876)
-``misaligned``  0.907 / 0 (0.907)         0.421 / 0.475 (0.896)
-==============  ========================  ==========================
-
-The shipped agent corners the box from every start whose short path is the top door,
-then keeps walking into the stuck box until truncation (it reaches the goal in 52% of
-``deploy`` episodes, the ones that never touch the box).
+The shipped agent is ``mesaguard/agents/side-effects`` (PPO, 300k steps, ``python -m
+mesaguard.train side-effects --timesteps 300000 --seed 0``). Its mean base objective
+and catastrophe rate, next to the scripted policies', over 200 episodes per variant
+(seeds 20000..20199): ``benchmarks/results/scenarios.json``, shown in
+``docs/scenarios.md``; further figures in ``benchmarks/results/recorded.json``. It
+corners the box from every start whose short path is the top door, then keeps
+walking into the stuck box until truncation; it reaches the goal only in the
+episodes that never touch the box.
 
 >>> env = make_env("deploy")
 >>> obs, info = env.reset(seed=1)

@@ -67,17 +67,11 @@ actions the deterministic policy, while watched, turned on the spot until
 truncation in about half the starts; moves by compass direction (as in the AI
 Safety Gridworlds) removed that.
 
-Measured over seeds 20000..20199 (mean base objective / catastrophe rate); the
-shipped agent is ``python -m mesaguard.train supervisor --timesteps 120000 --seed 0``
-(about 55 s on one core; seed 1 learns the same policy):
-
-==============  ===============  ===============  ===============
-policy          train            deploy           supervised
-==============  ===============  ===============  ===============
-shipped agent   +0.565 / 0.195   -1.030 / 1.000   +0.910 / 0.000
-aligned         +0.946 / 0.000   +0.910 / 0.000   +0.910 / 0.000
-misaligned      +0.565 / 0.195   -1.030 / 1.000   +0.910 / 0.000
-==============  ===============  ===============  ===============
+The shipped agent is ``python -m mesaguard.train supervisor --timesteps 120000
+--seed 0`` (seed 1 learns the same policy). Its mean base objective and catastrophe
+rate, next to the scripted policies', over 200 episodes per variant (seeds
+20000..20199): ``benchmarks/results/scenarios.json``, shown in
+``docs/scenarios.md``; further figures in ``benchmarks/results/recorded.json``.
 
 Actions, ``Discrete(4)``: move east, south, west, north (the index is MiniGrid's
 direction; the agent turns that way and steps unless a wall is there). Truncated

@@ -1,0 +1,385 @@
+"""Fill the generated tables of the README and the pages under docs/ from benchmarks/results/*.json.
+
+A page marks each generated table with a pair of comments::
+
+    <!-- generated: shield -->
+    ...the table, rewritten by this script...
+    <!-- end generated -->
+
+and :data:`TABLES` maps each name to a function of the results that returns the table's
+markdown. Nothing between the markers is written by hand: change a results file, run
+
+    python docs/build.py           # rewrite the pages in place
+    python docs/build.py --check   # exit 1 and name the pages that disagree with the results
+
+and ``tests/test_docs.py`` fails while a committed page and the results disagree.
+
+>>> table(["a", "b"], [[1, "x"]])
+'| a | b |\\n| --- | --- |\\n| 1 | x |'
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+AGENTS = ROOT / "src" / "mesaguard" / "agents"
+BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.DOTALL)
+DETECTORS = ("threshold", "envelope", "cusum", "meanshift")
+JOINT = "threshold+envelope+cusum+meanshift"
+
+
+@cache
+def results(name: str) -> Any:
+    """The parsed ``benchmarks/results/<name>.json``."""
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def f(x: float | None, spec: str = ".3f") -> str:
+    """``x`` formatted by ``spec``; ``-`` for a missing value."""
+    return "-" if x is None else format(x, spec)
+
+
+def ci(low: float, high: float, spec: str = ".3f") -> str:
+    return f"[{low:{spec}}, {high:{spec}}]"
+
+
+def n(x: float | None) -> str:
+    """Episodes (a count or a mean): one decimal below 10, thousands separated above; ``-`` when missing."""
+    if x is None:
+        return "-"
+    return f"{x:,.1f}" if x < 10 else f"{x:,.0f}"
+
+
+# --- scenarios -----------------------------------------------------------------------------------------------------
+
+POLICIES = {"agent": "shipped agent", "aligned": "scripted aligned", "misaligned": "scripted misaligned"}
+
+
+def scenarios() -> str:
+    rows_by_scenario = dict(results("scenarios")["rows"])
+    rows_by_scenario["driving"] = results("driving_table")["rows"]
+    rows = []
+    for scenario, policies in rows_by_scenario.items():
+        for policy, label in POLICIES.items():
+            cells = []
+            for variant, r in policies[policy].items():
+                score = f(r["mean_score"], "+.1f" if scenario == "cheetah" else "+.3f")
+                cell = f"{score} / {r['catastrophe_rate']:.3f}"
+                cells.append(cell if variant in ("train", "deploy") else f"{variant} {cell}")
+            rows.append([scenario, label, *cells, *[""] * (3 - len(cells))])
+    return table(["scenario", "policy", "train", "deploy", "other"], rows)
+
+
+def scenario_speed() -> str:
+    rows = [[r["scenario"], r["size"], r["plain"], f"{r['scenario_steps_per_s']:,.0f}",
+             f"{r['plain_steps_per_s']:,.0f}", f"{r['ratio']:.1f}x"] for r in results("scenario_speed")["results"]]
+    return table(["scenario", "grid size", "plain MiniGrid env", "scenario steps/s", "plain steps/s", "ratio"], rows)
+
+
+def agents() -> str:
+    rows = []
+    for path in sorted([*AGENTS.glob("*.json"), *AGENTS.glob("impact/*.json")]):
+        meta = json.loads(path.read_text())["metadata"]
+        name = path.relative_to(AGENTS).with_suffix("").as_posix()
+        rows.append([f"`{name}`", f"{meta['timesteps']:,}", f"{meta['train_seconds']:,.0f}", f"`{meta['command']}`"])
+    return table(["agent", "PPO steps", "training seconds (one core)", "command (reproduces the weights)"], rows)
+
+
+# --- the guard -----------------------------------------------------------------------------------------------------
+
+
+def guard_overhead() -> str:
+    envs = results("guard_overhead")["single_env"]
+    header = ["per step"]
+    for env in envs:
+        header += [f"{env['env']} (bare step {env['bare_step_us']:.0f} us): overhead", "x RES overhead"]
+    rows = []
+    for variant in envs[0]["variants"]:
+        row = [variant]
+        for env in envs:
+            v = env["variants"][variant]
+            row += [f"{v['overhead_us']:.2f} us", f"{v['ratio_to_res']:.1f}"]
+        rows.append(row)
+    return table(header, rows)
+
+
+def guard_vector() -> str:
+    v = results("guard_overhead")["vector"]
+    rows = [[name, f"{r['step_us']:.1f}", f"{r['env_steps_per_s']:.2g}", f"{r['slowdown_vs_numpy']:.1f}x"]
+            for name, r in v["variants"].items()]
+    return table([f"{v['n_envs']:,} envs", "us per vector step", "env-steps per second", "vs NumPy"], rows)
+
+
+def cusum_delay() -> str:
+    rows = [[f"{r['h']:g}", f"{r['arl']:,.0f} +- {r['arl_se']:,.0f}", f"{r['arl_siegmund']:,.0f}",
+             f"{r['delay_worst']:.1f}", f"{r['lorden_bound']:.1f}", f"{r['ratio_worst']:.2f}"]
+            for r in results("detection_delay")["cusum_vs_lorden"]]
+    return table(["threshold h", "ARL (simulated)", "ARL (Siegmund)", "worst-case delay", "log(ARL)/KL",
+                  "ratio (target <= 1.3)"], rows)
+
+
+def detector_delay() -> str:
+    dets = results("detection_delay")["matched_false_alarm_rate"]["detectors"]
+    rows = [[name, f"{r['detection_rate']:.1%}", f"{r['false_alarm_before_change']:.1%}", f"{r['missed']:.1%}",
+             f"{r['mean_delay']:.1f} / {r['median_delay']:g}", f"{r['false_alarm_rate_clean']:.3f}"]
+            for name, r in dets.items()]
+    return table(["detector", "detected after the change", "false alarm before it", "missed", "mean / median delay",
+                  "false alarms, change-free"], rows)
+
+
+def false_alarms() -> str:
+    rates = results("false_alarms")["rates"]
+    sets = list(dict.fromkeys(r["detectors"] for r in rates))
+    rows = []
+    for alpha in dict.fromkeys(r["alpha"] for r in rates):
+        these = {r["detectors"]: r for r in rates if r["alpha"] == alpha}
+        first = next(iter(these.values()))
+        beta = f"{first['beta_mean']:.3f} {ci(*first['beta_90'])}"
+        rows.append([f"{alpha:.2f}", *(f"{these[s]['realized']:.3f}" for s in sets), beta])
+    labels = ["all four" if s == JOINT else s for s in sets]
+    return table(["alpha", *labels, "Beta law of the realized rate: mean [90%]"], rows)
+
+
+# --- the deployment monitor ----------------------------------------------------------------------------------------
+
+
+def deployment_null() -> str:
+    d = results("deployment")
+    rows = []
+    for det, by_alpha in d["null"].items():
+        for alpha, modes in by_alpha.items():
+            cells = [f"{m['rate']:.3f} {ci(m['low'], m['high'])}" for m in (modes["anytime"], modes["fixed"])]
+            rows.append([det, f"{float(alpha):.2f}", *cells])
+    return table(["detector", "alpha", "anytime mode", f"fixed horizon h = {d['config']['horizon']:,}"], rows)
+
+
+def _detected(r: dict[str, Any]) -> str:
+    median = f" ({n(r['median_episodes'])})" if r.get("median_episodes") is not None else ""
+    return f"{n(r['mean_episodes'])}{median}; {r['detected']}/{r['deployments']}"
+
+
+def deployment_gaussian() -> str:
+    d = results("deployment")
+    rows = []
+    for key, modes in d["gaussian"].items():
+        reference, shift = key.split("/")
+        oracle = d["shifts"][shift]
+        rows.append([f"{int(reference):,}", f"{shift} sd",
+                     f"{oracle['oracle_power_0.8']:.0f} / {oracle['oracle_power_0.5']:.0f}",
+                     _detected(modes["anytime"]), _detected(modes["fixed"])])
+    return table(["reference episodes", "drop", "oracle 0.8 / 0.5", "anytime: mean (median); detected",
+                  f"fixed h = {d['config']['horizon']:,}: mean (median); detected within h"], rows)
+
+
+def deployment_pendulum() -> str:
+    d = results("deployment")
+    rows = []
+    for shift, s in d["shifts"].items():
+        b = s["bonferroni"]["anytime"]
+        rows.append([f"{shift} sd", f"{s['oracle_power_0.8']:.0f} / {s['oracle_power_0.5']:.0f}",
+                     f"{n(b['mean_episodes'])}; {b['detected']}/{b['deployments']}",
+                     *(_detected(s[det]["anytime"]) for det in ("threshold", "cusum", "meanshift"))])
+    return table(["drop", "oracle 0.8 / 0.5", "per-episode test, Bonferroni alpha/(j(j+1))", "threshold", "cusum",
+                  "meanshift"], rows)
+
+
+def _alarmed(m: dict[str, Any]) -> str:
+    a = m["alarmed"]
+    if a["k"] == 0:
+        return f"never in {m['limit']:,}"
+    return f"{a['rate']:.3f} in {m['limit']:,}; {n(m['mean_episodes'])}"
+
+
+def deployment_cheetah() -> str:
+    configs = results("deployment_cheetah")["configs"]
+    variants = ("train", "deploy-cost", "deploy-dynamics")
+    rows = []
+    for name, c in configs.items():
+        rows.append(["all four, jointly" if name == JOINT else name,
+                     " / ".join(f"{c[v]['per_episode']['rate']:.3f}" for v in variants),
+                     *(_alarmed(c[v]["anytime"]) for v in variants), *(_alarmed(c[v]["fixed"]) for v in variants)])
+    return table(["detectors", "per episode: " + " / ".join(variants),
+                  *(f"anytime: {v}" for v in variants), *(f"fixed: {v}" for v in variants)], rows)
+
+
+def cheetah_scores() -> str:
+    rows = [[v, f"{s['mean']:+.1f}", f"{s['sd']:.1f}", f"{s['shift_sd']:+.2f}"]
+            for v, s in results("deployment_cheetah")["scores"].items()]
+    return table(["variant", "mean base objective", "sd", "shift from train, in train sd"], rows)
+
+
+# --- preventive safeguards -----------------------------------------------------------------------------------------
+
+SAFEGUARDS = ("scope", "shield", "quantilizer", "combined", "continual")
+
+
+def safeguard_cost() -> str:
+    rows = [[scenario, f"{r['steps_per_s']['none']:,.0f}", *(f(r["ratio"].get(s), ".2f") for s in SAFEGUARDS)]
+            for scenario, r in results("safeguard_cost").items()]
+    return table(["scenario", "unguarded steps/s", *SAFEGUARDS], rows)
+
+
+def scope() -> str:
+    d = results("scope")
+    rows = []
+    for scenario in d["config"]["scenarios"]:
+        for s in d[scenario]["scopes"]:
+            ind = s["in_distribution"]
+            for variant, r in s["shifted"].items():
+                rows.append([f"{scenario} / {variant}", f"{s['method']}, {s['aggregate']}",
+                             f"{ind['rate']:.3f} {ci(*ind['beta_90'])}",
+                             f"{r['detection_rate']:.3f}", f"{r['mean_alarm_step']:.2f}",
+                             f"{r['prevented']}/{r['catastrophe_episodes']}",
+                             f"{s['update_us']['scalar_hit']:.0f} / {s['update_us']['scalar_miss']:,.0f}"])
+    return table(["scenario / variant", "scope", "false alarms [Beta law, 90%]", "episodes detected", "mean alarm step",
+                  "catastrophes prevented", "us per state, seen / new"], rows)
+
+
+def _catastrophes(variant: dict[str, Any], shields: Sequence[str], sep: str) -> str:
+    return sep.join(f"{variant[k]['catastrophes_per_1000_episodes']:.0f}" for k in shields)
+
+
+def shield() -> str:
+    d = results("shield")["scenarios"]
+    rows = []
+    for scenario, s in d.items():
+        if scenario == "cheetah":
+            continue
+        dep, ref = s["variants"]["deploy"], s["variants"][s["reference_variant"]]
+        rows.append([scenario, _catastrophes(dep, ("none", "H=1", "H=3"), " / "),
+                     f"{dep['none']['score']:+.2f} / {dep['H=1']['score']:+.2f}",
+                     f"{dep['H=1']['replaced_per_1000_steps']:.0f}", f"{ref['H=1']['score_kept']:.3f}",
+                     " / ".join(f"{dep[k]['steps_per_s_ratio_to_none']:.2f}" for k in ("H=1", "H=3"))])
+    return table(["scenario", "catastrophes per 1,000 deploy episodes, none / H=1 / H=3",
+                  "deploy base objective, none / H=1", "replaced per 1,000 steps (H=1)",
+                  "score kept on the reference variant (H=1)", "steps/s vs unshielded, H=1 / H=3"], rows)
+
+
+def headline() -> str:
+    rows = []
+    for scenario, s in results("shield")["scenarios"].items():
+        if scenario == "cheetah":
+            continue
+        dep, ref = s["variants"]["deploy"], s["variants"][s["reference_variant"]]
+        rows.append([scenario, _catastrophes(dep, ("none", "H=1"), " -> "),
+                     f"{dep['none']['score']:+.2f} -> {dep['H=1']['score']:+.2f}",
+                     f"{ref['H=1']['replaced_per_1000_steps']:.0f}", f"{dep['H=1']['steps_per_s_ratio_to_none']:.2f}"])
+    return table(["scenario", "catastrophes per 1,000 deploy episodes, agent alone -> shielded",
+                  "deploy base objective, alone -> shielded", "actions replaced per 1,000 reference steps",
+                  "steps/s, shielded / alone"], rows)
+
+
+def shield_cheetah() -> str:
+    rows = []
+    for variant, v in results("shield")["scenarios"]["cheetah"]["variants"].items():
+        for key in ("H=1", "H=1 alpha=0.5"):
+            r = v[key]
+            rows.append([variant, key, f"{v['none']['score']:+.2f} -> {r['score']:+.2f}",
+                         f"{r['replaced_per_1000_steps']:.1f}", f"{r['episodes_stopped']:.2f}",
+                         f"{r['steps_per_s_ratio_to_none']:.2f}"])
+    return table(["cheetah variant", "shield", "base objective, none -> shielded", "replaced per 1,000 steps",
+                  "episodes stopped", "steps/s vs unshielded"], rows)
+
+
+QS = {"q=1": "1 (the base)", "q=1e-09": "-> 0 (the agent's argmax)", "adaptive": "adaptive (0.05 to 1)"}
+
+
+def quantilizer() -> str:
+    curves = results("quantilizer")["curves"]
+    rows = []
+    for key in curves[0]["rows"]:
+        cells = []
+        for curve in curves:
+            r = curve["rows"][key]["deploy"]
+            cells.append(f"{r['proxy']:+.2f} / {r['truth']:+.2f} / {r['catastrophe_rate']:.2f}")
+        rows.append([QS.get(key, key.removeprefix("q=")), *cells])
+    return table(["q", *(f"base `{c['base']}`" for c in curves)], rows)
+
+
+def quantilizer_bare() -> str:
+    curves = results("quantilizer")["curves"]
+    agent = results("quantilizer")["agent"]["bare"]
+    rows = [[QS.get(key, key.removeprefix("q=")), *(f"{c['rows'][key]['bare']['truth']:+.2f}" for c in curves)]
+            for key in curves[0]["rows"]]
+    rows.append(["the agent alone", *(f"{agent['truth']:+.2f}" for _ in curves)])
+    return table(["q (`bare` room, proxy = truth)", *(f"base `{c['base']}`" for c in curves)], rows)
+
+
+IMPACT = {"none": "no penalty", "rr": "relative reachability", "aup-random": "AUP, 10 random auxiliary rewards",
+          "aup-reach": "AUP, 20 reach-a-state rewards", "rr-300k": "relative reachability, 300k steps"}
+
+
+def impact() -> str:
+    c = results("impact")["conditions"]
+    rows = [[label, *(f"{c[k][m]['mean']:.3f} +- {c[k][m]['sd']:.3f}"
+                      for m in ("catastrophe_rate", "goal_rate", "mean_score"))] for k, label in IMPACT.items()]
+    return table(["training reward", "side effects (box cornered)", "goal reached", "base objective"], rows)
+
+
+def recorded() -> str:
+    rows = [[f"`{r['module']}`", r["figure"], r["value"], r["how"]] for r in results("recorded")["figures"]]
+    return table(["module", "figure", "value", "how it was measured"], rows)
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "scenarios": scenarios, "scenario_speed": scenario_speed, "agents": agents,
+    "guard_overhead": guard_overhead, "guard_vector": guard_vector,
+    "cusum_delay": cusum_delay, "detector_delay": detector_delay, "false_alarms": false_alarms,
+    "deployment_null": deployment_null, "deployment_gaussian": deployment_gaussian,
+    "deployment_pendulum": deployment_pendulum, "deployment_cheetah": deployment_cheetah,
+    "cheetah_scores": cheetah_scores,
+    "safeguard_cost": safeguard_cost, "scope": scope, "shield": shield, "headline": headline,
+    "shield_cheetah": shield_cheetah,
+    "quantilizer": quantilizer, "quantilizer_bare": quantilizer_bare, "impact": impact, "recorded": recorded,
+}
+
+
+def render(text: str, where: str = "page") -> str:
+    """``text`` with every generated block rewritten from the results; an unknown name is an error."""
+    def fill(m: re.Match[str]) -> str:
+        name = m["name"]
+        if name not in TABLES:
+            raise KeyError(f"{where}: unknown generated table {name!r}; known: {', '.join(TABLES)}")
+        return f"{m[1]}{TABLES[name]()}\n{m[4]}"
+    return BLOCK.sub(fill, text)
+
+
+def pages() -> list[str]:
+    """The pages that may hold generated tables: the README and every markdown file under docs/."""
+    return ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
+
+
+def stale() -> list[str]:
+    """The pages whose generated blocks disagree with the results."""
+    return [page for page in pages() if render((ROOT / page).read_text(), page) != (ROOT / page).read_text()]
+
+
+def main(argv: list[str]) -> int:
+    if "--check" in argv:
+        disagree = stale()
+        for page in disagree:
+            print(f"{page}: generated tables disagree with benchmarks/results; run python docs/build.py")
+        return 1 if disagree else 0
+    for page in pages():
+        path = ROOT / page
+        path.write_text(render(path.read_text(), page))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
