@@ -99,7 +99,7 @@ def test_offline_first_alarm_equals_the_online_monitor(seed):
         for t, x in enumerate(episode):
             monitor.observe(np.array([x]))
             if monitor.alarm and online is None:
-                online = (j, t + 1)
+                online = (j + 1, t + 1)
         monitor.finish()
         if online:
             break
