@@ -80,8 +80,10 @@ held-out in-distribution episodes: the reference bag.
    calibration reference instead would make the p-values independent only given the
    reference and not uniform given it (each reference of ``n`` values misplaces every
    quantile by about ``1/sqrt(n)``), so ``R_k - k`` would no longer be a martingale
-   and the ARL bound would hold only approximately, worse with small references;
-   and it gains nothing here (``benchmarks/late_change.py`` measures both).
+   and the ARL bound would hold only approximately, worse with small references, for
+   about the same delays (``benchmarks/late_change.py`` measures both). The growing bag
+   does not slow a late change down either: the changed episodes enter it only once
+   they have been bet on.
 5. **Mid-episode evidence.** While episode ``j`` runs, its running maximum is a
    lower bound on ``x_j``, so the p-value computed from it is an upper bound on
    ``p_j``, and since every mode's evidence grows with each bet, the evidence
