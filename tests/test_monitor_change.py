@@ -193,3 +193,40 @@ def test_a_late_change_is_caught_by_the_change_mode_as_fast_as_an_early_one(cal)
             n = monitor.alarm_episode - 2000
             break
     assert 0 < n <= 56
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.floats(-3, 3)), min_size=1, max_size=40),
+    st.sampled_from(["anytime", "change"]),
+    st.integers(0, 20),
+)
+def test_vector_evidence_is_a_lower_bound_of_the_start_order_twin(cal, steps, mode, seed):
+    """Three envs, episodes ending in any order: at every moment the evidence is at most the offline twin's best
+    over the episodes in start order, and once all have ended the final evidence is the twin's."""
+    monitor = DeploymentMonitor(cal, n_envs=3, seed=seed, mode=mode, **({"arl": 1e9} if mode == "change" else {}))
+    monitor.start()
+    draws = np.random.default_rng(seed).random(len(steps))  # the monitor draws one uniform per episode's first step
+    running, started = [0, 1, 2], 3
+    value: dict[int, float] = {}
+    u: dict[int, float] = {}
+    seen = []
+    for env, x in steps:  # a step in env `env` with statistic x; x < -2 also ends the episode and starts the next
+        live = np.arange(3) == env
+        monitor.observe(np.where(live, x, 0.0), live)
+        episode = running[env]
+        if episode not in u:
+            u[episode] = draws[len(u)]
+        value[episode] = max(value.get(episode, -np.inf), x)
+        seen.append(monitor.log_evidence)
+        if x < -2:
+            monitor.finish(live)
+            monitor.start(live)
+            running[env], started = started, started + 1
+    monitor.finish(monitor.running)  # the rest end (complete, not censored)
+    order = sorted(value)  # start order; episodes without a step are neither bet on nor ranked
+    p = sequential_pvalues(cal.joint_maxima(["threshold"]), [value[i] for i in order], [u[i] for i in order])
+    path = log_wealth_path(p, mode=mode)
+    assert monitor.episodes == len(order)
+    start = 0.0 if mode == "anytime" else -np.inf  # a new test's evidence: wealth 1, or an SR statistic of 0
+    assert max(seen) <= max(start, path.max()) + 1e-9
+    assert monitor.log_evidence == pytest.approx(path[-1], rel=1e-9, abs=1e-9)

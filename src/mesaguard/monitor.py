@@ -262,8 +262,11 @@ def _log_mean(x: np.ndarray) -> np.ndarray:
 
 
 def _log_mean_exp(x: np.ndarray) -> float:
-    """:func:`_log_mean` of one vector, as a float."""
-    return float(_log_mean(x))
+    """:func:`_log_mean` of one vector, as a float (the hot path: no array temporaries beyond one)."""
+    top = float(x.max())
+    if top == -math.inf:
+        return top
+    return top + math.log(float(np.exp(x - top).sum()) / x.size)
 
 
 def _scores(p: np.ndarray | float) -> np.ndarray:
@@ -551,6 +554,8 @@ class DeploymentMonitor:
         self._bag = sorted(self.reference.tolist())
         self._open: list[_Episode] = []  # started, not yet bet on; ascending ids
         self._running: list[_Episode | None] = [None] * self.n_envs
+        self._has = np.zeros(self.n_envs, dtype=bool)  # envs with a running episode (checked at every call)
+        self._all = np.ones(self.n_envs, dtype=bool)  # the mask of every env (read only)
         self._next_id = 0
         self._first = 0  # first episode id of the current test (after the last clear)
         self._log_wealth = _start(self.mode, (self.shifts.size,))  # per shift: log-evidence of the bets made
@@ -583,7 +588,7 @@ class DeploymentMonitor:
     @property
     def running(self) -> np.ndarray:
         """Per env, whether an episode is running there (started, not yet finished)."""
-        return np.array([episode is not None for episode in self._running])
+        return self._has.copy()
 
     def report(self) -> dict[str, object]:
         """What a guard puts in ``info["mesaguard"]["deployment"]``."""
@@ -602,7 +607,9 @@ class DeploymentMonitor:
     def _mask(self, mask: np.ndarray | None, name: str) -> np.ndarray:
         """A boolean mask over the envs (all if None), checked."""
         if mask is None:
-            return np.ones(self.n_envs, dtype=bool)
+            return self._all
+        if isinstance(mask, np.ndarray) and mask.dtype == bool and mask.shape == self._all.shape:
+            return mask  # the hot path: read, never written
         m = np.asarray(mask)
         if m.shape != (self.n_envs,) or not (m.dtype == bool or np.isin(m, (0, 1)).all()):
             raise MonitorError(f"{name}={m.tolist()}; expected {self.n_envs} booleans, one per env")
@@ -610,9 +617,11 @@ class DeploymentMonitor:
 
     def _require_running(self, call: str, envs: np.ndarray) -> None:
         """Refuse ``call`` in any env of ``envs`` without a started episode: never drop evidence silently."""
-        missing = [int(i) for i in np.flatnonzero(envs) if self._running[i] is None]
-        if missing:
-            raise MonitorError(f"{call} in env {missing} with no started episode: {_ORDER}")
+        if self._has.all():
+            return
+        missing = envs & ~self._has
+        if missing.any():
+            raise MonitorError(f"{call} in env {np.flatnonzero(missing).tolist()} with no started episode: {_ORDER}")
 
     def start(self, mask: np.ndarray | None = None) -> None:
         """Start new episodes in the envs of ``mask`` (all if None), numbered in env order.
@@ -620,13 +629,14 @@ class DeploymentMonitor:
         An episode still running in one of them ends first, censored (it was cut short).
         """
         m = self._mask(mask, "mask")
-        ended = m & self.running
+        ended = m & self._has
         if ended.any():
             self.finish(ended, censored=True)
         for i in np.flatnonzero(m):
             episode = _Episode(self._next_id)
             self._next_id += 1
             self._running[i] = episode
+            self._has[i] = True
             self._open.append(episode)
         for det in self.detectors:
             det.reset(None if mask is None else m)
@@ -664,14 +674,16 @@ class DeploymentMonitor:
         m = self._mask(live, "live")
         self._require_running("update()", m)
         u = np.asarray(u, dtype=np.float64)
-        if u.shape == (self.n_envs,):
+        if live is not None and u.shape == m.shape:
             u = np.where(m, u, 0.0)
-            bad = ~np.isfinite(u)
-            if bad.any():
-                self._censor(bad)  # those episodes' statistics can no longer be computed
-        u = as_increments(u, self.n_envs)  # names the shape or the non-finite values
+        try:
+            u = as_increments(u, self.n_envs)  # names the shape or the non-finite values
+        except DetectorError:
+            if u.shape == m.shape:
+                self._censor(~np.isfinite(u))  # those episodes' statistics can no longer be computed
+            raise
         stats = np.array([det._update(u) for det in self.detectors])
-        return self.observe(((stats - self._location) / self._scale).max(axis=0), live)
+        return self._observe(((stats - self._location) / self._scale).max(axis=0), m)
 
     def observe(self, statistic: np.ndarray, live: np.ndarray | None = None) -> float:
         """Feed one joint standardized statistic per env directly; return the evidence.
@@ -683,14 +695,19 @@ class DeploymentMonitor:
         if statistic.shape != (self.n_envs,):
             raise MonitorError(f"statistics of shape {statistic.shape}; expected ({self.n_envs},), one per env")
         self._require_running("observe()", m)
-        bad = m & ~np.isfinite(statistic)
-        if bad.any():
+        return self._observe(statistic, m)
+
+    def _observe(self, statistic: np.ndarray, m: np.ndarray) -> float:
+        """:meth:`observe` once its arguments are checked: ``m`` the live envs, each with a running episode."""
+        finite = np.isfinite(statistic)
+        bad = None if finite.all() else m & ~finite
+        if bad is not None and bad.any():
             self._censor(bad)
             raise MonitorError(
                 f"statistics {statistic[bad].tolist()} at env {np.flatnonzero(bad).tolist()} are not finite"
             )
         changed = False
-        for i in np.flatnonzero(m):
+        for i in np.flatnonzero(m).tolist():
             episode = self._running[i]
             assert episode is not None  # checked above
             self.steps += 1
@@ -734,6 +751,7 @@ class DeploymentMonitor:
             if episode is None:
                 continue
             self._running[i] = None
+            self._has[i] = False
             if episode.steps == 0:  # replaced before its first step: no outcome, so neither bet nor bag
                 self._open.remove(episode)
                 continue
@@ -792,19 +810,20 @@ class DeploymentMonitor:
         crossing = None
         if best >= self.log_threshold:  # only if the threshold is below a new test's evidence
             crossing = self._next_id if self._last_bet is None else self._last_bet + 1
-        pending: list[float] = []  # what each earlier pending episode adds to a later one's bag
+        pending: list[float] = []  # sorted: what the earlier pending episodes add to a later one's bag
         for episode in self._open:
             if self._counts_bet(episode):
+                if episode.steps == 0:  # no step yet: it may be replaced and never bet on, so neither may later ones
+                    break
                 greater, equal = _counts(self._bag, episode.value)
-                greater += sum(v > episode.value for v in pending)
-                equal += sum(v == episode.value for v in pending)
-                p = _pvalue(greater, equal, len(self._bag) + len(pending), episode.u)
+                more, tied = _counts(pending, episode.value)
+                p = _pvalue(greater + more, equal + tied, len(self._bag) + len(pending), episode.u)
                 log_wealth = _advance(self.mode, log_wealth, self._bet(p))
                 level = _log_mean_exp(log_wealth)
                 if crossing is None and level >= self.log_threshold:
                     crossing = episode.id + 1
                 best = max(best, level)
-            pending.append(episode.in_bag)
+            bisect.insort(pending, episode.in_bag)
         self.log_evidence = best
         if crossing is not None and not self.alarm:
             self._fire(crossing)
