@@ -19,7 +19,7 @@ with the calibration's):
     The average run length to a false alarm is at least ``c`` episodes (Lorden's
     criterion), so at most ``1000 / c`` false alarms per 1,000 episodes on average when
     the user clears each alarm and carries on; and ``P(a false alarm within the first m
-    episodes) <= m / c``. False alarms *will* happen in a deployment much longer than
+    episodes of a test) <= m / c``. False alarms *will* happen in a deployment much longer than
     ``c``: this mode trades "never" for a delay that does not grow with the time already
     spent in distribution.
 
@@ -73,17 +73,19 @@ held-out in-distribution episodes: the reference bag.
    optional stopping the first ``k`` with ``R_k >= c`` has mean at least ``c``; and
    ``R_k + m - k`` (``k <= m``) is a nonnegative martingale started at ``m``, so by
    Ville's inequality an alarm within ``m`` episodes has probability at most ``m / c``.
-   The bets on a change at time ``i`` start at ``i``, not at the deployment's start:
-   the evidence forgets the in-distribution past, and the delay after a late change is
-   that of a change at the start. The bag keeps growing, so the p-values stay exactly
-   i.i.d. uniform and the guarantee is unconditional. Ranking against the *fixed*
-   calibration reference instead would make the p-values independent only given the
-   reference and not uniform given it (each reference of ``n`` values misplaces every
-   quantile by about ``1/sqrt(n)``), so ``R_k - k`` would no longer be a martingale
-   and the ARL bound would hold only approximately, worse with small references, for
-   about the same delays (``benchmarks/late_change.py`` measures both). The growing bag
-   does not slow a late change down either: the changed episodes enter it only once
-   they have been bet on.
+   The bets on a change at time ``i`` start at ``i``, not at the deployment's start,
+   and ``R`` only grows with where it starts from (``R_{i-1} >= 0 = R_0``): on the same
+   post-change p-values, a change after any in-distribution run is detected no later
+   than the same change at the start (given no false alarm before it). The bag keeps
+   growing, so the p-values stay exactly i.i.d. uniform and the guarantee is
+   unconditional. Ranking against the *fixed* calibration reference instead would make
+   the p-values independent only given the reference and not uniform given it (each
+   reference of ``n`` values misplaces every quantile by about ``1/sqrt(n)``), so
+   ``R_k - k`` would no longer be a martingale and the ARL bound would hold only
+   approximately, worse with small references, for about the same delays
+   (``benchmarks/late_change.py`` measures both). Nor does the growing bag slow a late
+   change down: at the change it holds only in-distribution values, more of them than
+   at the start.
 5. **Mid-episode evidence.** While episode ``j`` runs, its running maximum is a
    lower bound on ``x_j``, so the p-value computed from it is an upper bound on
    ``p_j``, and since every mode's evidence grows with each bet, the evidence
@@ -92,7 +94,8 @@ held-out in-distribution episodes: the reference bag.
 6. **Vector envs.** Episodes are bet on in the order they *start*, an order that does
    not depend on their outcomes. Episodes still running when a later one ends enter
    the later one's bag as ``+inf`` (an upper bound on its p-value), so evidence is
-   available at every step, never an overstatement.
+   available at every step, never an overstatement. The chain of lower bounds stops at
+   an episode that has not stepped yet: it may be replaced and never bet on.
 7. **Censored episodes.** An episode cut short (stopped by the guard, handed to a
    fallback, reset early) has an unknown statistic at least its running maximum: it
    is bet on with that maximum and enters later bags as ``+inf``. Both only lower
