@@ -139,7 +139,7 @@ def detection(pool: np.ndarray, traces: np.ndarray, cfg: Config, alpha: float, r
                     break
                 n = min(limit, 4 * n)
             if hit is not None:
-                found[mode].append(hit[0] + hit[1] / steps_in)
+                found[mode].append(hit[0] - 1 + hit[1] / steps_in)
     out = {}
     for mode, limit in (("anytime", cfg.cap), ("fixed", cfg.horizon)):
         e = np.array(found[mode])
@@ -175,7 +175,7 @@ def gaussian(cfg: Config, alpha: float, rng: np.random.Generator) -> dict:
                         break
                     n = min(limit, 4 * n)
                 if hit is not None:
-                    found[mode].append(hit[0] + 1)
+                    found[mode].append(hit[0])
         out[f"{size}/{delta}"] = {
             mode: {
                 "detected": len(e),

@@ -76,7 +76,7 @@ def deployment(reference, stats, log_c, limit, rng, seed) -> int | None:
     while True:
         hit = first_deployment_alarm(reference, [stats[i] for i in picks[:n]], log_c, seed=seed)
         if hit is not None or n == limit:
-            return None if hit is None else hit[0] + 1
+            return None if hit is None else hit[0]
         n = min(limit, 4 * n)
 
 

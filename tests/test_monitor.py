@@ -1,5 +1,6 @@
 """The deployment monitor: Ville's bound, exact p-values, mid-episode evidence, vector envs, persistence."""
 
+import itertools
 import math
 
 import gymnasium as gym
@@ -12,7 +13,16 @@ from scipy import stats
 from mesaguard.calibration import Calibration, CalibrationError
 from mesaguard.detectors import DetectorError
 from mesaguard.guard import GuardedEnv, GuardedVectorEnv
-from mesaguard.monitor import SHIFTS, DeploymentMonitor, MonitorError, first_deployment_alarm, horizon_threshold, replay, log_wealth_path, sequential_pvalues
+from mesaguard.monitor import (
+    SHIFTS,
+    DeploymentMonitor,
+    MonitorError,
+    first_deployment_alarm,
+    horizon_threshold,
+    log_wealth_path,
+    replay,
+    sequential_pvalues,
+)
 from mesaguard.protocols import Alert, Fallback, Stop
 from tests.test_guard import pendulum_rewards, swing_up
 
@@ -99,7 +109,7 @@ def test_offline_first_alarm_equals_the_online_monitor(seed):
         for t, x in enumerate(episode):
             monitor.observe(np.array([x]))
             if monitor.alarm and online is None:
-                online = (j, t + 1)
+                online = (j + 1, t + 1)
         monitor.finish()
         if online:
             break
@@ -162,7 +172,7 @@ def test_evidence_within_an_episode_is_bounded_by_the_bets_around_it(statistics,
     monitor.start()
     seen = [monitor.observe(np.array([x])) for x in statistics]
     monitor.finish()
-    assert all(a <= b * (1 + 1e-12) for a, b in zip(seen, seen[1:]))
+    assert all(a <= b * (1 + 1e-12) for a, b in itertools.pairwise(seen))
     assert seen[-1] <= max(before, monitor.evidence) * (1 + 1e-12)
 
 
@@ -250,7 +260,7 @@ def test_guarded_env_reports_the_deployment_and_stops_every_later_episode_until_
     assert n is not None
     for seed in (3000, 3001):  # later episodes: refused at once, the action never runs
         stopping.reset(seed=seed)
-        obs, reward, terminated, truncated, info = stopping.step(np.array([2.0], dtype=np.float32))
+        _obs, reward, _terminated, truncated, info = stopping.step(np.array([2.0], dtype=np.float32))
         assert truncated and reward == 0.0 and info["mesaguard"]["acting"] == "protocol"
     stopping.clear()
     stopping.reset(seed=3002)
@@ -290,8 +300,8 @@ def test_scalar_and_vector_guards_report_the_same_evidence(pendulum):
         obs1, _ = single.reset(seed=seed)
         obs2, _ = vector.reset(seed=seed)
         for _ in range(200):
-            obs1, _, _, trunc1, info1 = single.step(swing_up(obs1))
-            obs2, _, _, trunc2, info2 = vector.step(swing_up(obs2[0])[None])
+            obs1, _, _, _trunc1, info1 = single.step(swing_up(obs1))
+            obs2, _, _, _trunc2, info2 = vector.step(swing_up(obs2[0])[None])
             assert info1["mesaguard"]["deployment"]["evidence"] == pytest.approx(info2["mesaguard"]["deployment"]["evidence"])
         vector.step(np.zeros((1, 1), dtype=np.float32))  # next-step autoreset: the reset step
     assert single.monitor.episodes == vector.monitor.episodes == 3
