@@ -336,10 +336,35 @@ def recorded() -> str:
     return table(["module", "figure", "value", "how it was measured"], rows)
 
 
+def greenberg_mannor() -> str:
+    r = results("greenberg_mannor")
+    shifts = list(r["shifts"])
+    rows = []
+    for name, far in r["false_alarms"].items():
+        cells = [f"{r['shifts'][s][name]['detected']:.2f} / {f(r['shifts'][s][name]['delay'], '.0f')}" for s in shifts]
+        label = "joint (" + ", ".join(r["joint"]) + ")" if name == "joint" else name
+        rows.append([label, f"{far['rate']:.3f} ({far['upper95']:.3f})", *cells])
+    return table(["test", "FAR (CP 95% upper)", *shifts], rows)
+
+
+def late_change() -> str:
+    delays = results("late_change")["delays"]
+    rows = []
+    for mode, by_shift in delays.items():
+        for shift, cells in by_shift.items():
+            starts = [k for k in cells if k.isdigit()]
+            rows.append([mode, shift, *(f(cells[k]["median_episodes"], ".0f") for k in starts),
+                         f(cells["late_over_early_median"], ".2f")])
+    first = next(iter(next(iter(delays.values())).values()))
+    starts = [k for k in first if k.isdigit()]
+    return table(["mode", "shift (sd)", *(f"change at {k}" for k in starts), "late / early"], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "scenarios": scenarios, "scenario_speed": scenario_speed, "agents": agents,
     "guard_overhead": guard_overhead, "guard_vector": guard_vector,
     "cusum_delay": cusum_delay, "detector_delay": detector_delay, "false_alarms": false_alarms,
+    "greenberg_mannor": greenberg_mannor, "late_change": late_change,
     "deployment_null": deployment_null, "deployment_gaussian": deployment_gaussian,
     "deployment_pendulum": deployment_pendulum, "deployment_cheetah": deployment_cheetah,
     "cheetah_scores": cheetah_scores,

@@ -202,8 +202,9 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             monitor.update_scalar(u)
         except Exception as exc:  # fail closed: a monitor that cannot judge raises its alarm
             self._record(exc)
-            monitor.censor()
-            monitor.fail()
+            monitor.fail()  # first: the alarm stands whatever else fails
+            if monitor.running.any():
+                monitor.censor(monitor.running)
         if monitor.alarm and not before:
             return self._fire(deployment=True) or self.protocol.stops
         return False

@@ -359,8 +359,9 @@ class GuardedVectorEnv(VectorWrapper):
         except Exception as exc:  # fail closed: a monitor that cannot judge raises its alarm
             for i in np.flatnonzero(stepped):
                 self._record(i, exc)
-            monitor.censor(stepped)
-            monitor.fail()
+            monitor.fail()  # first: the alarm stands whatever else fails
+            if (stepped & monitor.running).any():
+                monitor.censor(stepped & monitor.running)
         if monitor.alarm and not before:
             alarm = Alarm(-1, int(monitor.steps), DEPLOYMENT, float(self.guard.score.sum()), {}, None)
             try:
