@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mesaguard import bench as bench_module
+from mesaguard.bench import backends
 from mesaguard.bench import BenchConfig, BenchError, JobSpec, deployment_table, first_alarms, run_bench, run_job, table
 from mesaguard.calibration import Calibration
 from mesaguard.cli import app
@@ -123,7 +124,7 @@ def test_resume_runs_only_missing_jobs(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the run is cut off in its second job
         return real(spec, progress)
 
-    monkeypatch.setattr(bench_module, "run_job", counting)
+    monkeypatch.setattr(backends, "run_job", counting)  # where the serial backend finds it
     with Store(tmp_path / "b.sqlite") as store:
         first_pass = True
         with pytest.raises(KeyboardInterrupt):
