@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 __all__ = ["lock_path", "run_lock"]
 
@@ -30,6 +30,14 @@ def lock_path(store_path: str, run_id: str) -> str:
     'runs/bench.sqlite.2a97516c354b6884.lock'
     """
     return f"{store_path}.{hashlib.sha256(run_id.encode()).hexdigest()[:16]}.lock"
+
+
+def _is_file_at(fd: int, path: str) -> bool:
+    """Whether ``fd`` is (still) the file at ``path``."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 @contextmanager
@@ -47,21 +55,22 @@ def run_lock(store_path: str, run_id: str, on_wait: Callable[[], None] | None = 
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not waited and on_wait is not None:
-                on_wait()
-            waited = True
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(path))
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited and on_wait is not None:
+                    on_wait()
+                waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)  # an interrupt here (Ctrl-C while waiting) closes fd below
+            if _is_file_at(fd, path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
         os.close(fd)  # the holder removed the file while this one waited on it: lock the new one
     try:
         yield
     finally:
-        os.unlink(path)  # before the unlock: a waiter on this file sees it gone and tries the next one
+        with suppress(FileNotFoundError):
+            os.unlink(path)  # before the unlock: a waiter on this file sees it gone and tries the next one
         os.close(fd)
