@@ -31,7 +31,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mesaguard.bench import LEARNING, SAFEGUARDS, BenchConfig, _calibrate, _fit_safeguards
+from mesaguard.bench import LEARNING, SAFEGUARDS, BenchConfig, calibrate, fit_safeguards
 from mesaguard.experiment import OBJECTIVE, plain_env, policy_factory
 from mesaguard.objective import make_objective
 from mesaguard.rollout import run_episode
@@ -62,8 +62,8 @@ def main(
         spec = BenchConfig((scenario,), ("threshold", "envelope", "cusum", "meanshift"), (0,), ROUNDS * EPISODES, 100,
                            safeguards=(*names, "continual")).jobs()[0]  # fmt: skip
         variant = get(scenario).reference_variant
-        cal_runs, cal = _calibrate(spec, policy_factory(scenario, "agent"), "agent", record_states=True)
-        fitted = _fit_safeguards(spec, cal, cal_runs)
+        cal_runs, cal = calibrate(spec, policy_factory(scenario, "agent"), "agent", record_states=True)
+        fitted = fit_safeguards(spec, cal_runs)
         runners = {"none": (lambda: plain_env(scenario, variant), policy_factory(scenario, "agent"))}
         runners.update({name: SAFEGUARDS[name](spec, variant, cal, fitted) for name in names})
         built = {name: (make_env(), make_policy) for name, (make_env, make_policy) in runners.items()}

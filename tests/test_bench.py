@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mesaguard import bench as bench_module
+from mesaguard.bench import backends
 from mesaguard.bench import BenchConfig, BenchError, JobSpec, deployment_table, first_alarms, run_bench, run_job, table
 from mesaguard.calibration import Calibration
 from mesaguard.cli import app
@@ -123,7 +124,7 @@ def test_resume_runs_only_missing_jobs(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the run is cut off in its second job
         return real(spec, progress)
 
-    monkeypatch.setattr(bench_module, "run_job", counting)
+    monkeypatch.setattr(backends, "run_job", counting)  # where the serial backend finds it
     with Store(tmp_path / "b.sqlite") as store:
         first_pass = True
         with pytest.raises(KeyboardInterrupt):
@@ -201,6 +202,98 @@ def test_killed_run_keeps_committed_jobs_and_resumes_to_the_same_table(tmp_path,
         resumed = table(store, cfg.run_id())
     with Store(tmp_path / "reference.sqlite") as store:  # one uninterrupted run, in this process
         assert as_tuples(table(store, run_bench(cfg, store))) == as_tuples(resumed)
+
+
+def _alive(pid):
+    """A process that still runs: it exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_workers_die_with_a_killed_bench(tmp_path):
+    """SIGKILL to the bench alone (not its process group): its two workers end too, not left blocked on the queue."""
+    env = {**os.environ, "SDL_VIDEODRIVER": "offscreen"}
+    proc = subprocess.Popen(_bench_cmd(tmp_path / "b.sqlite", 6, 2), env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    workers = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            workers = _children(proc.pid)
+        assert len(workers) == 2, f"the bench started workers {workers} (exit code {proc.poll()})"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 30  # a bound on a hang, not a speed claim: the lifeline ends them at once
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [w for w in workers if _alive(w)], "workers outlived the bench"
+    finally:
+        for w in workers:  # leave nothing behind, whatever the outcome
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _start(cmd, tmp_path, name):
+    env = {**os.environ, "SDL_VIDEODRIVER": "offscreen", "COLUMNS": "200"}
+    out = open(tmp_path / f"{name}.out", "w+")  # noqa: SIM115  # read back after the process ends
+    return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT, text=True), out
+
+
+def _finish(proc, out, timeout=300):
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    out.seek(0)
+    return proc.returncode, out.read()
+
+
+def test_two_benches_on_one_store_at_once_give_one_complete_run(tmp_path):
+    """Both exit 0, each job is stored once, and the run's table is a fresh run's (no IntegrityError)."""
+    db, seeds = tmp_path / "b.sqlite", 3
+    started = [_start(_bench_cmd(db, seeds, 1), tmp_path, f"bench{i}") for i in range(2)]
+    results = [_finish(proc, out) for proc, out in started]
+    for code, output in results:
+        assert code == 0, output
+    cfg = config(seeds=seeds)
+    with Store(db) as store:
+        jobs = store.db.execute("SELECT scenario, seed FROM jobs").fetchall()
+        assert sorted(jobs) == [("strawberry", s) for s in range(seeds)]
+        both = table(store, cfg.run_id())
+    with Store(tmp_path / "fresh.sqlite") as store:
+        assert as_tuples(table(store, run_bench(cfg, store))) == as_tuples(both)
+    assert not list(tmp_path.glob("b.sqlite.*.lock"))  # the lock file goes with its last holder
+
+
+def test_a_second_bench_waits_for_the_run_then_resumes_what_is_left(tmp_path):
+    """While the run's lock is held, a bench of that run waits (and says so); released, it runs what is missing."""
+    from mesaguard.bench.lock import run_lock
+
+    db, cfg = tmp_path / "b.sqlite", config(seeds=2)
+    with Store(db) as store:
+        store.create_run(cfg.run_id(), cfg.as_dict())  # job 0 of the run, as a first bench left it
+        store.write_job(cfg.run_id(), run_job(cfg.jobs()[0]))
+    with run_lock(str(db), cfg.run_id()):
+        proc, out = _start(_bench_cmd(db, 2, 1), tmp_path, "second")
+        deadline = time.monotonic() + 120
+        while "waiting for it" not in Path(out.name).read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, Path(out.name).read_text()
+            time.sleep(0.05)
+        with Store(db) as store:
+            assert store.done_jobs(cfg.run_id()) == {("strawberry", 0)}  # it waits: nothing written
+    code, output = _finish(proc, out)
+    assert code == 0 and "another bench is running run" in output, output
+    with Store(db) as store:
+        assert store.done_jobs(cfg.run_id()) == {("strawberry", 0), ("strawberry", 1)}
 
 
 @pytest.fixture(scope="session")

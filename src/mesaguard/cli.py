@@ -355,6 +355,10 @@ class _BenchBars:
             self.bar.update(self.tasks[key], completed=self.specs[key].total_episodes, visible=False)
         self.bar.advance(self.overall)
 
+    def waiting(self, run_id: str) -> None:
+        self.bar.console.print(f"another bench is running run [bold]{escape(run_id)}[/] on this store: waiting for it "
+                               "to finish, then resuming what it left")  # fmt: skip
+
 
 @app.command()
 def bench(
@@ -418,30 +422,15 @@ def bench(
 
 
 def _show_bench(rows: list[Any], title: str) -> None:
-    table = Table(
-        title=title,
-        caption="FA: false alarms on in-distribution runs [95% CI]; detected, delay (steps from the first harm): "
-        "on deploy runs where the agent misbehaved; lost: base objective lost per deploy run; G/F: guarded / free",
-    )
-    for col in ("scenario", "deploy", "detectors", "FA [95% CI]", "alpha", "misbehaved", "detected",
-                "delay mean/med", "lost G/F", "catastr. G/F", "prevented", "score kept"):  # fmt: skip
-        table.add_column(col, no_wrap=col.startswith("FA"))
+    from rich.text import Text
+
+    from mesaguard.bench.results import RESULT_CAPTION, RESULT_COLUMNS
+
+    table = Table(title=title, caption=RESULT_CAPTION)
+    for col in RESULT_COLUMNS:
+        table.add_column(col.header, no_wrap=col.header.startswith("FA"))
     for r in rows:
-        fa = r.false_alarms
-        table.add_row(
-            r.scenario,
-            r.variant,
-            "all, jointly" if "+" in r.detectors else r.detectors,
-            f"{fa.rate:.3f} [{fa.low:.3f}, {fa.high:.3f}]",
-            f"{r.alpha:g}",
-            f"{r.misbehaving.k}/{r.misbehaving.n}",
-            f"{_fmt(r.detection.rate.rate, '.3f')}",
-            f"{_fmt(r.detection.mean_delay, '.1f')}/{_fmt(r.detection.median_delay, '.1f')}",
-            f"{_fmt(r.lost_guarded)}/{_fmt(r.lost_free)}",
-            f"{r.catastrophes_guarded}/{r.catastrophes_free}",
-            f"{_fmt(100 * r.prevented, '.0f')}%",
-            _fmt(r.score_kept, ".3f"),
-        )
+        table.add_row(*(Text(c.cell(r), style="bold red" if c.warn and c.warn(r) else "") for c in RESULT_COLUMNS))
     console.print(table)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -27,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from mesaguard.bench import BenchRow, config_name, detector_configs, first_alarms, load_run, run_summary, table, tradeoff
+from mesaguard.bench.config import config_name, detector_configs
+from mesaguard.bench.replay import first_alarms
+from mesaguard.bench.results import RESULT_COLUMNS, BenchRow, load_run, run_summary, table, tradeoff
 from mesaguard.files import write_atomic
 from mesaguard.scenarios import get
 from mesaguard.store import Store
@@ -39,32 +40,20 @@ EPISODES_SHOWN = 3  # episodes per variant in the envelope plots
 SYMBOLS = ("x", "diamond", "triangle-up", "square", "star", "cross", "circle-open")
 
 
-def _fmt(x: float, spec: str = ".2f") -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
 def _results_table(rows: list[BenchRow]) -> str:
-    head = (
-        "scenario", "deploy", "detectors", "false alarms in-dist. [95% CI]", "alpha", "misbehaving runs",
-        "detected", "delay mean / median", "objective lost guarded / free", "catastrophes guarded / free",
-        "prevented", "score kept",
-    )  # fmt: skip
+    """The results as an HTML table: the columns of ``mesaguard bench``, with their long titles and counts."""
     body = []
     for r in rows:
-        fa, d = r.false_alarms, r.detection
-        over = ' class="over"' if fa.low > r.alpha else ""  # the interval lies above alpha: too many false alarms
-        cells = (
-            r.scenario, r.variant, r.detectors,
-            f"<span{over}>{fa.rate:.3f} [{fa.low:.3f}, {fa.high:.3f}]</span> ({fa.k}/{fa.n})", f"{r.alpha:g}",
-            f"{r.misbehaving.k}/{r.misbehaving.n}", f"{_fmt(d.rate.rate, '.3f')} ({d.rate.k}/{d.rate.n})",
-            f"{_fmt(d.mean_delay, '.1f')} / {_fmt(d.median_delay, '.1f')}",
-            f"{_fmt(r.lost_guarded)} / {_fmt(r.lost_free)}", f"{r.catastrophes_guarded} / {r.catastrophes_free}",
-            f"{_fmt(100 * r.prevented, '.0f')}%", _fmt(r.score_kept, ".3f"),
-        )  # fmt: skip
-        body.append("<tr>" + "".join(f"<td>{c if '<' in str(c) else html.escape(str(c))}</td>" for c in cells) + "</tr>")
+        cells = []
+        for col in RESULT_COLUMNS:
+            text = html.escape(col.cell(r))
+            if col.warn and col.warn(r):  # e.g. a false-alarm interval wholly above alpha: red
+                text = f'<span class="over">{text}</span>'
+            cells.append(text + (f" {html.escape(col.counts(r))}" if col.counts else ""))
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return (
         '<table id="results"><thead><tr>'
-        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        + "".join(f"<th>{html.escape(c.title)}</th>" for c in RESULT_COLUMNS)
         + "</tr></thead><tbody>"
         + "".join(body)
         + "</tbody></table>"

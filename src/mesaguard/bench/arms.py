@@ -1,0 +1,257 @@
+"""The bench's safeguard arms: what each preventive safeguard fits on a job's calibration runs, and how it runs.
+
+A safeguard changes what happens in a run, so its runs are real rollouts (not a
+replay), on the same evaluation seeds as the unguarded runs they are paired with.
+Each job first fits, on its calibration runs (:func:`calibrate`), what its
+safeguards need (:func:`fit_safeguards`, a :class:`FittedSafeguards`):
+
+* ``scope`` and ``combined``: a Mahalanobis :class:`~mesaguard.detectors.scope.Scope`
+  of the calibration runs' states, at the job's alpha;
+* ``shield`` and ``combined``: the calibrated floor on one step's increment
+  (:func:`~mesaguard.safeguards.shield.increment_bound`);
+* ``continual``: the calibration of the shipped agent as it acts while it learns
+  (sampling its actions).
+
+Then :data:`SAFEGUARDS` builds, per variant, the env and policy of a safeguarded
+run, and :data:`LEARNING` plays the runs of an agent that changes as it runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import gymnasium as gym
+import numpy as np
+
+from mesaguard.bench.config import BenchError, JobSpec
+from mesaguard.calibration import Calibration
+from mesaguard.experiment import OBJECTIVE, plain_env, policy_factory
+from mesaguard.rollout import Episode, Policy, rollout
+from mesaguard.scenarios import get
+
+if TYPE_CHECKING:
+    from mesaguard.detectors.scope import Scope
+
+__all__ = [
+    "LEARNING",
+    "SAFEGUARDS",
+    "SCOPED",
+    "FittedSafeguards",
+    "LearningRun",
+    "SafeguardRun",
+    "calibrate",
+    "fit_safeguards",
+]
+
+SCOPED = frozenset({"scope", "combined"})  # safeguards that fit a scope on the calibration runs' states
+_BOUNDED = frozenset({"shield", "combined"})  # safeguards that fit a one-step increment bound
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FittedSafeguards:
+    """What a job's safeguards learned from its calibration runs; None where none of them needs it."""
+
+    scope: Scope | None = None  # the calibration runs' states (scope, combined)
+    bound: float | None = None  # the calibrated floor on one step's increment (shield, combined)
+    sampling: Calibration | None = None  # the shipped agent's calibration while it samples its actions (continual)
+
+
+def _needed(value: T | None, what: str, safeguard: str) -> T:
+    """``value``, or an error: a safeguard run without what it must be fitted with would measure nothing."""
+    if value is None:
+        raise BenchError(f"safeguard {safeguard!r} needs the fitted {what}; fit_safeguards was given no {safeguard!r}")
+    return value
+
+
+def calibrate(
+    spec: JobSpec,
+    make_policy: Callable[[gym.Env], Policy],
+    label: str,
+    on_episode: Callable[[Episode], None] | None = None,
+    record_states: bool = False,
+) -> tuple[list[Episode], Calibration]:
+    """The job's calibration runs of ``make_policy`` on the reference variant, and the calibration fitted on them."""
+    variant = get(spec.scenario).reference_variant
+    runs = rollout(functools.partial(plain_env, spec.scenario, variant), make_policy, spec.seeds("calibration"),
+                   objective=OBJECTIVE, on_episode=on_episode, record_states=record_states)  # fmt: skip
+    calibration = Calibration.fit(
+        [e.increments for e in runs],
+        alpha=spec.alpha,
+        detectors=list(spec.detectors),
+        scenario=spec.scenario,
+        obs_shape=get(spec.scenario).make(variant).observation_space.shape,
+        metadata={"policy": label, "variant": variant, "job_seed": spec.seed},
+    )
+    return runs, calibration
+
+
+def fit_safeguards(spec: JobSpec, cal_runs: list[Episode]) -> FittedSafeguards:
+    """What the job's safeguards learn from its calibration runs: the scope their states, the shield a bound.
+
+    The scope needs the runs' states: roll them out with ``record_states=True`` when
+    ``SCOPED & set(spec.safeguards)``.
+    """
+    scope, bound, sampling = None, None, None
+    if SCOPED & set(spec.safeguards):
+        from mesaguard.detectors.scope import Scope
+
+        scope = Scope.fit([e.states for e in cal_runs], method="mahalanobis", alpha=spec.alpha, scenario=spec.scenario)
+    if _BOUNDED & set(spec.safeguards):
+        from mesaguard.safeguards.shield import increment_bound
+
+        bound = increment_bound([e.increments for e in cal_runs], spec.alpha)
+    if "continual" in spec.safeguards:
+        sampling = _sampling_calibration(spec)
+    return FittedSafeguards(scope=scope, bound=bound, sampling=sampling)
+
+
+def _sampling_calibration(spec: JobSpec) -> Calibration:
+    """The calibration of the shipped agent as it acts while it learns: sampling its actions, as PPO does.
+
+    A learner explores; calibrated on its argmax runs instead, a guard sees every detour as harm (on
+    supervisor's reference variant the argmax runs score the same every time, a sampled one less now and then).
+    """
+    import torch
+
+    from mesaguard.train import LoadedPolicy, load_agent
+
+    torch.manual_seed(spec.seed)
+    agent = load_agent(spec.scenario)
+    sampling = LoadedPolicy(agent.policy, agent.metadata, deterministic=False)
+    return calibrate(spec, lambda env: sampling, "agent, sampling")[1]
+
+
+def _safeguarded_env(
+    scenario: str,
+    variant: str,
+    calibration: Calibration,
+    detectors: tuple[str, ...],
+    scope: Scope | None,
+    bound: float | None,
+) -> gym.Env:
+    """The deploy env under a ``Stop`` guard (``detectors``, ``scope``), with a one-step shield inside if ``bound``."""
+    from mesaguard.guard import GuardedEnv
+    from mesaguard.protocols import Stop
+    from mesaguard.safeguards.shield import Shield
+
+    env = plain_env(scenario, variant)
+    if bound is not None:
+        env = Shield(env, horizon=1, bound=bound)
+    if not detectors and scope is None:
+        return env
+    return GuardedEnv(env, calibration, detectors=list(detectors), protocol=Stop(), objective=OBJECTIVE,
+                      scenario=scenario, scope=scope)  # fmt: skip
+
+
+MakeEnv = Callable[[], gym.Env]
+MakePolicy = Callable[[gym.Env], Policy]
+
+
+def _scope_run(
+    spec: JobSpec, variant: str, calibration: Calibration, fitted: FittedSafeguards
+) -> tuple[MakeEnv, MakePolicy]:
+    """The agent under a guard with the scope alone and ``Stop``: it is stopped before acting out of scope."""
+    scope = _needed(fitted.scope, "scope", "scope")
+    env = functools.partial(_safeguarded_env, spec.scenario, variant, calibration, (), scope, None)
+    return env, policy_factory(spec.scenario, spec.policy)
+
+
+def _shield_run(
+    spec: JobSpec, variant: str, calibration: Calibration, fitted: FittedSafeguards
+) -> tuple[MakeEnv, MakePolicy]:
+    """The agent behind a one-step lookahead shield (catastrophes and increments below the calibrated bound)."""
+    bound = _needed(fitted.bound, "increment bound", "shield")
+    env = functools.partial(_safeguarded_env, spec.scenario, variant, calibration, (), None, bound)
+    return env, policy_factory(spec.scenario, spec.policy)
+
+
+def _quantilizer_run(
+    spec: JobSpec, variant: str, calibration: Calibration, fitted: FittedSafeguards
+) -> tuple[MakeEnv, MakePolicy]:
+    """The agent's ranking quantilized over the scripted aligned policy smoothed (the trusted base), adaptive q."""
+    env = functools.partial(plain_env, spec.scenario, variant)
+    return env, functools.partial(_quantilizer, spec)
+
+
+def _quantilizer(spec: JobSpec, env: gym.Env) -> Policy:
+    from mesaguard.safeguards.quantilizer import Quantilizer, disagreement, policy_logits, smoothed
+
+    n = int(env.action_space.n)  # type: ignore[attr-defined]  # BenchConfig admits discrete action spaces only
+    base = smoothed(get(spec.scenario).aligned(env), n)
+    agent_policy = policy_factory(spec.scenario, spec.policy)(env)
+    values: Any
+    if hasattr(agent_policy, "policy"):  # a shipped agent: its own logits rank the actions
+        values = policy_logits(agent_policy)
+    else:  # a scripted policy: it prefers its action
+        values = lambda obs: np.eye(n)[int(agent_policy(obs))]  # noqa: E731
+    return Quantilizer(base, values, q=0.05, uncertainty=disagreement(base, values), seed=spec.seed)
+
+
+def _impact_run(
+    spec: JobSpec, variant: str, calibration: Calibration, fitted: FittedSafeguards
+) -> tuple[MakeEnv, MakePolicy]:
+    """The agent trained with an impact penalty (shipped, ``load_agent(scenario, impact=True)``), unguarded."""
+    env = functools.partial(plain_env, spec.scenario, variant)
+    return env, functools.partial(_impact_agent, spec.scenario)
+
+
+def _impact_agent(scenario: str, env: gym.Env) -> Policy:
+    from mesaguard.train import load_agent
+
+    return load_agent(scenario, impact=True)
+
+
+def _combined_run(
+    spec: JobSpec, variant: str, calibration: Calibration, fitted: FittedSafeguards
+) -> tuple[MakeEnv, MakePolicy]:
+    """Shield inside, then scope and every detector jointly under ``Stop``: all the run-time safeguards at once."""
+    scope = _needed(fitted.scope, "scope", "combined")
+    bound = _needed(fitted.bound, "increment bound", "combined")
+    env = functools.partial(_safeguarded_env, spec.scenario, variant, calibration, spec.detectors, scope, bound)
+    return env, policy_factory(spec.scenario, spec.policy)
+
+
+def _continual_run(
+    spec: JobSpec, variant: str, fitted: FittedSafeguards, tick: Callable[[Episode], None] | None
+) -> list[Episode]:
+    """The shipped agent keeps learning (PPO) on the deploy episodes, under every detector jointly and ``Stop``
+    with the design-time calibration of its sampling runs; an alarm rolls it back to its last checkpoint that
+    passed."""
+    from mesaguard.continual import ContinualDeployment, EpisodeSeeds, ppo_from_policy
+    from mesaguard.train import load_agent
+
+    seeds = spec.seeds("evaluation")
+    sampling = _needed(fitted.sampling, "sampling calibration", "continual")
+    guarded = _safeguarded_env(spec.scenario, variant, sampling, spec.detectors, None, None)
+
+    def counted(episode: Episode) -> None:  # the last round may play past the seeds: those are not counted
+        if tick is not None and len(env.episodes) <= len(seeds):
+            tick(episode)
+
+    env = EpisodeSeeds(guarded, seeds, objective=OBJECTIVE, on_episode=counted)
+    model = ppo_from_policy(load_agent(spec.scenario), env, seed=spec.seed)
+    ContinualDeployment(model, env, rounds=1, steps_per_round=model.n_steps).run(episodes=len(seeds))
+    env.close()
+    return env.episodes[: len(seeds)]
+
+
+SafeguardRun = Callable[[JobSpec, str, Calibration, FittedSafeguards], tuple[MakeEnv, MakePolicy]]
+SAFEGUARDS: dict[str, SafeguardRun] = {
+    "scope": _scope_run,
+    "shield": _shield_run,
+    "quantilizer": _quantilizer_run,
+    "combined": _combined_run,
+    "impact": _impact_run,
+}
+"""Preventive safeguards the bench can run, by name: ``(spec, variant, calibration, fitted) ->
+(make_env, make_policy)`` for the safeguarded runs of one variant."""
+
+LearningRun = Callable[[JobSpec, str, FittedSafeguards, Callable[[Episode], None] | None], list[Episode]]
+LEARNING: dict[str, LearningRun] = {"continual": _continual_run}
+"""Safeguards under which the agent changes as it runs, by name: ``(spec, variant, fitted, on_episode) ->
+episodes``, one per evaluation seed."""

@@ -1,0 +1,190 @@
+"""What a bench run computes: its configuration, its jobs and their seed scheme, checked before anything runs.
+
+A run is a grid ``scenarios x seeds``; each (scenario, seed) is one :class:`JobSpec`.
+Job seed ``s`` draws its episode seeds from two disjoint ranges,
+``s * SEED_STRIDE + CALIBRATION_SEED + i`` for its calibration episodes and
+``s * SEED_STRIDE + EVALUATION_SEED + i`` for its evaluation episodes (the same
+seeds in each variant); ``i`` stays below ``EVALUATION_SEED - CALIBRATION_SEED``,
+so the two ranges never meet, and both stay clear of training's small seeds.
+
+The configuration's JSON is the run's identity in the store (:meth:`BenchConfig.run_id`):
+the same command resumes the same run. A configuration read back from a store is
+checked again, like one typed on the command line.
+
+This module imports nothing heavy: the experiment's seed offsets and policy names,
+and the safeguard registry, are read when a configuration is checked or a job's
+seeds are asked for, so :mod:`mesaguard.bench.results` (and the report) stay light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import gymnasium as gym
+
+from mesaguard.calibration import episodes_needed, fit_split, min_episodes
+from mesaguard.detectors import detector_class
+from mesaguard.scenarios import get
+
+__all__ = ["SAFEGUARD", "SEED_STRIDE", "BenchConfig", "BenchError", "JobSpec", "config_name", "detector_configs"]
+
+SEED_STRIDE = 1_000_000  # job seed s uses episode seeds s * SEED_STRIDE + (CALIBRATION_SEED | EVALUATION_SEED) + i
+SAFEGUARD = "safeguard:"  # the role prefix of a safeguarded run's episodes in the store
+
+
+class BenchError(ValueError):
+    """A bench configuration that cannot run (too few episodes for alpha, a missing backend)."""
+
+
+def detector_configs(detectors: Sequence[str]) -> list[tuple[str, ...]]:
+    """Each detector alone, then all of them jointly (when there are several).
+
+    >>> detector_configs(["cusum", "envelope"])
+    [('cusum',), ('envelope',), ('cusum', 'envelope')]
+    """
+    names = tuple(detectors)
+    return [(n,) for n in names] + ([names] if len(names) > 1 else [])
+
+
+def config_name(names: Sequence[str]) -> str:
+    """The stored name of a detector configuration.
+
+    >>> config_name(("cusum", "envelope"))
+    'cusum+envelope'
+    """
+    return "+".join(names)
+
+
+def _seed_offsets() -> tuple[int, int]:
+    """The experiment's (calibration, evaluation) seed offsets (read here: the experiment loads guard and monitor)."""
+    from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED
+
+    return CALIBRATION_SEED, EVALUATION_SEED
+
+
+def max_episodes() -> int:
+    """The most episodes per role and seed: more would make calibration and evaluation seeds meet."""
+    calibration, evaluation = _seed_offsets()
+    return evaluation - calibration
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What a bench run computes; its JSON is the run's identity in the store."""
+
+    scenarios: tuple[str, ...]
+    detectors: tuple[str, ...]
+    seeds: tuple[int, ...]
+    episodes: int  # evaluation episodes per variant and seed
+    calibration_episodes: int  # per seed, in-distribution
+    alpha: float = 0.05
+    policy: str = "agent"
+    safeguards: tuple[str, ...] = ()  # preventive safeguards run next to the detectors (arms.SAFEGUARDS, arms.LEARNING)
+
+    def __post_init__(self) -> None:
+        from mesaguard.experiment import policy_factory
+
+        for s in self.scenarios:
+            get(s)  # unknown scenarios: the error lists the valid ones
+        for d in self.detectors:
+            detector_class(d)
+        self._check_safeguards()
+        if not self.scenarios or not self.detectors or not self.seeds:
+            raise BenchError(f"empty grid: scenarios={self.scenarios}, detectors={self.detectors}, seeds={self.seeds}")
+        self._check_sizes()
+        policy_factory(self.scenarios[0], self.policy)  # unknown policies: a clear error
+
+    def _check_safeguards(self) -> None:
+        """Known safeguards, each on scenarios and a policy it can run with."""
+        from mesaguard.bench.arms import LEARNING, SAFEGUARDS
+
+        for g in self.safeguards:
+            if g not in SAFEGUARDS and g not in LEARNING:
+                raise BenchError(f"unknown safeguard {g!r}; expected one of {sorted([*SAFEGUARDS, *LEARNING])}")
+        for s in self.scenarios if "quantilizer" in self.safeguards else ():
+            space = get(s).make(get(s).reference_variant).action_space
+            if not isinstance(space, gym.spaces.Discrete):
+                raise BenchError(
+                    f"the quantilizer ranks a trusted base distribution over discrete actions; scenario {s!r} acts "
+                    f"in {space}: run it with the other safeguards"
+                )
+        learned = sorted(set(self.safeguards) & {"impact", "continual"})
+        if learned and self.policy != "agent":
+            raise BenchError(f"safeguards {learned} train the shipped agent; policy={self.policy!r}; expected 'agent'")
+        if "impact" in self.safeguards:
+            from mesaguard.train import shipped_agents
+
+            missing = [s for s in self.scenarios if s not in shipped_agents(impact=True)]
+            if missing:
+                raise BenchError(
+                    f"safeguard 'impact' runs an agent trained with an impact penalty; scenarios {missing} have none "
+                    f"(shipped for: {', '.join(shipped_agents(impact=True))})"
+                )
+
+    def _check_sizes(self) -> None:
+        """Episode counts within the seed scheme, alpha in (0, 1), and enough calibration episodes for it."""
+        most = max_episodes()
+        for what, n in (("episodes", self.episodes), ("calibration episodes", self.calibration_episodes)):
+            if not 1 <= n <= most:
+                raise BenchError(f"{what}={n}; expected 1 to {most} per seed")
+        if not 0 < self.alpha < 1:
+            raise BenchError(f"alpha={self.alpha}; expected a false-alarm rate strictly between 0 and 1")
+        n = self.calibration_episodes
+        if n < episodes_needed(self.alpha):
+            raise BenchError(
+                f"{n} calibration episodes leave {n - fit_split(n)} to set thresholds, too few for "
+                f"alpha={self.alpha} (it needs {min_episodes(self.alpha)}); pass --calibration-episodes "
+                f"{episodes_needed(self.alpha)} or more, or a larger alpha"
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BenchConfig:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def run_id(self) -> str:
+        """A name derived from the config, so the same command resumes the same run."""
+        digest = hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        return f"{'-'.join(self.scenarios)[:40]}-{digest}"
+
+    def jobs(self) -> list[JobSpec]:
+        return [
+            JobSpec(s, seed, self.policy, self.episodes, self.calibration_episodes, self.alpha, self.detectors,
+                    self.safeguards)  # fmt: skip
+            for s in self.scenarios
+            for seed in self.seeds
+        ]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One (scenario, seed) job; picklable, sent to workers."""
+
+    scenario: str
+    seed: int
+    policy: str
+    episodes: int
+    calibration_episodes: int
+    alpha: float
+    detectors: tuple[str, ...]
+    safeguards: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.scenario, self.seed)
+
+    @property
+    def total_episodes(self) -> int:
+        return self.calibration_episodes + self.episodes * len(get(self.scenario).variants) * (1 + len(self.safeguards))
+
+    def seeds(self, role: str) -> range:
+        """The episode seeds of ``role`` (``"calibration"``, else evaluation) in this job (the module's scheme)."""
+        calibration, evaluation = _seed_offsets()
+        start = self.seed * SEED_STRIDE + (calibration if role == "calibration" else evaluation)
+        return range(start, start + (self.calibration_episodes if role == "calibration" else self.episodes))
