@@ -40,15 +40,13 @@ Results: printed and written to ``benchmarks/results/late_change.json``.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
 from rich.console import Console
 from rich.table import Table
@@ -58,7 +56,6 @@ from mesaguard.calibration import Calibration
 from mesaguard.metrics import rate
 from mesaguard.monitor import SHIFTS, DeploymentMonitor, horizon_threshold, log_wealth_path, sequential_pvalues
 
-OUT = Path(__file__).parent / "results" / "late_change.json"
 
 
 @dataclass(frozen=True)
@@ -80,6 +77,8 @@ class Config:
 
 
 CONFIG = Config()
+QUICK = Config(reference=200, changes=(0, 100), deployments=20, cap=500, horizon=700, window_deployments=100,
+               long_null=1_000, long_deployments=10, small_reference=50)
 
 
 # -- the rows: (name, recursion, log-threshold, reference, horizon) ------------------------------------------
@@ -245,13 +244,7 @@ def online_check(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def machine() -> dict[str, Any]:
-    """What the results were measured on."""
-    return {"python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
-            "load_average_at_end": os.getloadavg()}  # fmt: skip
-
-
-def main(cfg: Config = CONFIG) -> None:
+def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "late_change.json") -> None:
     console = Console()
     started = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
@@ -260,8 +253,8 @@ def main(cfg: Config = CONFIG) -> None:
     results["window_false_alarms"] = window_rates(cfg, rng)
     results["restart_false_alarms"] = restart_rates(cfg, rng)
     results["seconds"] = round(time.perf_counter() - started, 1)
-    results["machine"] = machine()
-    OUT.write_text(json.dumps(results, indent=1) + "\n")
+    results["machine"] = harness.machine()
+    written = harness.write(out, results)
 
     for delta in cfg.deltas:
         table = Table(title=f"Episodes to detection after a change of {delta} sd at episode k: median (mean)")
@@ -293,8 +286,9 @@ def main(cfg: Config = CONFIG) -> None:
     for name, r in results["restart_false_alarms"].items():
         table.add_row(name, f"{r['per_1000_episodes']:.3f}", f"{r['bound_per_1000_episodes']:.3f}")
     console.print(table)
-    console.print(f"{results['seconds']:.0f} s; written to {OUT}")
+    console.print(f"{results['seconds']:.0f} s; written to {written}")
 
 
 if __name__ == "__main__":
-    main()
+    args = harness.parser(__doc__).parse_args()
+    main(QUICK if args.quick else CONFIG, harness.out_path("late_change", args))
