@@ -7,7 +7,7 @@ export SDL_VIDEODRIVER := offscreen
 export MUJOCO_GL := egl
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test test-slow bench bench-safeguards clean
+.PHONY: venv demo lint test test-slow bench bench-safeguards docs clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/mesaguard demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/mypy
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
@@ -46,6 +50,9 @@ bench-safeguards: $(STAMP)
 	$(BIN)/python benchmarks/quantilizer.py
 	$(BIN)/python benchmarks/impact.py
 	$(BIN)/python benchmarks/safeguard_cost.py
+
+docs: $(STAMP)
+	$(BIN)/python docs/build.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -95,7 +95,7 @@ class Config:
 
 CONFIG = Config()
 QUICK = Config(fit_seeds=(0, 60), pool_seeds=(30_000, 30_060), reference=50, null_deployments=20, null_length=50,
-               shifted_deployments=5, cap=2_000, horizon=100, gaussian_references=(100,), check_episodes=3)  # fmt: skip
+               shifted_deployments=5, cap=2_000, horizon=100, gaussian_references=(100,), check_episodes=3)
 
 
 def maxima(traces: np.ndarray) -> np.ndarray:
@@ -272,7 +272,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "deployment.json") 
     results["seconds"] = round(time.perf_counter() - started, 1)
 
     table = Table(title=f"Any deployment alarm in {cfg.null_length:,} in-distribution episodes "
-                  f"({cfg.null_deployments:,} deployments)")  # fmt: skip
+                  f"({cfg.null_deployments:,} deployments)")
     for col in ("detector", "alpha", "anytime [95% CI]", "fixed h=1000 [95% CI]"):
         table.add_column(col)
     for name, by_alpha in results["null"].items():
@@ -281,7 +281,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "deployment.json") 
             table.add_row(name, a, *cells)
     console.print(table)
     table = Table(title="Episodes to detection at alpha = 0.05 (mean over detected deployments; "
-                  f"detected/{cfg.shifted_deployments})")  # fmt: skip
+                  f"detected/{cfg.shifted_deployments})")
     for col in ("drop (sd)", "oracle 0.8 / 0.5", "bonferroni anytime", *[f"{n} anytime" for n in cfg.detectors],
                 *[f"{n} fixed h=1000" for n in cfg.detectors]):
         table.add_column(col)
@@ -313,7 +313,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "deployment.json") 
             return f"{r['mean_episodes']:.0f} ({r['median_episodes']:.0f}); {r['detected']}/{r['deployments']}"
 
         table.add_row(size, delta, f"{shift['oracle_power_0.8']:.0f} / {shift['oracle_power_0.5']:.0f}",
-                      cell(row["anytime"]), cell(row["fixed"]))  # fmt: skip
+                      cell(row["anytime"]), cell(row["fixed"]))
     console.print(table)
     console.print(f"online check: {results['online_check']}; {results['seconds']} s")
     console.print(f"wrote {harness.write(out, results)}")

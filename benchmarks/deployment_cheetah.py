@@ -33,6 +33,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import harness
 import numpy as np
 from rich.console import Console
 from rich.table import Table
@@ -42,8 +43,6 @@ from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED, OBJECTIVE, p
 from mesaguard.metrics import rate
 from mesaguard.monitor import episode_statistics, first_deployment_alarm, horizon_threshold
 from mesaguard.rollout import rollout
-
-import harness
 
 SCENARIO = "cheetah"
 VARIANTS = ("train", "deploy-cost", "deploy-dynamics")
@@ -86,14 +85,14 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "deployment_cheetah
     cal_runs = episodes("train", range(CALIBRATION_SEED, CALIBRATION_SEED + cfg.calibration))
     pools = {v: episodes(v, range(EVALUATION_SEED, EVALUATION_SEED + cfg.pool)) for v in VARIANTS}
     console.print(f"rolled out {cfg.calibration + cfg.pool * len(VARIANTS)} episodes in "
-                  f"{time.perf_counter() - started:.0f} s")  # fmt: skip
+                  f"{time.perf_counter() - started:.0f} s")
     cal = Calibration.fit(cal_runs, alpha=ALPHA, detectors=list(DETECTORS), scenario=SCENARIO)
     scores = {v: np.array([e.sum() for e in pool]) for v, pool in pools.items()}
     sd = scores["train"].std(ddof=1)
     results: dict = {
         "config": asdict(cfg),
         "scores": {v: {"mean": float(s.mean()), "sd": float(s.std(ddof=1)), "shift_sd": float((s.mean() -
-                   scores["train"].mean()) / sd)} for v, s in scores.items()},  # fmt: skip
+                   scores["train"].mean()) / sd)} for v, s in scores.items()},
         "configs": {},
     }
     log_c = {"anytime": math.log(1 / ALPHA), "fixed": horizon_threshold(cfg.horizon, ALPHA)}
@@ -125,7 +124,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "deployment_cheetah
     results["seconds"] = round(time.perf_counter() - started, 1)
 
     table = Table(title=f"cheetah, alpha = {ALPHA}: per-episode alarm rate | monitor: deployments alarmed, "
-                  "mean episodes to the alarm")  # fmt: skip
+                  "mean episodes to the alarm")
     for col in ("detectors", "variant", "per episode", "anytime", f"fixed h={cfg.horizon}"):
         table.add_column(col)
     for key, row in results["configs"].items():

@@ -55,14 +55,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import harness
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from mesaguard.calibration import Calibration, statistic_traces
 from mesaguard.detectors import Cusum
-
-import harness
 
 
 @dataclass(frozen=True)
@@ -246,7 +245,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "detection_delay.js
     cols = (
         "h", "ARL", "ARL Siegm.", "capped", "log(ARL)/KL", "delay worst", "delay Siegm.",
         "ratio worst", "ratio Siegm.", "delay rand. change", "ratio rand.", "alarm before change",
-    )  # fmt: skip
+    )
     for col in cols:
         table.add_column(col, justify="right")
     for r in lorden:
@@ -274,7 +273,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "detection_delay.js
     target = 1.3
     worst_ratio = max(r["ratio_worst"] for r in lorden)
     console.print(f"target (a): delay / (log(ARL)/KL) <= {target}: largest ratio {worst_ratio:.3f} -> "
-                  f"{'met' if worst_ratio <= target else 'NOT met'}")  # fmt: skip
+                  f"{'met' if worst_ratio <= target else 'NOT met'}")
 
     matched = detectors_at_matched_rate(cfg)
     law = matched["false_alarm_law"]
@@ -286,7 +285,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "detection_delay.js
         f"90% [{law['q05']:.3f}, {law['q95']:.3f}])"
     )
     for col in ("detector", "threshold", "detected", "false alarm before change", "missed", "mean delay",
-                "median delay", "false-alarm rate, clean"):  # fmt: skip
+                "median delay", "false-alarm rate, clean"):
         table.add_column(col, justify="left" if col == "detector" else "right")
     for name, r in matched["detectors"].items():
         thr = ", ".join(f"{v:.2f}" for v in r["thresholds"].values())

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
+import harness
 import numpy as np
 from rich.console import Console
 from rich.table import Table
@@ -38,8 +39,6 @@ from rich.table import Table
 from mesaguard import scenarios
 from mesaguard.rollout import Policy, rollout
 from mesaguard.train import load_agent
-
-import harness
 
 FIRST_SEED = 20_000
 SCENARIO = scenarios.get("driving")

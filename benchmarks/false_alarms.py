@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gymnasium as gym
+import harness
 import numpy as np
 from rich.console import Console
 from rich.table import Table
@@ -59,8 +60,6 @@ from scipy.stats import binomtest
 from mesaguard.calibration import Calibration, episode_maxima, statistic_traces
 from mesaguard.guard import GuardedEnv
 from mesaguard.protocols import Alert
-
-import harness
 
 
 @dataclass(frozen=True)
@@ -218,7 +217,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "false_alarms.json"
         f"{len(calibration)} episodes (fit on {cal0.n_fit}, thresholds on {cal0.n_cal})"
     )
     for col in ("alpha", "detectors", "alarms", "realized", "Clopper-Pearson 95%", "alpha inside", "Beta mean",
-                "Beta 90%", "realized inside Beta 90%"):  # fmt: skip
+                "Beta 90%", "realized inside Beta 90%"):
         table.add_column(col, justify="left" if col == "detectors" else "right")
     for r in rows:
         table.add_row(
@@ -245,7 +244,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "false_alarms.json"
     in_ci = sum(r["alpha_in_ci"] for r in rows)
     in_beta = sum(r["realized_in_beta_90"] for r in rows)
     console.print(f"alpha inside the Clopper-Pearson 95% interval: {in_ci}/{len(rows)}; "
-                  f"realized rate inside the Beta 90% interval: {in_beta}/{len(rows)}")  # fmt: skip
+                  f"realized rate inside the Beta 90% interval: {in_beta}/{len(rows)}")
     elapsed = time.perf_counter() - started
     results = {
         "benchmark": "false_alarms",

@@ -158,14 +158,14 @@ def main(cfg: Config = CONFIG, out: object = None) -> None:
             over = trace > thresholds[name]
             fired = over.any(axis=1)
             rows[name] = {"detected": float(fired.mean()), "delay": float((over.argmax(axis=1)[fired] + 1).mean())
-                          if fired.any() else float("nan"), "alarms": int(fired.sum())}  # fmt: skip
+                          if fired.any() else float("nan"), "alarms": int(fired.sum())}
             if name in joint:
                 over_j = trace > joint[name]
                 fired_j = over_j.any(axis=1)
                 first_joint = np.where(fired_j, np.minimum(first_joint, over_j.argmax(axis=1) + 1), first_joint)
                 fired_joint |= fired_j
         rows["joint"] = {"detected": float(fired_joint.mean()), "alarms": int(fired_joint.sum()),
-                         "delay": float(first_joint[fired_joint].mean()) if fired_joint.any() else float("nan")}  # fmt: skip
+                         "delay": float(first_joint[fired_joint].mean()) if fired_joint.any() else float("nan")}
         return rows
 
     results: dict[str, object] = {"config": asdict(cfg), "joint": list(cfg.joint)}

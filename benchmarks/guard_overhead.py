@@ -66,6 +66,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gymnasium as gym
+import harness
 import minigrid  # noqa: F401  registers the MiniGrid-* env ids
 import numpy as np
 from gymnasium.wrappers import RecordEpisodeStatistics
@@ -77,8 +78,6 @@ from mesaguard.calibration import Calibration
 from mesaguard.guard import Guard, GuardedEnv, ScalarGuard
 from mesaguard.monitor import DeploymentMonitor
 from mesaguard.protocols import Alert
-
-import harness
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ class Config:
 
 CONFIG = Config()
 QUICK = Config(rounds=2, block=100, null_steps=400, cartpole_steps=400, minigrid_steps=200, vector_envs=64,
-               vector_steps=50)  # fmt: skip
+               vector_steps=50)
 DETECTOR_SETS: dict[str, list[str]] = {
     "threshold": ["threshold"],
     "envelope": ["envelope"],
@@ -216,7 +215,7 @@ def single_env_overhead(name: str, make_env: Callable[[], gym.Env], steps: int, 
     variants["guard: cusum + deployment monitor"] = lambda: GuardedEnv(
         make_env(), cal, detectors=["cusum"], protocol=Alert(lambda alarm: None),
         monitor=DeploymentMonitor(cal, detectors=["cusum"]),
-    )  # fmt: skip
+    )
 
     # Fine-grained interleaving: every variant steps the same block of actions in turn
     # (a fresh random order per block), so load from other processes hits all variants

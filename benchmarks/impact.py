@@ -87,6 +87,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
 from rich.console import Console
 from rich.table import Table
@@ -94,8 +95,6 @@ from rich.table import Table
 from mesaguard.experiment import EVALUATION_SEED
 from mesaguard.safeguards.impact import AttainableUtility, ImpactPenalty, RelativeReachability, StateGraph
 from mesaguard.scenarios import get
-
-import harness
 
 SCENARIO = "side-effects"
 VARIANT = "deploy"

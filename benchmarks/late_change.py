@@ -57,7 +57,6 @@ from mesaguard.metrics import rate
 from mesaguard.monitor import SHIFTS, DeploymentMonitor, horizon_threshold, log_wealth_path, sequential_pvalues
 
 
-
 @dataclass(frozen=True)
 class Config:
     reference: int = 1_000  # calibration episodes in the reference bag
@@ -90,14 +89,14 @@ def rows(cfg: Config) -> list[dict[str, Any]]:
         {"name": f"anytime a={cfg.alpha}", "kind": "anytime", "log_c": math.log(1 / cfg.alpha)},
         {"name": f"fixed h={cfg.horizon} a={cfg.alpha}", "kind": "anytime", "horizon": cfg.horizon,
          "log_c": horizon_threshold(cfg.horizon, cfg.alpha)},
-    ]  # fmt: skip
+    ]
     out += [{"name": f"change ARL={arl:,.0f}", "kind": "change", "log_c": math.log(arl)} for arl in cfg.arls]
     top = max(cfg.arls)
     out += [
         {"name": f"e-CUSUM ARL>={top:,.0f} (reference)", "kind": "cusum", "log_c": math.log(top)},
         {"name": f"change ARL={top:,.0f}, fixed reference (reference)", "kind": "change", "log_c": math.log(top),
          "fixed_reference": True},
-    ]  # fmt: skip
+    ]
     return out
 
 
@@ -146,10 +145,10 @@ def delays(cfg: Config, rng: np.random.Generator) -> dict[str, Any]:
             streams = rng.standard_normal((cfg.deployments, n)) + np.where(np.arange(n) >= k, delta, 0.0)
             u = rng.random((cfg.deployments, n))
             p = {fixed: np.array([pvalues(r, s, v, fixed) for r, s, v in zip(refs, streams, u)])
-                 for fixed in (False, True)}  # fmt: skip
+                 for fixed in (False, True)}
             for row in rows(cfg):
                 at = first_alarms(paths(p[row.get("fixed_reference", False)], row["kind"]), row["log_c"],
-                                  row.get("horizon"))  # fmt: skip
+                                  row.get("horizon"))
                 after = at[at > k] - k
                 out.setdefault(row["name"], {}).setdefault(str(delta), {})[str(k)] = {
                     "detected": int(after.size),

@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
 import torch
 from rich.console import Console
@@ -60,8 +61,6 @@ from sklearn.linear_model import LogisticRegression
 from mesaguard.experiment import EVALUATION_SEED, agent, plain_env
 from mesaguard.safeguards.quantilizer import Quantilizer, disagreement, policy_logits, smoothed
 from mesaguard.scenarios import get
-
-import harness
 
 DEMO_SEED = 30_000  # demonstrations: disjoint from calibration (10_000+) and evaluation (20_000+) seeds
 N_ACTIONS = 4

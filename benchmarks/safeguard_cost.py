@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
+import harness
 import numpy as np
 import torch
 from rich.console import Console
@@ -36,8 +37,6 @@ from mesaguard.experiment import OBJECTIVE, plain_env, policy_factory
 from mesaguard.objective import make_objective
 from mesaguard.rollout import run_episode
 from mesaguard.scenarios import get
-
-import harness
 
 SCENARIOS = ("lava", "side-effects", "strawberry", "goodhart", "driving", "cheetah")
 NAMES = ("scope", "shield", "quantilizer", "combined")
@@ -60,7 +59,7 @@ def main(
         discrete = isinstance(get(scenario).make(get(scenario).reference_variant).action_space, gym.spaces.Discrete)
         names = [n for n in NAMES if discrete or n != "quantilizer"]  # the quantilizer needs discrete actions
         spec = BenchConfig((scenario,), ("threshold", "envelope", "cusum", "meanshift"), (0,), ROUNDS * EPISODES, 100,
-                           safeguards=(*names, "continual")).jobs()[0]  # fmt: skip
+                           safeguards=(*names, "continual")).jobs()[0]
         variant = get(scenario).reference_variant
         cal_runs, cal = calibrate(spec, policy_factory(scenario, "agent"), "agent", record_states=True)
         fitted = fit_safeguards(spec, cal_runs)

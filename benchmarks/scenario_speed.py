@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gymnasium as gym
+import harness
 import minigrid  # noqa: F401  registers MiniGrid-*
 import numpy as np
 from minigrid.minigrid_env import MiniGridEnv
@@ -26,8 +27,6 @@ from rich.console import Console
 from rich.table import Table
 
 from mesaguard.scenarios import SCENARIOS
-
-import harness
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ def main(cfg: Config = Config(), out: Path = harness.RESULTS / "scenario_speed.j
         table.add_column(col)
     for r in results:
         table.add_row(r["scenario"], r["plain"], f"{r['scenario_steps_per_s']:,.0f}", f"{r['plain_steps_per_s']:,.0f}",
-                      f"{r['ratio']:.2f}")  # fmt: skip
+                      f"{r['ratio']:.2f}")
     Console().print(table)
     written = harness.write(
         out, {"benchmark": "scenario_speed", "config": asdict(cfg), "results": results, "machine": harness.machine()}

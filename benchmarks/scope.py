@@ -44,6 +44,7 @@ import timeit
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import harness
 import numpy as np
 import torch
 from rich.console import Console
@@ -54,8 +55,6 @@ from threadpoolctl import threadpool_limits
 from mesaguard import scenarios
 from mesaguard.detectors.scope import Scope, first_alarms
 from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED, agent
-
-import harness
 
 
 @dataclass(frozen=True)
@@ -195,7 +194,7 @@ def main(cfg: Config = CONFIG, out_file: Path = harness.RESULTS / "scope.json") 
     results: dict = {"benchmark": "scope", "config": asdict(cfg)}
     table = Table(title=f"scope detector, shipped agents, alpha={cfg.alpha}")
     for col in ("scenario", "method", "aggregate", "false alarms (Beta 90%)", "variant", "detected",
-                "mean alarm step", "catastrophes prevented", "µs/update hit|miss|stream (x env step)"):  # fmt: skip
+                "mean alarm step", "catastrophes prevented", "µs/update hit|miss|stream (x env step)"):
         table.add_column(col)
     for name in cfg.scenarios:
         s = scenarios.get(name)
@@ -244,7 +243,7 @@ def main(cfg: Config = CONFIG, out_file: Path = harness.RESULTS / "scope.json") 
                         f"{cost['scalar_hit']:.1f}|{cost['scalar_miss']:.0f}|{cost['stream']:.0f} "
                         f"({cost['scalar_hit'] / env_us:.2f}|{cost['scalar_miss'] / env_us:.1f}"
                         f"|{cost['stream'] / env_us:.1f})",
-                    )  # fmt: skip
+                    )
         results[name] = per_scenario
     console.print(table)
     results["machine"] = harness.machine()

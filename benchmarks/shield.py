@@ -115,6 +115,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
 import torch
 from rich.console import Console
@@ -124,8 +125,6 @@ from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED, OBJECTIVE, a
 from mesaguard.rollout import rollout
 from mesaguard.safeguards.shield import INFO_KEY, Shield, increment_bound
 from mesaguard.scenarios import get
-
-import harness
 
 
 @dataclass(frozen=True)
@@ -236,15 +235,15 @@ def cheetah_rows(cfg: CheetahConfig) -> dict[str, Any]:
     runs = rollout(lambda: plain_env("cheetah", "train"), lambda env: policy, seeds, objective=OBJECTIVE)
     calibration = [e.increments for e in runs]
     bounds = {"H=1": increment_bound(calibration, cfg.alpha),
-              f"H=1 alpha={cfg.loose_alpha}": increment_bound(calibration, cfg.loose_alpha)}  # fmt: skip
+              f"H=1 alpha={cfg.loose_alpha}": increment_bound(calibration, cfg.loose_alpha)}
     out: dict[str, Any] = {"reference_variant": "train", "bound": bounds["H=1"], "bounds": bounds,
-                           "config": asdict(cfg), "variants": {}}  # fmt: skip
+                           "config": asdict(cfg), "variants": {}}
     seeds = range(EVALUATION_SEED, EVALUATION_SEED + cfg.episodes)
     for variant in cfg.variants:
         rows = {"none": play(plain_env("cheetah", variant), policy, seeds)}
         for label, bound in bounds.items():
             env = Shield(plain_env("cheetah", variant), horizon=1, bound=bound, candidates=cfg.candidates,
-                         seed=cfg.seed)  # fmt: skip
+                         seed=cfg.seed)
             rows[label] = play(env, policy, seeds)
         for row in rows.values():
             row["steps_per_s_ratio_to_none"] = row["steps_per_s"] / rows["none"]["steps_per_s"]
@@ -262,7 +261,7 @@ def main_cheetah(cfg: CheetahConfig = CHEETAH, out: Path = harness.RESULTS / "sh
     elapsed = time.perf_counter() - started
     bounds = ", ".join(f"{k}: {v:+.3f}" for k, v in r["bounds"].items())
     table = Table(title=f"cheetah: bounds {bounds} ({cfg.calibration_episodes} train episodes), "
-                  f"{cfg.episodes} episodes per row, {cfg.candidates} candidates, {elapsed:.0f} s")  # fmt: skip
+                  f"{cfg.episodes} episodes per row, {cfg.candidates} candidates, {elapsed:.0f} s")
     for col in ("variant", "shield", "score", "score kept", "replaced/1k steps", "ep. stopped", "lookaheads/step",
                 "steps/s", "x none"):
         table.add_column(col, justify="left" if col in ("variant", "shield") else "right")
@@ -335,5 +334,5 @@ if __name__ == "__main__":
         raise SystemExit
     scenarios = tuple(args.scenarios) if args.scenarios else None
     cfg = harness.configured(QUICK if args.quick else CONFIG, episodes=args.episodes,
-                             reference_episodes=args.reference_episodes, scenarios=scenarios)  # fmt: skip
+                             reference_episodes=args.reference_episodes, scenarios=scenarios)
     main(cfg, out)

@@ -13,8 +13,17 @@ import pytest
 from typer.testing import CliRunner
 
 from mesaguard import bench as bench_module
-from mesaguard.bench import backends
-from mesaguard.bench import BenchConfig, BenchError, JobSpec, deployment_table, first_alarms, run_bench, run_job, table
+from mesaguard.bench import (
+    BenchConfig,
+    BenchError,
+    JobSpec,
+    backends,
+    deployment_table,
+    first_alarms,
+    run_bench,
+    run_job,
+    table,
+)
 from mesaguard.calibration import Calibration
 from mesaguard.cli import app
 from mesaguard.experiment import OBJECTIVE, policy_factory
@@ -28,7 +37,7 @@ from mesaguard.store import Store
 DETECTORS = ("threshold", "envelope", "cusum", "meanshift")
 # Small enough for a fast suite: 20 calibration episodes leave 10 to set thresholds at alpha 0.2.
 SMALL = dict(scenarios=("strawberry",), detectors=DETECTORS, episodes=10, calibration_episodes=20, alpha=0.2,
-             policy="misaligned")  # fmt: skip
+             policy="misaligned")
 
 
 def config(seeds=2, **kw):
@@ -75,7 +84,7 @@ def test_offline_replay_equals_guarded_runs_with_stop(policy):
         for names in bench_module.detector_configs(DETECTORS):
             hits = first_alarms(cal, names, [e.increments for e in runs])
             env = GuardedEnv(scenario.make(variant), cal, detectors=list(names), protocol=Stop(),
-                             objective=OBJECTIVE, scenario="strawberry")  # fmt: skip
+                             objective=OBJECTIVE, scenario="strawberry")
             policy_fn = policy_factory("strawberry", policy)(env)
             for free, hit in zip(runs, hits):
                 guarded = run_episode(env, policy_fn, free.seed, objective)
@@ -141,7 +150,7 @@ def test_resume_runs_only_missing_jobs(tmp_path, monkeypatch):
 def _bench_cmd(db, seeds, workers):
     return [sys.executable, "-m", "mesaguard.cli", "bench", "--scenarios", "strawberry", "--seeds", str(seeds),
             "--episodes", "10", "--calibration-episodes", "20", "--alpha", "0.2", "--policy", "misaligned",
-            "--detectors", ",".join(DETECTORS), "--workers", str(workers), "--db", str(db)]  # fmt: skip
+            "--detectors", ",".join(DETECTORS), "--workers", str(workers), "--db", str(db)]
 
 
 def _wait_for_commit(db, proc, timeout=30.0):
@@ -175,7 +184,7 @@ def test_killed_run_keeps_committed_jobs_and_resumes_to_the_same_table(tmp_path,
     db, seeds = tmp_path / "b.sqlite", 6
     env = {**os.environ, "SDL_VIDEODRIVER": "offscreen", "COLUMNS": "200"}
     proc = subprocess.Popen(_bench_cmd(db, seeds, 2), env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_commit(db, proc)
         if kill == "bench":
@@ -217,7 +226,7 @@ def test_workers_die_with_a_killed_bench(tmp_path):
     """SIGKILL to the bench alone (not its process group): its two workers end too, not left blocked on the queue."""
     env = {**os.environ, "SDL_VIDEODRIVER": "offscreen"}
     proc = subprocess.Popen(_bench_cmd(tmp_path / "b.sqlite", 6, 2), env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers = []
     try:
         deadline = time.monotonic() + 60
@@ -338,7 +347,7 @@ def test_cli_bench_then_export(tmp_path):
 def test_safeguards_run_next_to_the_detectors(tmp_path):
     """Scope and shield, run for real (not replayed), prevent the lava steps the score detectors only see."""
     cfg = BenchConfig(scenarios=("lava",), detectors=("cusum",), seeds=(0,), episodes=20, calibration_episodes=40,
-                      alpha=0.2, safeguards=("scope", "shield"))  # fmt: skip
+                      alpha=0.2, safeguards=("scope", "shield"))
     with Store(tmp_path / "b.sqlite") as store:
         rows = {(r.variant, r.detectors): r for r in table(store, run_bench(cfg, store))}
     for variant in ("deploy", "deploy-lake"):
@@ -357,7 +366,7 @@ def test_safeguards_run_next_to_the_detectors(tmp_path):
 def test_impact_and_continual_run_the_shipped_agent_trained_again(tmp_path):
     """``impact`` plays the agent trained with relative reachability; ``continual`` the shipped one learning on."""
     cfg = BenchConfig(scenarios=("side-effects",), detectors=("threshold",), seeds=(0,), episodes=20,
-                      calibration_episodes=40, alpha=0.2, safeguards=("impact", "continual"))  # fmt: skip
+                      calibration_episodes=40, alpha=0.2, safeguards=("impact", "continual"))
     with Store(tmp_path / "b.sqlite") as store:
         run_id = run_bench(cfg, store)
         rows = {(r.variant, r.detectors): r for r in table(store, run_id)}
@@ -381,7 +390,7 @@ def test_impact_and_continual_run_the_shipped_agent_trained_again(tmp_path):
 
 def test_the_combination_alone_fits_its_own_scope_and_bound(tmp_path):
     cfg = BenchConfig(scenarios=("lava",), detectors=("cusum",), seeds=(0,), episodes=10, calibration_episodes=40,
-                      alpha=0.2, safeguards=("combined",))  # fmt: skip
+                      alpha=0.2, safeguards=("combined",))
     with Store(tmp_path / "b.sqlite") as store:
         rows = {(r.variant, r.detectors): r for r in table(store, run_bench(cfg, store))}
     assert rows[("deploy", "combined")].catastrophes_free > 0 == rows[("deploy", "combined")].catastrophes_guarded

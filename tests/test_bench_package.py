@@ -30,7 +30,7 @@ def test_the_report_loads_the_results_side_only():
     code = "import sys, mesaguard.report; print(sorted(m for m in sys.modules if m.startswith('mesaguard.')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     for module in ("mesaguard.experiment", "mesaguard.guard", "mesaguard.monitor", "mesaguard.bench.job",
-                   "mesaguard.bench.arms", "mesaguard.bench.backends", "mesaguard.bench.run"):  # fmt: skip
+                   "mesaguard.bench.arms", "mesaguard.bench.backends", "mesaguard.bench.run"):
         assert f"'{module}'" not in loaded, module
     assert "'mesaguard.bench.results'" in loaded
 
@@ -41,7 +41,7 @@ def _row(false_alarms_k):
         false_alarms=metrics.rate(false_alarms_k, 40), misbehaving=metrics.rate(27, 40),
         detection=metrics.Detection(metrics.rate(27, 27), 2.25, float("nan")), lost_guarded=0.0, lost_free=0.675,
         catastrophes_guarded=0, catastrophes_free=27, prevented=1.0, score_kept=0.935,
-    )  # fmt: skip
+    )
 
 
 def test_one_definition_of_the_results_columns_serves_the_terminal_and_the_page(monkeypatch):

@@ -20,14 +20,14 @@ def test_calibrate_then_deploy(tmp_path):
     result = runner.invoke(
         app, ["calibrate", "strawberry", "--policy", "aligned", "--episodes", "40", "--alpha", "0.1",
               "--detectors", "cusum,envelope", "-o", str(cal_path)],
-    )  # fmt: skip
+    )
     assert result.exit_code == 0, result.output
     cal = Calibration.load(cal_path)
     assert cal.scenario == "strawberry" and set(cal.detectors) == {"cusum", "envelope"} and cal.n_cal == 20
     result = runner.invoke(
         app, ["deploy", "strawberry", "--calibration", str(cal_path), "--policy", "misaligned",
               "--detectors", "cusum,envelope", "--episodes", "10"],
-    )  # fmt: skip
+    )
     assert result.exit_code == 0, result.output
     table = json.loads((tmp_path / "deploy.json").read_text())
     assert [r["detectors"] for r in table["rows"]] == ["cusum", "envelope", "cusum+envelope"]

@@ -25,7 +25,7 @@ from mesaguard.store import Store, StoreError
 
 RUN = "tiny"
 TINY_BENCH = ["bench", "--scenarios", "strawberry", "--seeds", "1", "--episodes", "4", "--calibration-episodes", "6",
-              "--alpha", "0.5", "--policy", "aligned", "--detectors", "threshold", "--run", RUN]  # fmt: skip
+              "--alpha", "0.5", "--policy", "aligned", "--detectors", "threshold", "--run", RUN]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     assert result.exit_code == 0, result.output
     cal = root / "cal.json"
     result = runner.invoke(app, ["calibrate", "strawberry", "--policy", "aligned", "--episodes", "40", "--alpha", "0.1",
-                                 "--detectors", "threshold", "-o", str(cal)])  # fmt: skip
+                                 "--detectors", "threshold", "-o", str(cal)])
     assert result.exit_code == 0, result.output
     corrupt = root / "corrupt.sqlite"
     shutil.copy(store, corrupt)
@@ -171,7 +171,7 @@ def test_python_m_entry_point_prints_one_unwrapped_line(tmp_path, arg):
         ["--protocol", "stpo"] if arg == "--protocol" else []
     )
     out = subprocess.run([sys.executable, "-m", "mesaguard.cli", *argv], capture_output=True, text=True, check=False,
-                         env={**os.environ, "COLUMNS": "80"})  # fmt: skip
+                         env={**os.environ, "COLUMNS": "80"})
     line = {
         "--protocol": "OptionError: unknown --protocol 'stpo'; expected one of: stop, fallback",
         "--calibration": f"IsADirectoryError: Is a directory: '{folder}'",

@@ -145,11 +145,11 @@ def test_run_until_episodes_plays_the_given_seeds_in_order():
     seeds = [101, 7, 55, 3, 12]
     starts = []
     env = EpisodeSeeds(GuardedEnv(gym.make("CartPole-v1"), cal, objective="reward"), seeds, objective="reward",
-                       on_episode=lambda e: starts.append(e.seed))  # fmt: skip
+                       on_episode=lambda e: starts.append(e.seed))
     obs, _ = env.reset(seed=999)  # the learner's seed is ignored: the first episode starts from seeds[0]
     assert np.array_equal(obs, gym.make("CartPole-v1").reset(seed=seeds[0])[0])
     model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, seed=0, device="cpu",
-                policy_kwargs={"net_arch": [16]})  # fmt: skip
+                policy_kwargs={"net_arch": [16]})
     rounds = ContinualDeployment(model, env, rounds=1, steps_per_round=32).run(episodes=len(seeds))
     assert sum(r.episodes for r in rounds) >= len(seeds) and sum(r.episodes for r in rounds[:-1]) < len(seeds)
     assert starts[: len(seeds)] == seeds  # then seeds[-1] + 1, + 2, ...

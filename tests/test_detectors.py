@@ -4,8 +4,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mesaguard.detectors import DETECTORS, Cusum, DetectorError, MeanShift, ScoreEnvelope, ScoreThreshold, detector_class
 from mesaguard.calibration import Calibration, statistic_traces
+from mesaguard.detectors import (
+    DETECTORS,
+    Cusum,
+    DetectorError,
+    MeanShift,
+    ScoreEnvelope,
+    ScoreThreshold,
+    detector_class,
+)
 
 finite = st.floats(-10, 10, allow_nan=False, allow_infinity=False)
 

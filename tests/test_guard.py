@@ -4,13 +4,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
-
-from mesaguard.calibration import Calibration, CalibrationError
-from mesaguard.detectors import DetectorError
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from mesaguard.calibration import Calibration, CalibrationError
+from mesaguard.detectors import DetectorError
 from mesaguard.guard import Guard, GuardedEnv, GuardedVectorEnv, ScalarGuard
 from mesaguard.protocols import Alert, Fallback, Stop
 
@@ -305,9 +304,9 @@ def test_vector_scope_steps_each_episode_once_per_step_across_resets(lava):
 
     calibration, scope = lava
     envs = gym.vector.SyncVectorEnv([lambda: plain_env("lava", "train") for _ in range(2)],
-                                    autoreset_mode=AutoresetMode.SAME_STEP)  # fmt: skip
+                                    autoreset_mode=AutoresetMode.SAME_STEP)
     guarded = GuardedVectorEnv(envs, calibration, protocol=Alert(lambda a: None), objective="info:base_objective",
-                               scope=scope)  # fmt: skip
+                               scope=scope)
     single = [scope.detector(1).scalar() for _ in range(2)]
     obs, _ = guarded.reset(seed=[3, 4])
     for i in range(2):

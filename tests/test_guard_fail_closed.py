@@ -245,7 +245,7 @@ def test_the_monitor_counts_every_finished_episode_in_both_autoreset_modes(calib
     venv = GuardedVectorEnv(
         SyncVectorEnv([Walk] * 3, autoreset_mode=mode), calibration, detectors=[], protocol=Alert(lambda a: None),
         objective="info:base_objective", monitor=monitor,
-    )  # fmt: skip
+    )
     venv.reset(seed=[1, 2, 3])
     done = 0
     for _ in range(300):

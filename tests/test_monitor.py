@@ -363,7 +363,7 @@ def test_replay_over_recorded_episodes_matches_a_guarded_deployment(pendulum):
 @given(st.lists(st.lists(st.floats(-3, 3), min_size=1, max_size=8), min_size=1, max_size=6), st.integers(0, 50))
 def test_scalar_updates_equal_vector_updates(episodes, seed):
     cal = Calibration.fit([np.random.default_rng(i).normal(0, 1, 6) for i in range(60)], alpha=0.1,
-                          detectors=["cusum", "envelope"])  # fmt: skip
+                          detectors=["cusum", "envelope"])
     scalar, vector = DeploymentMonitor(cal, seed=seed), DeploymentMonitor(cal, seed=seed)
     for episode in episodes:
         scalar.start(), vector.start()

@@ -123,7 +123,7 @@ def test_online_change_evidence_equals_the_offline_twin(cal):
         online.append(monitor.log_evidence)
     d = cal.detectors["threshold"]
     p = sequential_pvalues(cal.joint_maxima(["threshold"]), (-increments - d.location) / d.scale,
-                           np.random.default_rng(3).random(60))  # fmt: skip
+                           np.random.default_rng(3).random(60))
     assert online == pytest.approx(log_wealth_path(p, mode="change").tolist(), rel=1e-12)
 
 

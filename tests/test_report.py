@@ -12,7 +12,7 @@ from mesaguard.store import Store
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]  # fmt: skip
+         "--disable-component-update", "--disable-sync"]
 DETECTORS = ("threshold", "envelope", "cusum", "meanshift")
 
 
@@ -20,7 +20,7 @@ DETECTORS = ("threshold", "envelope", "cusum", "meanshift")
 def report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     cfg = BenchConfig(("strawberry",), DETECTORS, (0,), episodes=10, calibration_episodes=20, alpha=0.2,
-                      policy="misaligned")  # fmt: skip
+                      policy="misaligned")
     with Store(tmp / "b.sqlite") as store:
         run_id = run_bench(cfg, store)
     result = CliRunner().invoke(app, ["report", run_id, "--db", str(tmp / "b.sqlite"), "-o", str(tmp / "report.html")])
@@ -44,7 +44,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         context = p.chromium.launch_persistent_context(
             str(tmp_path / "profile"),  # a fresh profile (Playwright takes the user data dir here, not as a flag)
             executable_path=str(CHROMIUM), headless=True, args=FLAGS, viewport={"width": 1400, "height": 1000},
-        )  # fmt: skip
+        )
         try:
             page = context.new_page()
             page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))

@@ -10,8 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-from mesaguard.calibration import conformal_rank, episodes_needed
-from mesaguard.calibration import CalibrationError
+from mesaguard.calibration import CalibrationError, conformal_rank, episodes_needed
 from mesaguard.detectors.scope import Scope, ScopeError, first_alarms
 
 T, D = 10, 2

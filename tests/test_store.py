@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -21,9 +20,9 @@ def job(seed, n=3, length=5):
         EpisodeRecord("calibration" if i == 0 else "evaluation", "train" if i < 2 else "deploy", 100 * seed + i,
                       rng.normal(size=length + i), np.array([2, 4][: i % 3]))
         for i in range(n)
-    ]  # fmt: skip
+    ]
     return JobRecord("strawberry", seed, {"format": "cal", "seed": seed}, 1.5, 0.25, episodes,
-                     [AlarmRecord("cusum", 2, 3, "cusum"), AlarmRecord("cusum+envelope", 1, 1, "envelope")])  # fmt: skip
+                     [AlarmRecord("cusum", 2, 3, "cusum"), AlarmRecord("cusum+envelope", 1, 1, "envelope")])
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -50,7 +49,7 @@ def test_round_trip_is_exact(tmp_path):
         alarms = store.alarms("r")
         assert [(a.job, a.config, a.episode, a.step, a.detector) for a in alarms][:2] == [
             (("strawberry", 0), "cusum", 2, 3, "cusum"), (("strawberry", 0), "cusum+envelope", 1, 1, "envelope")
-        ]  # fmt: skip
+        ]
         with pytest.raises(StoreError, match="no run 'nope'.*runs there: r"):
             store.run_config("nope")
 

@@ -101,7 +101,7 @@ def _runnable(names: list[str], every: bool) -> list[str]:
         extra = get(name).missing_extra()
         if extra and every:
             errors.print(f"skipping {name}: it needs the {extra} extra: pip install 'mesaguard[{extra}]'",
-                         highlight=False, markup=False)  # fmt: skip
+                         highlight=False, markup=False)
             continue
         runnable.append(_scenario(name).name)
     return runnable
@@ -255,7 +255,7 @@ def _deploy(scenario, cal, configs, variant, policy, protocol, episodes, workers
         return experiment.deploy(
             scenario, cal, configs, variant=variant, policy=policy, protocol=protocol,
             episodes=episodes, workers=workers, on_episode=advance,
-        )  # fmt: skip
+        )
 
 
 def _fmt(x: float | None, spec: str = ".2f") -> str:
@@ -273,7 +273,7 @@ def _report(scenario: str, rows: list[Row], out: Path) -> None:
         "deploy: episode and total steps at the alarm)",
     )
     for col in ("detectors", "FA", "detected", "delay", "reference G / F", "deploy G / F", "catastrophes G / F",
-                "deployment reference", "deployment deploy"):  # fmt: skip
+                "deployment reference", "deployment deploy"):
         table.add_column(col)
     for r in rows:
         hit = r.deployment_alarm
@@ -357,7 +357,7 @@ class _BenchBars:
 
     def waiting(self, run_id: str) -> None:
         self.bar.console.print(f"another bench is running run [bold]{escape(run_id)}[/] on this store: waiting for it "
-                               "to finish, then resuming what it left")  # fmt: skip
+                               "to finish, then resuming what it left")
 
 
 @app.command()
@@ -412,13 +412,13 @@ def bench(
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         with Progress(*columns, console=console) as bar:
             run_bench(config, store, run_id=run_id, backend=backend, workers=workers, address=ray_address,
-                      progress=_BenchBars(bar))  # fmt: skip
+                      progress=_BenchBars(bar))
         rows = table(store, run_id)
         deployments = deployment_table(store, run_id)
     _show_bench(rows, f"run {run_id}: {len(config.jobs())} jobs, {time.perf_counter() - start:.1f} s")
     _show_deployments(deployments)
     console.print(f"stored in [bold]{db}[/] as run [bold]{run_id}[/]; "
-                  f"see it with: mesaguard report {run_id} --db {db} -o report.html")  # fmt: skip
+                  f"see it with: mesaguard report {run_id} --db {db} -o report.html")
 
 
 def _show_bench(rows: list[Any], title: str) -> None:

@@ -70,7 +70,7 @@ def _envelope_figure(scenario: str, job: Any, detectors: tuple[str, ...]) -> Any
     fig = make_subplots(
         rows=1, cols=len(variants), shared_yaxes=True,
         subplot_titles=[f"{v} ({'reference' if i == 0 else 'shifted'})" for i, v in enumerate(variants)],
-    )  # fmt: skip
+    )
     cal = job.calibration
     configs = detector_configs(detectors)
     longest = max((e.length for v in variants for _, e in job.evaluation[v][:EPISODES_SHOWN]), default=1)
@@ -84,19 +84,19 @@ def _envelope_figure(scenario: str, job: Any, detectors: tuple[str, ...]) -> Any
             idx = np.minimum(steps - 1, mean.size - 1)
             threshold = cal.thresholds_for(["envelope"])["envelope"]
             fig.add_trace(go.Scatter(x=steps, y=mean[idx], mode="lines", line={"color": "grey", "dash": "dot"},
-                                     name="in-distribution mean", legendgroup="mean", showlegend=first), 1, col)  # fmt: skip
+                                     name="in-distribution mean", legendgroup="mean", showlegend=first), 1, col)
             fig.add_trace(go.Scatter(x=steps, y=mean[idx] - threshold * std[idx], mode="lines",
                                      line={"color": "firebrick", "dash": "dash"}, name="envelope alarm line",
-                                     legendgroup="line", showlegend=first), 1, col)  # fmt: skip
+                                     legendgroup="line", showlegend=first), 1, col)
         shown = job.evaluation[variant][:EPISODES_SHOWN]
         for idx_, e in shown:
             score = np.cumsum(e.increments)
             fig.add_trace(go.Scatter(x=np.arange(1, e.length + 1), y=score, mode="lines", opacity=0.8,
-                                     name=f"{variant} episode seed {e.seed}", showlegend=False), 1, col)  # fmt: skip
+                                     name=f"{variant} episode seed {e.seed}", showlegend=False), 1, col)
             if e.catastrophes.size:
                 fig.add_trace(go.Scatter(x=e.catastrophes, y=score[e.catastrophes - 1], mode="markers",
                                          marker={"symbol": "circle", "size": 11, "color": "black"},
-                                         name="catastrophe", legendgroup="catastrophe", showlegend=False), 1, col)  # fmt: skip
+                                         name="catastrophe", legendgroup="catastrophe", showlegend=False), 1, col)
         increments = [e.increments for _, e in shown]
         traces: dict[str, np.ndarray] = {}
         for k, names in enumerate(configs):
@@ -106,7 +106,7 @@ def _envelope_figure(scenario: str, job: Any, detectors: tuple[str, ...]) -> Any
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=f"alarm: {config_name(names)}",
                                      marker={"symbol": SYMBOLS[k % len(SYMBOLS)], "size": 12, "line": {"width": 1}},
                                      legendgroup=config_name(names), showlegend=bool(xs) and names not in legend),
-                          1, col)  # fmt: skip
+                          1, col)
             if xs:
                 legend.add(names)
     fig.update_xaxes(title_text="step")
@@ -196,7 +196,7 @@ def build_report(store: Store, run_id: str, alphas: tuple[float, ...] = ALPHAS) 
             pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"{kind}-{scenario}",
                         config={"displaylogo": False})
             for kind, fig in (("envelope", envelope), ("tradeoff", trade))
-        ]  # fmt: skip
+        ]
         sections.append(
             f'<section class="scenario" id="scenario-{html.escape(scenario)}"><h2>{html.escape(scenario)}</h2>'
             f"<p>{html.escape(info.failure_mode)}: {html.escape(info.shift)}. Episodes of seed {keys[0][1]}.</p>"

@@ -72,7 +72,7 @@ class EpisodeLog:
         self.terminated = self.truncated = False
 
     def step(self, obs: Any, action: Any, reward: float, next_obs: Any, terminated: bool, truncated: bool,
-             info: dict[str, Any]) -> bool:  # fmt: skip
+             info: dict[str, Any]) -> bool:
         """Log one transition; returns True when the episode is over (ended, or the step was refused)."""
         if info.get("mesaguard", {}).get("refused", False):  # a guard stopped it before the action: no step
             self.guard = info["mesaguard"]

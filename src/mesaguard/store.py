@@ -219,7 +219,7 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (run_id, job.scenario, int(job.seed), json.dumps(job.calibration), float(job.score_floor),
                  float(job.wall_s), time.time()),
-            )  # fmt: skip
+            )
             job_id = cur.lastrowid
             self.db.executemany(
                 "INSERT INTO episodes (job_id, idx, role, variant, seed, length, score, increments, catastrophes) "
@@ -229,7 +229,7 @@ class Store:
                      _blob(e.increments), json.dumps([int(c) for c in e.catastrophes]))
                     for i, e in enumerate(job.episodes)
                 ),
-            )  # fmt: skip
+            )
             self.db.executemany(
                 "INSERT INTO alarms VALUES (?, ?, ?, ?, ?)",
                 ((job_id, a.config, int(a.episode), int(a.step), a.detector) for a in job.alarms),
@@ -274,7 +274,7 @@ class Store:
 
 
 def export(store: Store, run_id: str, out: str | os.PathLike[str], fmt: str = "csv",
-           table: Sequence[Mapping[str, Any]] | None = None) -> list[Path]:  # fmt: skip
+           table: Sequence[Mapping[str, Any]] | None = None) -> list[Path]:
     """Write the run's tables (``jobs``, ``episodes``, ``alarms``, and ``results`` if given) to ``out``.
 
     ``csv``: increments and catastrophe steps as JSON lists in a text column.
@@ -289,7 +289,7 @@ def export(store: Store, run_id: str, out: str | os.PathLike[str], fmt: str = "c
         {"scenario": j["scenario"], "seed": j["seed"], "score_floor": j["score_floor"], "wall_s": j["wall_s"],
          "calibration": json.dumps(j["calibration"])}
         for j in store.jobs(run_id)
-    ]  # fmt: skip
+    ]
     listy = fmt == "parquet"
     episodes = [
         {"scenario": e.job[0], "job_seed": e.job[1], "index": i, "role": e.role, "variant": e.variant, "seed": e.seed,
@@ -297,12 +297,12 @@ def export(store: Store, run_id: str, out: str | os.PathLike[str], fmt: str = "c
          "increments": e.increments.tolist() if listy else json.dumps(e.increments.tolist()),
          "catastrophes": e.catastrophes.tolist() if listy else json.dumps(e.catastrophes.tolist())}
         for i, e in _indexed(store.episodes(run_id))
-    ]  # fmt: skip
+    ]
     alarms = [
         {"scenario": a.job[0], "job_seed": a.job[1], "config": a.config, "episode_index": a.episode, "step": a.step,
          "detector": a.detector}
         for a in store.alarms(run_id)
-    ]  # fmt: skip
+    ]
     tables = {"jobs": jobs, "episodes": episodes, "alarms": alarms}
     if table is not None:
         tables["results"] = [dict(r) for r in table]

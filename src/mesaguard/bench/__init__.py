@@ -54,7 +54,7 @@ _WHERE = {
     "job": ("run_job",),
     "replay": ("first_alarms",),
     "results": ("RESULT_CAPTION", "RESULT_COLUMNS", "BenchRow", "Column", "StoredJob", "load_run", "run_summary",
-                "table", "tradeoff"),  # fmt: skip
+                "table", "tradeoff"),
     "run": ("run_bench",),
 }
 _MODULE = {name: module for module, names in _WHERE.items() for name in names}

@@ -78,7 +78,7 @@ def calibrate(
     """The job's calibration runs of ``make_policy`` on the reference variant, and the calibration fitted on them."""
     variant = get(spec.scenario).reference_variant
     runs = rollout(functools.partial(plain_env, spec.scenario, variant), make_policy, spec.seeds("calibration"),
-                   objective=OBJECTIVE, on_episode=on_episode, record_states=record_states)  # fmt: skip
+                   objective=OBJECTIVE, on_episode=on_episode, record_states=record_states)
     calibration = Calibration.fit(
         [e.increments for e in runs],
         alpha=spec.alpha,
@@ -145,7 +145,7 @@ def _safeguarded_env(
     if not detectors and scope is None:
         return env
     return GuardedEnv(env, calibration, detectors=list(detectors), protocol=Stop(), objective=OBJECTIVE,
-                      scenario=scenario, scope=scope)  # fmt: skip
+                      scenario=scenario, scope=scope)
 
 
 MakeEnv = Callable[[], gym.Env]

@@ -120,7 +120,7 @@ def local(specs: Sequence[JobSpec], workers: int, progress: Progress) -> Generat
     queue = ctx.Queue()
     lifeline, parent_end = ctx.Pipe(duplex=False)
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
-                               initargs=(queue, lifeline, parent_end))  # fmt: skip
+                               initargs=(queue, lifeline, parent_end))
     try:
         pending = {pool.submit(_run_in_worker, s) for s in specs}
         while pending:

@@ -156,7 +156,7 @@ class BenchConfig:
     def jobs(self) -> list[JobSpec]:
         return [
             JobSpec(s, seed, self.policy, self.episodes, self.calibration_episodes, self.alpha, self.detectors,
-                    self.safeguards)  # fmt: skip
+                    self.safeguards)
             for s in self.scenarios
             for seed in self.seeds
         ]

@@ -78,7 +78,7 @@ def run_job(spec: JobSpec, progress: ProgressSink | None = None) -> JobRecord:
             else:
                 make_env, make_guarded_policy = SAFEGUARDS[name](spec, variant, calibration, fitted)
                 runs = rollout(make_env, make_guarded_policy, spec.seeds("evaluation"), objective=OBJECTIVE,
-                               on_episode=tick)  # fmt: skip
+                               on_episode=tick)
             first = len(records)
             role = f"{SAFEGUARD}{name}"
             records += [EpisodeRecord(role, variant, e.seed, e.increments, e.catastrophes) for e in runs]

@@ -144,7 +144,7 @@ RESULT_COLUMNS: tuple[Column, ...] = (
     Column("catastr. G/F", "catastrophes guarded / free", lambda r: f"{r.catastrophes_guarded}/{r.catastrophes_free}"),
     Column("prevented", "prevented", lambda r: f"{fmt(100 * r.prevented, '.0f')}%"),
     Column("score kept", "score kept", lambda r: fmt(r.score_kept, ".3f")),
-)  # fmt: skip
+)
 """The results table's columns, in order: ``mesaguard bench`` prints them, the HTML report shows them."""
 
 RESULT_CAPTION = (
@@ -276,7 +276,7 @@ def _with_alarm(episode: Episode, hit: tuple[int, str] | None) -> Episode:
     if hit is None:
         return episode
     return Episode(episode.seed, episode.increments, episode.catastrophes, alarm_step=hit[0], detector=hit[1],
-                   stopped=True)  # fmt: skip
+                   stopped=True)
 
 
 def table(store: Store, run_id: str) -> list[BenchRow]:
