@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/mesaguard demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/ruff check src tests benchmarks docs examples
 	$(BIN)/mypy
 
 test: $(STAMP)

@@ -360,11 +360,26 @@ def late_change() -> str:
     return table(["mode", "shift (sd)", *(f"change at {k}" for k in starts), "late / early"], rows)
 
 
+def own_task() -> str:
+    r = results("example_own_task")
+    rows = []
+    for key, label in [("in_distribution", "in distribution"), ("longer_pole", "pole 3x longer"),
+                       ("longer_pole_with_fallback", "pole 3x longer, PD fallback")]:
+        row = r[key]
+        caught = row["falls_caught"]
+        alarmed = row["alarmed"]
+        rows.append([label, str(row["episodes"]), f"{alarmed['rate']:.3f} {ci(alarmed['low'], alarmed['high'])}",
+                     str(row["falls"]), "-" if caught is None else f"{caught['k']} of {caught['n']}",
+                     f(row["mean_steps_before_fall"], ".1f")])
+    return table(["deployment", "episodes", "alarmed [95%]", "falls", "falls alarmed before", "steps before the fall"],
+                 rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "scenarios": scenarios, "scenario_speed": scenario_speed, "agents": agents,
     "guard_overhead": guard_overhead, "guard_vector": guard_vector,
     "cusum_delay": cusum_delay, "detector_delay": detector_delay, "false_alarms": false_alarms,
-    "greenberg_mannor": greenberg_mannor, "late_change": late_change,
+    "greenberg_mannor": greenberg_mannor, "late_change": late_change, "own_task": own_task,
     "deployment_null": deployment_null, "deployment_gaussian": deployment_gaussian,
     "deployment_pendulum": deployment_pendulum, "deployment_cheetah": deployment_cheetah,
     "cheetah_scores": cheetah_scores,
