@@ -342,7 +342,7 @@ def greenberg_mannor() -> str:
     rows = []
     for name, far in r["false_alarms"].items():
         cells = [f"{r['shifts'][s][name]['detected']:.2f} / {f(r['shifts'][s][name]['delay'], '.0f')}" for s in shifts]
-        label = "joint (" + ", ".join(r["joint"]) + ")" if name == "joint" else name
+        label = name.replace("joint: ", "jointly: ").replace("+", ", ")
         rows.append([label, f"{far['rate']:.3f} ({far['upper95']:.3f})", *cells])
     return table(["test", "FAR (CP 95% upper)", *shifts], rows)
 

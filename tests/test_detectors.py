@@ -11,6 +11,7 @@ from mesaguard.detectors import (
     DetectorError,
     MeanShift,
     ScoreEnvelope,
+    ScoreRank,
     ScoreThreshold,
     detector_class,
 )
@@ -131,7 +132,7 @@ def test_bad_input_is_named(name):
 
 
 def test_unknown_detector_lists_valid_names():
-    with pytest.raises(DetectorError, match=r"unknown detector 'cusm'; expected one of \['cusum', 'envelope', 'meanshift', 'pdt', 'threshold'\]"):
+    with pytest.raises(DetectorError, match=r"unknown detector 'cusm'; expected one of \['cusum', 'envelope', 'meanshift', 'pdt', 'rank', 'threshold'\]"):
         detector_class("cusm")
 
 
@@ -182,7 +183,7 @@ def _profiled(rng, n, shift=0.0):
     return list(np.concatenate([loud, quiet], axis=1))
 
 
-@pytest.mark.parametrize("name", ["cusum", "meanshift", "pdt", "envelope", "threshold"])
+@pytest.mark.parametrize("name", ["cusum", "meanshift", "pdt", "envelope", "rank", "threshold"])
 def test_false_alarms_stay_within_alpha_when_the_spread_varies_a_millionfold(name):
     from scipy import stats
 
@@ -271,3 +272,21 @@ def test_pdt_sees_a_drop_confined_to_a_few_steps_and_udt_a_uniform_one():
     # each is the stronger test of its own alternative (300 episodes: a rate's standard error is below 0.03)
     assert found["pdt", "confined"] > found["meanshift", "confined"] + 0.1, found
     assert found["meanshift", "uniform"] > found["pdt", "uniform"] + 0.1, found
+
+
+def test_rank_is_the_scores_rank_among_the_reference_at_the_same_step():
+    rng = np.random.default_rng(6)
+    episodes = [rng.normal(0, 1, 5) for _ in range(200)]
+    det = ScoreRank.fit(episodes, k=9)
+    scores = np.cumsum(np.stack(episodes), axis=1)
+    np.testing.assert_allclose(det.quantiles[2], np.quantile(scores[:, 2], (np.arange(1, 10) - 0.5) / 9))
+    run = rng.normal(0, 1, 5)
+    stats = [det.update_scalar(u) for u in run]
+    q = det.quantiles
+    by_hand = [np.log(10) - np.log(1 + (q[t] < s).sum()) + max(q[t, 0] - s, 0) / (q[t, -1] - q[t, 0])
+               for t, s in enumerate(np.cumsum(run))]
+    assert stats == pytest.approx(by_hand)
+    vec = ScoreRank.fit(episodes, k=9, n_envs=2)
+    assert [float(vec.update(np.array([u, u]))[1]) for u in run] == pytest.approx(stats)
+    low = ScoreRank(quantiles=[[0.0, 1.0]])
+    assert low.update_scalar(-3.0) == pytest.approx(np.log(3) + 3.0)  # below every quantile it keeps growing

@@ -3,7 +3,7 @@
 Every registered detector, and those a calibration fits by default:
 
 >>> sorted(DETECTORS)
-['cusum', 'envelope', 'meanshift', 'pdt', 'threshold']
+['cusum', 'envelope', 'meanshift', 'pdt', 'rank', 'threshold']
 >>> DEFAULT
 ('threshold', 'envelope', 'cusum', 'meanshift')
 """
@@ -15,6 +15,7 @@ from mesaguard.detectors.cusum import Cusum
 from mesaguard.detectors.envelope import ScoreEnvelope
 from mesaguard.detectors.meanshift import MeanShift
 from mesaguard.detectors.pdt import PartialDegradation
+from mesaguard.detectors.rank import ScoreRank
 from mesaguard.detectors.threshold import ScoreThreshold
 
 __all__ = [
@@ -25,13 +26,14 @@ __all__ = [
     "DetectorError",
     "MeanShift",
     "PartialDegradation",
+    "ScoreRank",
     "ScoreEnvelope",
     "ScoreThreshold",
     "detector_class",
 ]
 
 DETECTORS: dict[str, type[Detector]] = {
-    cls.name: cls for cls in (ScoreThreshold, ScoreEnvelope, Cusum, MeanShift, PartialDegradation)
+    cls.name: cls for cls in (ScoreThreshold, ScoreEnvelope, Cusum, MeanShift, PartialDegradation, ScoreRank)
 }
 
 DEFAULT: tuple[str, ...] = ("threshold", "envelope", "cusum", "meanshift")  # what a calibration fits unless told
