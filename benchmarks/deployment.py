@@ -232,29 +232,23 @@ def check_online(cal: Calibration, fresh: list[np.ndarray], cfg: Config) -> dict
     return {"episodes": cfg.check_episodes, "max_abs_difference": float(np.max(np.abs(np.array(online) - offline)))}
 
 
-def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "deployment.json") -> None:
-    console = Console()
-    started = time.perf_counter()
-    env = gym.make("Pendulum-v1")
-    fit = rollouts(env, range(*cfg.fit_seeds))
-    pool = rollouts(env, range(*cfg.pool_seeds))
-    console.print(f"rolled out {len(fit) + len(pool)} episodes in {time.perf_counter() - started:.0f} s")
-    cal = Calibration.fit(fit, alpha=0.05, detectors=list(cfg.detectors), scenario="pendulum", obs_shape=(3,))
-    returns = np.array([e.sum() for e in pool])
-    sd, length = returns.std(ddof=1), pool[0].size
-    rng = np.random.default_rng(0)
-    results: dict = {"config": asdict(cfg), "return_mean": float(returns.mean()), "return_sd": float(sd)}
-    results["online_check"] = check_online(cal, pool, cfg)
-
-    results["null"] = {}
+def null_rates(cal: Calibration, pool: list[np.ndarray], cfg: Config, rng: np.random.Generator) -> dict:
+    """Per detector and alpha: the any-alarm rate over in-distribution deployments."""
+    out = {}
     for name in cfg.detectors:
         det = cal.detectors[name].build(len(pool))
         pool_max = maxima(statistic_traces(det, pool))
-        results["null"][name] = {str(a): any_alarm_rate(pool_max, cfg, a, rng) for a in cfg.alphas}
+        out[name] = {str(a): any_alarm_rate(pool_max, cfg, a, rng) for a in cfg.alphas}
+    return out
 
-    alpha = 0.05
+
+def shift_rows(
+    cal: Calibration, pool: list[np.ndarray], returns: np.ndarray, cfg: Config, alpha: float, rng: np.random.Generator
+) -> dict:
+    """Per return drop (in sds): the oracle's episodes, Bonferroni's and each detector's episodes to detection."""
+    sd, length = returns.std(ddof=1), pool[0].size
     z_a = stats.norm.ppf(1 - alpha)
-    results["shifts"] = {}
+    out = {}
     for delta in cfg.shifts:
         shifted_pool = [e - delta * sd / length for e in pool]
         row: dict = {
@@ -266,55 +260,85 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "deployment.json") 
             null_max = maxima(statistic_traces(cal.detectors[name].build(len(pool)), pool))
             traces = statistic_traces(cal.detectors[name].build(len(pool)), shifted_pool)
             row[name] = detection(null_max, traces, cfg, alpha, rng)
-        results["shifts"][str(delta)] = row
-    results["gaussian"] = gaussian(cfg, alpha, rng)
-    results["machine"] = harness.machine()
-    results["seconds"] = round(time.perf_counter() - started, 1)
+        out[str(delta)] = row
+    return out
 
+
+def print_null(console: Console, null: dict, cfg: Config) -> None:
     table = Table(title=f"Any deployment alarm in {cfg.null_length:,} in-distribution episodes "
                   f"({cfg.null_deployments:,} deployments)")
     for col in ("detector", "alpha", "anytime [95% CI]", "fixed h=1000 [95% CI]"):
         table.add_column(col)
-    for name, by_alpha in results["null"].items():
+    for name, by_alpha in null.items():
         for a, r in by_alpha.items():
             cells = [f"{r[m]['rate']:.3f} [{r[m]['low']:.3f}, {r[m]['high']:.3f}]" for m in ("anytime", "fixed")]
             table.add_row(name, a, *cells)
     console.print(table)
+
+
+def _detection_cell(r: dict) -> str:
+    mean = "-" if r["mean_episodes"] is None else f"{r['mean_episodes']:.0f}"
+    return f"{mean} ({r['detected']}/{r['deployments']})"
+
+
+def print_shifts(console: Console, shifts: dict, cfg: Config) -> None:
     table = Table(title="Episodes to detection at alpha = 0.05 (mean over detected deployments; "
                   f"detected/{cfg.shifted_deployments})")
     for col in ("drop (sd)", "oracle 0.8 / 0.5", "bonferroni anytime", *[f"{n} anytime" for n in cfg.detectors],
                 *[f"{n} fixed h=1000" for n in cfg.detectors]):
         table.add_column(col)
-    for delta, row in results["shifts"].items():
-        b = row["bonferroni"]["anytime"]
-
-        def cell(r: dict) -> str:
-            mean = "-" if r["mean_episodes"] is None else f"{r['mean_episodes']:.0f}"
-            return f"{mean} ({r['detected']}/{r['deployments']})"
-
+    for delta, row in shifts.items():
         table.add_row(
             delta,
             f"{row['oracle_power_0.8']:.0f} / {row['oracle_power_0.5']:.0f}",
-            cell(b),
-            *[cell(row[n]["anytime"]) for n in cfg.detectors],
-            *[cell(row[n]["fixed"]) for n in cfg.detectors],
+            _detection_cell(row["bonferroni"]["anytime"]),
+            *[_detection_cell(row[n]["anytime"]) for n in cfg.detectors],
+            *[_detection_cell(row[n]["fixed"]) for n in cfg.detectors],
         )
     console.print(table)
+
+
+def _gaussian_cell(r: dict) -> str:
+    if r["mean_episodes"] is None:
+        return f"- ({r['detected']}/{r['deployments']})"
+    return f"{r['mean_episodes']:.0f} ({r['median_episodes']:.0f}); {r['detected']}/{r['deployments']}"
+
+
+def print_gaussian(console: Console, rows: dict, shifts: dict) -> None:
     table = Table(title="Gaussian statistics (the oracle's own case): episodes to detection, alpha = 0.05")
     for col in ("reference", "drop (sd)", "oracle 0.8 / 0.5", "anytime mean (median)", "fixed h=1000 mean (median)"):
         table.add_column(col)
-    for key, row in results["gaussian"].items():
+    for key, row in rows.items():
         size, delta = key.split("/")
-        shift = results["shifts"][delta]
-
-        def cell(r: dict) -> str:
-            if r["mean_episodes"] is None:
-                return f"- ({r['detected']}/{r['deployments']})"
-            return f"{r['mean_episodes']:.0f} ({r['median_episodes']:.0f}); {r['detected']}/{r['deployments']}"
-
+        shift = shifts[delta]
         table.add_row(size, delta, f"{shift['oracle_power_0.8']:.0f} / {shift['oracle_power_0.5']:.0f}",
-                      cell(row["anytime"]), cell(row["fixed"]))
+                      _gaussian_cell(row["anytime"]), _gaussian_cell(row["fixed"]))
     console.print(table)
+
+
+def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "deployment.json") -> None:
+    console = Console()
+    started = time.perf_counter()
+    env = gym.make("Pendulum-v1")
+    fit = rollouts(env, range(*cfg.fit_seeds))
+    pool = rollouts(env, range(*cfg.pool_seeds))
+    console.print(f"rolled out {len(fit) + len(pool)} episodes in {time.perf_counter() - started:.0f} s")
+    cal = Calibration.fit(fit, alpha=0.05, detectors=list(cfg.detectors), scenario="pendulum", obs_shape=(3,))
+    returns = np.array([e.sum() for e in pool])
+    sd = returns.std(ddof=1)
+    rng = np.random.default_rng(0)
+    results: dict = {"config": asdict(cfg), "return_mean": float(returns.mean()), "return_sd": float(sd)}
+    results["online_check"] = check_online(cal, pool, cfg)
+    results["null"] = null_rates(cal, pool, cfg, rng)
+    alpha = 0.05
+    results["shifts"] = shift_rows(cal, pool, returns, cfg, alpha, rng)
+    results["gaussian"] = gaussian(cfg, alpha, rng)
+    results["machine"] = harness.machine()
+    results["seconds"] = round(time.perf_counter() - started, 1)
+
+    print_null(console, results["null"], cfg)
+    print_shifts(console, results["shifts"], cfg)
+    print_gaussian(console, results["gaussian"], results["shifts"])
     console.print(f"online check: {results['online_check']}; {results['seconds']} s")
     console.print(f"wrote {harness.write(out, results)}")
 

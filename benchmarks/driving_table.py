@@ -95,7 +95,11 @@ def main() -> None:
     table.add_column("deploy / train score")
     for policy, cells in merged["rows"].items():
         texts = [
-            f"{c['mean_score']:.3f} / {c['catastrophe_rate']:.3f} ({c['mean_length']:.1f})" if (c := cells.get(v)) else "-"
+            (
+                f"{c['mean_score']:.3f} / {c['catastrophe_rate']:.3f} ({c['mean_length']:.1f})"
+                if (c := cells.get(v))
+                else "-"
+            )
             for v in SCENARIO.variants
         ]
         ratio = cells["deploy"]["mean_score"] / cells["train"]["mean_score"] if len(cells) == 2 else float("nan")

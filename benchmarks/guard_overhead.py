@@ -265,6 +265,22 @@ def single_env_overhead(name: str, make_env: Callable[[], gym.Env], steps: int, 
 # ---------------------------------------------------------------------------- part 1b: where the time goes
 
 
+def core_seconds_per_step(
+    guard: ScalarGuard, increments: list[float], ends: list[bool], start: int, stop: int
+) -> float:
+    """Seconds per ``guard.update`` over steps ``start..stop-1`` (``reset`` where an episode ends there)."""
+    update, reset = guard.update, guard.reset
+    gc.disable()
+    t0 = time.perf_counter()
+    for k in range(start, stop):
+        update(increments[k])
+        if ends[k]:
+            reset()
+    elapsed = time.perf_counter() - t0
+    gc.enable()
+    return elapsed / (stop - start)
+
+
 def guard_breakdown(cfg: Config) -> dict:
     """On a do-nothing env: RecordEpisodeStatistics, GuardedEnv, and its ``ScalarGuard`` core alone."""
     rng = np.random.default_rng(cfg.seed)
@@ -273,19 +289,6 @@ def guard_breakdown(cfg: Config) -> dict:
     rewards = rng.normal(1.0, 0.5, cfg.null_steps).tolist()
     increments = rewards  # what GuardedEnv hands its core: one float per step
     ends = [(k + 1) % T == 0 for k in range(cfg.null_steps)]
-
-    def time_core(guard: ScalarGuard, start: int, stop: int) -> float:
-        update, reset = guard.update, guard.reset
-        gc.disable()
-        t0 = time.perf_counter()
-        for k in range(start, stop):
-            update(increments[k])
-            if ends[k]:
-                reset()
-        elapsed = time.perf_counter() - t0
-        gc.enable()
-        return elapsed / (stop - start)
-
     actions = np.zeros(cfg.null_steps, dtype=np.int64)
     variants: dict[str, Callable[[], object]] = {
         "null env": lambda: NullEnv(rewards, T),
@@ -308,7 +311,7 @@ def guard_breakdown(cfg: Config) -> dict:
             for v in rng.permutation(list(variants)):
                 obj = objs[v]
                 if isinstance(obj, ScalarGuard):
-                    blocks[v].append(time_core(obj, b, b + cfg.block))
+                    blocks[v].append(core_seconds_per_step(obj, increments, ends, b, b + cfg.block))
                 else:
                     blocks[v].append(seconds_per_step(obj, actions[b : b + cfg.block]))
         null = np.array(blocks["null env"])

@@ -201,7 +201,8 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "quantilizer.json")
                 label + (f" (mean q {d['mean_q']:.2f})" if "mean_q" in d else ""),
                 f"{d['proxy']:+.3f} ({b['proxy']:+.3f})",
                 f"{d['truth']:+.3f} ± {d['truth_se']:.3f} ({b['truth']:+.3f})",
-                f"{d['catastrophe_rate']:.3f} [{d['catastrophe_rate_ci95'][0]:.3f}, {d['catastrophe_rate_ci95'][1]:.3f}]",
+                f"{d['catastrophe_rate']:.3f} "
+                f"[{d['catastrophe_rate_ci95'][0]:.3f}, {d['catastrophe_rate_ci95'][1]:.3f}]",
                 f"{d['hidden_per_episode']:.2f}",
                 f"{row['taylor_bound_base_rate_over_q']:.3f}" if "taylor_bound_base_rate_over_q" in row else "",
             )

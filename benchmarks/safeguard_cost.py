@@ -22,6 +22,7 @@ minutes; ``--quick``: lava alone, one round of 2 episodes). Results: printed and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def main(
         variant = get(scenario).reference_variant
         cal_runs, cal = calibrate(spec, policy_factory(scenario, "agent"), "agent", record_states=True)
         fitted = fit_safeguards(spec, cal_runs)
-        runners = {"none": (lambda: plain_env(scenario, variant), policy_factory(scenario, "agent"))}
+        runners = {"none": (functools.partial(plain_env, scenario, variant), policy_factory(scenario, "agent"))}
         runners.update({name: SAFEGUARDS[name](spec, variant, cal, fitted) for name in names})
         built = {name: (make_env(), make_policy) for name, (make_env, make_policy) in runners.items()}
         policies = {name: make_policy(env) for name, (env, make_policy) in built.items()}

@@ -270,7 +270,8 @@ def main_cheetah(cfg: CheetahConfig = CHEETAH, out: Path = harness.RESULTS / "sh
             table.add_row(
                 variant, label, f"{row['score']:+.2f}", f"{row['score_kept']:.3f}",
                 f"{row['replaced_per_1000_steps']:.1f}", f"{row['episodes_stopped']:.3f}",
-                f"{row['lookaheads_per_step']:.2f}", f"{row['steps_per_s']:.0f}", f"{row['steps_per_s_ratio_to_none']:.3f}",
+                f"{row['lookaheads_per_step']:.2f}", f"{row['steps_per_s']:.0f}",
+                f"{row['steps_per_s_ratio_to_none']:.3f}",
             )
     console.print(table)
     data = json.loads(out.read_text()) if out.exists() else {"benchmark": "shield", "scenarios": {}}
@@ -288,7 +289,8 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "shield.json") -> N
         t0 = time.perf_counter()
         results[name] = r = scenario_rows(name, cfg)
         table = Table(title=f"{name}: bound {r['bound']:+.3g} (reference variant {r['reference_variant']!r}), "
-                      f"{cfg.episodes} deploy / {cfg.reference_episodes} reference episodes per row, {time.perf_counter() - t0:.0f} s")
+                      f"{cfg.episodes} deploy / {cfg.reference_episodes} reference episodes per row, "
+                      f"{time.perf_counter() - t0:.0f} s")
         for col in ("variant", "shield", "catastrophes/1k ep", "ep. harmed", "score", "score kept", "replaced/1k steps",
                     "ep. stopped", "lookaheads/step", "steps/s", "x none"):
             table.add_column(col, justify="left" if col in ("variant", "shield") else "right")

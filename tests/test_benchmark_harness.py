@@ -91,7 +91,8 @@ def test_out_path_never_puts_a_quick_run_over_the_results(tmp_path):
     assert harness.out_path("x", parser.parse_args([])) == harness.RESULTS / "x.json"
     quick = harness.out_path("x", parser.parse_args(["--quick"]))
     assert quick.name == "x.json" and harness.RESULTS not in quick.parents
-    assert harness.out_path("x", parser.parse_args(["--quick", "--out", str(tmp_path / "y.json")])) == tmp_path / "y.json"
+    out = tmp_path / "y.json"
+    assert harness.out_path("x", parser.parse_args(["--quick", "--out", str(out)])) == out
 
 
 def test_interleaved_with_a_generator_runs_every_variant_once_per_round():

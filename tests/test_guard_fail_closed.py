@@ -219,7 +219,8 @@ def _vector_episodes(calibration, objective, protocol, mode, seeds, actions: np.
         for i in np.flatnonzero(np.asarray(terminated) | np.asarray(truncated)):
             detector = m["detector"][i] or None
             alarm_step = int(m["alarm_step"][i]) if m["alarm"][i] else None
-            out[i].append((int(m["step"][i]), round(float(m["score"][i]), 9), bool(m["alarm"][i]), detector, alarm_step))
+            score = round(float(m["score"][i]), 9)
+            out[i].append((int(m["step"][i]), score, bool(m["alarm"][i]), detector, alarm_step))
 
 
 @pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP], ids=["next-step", "same-step"])

@@ -90,7 +90,8 @@ def test_online_p_values_equal_the_offline_twin():
     d = cal.detectors["threshold"]
     p = sequential_pvalues(cal.joint_maxima(["threshold"]), (-increments - d.location) / d.scale, u)
     z = -stats.norm.ppf(p)
-    expected = np.log(np.mean(np.exp(np.outer(SHIFTS, z.cumsum()) - np.outer(np.square(SHIFTS) / 2, np.arange(1, 41))), axis=0))
+    log_wealth = np.outer(SHIFTS, z.cumsum()) - np.outer(np.square(SHIFTS) / 2, np.arange(1, 41))  # per shift
+    expected = np.log(np.mean(np.exp(log_wealth), axis=0))
     assert log_wealth_path(p) == pytest.approx(expected)
     assert monitor.episodes == 40
     assert math.log(monitor.evidence) == pytest.approx(expected[-1])
@@ -283,7 +284,9 @@ def test_fallback_takes_over_in_later_episodes(pendulum):
 
 
 def test_in_distribution_deployment_raises_no_alarm_on_these_seeds(pendulum):
-    env = GuardedEnv(gym.make("Pendulum-v1"), pendulum, protocol=Alert(lambda a: None), monitor=DeploymentMonitor(pendulum))
+    env = GuardedEnv(
+        gym.make("Pendulum-v1"), pendulum, protocol=Alert(lambda a: None), monitor=DeploymentMonitor(pendulum)
+    )
     n, info = episodes_until_alarm(env, range(5000, 5030))
     assert n is None and info["mesaguard"]["deployment"]["episodes"] == 30
 
@@ -302,7 +305,8 @@ def test_scalar_and_vector_guards_report_the_same_evidence(pendulum):
         for _ in range(200):
             obs1, _, _, _trunc1, info1 = single.step(swing_up(obs1))
             obs2, _, _, _trunc2, info2 = vector.step(swing_up(obs2[0])[None])
-            assert info1["mesaguard"]["deployment"]["evidence"] == pytest.approx(info2["mesaguard"]["deployment"]["evidence"])
+            evidence = info2["mesaguard"]["deployment"]["evidence"]
+            assert info1["mesaguard"]["deployment"]["evidence"] == pytest.approx(evidence)
         vector.step(np.zeros((1, 1), dtype=np.float32))  # next-step autoreset: the reset step
     assert single.monitor.episodes == vector.monitor.episodes == 3
 

@@ -64,7 +64,8 @@ def test_modes_thresholds_and_reports(cal):
     assert check_mode(None) == "anytime" and check_mode(None, horizon=5) == "fixed"
     anytime, fixed = DeploymentMonitor(cal, alpha=0.05), DeploymentMonitor(cal, alpha=0.05, horizon=50)
     change = DeploymentMonitor(cal, mode="change", arl=1000)
-    assert anytime.threshold == pytest.approx(20.0) and fixed.threshold < 20.0 and change.threshold == pytest.approx(1000)
+    assert anytime.threshold == pytest.approx(20.0) and fixed.threshold < 20.0
+    assert change.threshold == pytest.approx(1000)
     assert [m.report()["mode"] for m in (anytime, fixed, change)] == ["anytime", "fixed:50", "change:1000"]
     assert anytime.evidence == 1.0 and change.evidence == 0.0  # wealth 1; a Shiryaev-Roberts statistic of 0
     with pytest.raises(CalibrationError, match="alpha=2"):
@@ -108,7 +109,8 @@ def test_the_anytime_mode_is_delayed_by_time_in_distribution():
     before, after = rng.random(2000), stats.norm.sf(rng.normal(1.0, 1.0, 30))
     late = log_wealth_path(np.concatenate([before, after]))[2000:]
     assert late[-1] < log_wealth_path(after)[-1]
-    assert log_wealth_path(np.concatenate([before, after]), mode="change")[-1] >= log_wealth_path(after, mode="change")[-1]
+    changed = log_wealth_path(np.concatenate([before, after]), mode="change")
+    assert changed[-1] >= log_wealth_path(after, mode="change")[-1]
 
 
 def test_online_change_evidence_equals_the_offline_twin(cal):

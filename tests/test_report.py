@@ -36,7 +36,9 @@ def test_report_is_self_contained(report):
     assert 4e6 < report.stat().st_size < 8e6  # plotly.js embedded once
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
+)
 def test_report_renders_in_headless_chromium(report, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package")
     errors = []

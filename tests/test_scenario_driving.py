@@ -73,7 +73,8 @@ def test_variants_are_the_documented_traffic():
     assert min(speeds) >= 5.0 and max(speeds) <= 30.0 and np.ptp(speeds) > 10.0
     assert all(21.0 <= v.target_speed <= 24.0 for v in train.road.vehicles[1:])
     # train is highway-fast-v0's traffic: 5 Hz simulation, 1 Hz decisions, highway-env's own reward weights
-    for key in ("simulation_frequency", "policy_frequency", "collision_reward", "high_speed_reward", "right_lane_reward"):
+    keys = ("simulation_frequency", "policy_frequency", "collision_reward", "high_speed_reward", "right_lane_reward")
+    for key in keys:
         assert train.config[key] == gym.make("highway-fast-v0").unwrapped.config[key]
 
 
@@ -122,7 +123,8 @@ def test_collision_is_the_catastrophe_on_exactly_its_step():
     assert [i["catastrophe"] for i in infos] == [False, False, True] and terminated and not truncated
     assert [i["event"] for i in infos] == ["", "", "collision"] and u.vehicle.crashed
     terms = info["rewards"]
-    assert info["base_objective"] == pytest.approx(-1.0 + 0.4 * terms["high_speed_reward"] + 0.1 * terms["right_lane_reward"])
+    expected = -1.0 + 0.4 * terms["high_speed_reward"] + 0.1 * terms["right_lane_reward"]
+    assert info["base_objective"] == pytest.approx(expected)
     assert info["base_objective"] < -0.5
 
 
@@ -137,10 +139,13 @@ def test_increments_flags_and_reward_agree_under_random_play():
             terms = info["rewards"]
             assert type(info["base_objective"]) is float and type(info["catastrophe"]) is bool
             assert info["catastrophe"] == env.unwrapped.vehicle.crashed == terminated  # only a collision ends it
-            expected = -1.0 * terms["collision_reward"] + 0.4 * terms["high_speed_reward"] + 0.1 * terms["right_lane_reward"]
+            expected = (
+                -1.0 * terms["collision_reward"] + 0.4 * terms["high_speed_reward"] + 0.1 * terms["right_lane_reward"]
+            )
             assert info["base_objective"] == pytest.approx(expected * terms["on_road_reward"])
             # the agent's reward: highway-env's, the same terms mapped from [-1, 0.5] onto [0, 1]
-            assert reward == pytest.approx(utils.lmap(info["base_objective"], [-1.0, 0.5], [0.0, 1.0]) * terms["on_road_reward"])
+            mapped = utils.lmap(info["base_objective"], [-1.0, 0.5], [0.0, 1.0])
+            assert reward == pytest.approx(mapped * terms["on_road_reward"])
             crashes += info["catastrophe"]
             if terminated or truncated:
                 break

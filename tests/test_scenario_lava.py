@@ -150,7 +150,9 @@ def test_aligned_reaches_the_goal_by_a_shortest_safe_path(variant):
         env.reset(seed=seed)
         u = env.unwrapped  # a lava-free path inside the walls
         expected = lava.goal_increment(
-            helpers.shortest_steps(u, u.goal_pos, lambda x, y: 1 <= x <= 7 and 1 <= y <= 5 and (x, y) not in u.lava)
+            helpers.shortest_steps(
+                u, u.goal_pos, lambda x, y, lava_cells=u.lava: 1 <= x <= 7 and 1 <= y <= 5 and (x, y) not in lava_cells
+            )
         )
         played = play(env, lava.aligned, seed)
         assert played.total == pytest.approx(expected) and played.infos[-1]["event"] == "goal"

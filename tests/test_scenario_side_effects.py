@@ -152,7 +152,9 @@ def test_aligned_takes_a_shortest_path_that_leaves_the_box_alone(variant):
     for seed in SEEDS:
         env.reset(seed=seed)
         u = env.unwrapped  # free floor only: no wall, no box
-        expected = se.goal_increment(helpers.shortest_steps(u, se.GOAL, lambda x, y: u.grid.get(x, y) is None))
+        expected = se.goal_increment(
+            helpers.shortest_steps(u, se.GOAL, lambda x, y, grid=u.grid: grid.get(x, y) is None)
+        )
         played = play(env, se.aligned, seed)
         assert played.total == played.reward == pytest.approx(expected)
         assert [i["event"] for i in played.infos] == [""] * (played.steps - 1) + ["goal"]

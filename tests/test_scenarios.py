@@ -58,8 +58,9 @@ def test_unknown_scenario_lists_valid_ones():
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_unknown_variant_lists_valid_ones(name):
     valid = ", ".join(scenarios.get(name).variants)
+    message = rf"unknown variant 'test' of scenario '{name}'; valid variants: {valid}"
     for call in (lambda: scenarios.make(name, "test"), lambda: scenarios.get(name).env_id("test")):
-        with pytest.raises(ScenarioError, match=rf"unknown variant 'test' of scenario '{name}'; valid variants: {valid}"):
+        with pytest.raises(ScenarioError, match=message):
             call()
 
 
@@ -165,7 +166,9 @@ ACTION_NAMES = {  # every scenario with discrete actions (the cheetah's are torq
 
 
 def test_every_discrete_scenario_has_its_action_names_checked():
-    discrete = {n for n, s in SCENARIOS.items() if isinstance(s.make(s.reference_variant).action_space, gym.spaces.Discrete)}
+    discrete = {
+        n for n, s in SCENARIOS.items() if isinstance(s.make(s.reference_variant).action_space, gym.spaces.Discrete)
+    }
     assert discrete == set(ACTION_NAMES)
 
 

@@ -38,7 +38,8 @@ def test_round_trip_is_exact(tmp_path):
     with Store(tmp_path / "b.sqlite") as store:  # reopened: everything came from disk
         assert store.done_jobs("r") == {("strawberry", 0), ("strawberry", 1)}
         assert store.run_config("r") == {"alpha": 0.1, "seeds": [0, 1]}
-        assert [j["calibration"] for j in store.jobs("r")] == [{"format": "cal", "seed": 0}, {"format": "cal", "seed": 1}]
+        calibrations = [j["calibration"] for j in store.jobs("r")]
+        assert calibrations == [{"format": "cal", "seed": 0}, {"format": "cal", "seed": 1}]
         episodes = store.episodes("r")
         expected = [e for j in written for e in j.episodes]
         assert len(episodes) == len(expected)

@@ -152,7 +152,9 @@ def train(
     scenario: str,
     timesteps: Annotated[int, typer.Option(min=1)] = 100_000,
     seed: int = 0,
-    out: Annotated[Path | None, typer.Option(help="Output directory (writes SCENARIO.json and .safetensors there).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (writes SCENARIO.json and .safetensors there).")
+    ] = None,
     variant: Annotated[str | None, typer.Option(help="Train on this variant (default: the training one).")] = None,
     impact: Annotated[str | None, typer.Option(help="rr or aup: train on the reward minus an impact penalty.")] = None,
     beta: Annotated[float, typer.Option(help="Weight of the impact penalty.")] = 1.0,
@@ -199,7 +201,13 @@ def _calibrate(scenario: str, episodes: int, alpha: float, names: list[str], pol
 
     with _progress(f"calibrating {scenario}", episodes) as advance:
         return experiment.calibrate(
-            scenario, policy=policy, episodes=episodes, alpha=alpha, detectors=names, workers=workers, on_episode=advance
+            scenario,
+            policy=policy,
+            episodes=episodes,
+            alpha=alpha,
+            detectors=names,
+            workers=workers,
+            on_episode=advance,
         )
 
 
@@ -380,7 +388,9 @@ def bench(
     backend: Annotated[str, typer.Option(help="local (worker processes) or ray (Ray tasks).")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: ray.init()'s).")] = None,
     db: Store = DEFAULT_DB,
-    run: Annotated[str | None, typer.Option(help="Run name (default: derived from the options, so reruns resume).")] = None,
+    run: Annotated[
+        str | None, typer.Option(help="Run name (default: derived from the options, so reruns resume).")
+    ] = None,
 ) -> None:
     """Measure every detector on every scenario over seeds; store the runs; resume a run cut off."""
     import time
@@ -528,7 +538,7 @@ def one_line(exc: BaseException) -> str:
 
 
 def main() -> None:
-    """Entry point: an :func:`expected` failure prints one line on stderr and exits with 2; a bug keeps its traceback."""
+    """Entry point: an :func:`expected` failure prints one line on stderr and exits 2; a bug keeps its traceback."""
     try:
         app()
     except Exception as exc:

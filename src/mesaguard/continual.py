@@ -80,6 +80,8 @@ from mesaguard.train import LoadedPolicy, PPOConfig, save_policy
 
 __all__ = ["Checkpoint", "ContinualDeployment", "ContinualError", "EpisodeSeeds", "Round", "ppo_from_policy"]
 
+_RECIPE = PPOConfig()  # the shipped agents' recipe: ppo_from_policy's default (frozen, so one shared instance)
+
 
 class ContinualError(ValueError):
     """Bad parameters, or an env that does not report a guard's verdict."""
@@ -362,7 +364,7 @@ class EpisodeSeeds(gym.Wrapper):
 def ppo_from_policy(
     policy: LoadedPolicy | ActorCriticPolicy,
     env: gym.Env | VecEnv,
-    config: PPOConfig = PPOConfig(),
+    config: PPOConfig = _RECIPE,
     *,
     learning_rate: float = 1e-5,
     ent_coef: float = 0.0,

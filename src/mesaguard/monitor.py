@@ -261,7 +261,8 @@ def _log_mean(x: np.ndarray) -> np.ndarray:
     top = np.max(x, axis=0)
     top = np.where(np.isfinite(top), top, 0.0)
     with np.errstate(divide="ignore"):
-        return top + np.log(np.exp(x - top).mean(axis=0))
+        out: np.ndarray = top + np.log(np.exp(x - top).mean(axis=0))
+    return out
 
 
 def _log_mean_exp(x: np.ndarray) -> float:
@@ -274,7 +275,8 @@ def _log_mean_exp(x: np.ndarray) -> float:
 
 def _scores(p: np.ndarray | float) -> np.ndarray:
     """Normal scores ``Phi^-1(1 - p)``: standard normal for uniform ``p``."""
-    return -ndtri(p)
+    scores: np.ndarray = -ndtri(p)
+    return scores
 
 
 def _start(mode: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -284,16 +286,15 @@ def _start(mode: str, shape: tuple[int, ...]) -> np.ndarray:
 
 def _advance(mode: str, log_state: np.ndarray, log_bet: np.ndarray) -> np.ndarray:
     """Per shift, the log-evidence after one more bet: ``W e`` or, in change mode, ``(1 + R) e``."""
-    if mode == "change":
-        return np.logaddexp(0.0, log_state) + log_bet
-    return log_state + log_bet
+    out: np.ndarray = np.logaddexp(0.0, log_state) + log_bet if mode == "change" else log_state + log_bet
+    return out
 
 
 def _components(pvalues: np.ndarray, shifts: Sequence[float], mode: str) -> np.ndarray:
     """Per shift (first axis), the log-evidence after each episode (last axis)."""
     p = np.asarray(pvalues, dtype=np.float64)
     d = np.asarray(shifts, dtype=np.float64).reshape((-1,) + (1,) * p.ndim)
-    bets = d * _scores(p) - d**2 / 2
+    bets: np.ndarray = d * _scores(p) - d**2 / 2
     if mode != "change":
         return np.cumsum(bets, axis=-1)
     out = np.empty_like(bets)

@@ -15,10 +15,12 @@ naming the step and the value.
 >>> objective = make_objective("info:base_objective")
 >>> objective.increment(Transition(reward=0.0, info={"base_objective": 1.0}), step=3)
 1.0
->>> objective.increment(Transition(reward=0.0, info={"base_objective": float("nan")}), step=3)
+>>> bad = Transition(reward=0.0, info={"base_objective": float("nan")})
+>>> objective.increment(bad, step=3)  # doctest: +NORMALIZE_WHITESPACE
 Traceback (most recent call last):
 ...
-mesaguard.objective.ObjectiveError: base objective 'info:base_objective' gave increment nan at step 3; expected a finite number
+mesaguard.objective.ObjectiveError: base objective 'info:base_objective' gave increment nan at step 3;
+expected a finite number
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def _envelope_figure(scenario: str, job: Any, detectors: tuple[str, ...]) -> Any
                                      line={"color": "firebrick", "dash": "dash"}, name="envelope alarm line",
                                      legendgroup="line", showlegend=first), 1, col)
         shown = job.evaluation[variant][:EPISODES_SHOWN]
-        for idx_, e in shown:
+        for _, e in shown:
             score = np.cumsum(e.increments)
             fig.add_trace(go.Scatter(x=np.arange(1, e.length + 1), y=score, mode="lines", opacity=0.8,
                                      name=f"{variant} episode seed {e.seed}", showlegend=False), 1, col)
@@ -168,7 +168,8 @@ score below the alpha-quantile of the calibration episodes' final scores.</dd>
 <dt>detected, delay</dt><dd>share of misbehaving runs with an alarm; steps from the first harmful step (step 1 if the
 run only scored low) to the alarm, negative when the guard fired before harm was done.</dd>
 <dt>objective lost, catastrophes</dt><dd>per deploy run, the base objective lost to harmful steps, and catastrophes,
-with the guard stopping the run at the alarm and without a guard; prevented: the share of catastrophes the stop avoided.</dd>
+with the guard stopping the run at the alarm and without a guard; prevented: the share of catastrophes the stop
+avoided.</dd>
 <dt>score kept</dt><dd>in-distribution base objective with the guard, as a share of without it.</dd>
 </dl>
 """

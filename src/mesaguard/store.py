@@ -259,7 +259,9 @@ class Store:
             (run_id,),
         )
         return [
-            EpisodeRecord(role, variant, int(seed), _unblob(inc), np.asarray(json.loads(cat), dtype=np.int64), (s, int(k)))
+            EpisodeRecord(
+                role, variant, int(seed), _unblob(inc), np.asarray(json.loads(cat), dtype=np.int64), (s, int(k))
+            )
             for s, k, role, variant, seed, inc, cat in rows
         ]
 
@@ -332,6 +334,8 @@ def _write_table(path: Path, rows: list[dict[str, Any]], fmt: str) -> Path:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise StoreError("Parquet export needs pyarrow: pip install 'mesaguard[parquet]', or use --format csv") from None
+        raise StoreError(
+            "Parquet export needs pyarrow: pip install 'mesaguard[parquet]', or use --format csv"
+        ) from None
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path

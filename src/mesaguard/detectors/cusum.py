@@ -57,8 +57,8 @@ class Cusum(Detector):
 
     def __init__(
         self,
-        mean: float | Sequence[float],
-        std: float | Sequence[float],
+        mean: float | Sequence[float] | np.ndarray,
+        std: float | Sequence[float] | np.ndarray,
         slack: float = 0.25,
         rho: float = 0.0,
         n_envs: int = 1,

@@ -36,7 +36,7 @@ class ScoreEnvelope(Detector):
 
     name = "envelope"
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], n_envs: int = 1) -> None:
+    def __init__(self, mean: Sequence[float] | np.ndarray, std: Sequence[float] | np.ndarray, n_envs: int = 1) -> None:
         super().__init__(n_envs)
         self.mean = np.asarray(mean, dtype=np.float64)
         self.std = np.asarray(std, dtype=np.float64)

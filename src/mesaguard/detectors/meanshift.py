@@ -63,7 +63,11 @@ class MeanShift(Detector):
     MAX_BLOCKS = 50  # default resolution: at most this many blocks (a 50 x 50 covariance whatever T)
 
     def __init__(
-        self, mu: Sequence[float], chol: Sequence[Sequence[float]] | np.ndarray, block: int = 1, n_envs: int = 1
+        self,
+        mu: Sequence[float] | np.ndarray,
+        chol: Sequence[Sequence[float]] | np.ndarray,
+        block: int = 1,
+        n_envs: int = 1,
     ) -> None:
         super().__init__(n_envs)
         self.mu = np.asarray(mu, dtype=np.float64)
@@ -149,16 +153,16 @@ class MeanShift(Detector):
             self.t += 1
             return self.stat.copy()
         rows = np.flatnonzero(live)
-        t = self.t[rows]
-        # Row t of the factor for each live env (entries past t are zero), in a reused buffer.
+        ts = self.t[rows]  # each live env's own block index
+        # Row ts[i] of the factor for each live env i (entries past ts[i] are zero), in a reused buffer.
         if self._rows.shape[0] != rows.size:
             self._rows = np.empty((rows.size, self.mu.size))
-        np.take(self.chol, t, axis=0, out=self._rows)
+        np.take(self.chol, ts, axis=0, out=self._rows)
         past = np.einsum("ij,ij->i", self._rows, self.e[rows] if rows.size < self.n_envs else self.e)
-        e = (self.mu[t] - x[rows] - past) / self.chol[t, t]
-        self.e[rows, t] = e
-        self.num[rows] += self.y[t] * e
-        self.stat[rows] = self.num[rows] / self.norm[t]
+        e = (self.mu[ts] - x[rows] - past) / self.chol[ts, ts]
+        self.e[rows, ts] = e
+        self.num[rows] += self.y[ts] * e
+        self.stat[rows] = self.num[rows] / self.norm[ts]
         self.t[rows] += 1
         return self.stat.copy()
 

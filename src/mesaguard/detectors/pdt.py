@@ -42,7 +42,7 @@ class PartialDegradation(MeanShift):
 
     def __init__(
         self,
-        mu: Sequence[float],
+        mu: Sequence[float] | np.ndarray,
         chol: Sequence[Sequence[float]] | np.ndarray,
         block: int = 1,
         share: float = 0.25,

@@ -150,7 +150,9 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         info["mesaguard"] = self._report(u, acting)
         return obs, reward, terminated, truncated or stop, info
 
-    def _judge(self, action: Any, obs: Any, reward: Any, terminated: bool, truncated: bool, info: Any) -> tuple[float, bool]:
+    def _judge(
+        self, action: Any, obs: Any, reward: Any, terminated: bool, truncated: bool, info: Any
+    ) -> tuple[float, bool]:
         """The increment of this step and whether the episode must stop: objective, detectors, monitor, scope."""
         g = self.guard
         if not isinstance(info, dict):

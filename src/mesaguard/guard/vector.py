@@ -32,7 +32,10 @@ _FINAL = ("final_obs", "_final_obs", "final_info", "_final_info")
 
 
 class _Items:
-    """A batched value of ``space`` indexable per sub-env (unbatched on first use: only a callable objective reads it)."""
+    """A batched value of ``space`` indexable per sub-env.
+
+    Unbatched on first use: only a callable objective reads it.
+    """
 
     def __init__(self, space: Any, batch: Any) -> None:
         self.space, self.batch = space, batch

@@ -152,10 +152,11 @@ def increment_bound(episodes: Sequence[np.ndarray], alpha: float) -> float:
     >>> episodes = [np.array([0.0, -0.01 * (i % 3), 1.0]) for i in range(40)]
     >>> increment_bound(episodes, alpha=0.05)
     -0.02
-    >>> increment_bound(episodes[:5], alpha=0.05)
+    >>> increment_bound(episodes[:5], alpha=0.05)  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    mesaguard.calibration.CalibrationError: 5 calibration episodes are too few for alpha=0.05: the conformal rank would be 6 > 5; use at least 19 episodes or a larger alpha
+    mesaguard.calibration.CalibrationError: 5 calibration episodes are too few for alpha=0.05: the conformal rank
+    would be 6 > 5; use at least 19 episodes or a larger alpha
     """
     minima = []
     for i, e in enumerate(episodes):
@@ -399,7 +400,10 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return plan if found is None else found
 
     def _repair(self, plan: Lookahead, fixed: int) -> Lookahead | None:
-        """A harmless plan sharing ``plan.actions[:fixed]``, depth first; ``plan`` does harm at ``first_harm >= fixed``."""
+        """A harmless plan sharing ``plan.actions[:fixed]``, depth first.
+
+        ``plan`` does harm at ``first_harm >= fixed``.
+        """
         assert plan.first_harm is not None
         for pos in range(plan.first_harm, fixed - 1, -1):  # deviate nearest the harm first
             for alt in self._alternatives(plan.actions[0]):

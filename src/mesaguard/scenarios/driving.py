@@ -355,12 +355,13 @@ class _Driver:
         if self.cautious:  # a car near enough to meet that changes lanes there, or may (from the far side)
             reach = 2 * max(ego.speed * self.headway, 8.0)
             beyond = 2 * lane[2] - ego.lane_index[2]
+            alongside = ego.LENGTH + 2 * max(ego.speed - 10.0, 5.0)  # a car this near on the far side may cut in
             for v in road.vehicles:
                 if v is ego or abs(ego.lane_distance_to(v)) >= reach:
                     continue
                 if v.target_lane_index != v.lane_index and lane in (v.lane_index, v.target_lane_index):
                     return False, gap
-                if v.lane_index[2] == beyond and abs(ego.lane_distance_to(v)) < ego.LENGTH + 2 * max(ego.speed - 10.0, 5.0):
+                if v.lane_index[2] == beyond and abs(ego.lane_distance_to(v)) < alongside:
                     return False, gap
         return True, gap
 
