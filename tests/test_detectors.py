@@ -134,7 +134,8 @@ def test_bad_input_is_named(name):
 def test_unknown_detector_lists_valid_names():
     with pytest.raises(
         DetectorError,
-        match=r"unknown detector 'cusm'; expected one of \['cusum', 'envelope', 'meanshift', 'pdt', 'rank', 'threshold'\]",
+        match=r"unknown detector 'cusm'; expected one of "
+        r"\['cusum', 'envelope', 'meanshift', 'pdt', 'rank', 'threshold'\]",
     ):
         detector_class("cusm")
 

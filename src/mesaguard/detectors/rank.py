@@ -81,7 +81,8 @@ class ScoreRank(Detector):
         self.t += 1
         below = (self.quantiles[i] < self.score[:, None]).sum(axis=1)
         tail = np.maximum(self._low[i] - self.score, 0.0) / self._range[i]
-        return self._log[below] + tail
+        stat: np.ndarray = self._log[below] + tail
+        return stat
 
     def scalar(self) -> _ScalarRank:
         return _ScalarRank(self.quantiles.tolist(), self._log.tolist(), self._range.tolist())
