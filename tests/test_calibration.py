@@ -145,7 +145,7 @@ def test_corrupt_and_foreign_files(tmp_path, calibration):
         Calibration.load(path)
 
     path.write_text(json.dumps({"hello": 1}))
-    with pytest.raises(CalibrationError, match="is not a mesaguard calibration"):
+    with pytest.raises(CalibrationError, match="not a mesaguard calibration file"):
         Calibration.load(path)
 
     with pytest.raises(CalibrationError, match="no calibration file"):
@@ -153,7 +153,7 @@ def test_corrupt_and_foreign_files(tmp_path, calibration):
 
 
 def test_unknown_detector_in_file_is_named(tmp_path, calibration):
-    from mesaguard.calibration import content_hash
+    from mesaguard.artifacts import content_hash
 
     data = calibration.to_dict()
     data["detectors"]["bogus"] = data["detectors"].pop("cusum")

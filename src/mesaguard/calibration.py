@@ -22,7 +22,6 @@ the file records that spread, so a user picks ``n`` for a tolerance too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -34,7 +33,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from mesaguard.detectors import DETECTORS, Detector, detector_class
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from mesaguard.artifacts import ArtifactError, Fields, Kind, VerifyKeys
+from mesaguard.detectors import DETECTORS, Detector, DetectorError, detector_class
 from mesaguard.detectors.base import check_episodes, padded
 from mesaguard.files import read_json, write_atomic
 
@@ -43,8 +45,8 @@ __all__ = [
     "Calibration",
     "CalibrationError",
     "check_alpha",
-    "check_header",
-    "content_hash",
+    "read_conformal",
+    "read_threshold",
     "DetectorCalibration",
     "conformal_rank",
     "episode_maxima",
@@ -60,8 +62,11 @@ SCHEMA_VERSION = 1
 FORMAT = "mesaguard.calibration"
 
 
-class CalibrationError(ValueError):
-    """Too few episodes for alpha, a corrupt or foreign file, or a calibration for another env."""
+class CalibrationError(ArtifactError):
+    """Too few episodes for alpha, a corrupt, foreign or unsigned file, or a calibration for another env."""
+
+
+KIND = Kind("calibration", FORMAT, SCHEMA_VERSION, CalibrationError, "Fit it again with this version (mesaguard calibrate).")
 
 
 def check_alpha(alpha: float) -> float:
@@ -341,10 +346,9 @@ class Calibration:
                 f"(mesaguard calibrate {scenario or 'SCENARIO'})."
             )
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, signing_key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
+        """The file's JSON object (header, content hash and, with ``signing_key``, a signature)."""
         body = {
-            "format": FORMAT,
-            "schema_version": SCHEMA_VERSION,
             "scenario": self.scenario,
             "obs_shape": None if self.obs_shape is None else list(self.obs_shape),
             "alpha": self.alpha,
@@ -364,15 +368,16 @@ class Calibration:
             },
             "metadata": self.metadata,
         }
-        return {**body, "content_hash": content_hash(body)}
+        return KIND.seal(body, signing_key)
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the calibration as JSON, atomically."""
-        return write_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
+    def save(self, path: str | os.PathLike[str], signing_key: Ed25519PrivateKey | None = None) -> Path:
+        """Write the calibration as JSON, atomically; signed when ``signing_key`` is given (:mod:`mesaguard.artifacts`)."""
+        return write_atomic(path, json.dumps(self.to_dict(signing_key), indent=1, allow_nan=False))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Calibration:
-        """Read and verify a calibration file (format, schema version, content hash)."""
+    def load(cls, path: str | os.PathLike[str], verify_key: VerifyKeys = None) -> Calibration:
+        """Read and verify a calibration file: header (format, schema version, content hash), every value, and,
+        with ``verify_key`` (one Ed25519 public key or several), that one of those keys signed it."""
         path = Path(path)
         data = read_json(
             path,
@@ -380,57 +385,96 @@ class Calibration:
             missing=f"no calibration file at {path}; create one with `mesaguard calibrate`",
             invalid=f"{path} is not a calibration file: not valid JSON",
         )
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(data, source=str(path), verify_key=verify_key)
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "calibration") -> Calibration:
-        check_header(data, source, "calibration", FORMAT, SCHEMA_VERSION, CalibrationError,
-                     "Fit it again with this version (mesaguard calibrate).")  # fmt: skip
-        try:
-            detectors = {
-                name: DetectorCalibration(
-                    name=name,
-                    params=d["params"],
-                    threshold=float(d["threshold"]),
-                    location=float(d["location"]),
-                    scale=float(d["scale"]),
-                    maxima=[float(m) for m in d["maxima"]],
-                )
-                for name, d in data["detectors"].items()
-            }
-            for d in detectors.values():
-                d.build()  # unknown names and malformed parameters fail here, on load
-            shape = data["obs_shape"]
-            return cls(
-                scenario=str(data["scenario"]),
-                obs_shape=None if shape is None else tuple(int(s) for s in shape),
-                alpha=float(data["alpha"]),
-                n_fit=int(data["n_fit"]),
-                n_cal=int(data["n_cal"]),
-                detectors=detectors,
-                metadata=dict(data.get("metadata", {})),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CalibrationError(f"{source} is malformed: {exc!r}") from None
+    def from_dict(cls, data: Any, source: str = "calibration", verify_key: VerifyKeys = None) -> Calibration:
+        """The calibration in ``data`` (a file's JSON object), every value checked for what it means.
 
-
-def check_header(data: Any, source: str, what: str, fmt: str, version: int, error: type[Exception], again: str) -> None:
-    """Raise ``error`` unless ``data`` is a ``fmt`` file of schema ``version`` whose content hash matches.
-
-    The one check every versioned JSON file of mesaguard passes on load; ``what``
-    names the kind of file, ``again`` tells the user how to make a good one.
-    """
-    if not isinstance(data, dict) or data.get("format") != fmt:
-        raise error(f"{source} is not a mesaguard {what} (no 'format': {fmt!r})")
-    if data.get("schema_version") != version:
-        raise error(
-            f"{source} has schema version {data.get('schema_version')!r}; this mesaguard reads version {version}. {again}"
+        Besides the header: ``alpha`` in (0, 1); ``n_fit``, ``n_cal`` positive and
+        ``n_cal`` enough for ``alpha``; ``rank`` and ``false_alarm`` those of
+        ``n_cal`` and ``alpha``; per detector ``n_cal`` finite maxima, a threshold
+        equal to their conformal quantile, a finite location, a scale > 0, and
+        parameters that are finite numbers (never numbers written as strings) that
+        build the detector.
+        """
+        KIND.open(data, source, verify_key)
+        f = Fields(data, source, CalibrationError)
+        alpha, n_cal, rank = read_conformal(f)
+        n_fit = f.integer("n_fit", minimum=1)
+        shape = f.shape("obs_shape", optional=True, scalar=True)
+        metadata = f.get("metadata") if "metadata" in data else {}
+        if not isinstance(metadata, dict):
+            f.fail("metadata", metadata, "a JSON object")
+        entries = f.object("detectors")
+        detectors = {}
+        for name in entries.data:
+            d = entries.object(name)
+            threshold, maxima = read_threshold(d, alpha, n_cal, rank)
+            params = d.get("params")
+            _check_params(d, "params", params)
+            cal = DetectorCalibration(name, params, threshold, d.number("location"), d.number("scale", positive=True),
+                                      maxima)  # fmt: skip
+            try:
+                cal.build()  # unknown names and malformed parameters fail here, on load
+            except (DetectorError, TypeError, ValueError) as exc:
+                raise CalibrationError(f"{source}: field {d.where('params')}: {exc}") from None
+            detectors[name] = cal
+        return cls(
+            scenario=f.text("scenario"),
+            obs_shape=shape,
+            alpha=alpha,
+            n_fit=n_fit,
+            n_cal=n_cal,
+            detectors=detectors,
+            metadata=metadata,
         )
-    body = {k: v for k, v in data.items() if k != "content_hash"}
-    if data.get("content_hash") != content_hash(body):
-        raise error(f"{source} is corrupt: its content hash does not match its content")
 
 
-def content_hash(body: Mapping[str, Any]) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+def read_conformal(f: Fields) -> tuple[float, int, int]:
+    """``alpha``, ``n_cal`` and ``rank`` of a calibration or scope file, checked: ``alpha`` in (0, 1), ``n_cal``
+    enough for it, and ``rank`` and the ``false_alarm`` spread the ones they give (to 1e-9, across SciPy versions)."""
+    alpha = f.number("alpha", lo=0.0, hi=1.0)
+    n_cal = f.integer("n_cal", minimum=min_episodes(alpha), because=f" (the fewest for alpha={alpha})")
+    rank = conformal_rank(n_cal, alpha)
+    if f.get("rank") != rank:
+        f.fail("rank", f.get("rank"), f"{rank}, the conformal rank of n_cal={n_cal} at alpha={alpha}")
+    spread = f.object("false_alarm")
+    for key, value in false_alarm_spread(n_cal, rank).items():
+        stored = spread.number(key)
+        if not math.isclose(stored, value, rel_tol=1e-9, abs_tol=1e-12):
+            spread.fail(key, stored, f"{value!r}, from the Beta law of the false-alarm rate at n_cal and alpha")
+    return alpha, n_cal, rank
+
+
+def read_threshold(f: Fields, alpha: float, n_cal: int, rank: int) -> tuple[float, list[float]]:
+    """``threshold`` and ``maxima`` of a file, checked: ``n_cal`` finite maxima, and the threshold their
+    conformal quantile (the ``rank``-th smallest), recomputed and compared exactly."""
+    maxima = f.numbers("maxima", length=n_cal, because=" (n_cal, the held-out episodes)")
+    threshold = f.number("threshold")
+    expected = sorted(maxima)[rank - 1]
+    if threshold != expected:
+        f.fail("threshold", threshold, f"{expected!r}, the {rank}-th smallest of the {n_cal} stored maxima (alpha={alpha})")
+    return threshold, maxima
+
+
+def _check_params(f: Fields, key: str | int, value: Any) -> None:
+    """Detector parameters are JSON objects, lists, finite numbers, and strings that are not numbers."""
+    if isinstance(value, dict):
+        inner = Fields(value, f.source, f.error, f.where(key))
+        for k, v in value.items():
+            _check_params(inner, k, v)
+    elif isinstance(value, list):
+        if all(type(v) is float or type(v) is int for v in value):
+            return  # finite: the header refuses NaN and infinities anywhere in the file
+        inner = Fields({}, f.source, f.error, f.where(key))
+        for i, v in enumerate(value):
+            _check_params(inner, i, v)
+    elif isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return
+        f.fail(key, value, "a JSON number, not a number written as a string")
+    elif value is not None and not isinstance(value, (bool, int, float)):
+        f.fail(key, value, "a JSON value")
