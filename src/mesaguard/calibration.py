@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from scipy import stats
 
 from mesaguard.artifacts import ArtifactError, Fields, Kind, VerifyKeys
 from mesaguard.detectors import DETECTORS, Detector, DetectorError, detector_class
