@@ -51,10 +51,10 @@ it. Keys are also read as 32 raw bytes. See ``docs/signing.md``.
 ['content_hash', 'format', 'schema_version', 'signature', 'threshold']
 >>> kind.open(data, "demo.json", verify_key=key.public_key())
 1
->>> kind.open({**data, "threshold": 3.0}, "demo.json")
+>>> kind.open({**data, "threshold": 3.0}, "demo.json")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: demo.json is corrupt: its content hash does not match its content
+ValueError: demo.json is corrupt: its content hash does not match its content (field content_hash is ...
 """
 
 from __future__ import annotations
@@ -303,18 +303,22 @@ class Kind:
             )
         bad = find_nonfinite(data)
         if bad is not None:
-            raise self.error(f"{source}: field {bad[0]} is {bad[1]!r}; expected a finite number (JSON has no NaN)")
+            raise self.error(f"{source}: field {bad[0]} is {bad[1]!r}; expected a finite number (JSON has no NaN or Infinity)")
         if version in self.unhashed:
             if trusted:
                 raise self.error(
-                    f"{source} is unsigned: schema version {version} has no content hash or signature, and a "
-                    f"signature by {', '.join(map(key_id, trusted))} is required. {self.again}"
+                    f"{source}: field signature is missing: the file is unsigned (schema version {version} has no "
+                    f"content hash or signature); expected a signature by {', '.join(map(key_id, trusted))}. "
+                    f"{self.again}"
                 )
             return version
         payload = {k: v for k, v in data.items() if k not in TRAILER}
         digest = data.get("content_hash")
         if digest != content_hash(payload):
-            raise self.error(f"{source} is corrupt: its content hash does not match its content")
+            raise self.error(
+                f"{source} is corrupt: its content hash does not match its content (field content_hash is "
+                f"{_show(digest)}); expected the SHA-256 of the canonical payload"
+            )
         if trusted:
             self._verify(data.get("signature"), digest, trusted, source)
         return version
@@ -322,8 +326,10 @@ class Kind:
     def _verify(self, signature: Any, digest: str, trusted: Sequence[Ed25519PublicKey], source: str) -> None:
         names = ", ".join(map(key_id, trusted))
         if signature is None:
-            raise self.error(f"{source} is unsigned; a signature by {names} is required. Sign it when saving "
-                             f"(save(..., signing_key=...)) with the team's key.")  # fmt: skip
+            raise self.error(
+                f"{source}: field signature is missing: the file is unsigned; expected a signature by {names} "
+                f"(save(..., signing_key=...) with the team's key)"
+            )
         fields = Fields(signature, source, self.error, "signature")
         algorithm = fields.text("algorithm")
         if algorithm != "ed25519":
@@ -331,14 +337,14 @@ class Kind:
         kid, text = fields.text("key_id"), fields.text("value")
         key = next((k for k in trusted if key_id(k) == kid), None)
         if key is None:
-            raise self.error(f"{source} is signed by key {_show(kid)}, which is not trusted here (trusted: {names})")
+            fields.fail("key_id", kid, f"one of the keys trusted here ({names}): the file is signed by another key")
         try:
             value = base64.b64decode(text, validate=True)
             key.verify(value, SIGNATURE_CONTEXT + digest.encode("ascii"))
         except (ValueError, InvalidSignature):
             raise self.error(
-                f"{source}: its signature does not verify with key {kid}: the file was changed after signing, "
-                f"or the signature is forged"
+                f"{source}: field signature.value does not verify with key {kid}: the file was changed after "
+                f"signing, or the signature is forged"
             ) from None
 
 

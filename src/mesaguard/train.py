@@ -419,7 +419,7 @@ def load_policy(path_stem: str | os.PathLike[str], verify_key: VerifyKeys = None
     digest = _sha256(weights)
     if digest != config.get("weights_sha256"):
         raise PolicyFileError(
-            f"{weights}: SHA-256 {digest} does not match {config.get('weights_sha256')} recorded in "
+            f"{weights}: SHA-256 {digest} does not match field weights_sha256 ({config.get('weights_sha256')}) of "
             f"{json_path.name}; the weights are corrupt or belong to another policy"
         )
     _check_weights_header(weights, json_path, expected)
