@@ -23,8 +23,14 @@ from hypothesis import strategies as st
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from mesaguard.artifacts import arrays_hash, generate_key
-from mesaguard.calibration import Calibration, CalibrationError, DetectorCalibration, conformal_rank, false_alarm_spread
-from mesaguard.calibration import min_episodes
+from mesaguard.calibration import (
+    Calibration,
+    CalibrationError,
+    DetectorCalibration,
+    conformal_rank,
+    false_alarm_spread,
+    min_episodes,
+)
 from mesaguard.detectors.scope import Scope, ScopeError
 from mesaguard.train import PolicyFileError, load_policy, save_policy
 
@@ -55,8 +61,9 @@ def fitted() -> dict[str, Any]:
         "scope": Scope.fit(state_episodes(np.random.default_rng(1), 60), method="knn", k=2, alpha=0.1),
         "scope-m": Scope.fit(state_episodes(np.random.default_rng(2), 60), method="mahalanobis", alpha=0.1),
         "policy": policy,
-        "policy-box": ActorCriticPolicy(spaces.Box(-1.0, 1.0, (3,)), spaces.Box(-1.0, 1.0, (2,)), lambda _: 0.0,
-                                        net_arch={"pi": [8], "vf": [4]}),  # fmt: skip
+        "policy-box": ActorCriticPolicy(
+            spaces.Box(-1.0, 1.0, (3,)), spaces.Box(-1.0, 1.0, (2,)), lambda _: 0.0, net_arch={"pi": [8], "vf": [4]}
+        ),
     }
 
 
@@ -349,8 +356,10 @@ def calibrations(draw: st.DrawFn) -> Calibration:
     params = {
         "threshold": {},
         "cusum": {"mean": draw(finite), "std": draw(positive), "slack": draw(st.floats(0, 1e6))},
-        "envelope": {"mean": draw(st.lists(finite, min_size=T, max_size=T)),
-                     "std": draw(st.lists(positive, min_size=T, max_size=T))},  # fmt: skip
+        "envelope": {
+            "mean": draw(st.lists(finite, min_size=T, max_size=T)),
+            "std": draw(st.lists(positive, min_size=T, max_size=T)),
+        },
     }
     for name in draw(st.lists(st.sampled_from(sorted(params)), unique=True, max_size=3)):
         maxima = draw(st.lists(finite, min_size=n_cal, max_size=n_cal))

@@ -208,7 +208,7 @@ def load_signing_key(path: str | os.PathLike[str], password: bytes | None = None
     except (ValueError, TypeError) as exc:
         raise ArtifactError(f"{path}: not a PEM private key ({exc}); expected an Ed25519 signing key") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise ArtifactError(f"{path}: a {type(key).__name__}; expected an Ed25519 signing key")
+        raise ArtifactError(f"{path}: a key of type {type(key).__name__}; expected an Ed25519 signing key")
     return key
 
 
@@ -222,7 +222,7 @@ def load_verify_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     except (ValueError, TypeError) as exc:
         raise ArtifactError(f"{path}: not a PEM public key ({exc}); expected an Ed25519 verify key") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise ArtifactError(f"{path}: a {type(key).__name__}; expected an Ed25519 verify key")
+        raise ArtifactError(f"{path}: a key of type {type(key).__name__}; expected an Ed25519 verify key")
     return key
 
 
@@ -303,7 +303,9 @@ class Kind:
             )
         bad = find_nonfinite(data)
         if bad is not None:
-            raise self.error(f"{source}: field {bad[0]} is {bad[1]!r}; expected a finite number (JSON has no NaN or Infinity)")
+            raise self.error(
+                f"{source}: field {bad[0]} is {bad[1]!r}; expected a finite number (JSON has no NaN or Infinity)"
+            )
         if version in self.unhashed:
             if trusted:
                 raise self.error(
