@@ -97,7 +97,7 @@ def test_header_errors_name_versions_and_legacy_files() -> None:
     assert KIND.open(legacy, "old.json") == 1
     with pytest.raises(CalibrationError, match="old.json: field signature is missing.*schema version 1"):
         KIND.open(legacy, "old.json", verify_key=generate_key().public_key())
-    with pytest.raises(CalibrationError, match=r"x.json: not a mesaguard demo file \(field format is 'list'"):
+    with pytest.raises(CalibrationError, match=r"x.json is not a mesaguard demo file \(field format is 'list'"):
         KIND.open([1], "x.json")
 
 

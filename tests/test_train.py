@@ -149,7 +149,7 @@ def test_corrupt_json_names_the_file(saved):
 def test_other_json_is_refused(saved):
     path = saved.with_suffix(".json")
     path.write_text('{"hello": 1}')
-    with pytest.raises(PolicyFileError, match=rf"{path}: not a mesaguard policy file"):
+    with pytest.raises(PolicyFileError, match=rf"{path} is not a mesaguard policy file"):
         load_policy(saved)
 
 

@@ -291,7 +291,8 @@ class Kind:
         if not isinstance(data, dict) or data.get("format") != self.format:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise self.error(
-                f"{source}: not a mesaguard {self.what} file (field format is {_show(found)}; expected {self.format!r})"
+                f"{source} is not a mesaguard {self.what} file "
+                f"(field format is {_show(found)}; expected {self.format!r})"
             )
         version = data.get("schema_version")
         readable = sorted({self.schema_version, *self.unhashed})

@@ -11,6 +11,12 @@ most ``alpha``, whatever the detector. Conditional on the calibration set, the
 realized false-alarm rate is ``Beta(n + 1 - k, k)`` distributed (``k`` the rank):
 the file records that spread, so a user picks ``n`` for a tolerance too.
 
+Files: :meth:`Calibration.save` writes JSON with the header every artifact shares
+(:mod:`mesaguard.artifacts`: format, schema version, content hash, and an Ed25519
+signature with ``signing_key=``); :meth:`Calibration.load` checks the header, the
+signature when given ``verify_key=``, and every value for what it means
+(:meth:`Calibration.from_dict`), and names the file, the field and the value.
+
 >>> rng = np.random.default_rng(0)
 >>> episodes = [rng.normal(1.0, 0.5, size=20) for _ in range(200)]
 >>> cal = Calibration.fit(episodes, alpha=0.05, scenario="demo")

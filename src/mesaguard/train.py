@@ -5,17 +5,22 @@ then shipping a policy without pickle, then the command line.
 
 Shipping. ``save_policy`` writes two files beside each other:
 
-* ``<stem>.json``: what to rebuild (policy class name, observation and action
-  spaces as plain JSON, ``net_arch``, activation name, ...), the SHA-256 of the
-  weights file, and metadata (scenario, timesteps, seed, library versions, the
-  command that reproduces the policy, the config);
+* ``<stem>.json``: the header of :mod:`mesaguard.artifacts` (format, schema
+  version, content hash, and a signature with ``signing_key=``), what to rebuild
+  (policy class name, observation and action spaces as plain JSON, ``net_arch``,
+  activation name, ...), the SHA-256 of the weights file, and metadata (scenario,
+  timesteps, seed, library versions, the command that reproduces the policy, the
+  config);
 * ``<stem>.safetensors``: the weights (``safetensors.torch.save_model``).
 
-``load_policy`` maps every name in the JSON through a whitelist, builds the SB3
-policy, and loads the weights with ``safetensors.torch.load_model(strict=True)``.
-Nothing is unpickled: ``PPO.load`` (which unpickles) is never called. A file that
-is missing, corrupt or does not match raises :class:`PolicyFileError` naming the
-file and what was expected.
+``load_policy`` checks the header (and, with ``verify_key=``, the signature),
+maps every name in the JSON through a whitelist, bounds the network's size from
+the JSON alone, checks the weights' SHA-256 and their safetensors header against
+the shapes the JSON implies, and only then builds the SB3 policy and loads the
+weights with ``safetensors.torch.load_model(strict=True)``. Nothing is
+unpickled: ``PPO.load`` (which unpickles) is never called. A file that is
+missing, corrupt or does not match raises :class:`PolicyFileError` naming the
+file, the field and what was expected.
 
 >>> policy = load_agent("strawberry")
 >>> from mesaguard.scenarios import make

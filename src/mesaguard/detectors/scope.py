@@ -53,11 +53,13 @@ been taken in that state. The scope is not an increment detector (it reads
 observations), so it stays out of :data:`mesaguard.detectors.DETECTORS` and has
 its own threshold at its own ``alpha``.
 
-Files: ``scope.save("scope.json")`` writes the JSON (format, schema version,
-method, parameters, threshold, per-episode maxima, obs shape, scenario, a sha256
-content hash, and the sha256 of the arrays) and ``scope.npz`` beside it (the fit
-fold's distinct states or the Mahalanobis location and precision, and the
-reference scores), loaded with ``allow_pickle=False``.
+Files: ``scope.save("scope.json")`` writes the JSON (the header of
+:mod:`mesaguard.artifacts`: format, schema version, content hash, and a signature
+with ``signing_key=``; method, parameters, threshold, per-episode maxima, obs
+shape, scenario, and the sha256 of the arrays) and ``scope.npz`` beside it (the
+fit fold's distinct states or the Mahalanobis location and precision, and the
+reference scores), loaded with ``allow_pickle=False``. :meth:`Scope.load` checks
+every value for what it means (see there) and, with ``verify_key=``, the signature.
 
 Measured (``benchmarks/scope.py``, shipped agents, 200 calibration episodes, 500
 per variant, alpha = 0.05, CUSUM aggregate): on ``lava`` the Mahalanobis scope fires
