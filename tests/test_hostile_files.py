@@ -55,9 +55,11 @@ def state_episodes(rng: np.random.Generator, n: int) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def fitted() -> dict[str, Any]:
+    rng = np.random.default_rng(3)
     policy = ActorCriticPolicy(spaces.Box(0.0, 1.0, (4,)), spaces.Discrete(3), lambda _: 0.0, net_arch=[8, 8])
     return {
         "calibration": Calibration.fit(ar1_episodes(np.random.default_rng(0), 60), alpha=0.1, scenario="ar1"),
+        "calibration-long": Calibration.fit([rng.normal(1.0, 0.5, size=40) for _ in range(40)], alpha=0.1),
         "scope": Scope.fit(state_episodes(np.random.default_rng(1), 60), method="knn", k=2, alpha=0.1),
         "scope-m": Scope.fit(state_episodes(np.random.default_rng(2), 60), method="mahalanobis", alpha=0.1),
         "policy": policy,
@@ -67,7 +69,7 @@ def fitted() -> dict[str, Any]:
     }
 
 
-ERRORS = {"calibration": CalibrationError, "scope": ScopeError, "scope-m": ScopeError, "policy": PolicyFileError,
+ERRORS = {"calibration": CalibrationError, "calibration-long": CalibrationError, "scope": ScopeError, "scope-m": ScopeError, "policy": PolicyFileError,
           "policy-box": PolicyFileError}  # fmt: skip
 
 
@@ -79,7 +81,7 @@ def save(kind: str, obj: Any, directory: Path, signing_key: Any = None) -> Path:
 
 
 def load(kind: str, path: Path, verify_key: Any = None) -> Any:
-    if kind == "calibration":
+    if kind.startswith("calibration"):
         return Calibration.load(path, verify_key=verify_key)
     if kind.startswith("scope"):
         return Scope.load(path, verify_key=verify_key)
@@ -115,6 +117,18 @@ def set_scope_array(path: Path, data: dict[str, Any], name: str, value: np.ndarr
     arrays[name] = value
     np.savez(arrays_path, **arrays)
     data["arrays"]["hash"] = arrays_hash(arrays)
+
+
+def set_sidecar_value(path: Path, data: dict[str, Any], name: str, index: int, value: float) -> None:
+    """Change one number in a calibration's sidecar and record the sidecar's new hash, as a crafted pair would."""
+    import safetensors.numpy
+
+    sidecar = path.with_name(data["arrays"]["file"])
+    arrays = {k: v.copy() for k, v in safetensors.numpy.load(sidecar.read_bytes()).items()}
+    arrays[name][index] = value
+    raw = safetensors.numpy.save(arrays)
+    sidecar.write_bytes(raw)
+    data["arrays"]["hash"] = "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 @dataclass
@@ -183,6 +197,20 @@ def calibration_cases() -> list[Case]:
         Case("foreign format", c, setter("format", value="mesaguard.scope"), "format", "'mesaguard.scope'"),
         Case("bad hash", c, setter(*cusum, "threshold", value=0.0), "content_hash", "sha256:", seal=False),
     ]
+    long = "calibration-long"
+    chol = "detectors.meanshift.params.chol.$array"
+    cases += [
+        Case(f"sidecar chol {v}", long, lambda d, p, v=v: set_sidecar_value(p, d, "meanshift.chol", 7, v),
+             chol, "'meanshift.chol'") for v in (float("nan"), float("inf"), -float("inf"))
+    ]  # fmt: skip
+    cases += [
+        Case("sidecar reference shape", long, setter("detectors", "meanshift", "params", "chol", "shape", value=[41, 41]),
+             chol, "[861]"),
+        Case("sidecar reference layout", long, setter("detectors", "meanshift", "params", "chol", "layout", value="x"),
+             "chol.layout", "'x'"),
+        Case("sidecar hash", long, setter("arrays", "hash", value="sha256:0"), "arrays.hash", "'sha256:0'"),
+        Case("sidecar file elsewhere", long, setter("arrays", "file", value="../../etc/passwd"), "arrays file", "passwd"),
+    ]
     return cases
 
 
@@ -249,7 +277,7 @@ def policy_cases() -> list[Case]:
 
 def signature_cases() -> list[Case]:
     out = []
-    for kind in ("calibration", "scope", "policy"):
+    for kind in ("calibration", "calibration-long", "scope", "policy"):
         out += [
             Case(f"{kind} unsigned, key required", kind, lambda d, p: None, "signature", "unsigned",
                  verify=TRUSTED.public_key()),
@@ -376,6 +404,45 @@ def test_any_finite_calibration_written_loads_back_identically(tmp_path, cal: Ca
     path = cal.save(tmp_path / "cal.json")
     assert Calibration.load(path) == cal
     assert Calibration.load(path).to_dict() == cal.to_dict()
+
+
+SPECIAL = [0.0, -0.0, 5e-324, -5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, -1.7976931348623157e308, 1e-300]
+
+
+@st.composite
+def long_calibrations(draw: st.DrawFn) -> Calibration:
+    """Finite calibrations whose parameter arrays are large enough for the sidecar: any float64 values,
+    extreme ones planted (signed zeros, subnormals, the largest floats), triangular factors kept triangular."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    T = draw(st.integers(32, 40))
+    scale = 10.0 ** draw(st.integers(-300, 300))
+    mean = rng.normal(size=1024 + T) * scale
+    std = np.abs(rng.normal(size=1024 + T)) * scale + 5e-324
+    cscale = 10.0 ** draw(st.integers(-100, 100))  # a factor the detector can invert without overflow
+    chol = rng.normal(size=(T, T)) * cscale
+    for a, special in ((mean, SPECIAL), (chol.reshape(-1), SPECIAL[:4])):
+        for _ in range(draw(st.integers(0, 6))):
+            a[int(rng.integers(a.size))] = draw(st.sampled_from(special))
+    chol = np.tril(chol)
+    np.fill_diagonal(chol, np.abs(np.diag(chol)) + cscale)
+    maxima = (rng.normal(size=20) * scale).tolist()
+    threshold = sorted(maxima)[conformal_rank(20, 0.1) - 1]
+    params = {"envelope": {"mean": mean.tolist(), "std": std.tolist()},
+              "meanshift": {"mu": rng.normal(size=T).tolist(), "chol": chol.tolist()}}  # fmt: skip
+    detectors = {n: DetectorCalibration(n, p, threshold, 0.0, 1.0, maxima) for n, p in params.items()}
+    return Calibration("long", None, 0.1, 20, 20, detectors)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(long_calibrations())
+def test_any_finite_calibration_with_a_sidecar_loads_back_identically(tmp_path, cal: Calibration) -> None:
+    path = cal.save(tmp_path / "cal.json")
+    assert path.with_suffix(".safetensors").is_file()
+    loaded = Calibration.load(path)
+    assert loaded == cal and loaded.to_dict() == cal.to_dict()
+    for name, d in cal.detectors.items():  # bit for bit, signed zeros included
+        for key, value in d.params.items():
+            np.testing.assert_array_equal(np.signbit(loaded.detectors[name].params[key]), np.signbit(value))
 
 
 def numeric_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -165,7 +165,9 @@ def key_id(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
     return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
 
 
-def keygen(private_path: str | os.PathLike[str], public_path: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
+def keygen(
+    private_path: str | os.PathLike[str], public_path: str | os.PathLike[str] | None = None
+) -> tuple[Path, Path]:
     """Write a new key pair: the signing key (PKCS#8 PEM, mode 0600) and the verify key (``<private>.pub``, PEM).
 
     Refuses to overwrite an existing private key file (a key lost is every artifact
@@ -249,8 +251,8 @@ def _trusted(verify_key: VerifyKeys) -> list[Ed25519PublicKey]:
 class Kind:
     """One kind of artifact: its name, format tag, schema version, error class and how to make a good file.
 
-    ``unhashed`` lists older schema versions still read that had no content hash
-    (they cannot carry a signature).
+    ``older`` lists older schema versions still read (with their content hash);
+    ``unhashed`` older ones that had no content hash (they cannot carry a signature).
     """
 
     what: str
@@ -259,6 +261,7 @@ class Kind:
     error: type[ValueError]
     again: str
     unhashed: frozenset[int] = frozenset()
+    older: frozenset[int] = frozenset()
 
     def seal(self, body: Mapping[str, Any], signing_key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
         """The file's JSON object: header, ``body``, content hash and (with ``signing_key``) signature."""
@@ -295,7 +298,7 @@ class Kind:
                 f"(field format is {_show(found)}; expected {self.format!r})"
             )
         version = data.get("schema_version")
-        readable = sorted({self.schema_version, *self.unhashed})
+        readable = sorted({self.schema_version, *self.unhashed, *self.older})
         if type(version) is not int or version not in readable:
             older = f" (and the older {', '.join(map(str, readable[:-1]))})" if len(readable) > 1 else ""
             raise self.error(
@@ -349,6 +352,115 @@ class Kind:
                 f"{source}: field signature.value does not verify with key {kid}: the file was changed after "
                 f"signing, or the signature is forged"
             ) from None
+
+
+# -- binary sidecar -------------------------------------------------------------------------
+
+
+def large_float_array(value: Any, minimum: int) -> np.ndarray | None:
+    """``value`` as a float64 array when it is a 1-D or rectangular 2-D list of at least ``minimum`` JSON floats
+    (never ints, which would not come back as ints); else ``None``."""
+    if not isinstance(value, list) or not value:
+        return None
+    rows = value if isinstance(value[0], list) else [value]
+    width = len(rows[0])
+    if len(rows) * width < minimum:
+        return None
+    if not all(isinstance(r, list) and len(r) == width and all(type(x) is float for x in r) for r in rows):
+        return None
+    return np.array(value, dtype=np.float64)
+
+
+def pack_arrays(params: Mapping[str, Any], prefix: str, minimum: int, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``params`` with each large float list (or array) replaced by a reference to ``arrays[prefix + key]``.
+
+    A reference is ``{"$array": name, "shape": [...], "layout": "full" | "tril"}``; a square matrix
+    whose strict upper triangle is all +0.0 is stored as its lower triangle (``"tril"``), half the bytes.
+    """
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        a = np.asarray(value, dtype=np.float64) if isinstance(value, np.ndarray) else large_float_array(value, minimum)
+        if a is None or a.size < minimum or a.ndim not in (1, 2):
+            out[key] = value.tolist() if isinstance(value, np.ndarray) else value
+            continue
+        name, layout = f"{prefix}{key}", "full"
+        if a.ndim == 2 and a.shape[0] == a.shape[1]:
+            upper = a[np.triu_indices(a.shape[0], 1)]
+            if not upper.any() and not np.signbit(upper).any():
+                a, layout = a[np.tril_indices(a.shape[0])], "tril"
+        arrays[name] = np.ascontiguousarray(a)
+        out[key] = {"$array": name, "shape": list(np.shape(value)), "layout": layout}
+    return out
+
+
+def unpack_arrays(f: Fields, key: str, arrays: Mapping[str, np.ndarray], used: set[str]) -> Any:
+    """The value of field ``key`` with an array reference (see :func:`pack_arrays`) replaced by its
+    read-only float64 array, checked against the reference's shape and layout; other values as they are."""
+    ref = f.get(key)
+    if not (isinstance(ref, dict) and "$array" in ref):
+        return ref
+    r = Fields(ref, f.source, f.error, f.where(key))
+    name, layout, shape = r.text("$array"), r.text("layout"), r.shape("shape")
+    assert shape is not None
+    if name not in arrays:
+        r.fail("$array", name, f"the name of an array in the sidecar (it holds {sorted(arrays)})")
+    if layout not in ("full", "tril") or (layout == "tril" and (len(shape) != 2 or shape[0] != shape[1])):
+        r.fail("layout", layout, "'full', or 'tril' for a square shape")
+    a = arrays[name]
+    n = shape[0]
+    stored = (n * (n + 1) // 2,) if layout == "tril" else shape
+    if a.dtype != np.float64 or a.shape != tuple(stored):
+        r.fail("$array", name, f"float64 of shape {list(stored)}; the sidecar holds {a.dtype} {list(a.shape)}")
+    if not np.isfinite(a).all():
+        r.fail("$array", name, "an array of finite numbers; the sidecar's holds NaN or infinities")
+    if layout == "tril":
+        full = np.zeros((n, n))
+        full[np.tril_indices(n)] = a
+        a = full
+    used.add(name)
+    a.flags.writeable = False
+    return a
+
+
+def write_sidecar(path: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """Write ``arrays`` to ``path`` (safetensors, atomically); the JSON entry that references it: file and SHA-256."""
+    import safetensors.numpy
+
+    from mesaguard.files import write_atomic
+
+    data = safetensors.numpy.save(dict(arrays))
+    write_atomic(path, data)
+    return {"file": path.name, "hash": "sha256:" + hashlib.sha256(data).hexdigest()}
+
+
+def read_sidecar(json_path: Path, f: Fields, max_bytes: int) -> dict[str, np.ndarray]:
+    """The arrays of the sidecar that field ``f`` (``{"file", "hash"}``) of ``json_path`` references.
+
+    Its size (at most ``max_bytes``) and SHA-256 are checked before it is parsed; no pickle.
+    """
+    import safetensors.numpy
+
+    path = json_path.with_name(Path(f.text("file")).name)
+    expected = f.text("hash")
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise f.error(f"{path}: {size} bytes; expected at most {max_bytes} for the arrays of {json_path.name}")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise f.error(f"{json_path}: its arrays file {path} is missing; save it again") from None
+    except OSError as exc:
+        raise f.error(f"{path}: cannot read the arrays file ({exc.strerror or exc})") from None
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    if digest != expected:
+        raise f.error(
+            f"{path} is corrupt or belongs to another file: its SHA-256 {digest} does not match field "
+            f"{f.where('hash')} ({_show(expected)}) of {json_path.name}"
+        )
+    try:
+        return safetensors.numpy.load(data)
+    except Exception as exc:  # safetensors raises several types for a bad file; all mean the same here
+        raise f.error(f"{path}: not a safetensors file ({type(exc).__name__}: {exc})") from None
 
 
 # -- typed, checked fields -----------------------------------------------------------------

@@ -40,7 +40,16 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from scipy import stats
 
-from mesaguard.artifacts import ArtifactError, Fields, Kind, VerifyKeys
+from mesaguard.artifacts import (
+    ArtifactError,
+    Fields,
+    Kind,
+    VerifyKeys,
+    pack_arrays,
+    read_sidecar,
+    unpack_arrays,
+    write_sidecar,
+)
 from mesaguard.detectors import DETECTORS, Detector, DetectorError, detector_class
 from mesaguard.detectors.base import check_episodes, padded
 from mesaguard.files import read_json, write_atomic
@@ -63,15 +72,18 @@ __all__ = [
     "statistic_traces",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: large parameter arrays in a binary sidecar; version 1 files (all inline) are still read
 FORMAT = "mesaguard.calibration"
+SIDECAR_MIN = 1024  # numbers in one parameter array from which :meth:`Calibration.save` puts it in the sidecar
+MAX_SIDECAR_BYTES = 1 << 31  # a sidecar larger than this is refused before it is read
 
 
 class CalibrationError(ArtifactError):
     """Too few episodes for alpha, a corrupt, foreign or unsigned file, or a calibration for another env."""
 
 
-KIND = Kind("calibration", FORMAT, SCHEMA_VERSION, CalibrationError, "Fit it again with this version (mesaguard calibrate).")
+KIND = Kind("calibration", FORMAT, SCHEMA_VERSION, CalibrationError,
+            "Fit it again with this version (mesaguard calibrate).", older=frozenset({1}))  # fmt: skip
 
 
 def check_alpha(alpha: float) -> float:
@@ -210,8 +222,24 @@ class DetectorCalibration:
     def build(self, n_envs: int = 1) -> Detector:
         return detector_class(self.name)(**self.params, n_envs=n_envs)
 
+    def __eq__(self, other: object) -> bool:
+        """Same fields; a parameter read from the sidecar (a read-only array) equals the list it was saved from."""
+        if not isinstance(other, DetectorCalibration):
+            return NotImplemented
+        mine, theirs = (self.name, self.threshold, self.location, self.scale, self.maxima), (
+            other.name, other.threshold, other.location, other.scale, other.maxima)  # fmt: skip
+        return mine == theirs and _same(self.params, other.params)
+
     def standardized(self) -> np.ndarray:
         return (np.asarray(self.maxima) - self.location) / self.scale
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return bool(np.array_equal(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
 
 
 def _tail_scale(
@@ -351,9 +379,15 @@ class Calibration:
                 f"(mesaguard calibrate {scenario or 'SCENARIO'})."
             )
 
-    def to_dict(self, signing_key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
-        """The file's JSON object (header, content hash and, with ``signing_key``, a signature)."""
-        body = {
+    def _body(self, arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """The file's fields; with ``arrays``, large parameter arrays moved there (referenced by name)."""
+
+        def params(name: str, d: DetectorCalibration) -> dict[str, Any]:
+            if arrays is None:
+                return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in d.params.items()}
+            return pack_arrays(d.params, f"{name}.", SIDECAR_MIN, arrays)
+
+        return {
             "scenario": self.scenario,
             "obs_shape": None if self.obs_shape is None else list(self.obs_shape),
             "alpha": self.alpha,
@@ -363,7 +397,7 @@ class Calibration:
             "false_alarm": self.false_alarm,
             "detectors": {
                 name: {
-                    "params": d.params,
+                    "params": params(name, d),
                     "threshold": d.threshold,
                     "location": d.location,
                     "scale": d.scale,
@@ -373,16 +407,35 @@ class Calibration:
             },
             "metadata": self.metadata,
         }
-        return KIND.seal(body, signing_key)
+
+    def to_dict(self, signing_key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
+        """The calibration as one self-contained JSON object (every array inline), header and content hash
+        included (and, with ``signing_key``, a signature); :meth:`from_dict` reads it back."""
+        return KIND.seal(self._body(), signing_key)
 
     def save(self, path: str | os.PathLike[str], signing_key: Ed25519PrivateKey | None = None) -> Path:
-        """Write the calibration as JSON, atomically; signed when ``signing_key`` is given (:mod:`mesaguard.artifacts`)."""
-        return write_atomic(path, json.dumps(self.to_dict(signing_key), indent=1, allow_nan=False))
+        """Write the calibration as JSON, atomically; signed when ``signing_key`` is given (:mod:`mesaguard.artifacts`).
+
+        Parameter arrays of :data:`SIDECAR_MIN` numbers or more (a long episode's
+        per-step references, ``meanshift``'s Cholesky factor) go to ``<stem>.safetensors``
+        beside it, written first; the JSON references them by name and records the
+        sidecar's SHA-256, so its content hash and signature cover the arrays too.
+        """
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {}
+        body = self._body(arrays)
+        if arrays:
+            sidecar = path.with_name(path.stem + ".safetensors")
+            if sidecar == path:
+                raise CalibrationError(f"calibration path {path} would be overwritten by its arrays; name it .json")
+            body["arrays"] = write_sidecar(sidecar, arrays)
+        return write_atomic(path, json.dumps(KIND.seal(body, signing_key), indent=1, allow_nan=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], verify_key: VerifyKeys = None) -> Calibration:
-        """Read and verify a calibration file: header (format, schema version, content hash), every value, and,
-        with ``verify_key`` (one Ed25519 public key or several), that one of those keys signed it."""
+        """Read and verify a calibration file: header (format, schema version, content hash), its sidecar's
+        size and SHA-256, every value (:meth:`from_dict`), and, with ``verify_key`` (one Ed25519 public key or
+        several), that one of those keys signed it."""
         path = Path(path)
         data = read_json(
             path,
@@ -390,7 +443,11 @@ class Calibration:
             missing=f"no calibration file at {path}; create one with `mesaguard calibrate`",
             invalid=f"{path} is not a calibration file: not valid JSON",
         )
-        return cls.from_dict(data, source=str(path), verify_key=verify_key)
+        KIND.open(data, str(path), verify_key)
+        arrays = {}
+        if isinstance(data, dict) and "arrays" in data:
+            arrays = read_sidecar(path, Fields(data, str(path), CalibrationError).object("arrays"), MAX_SIDECAR_BYTES)
+        return cls._checked(data, str(path), arrays)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "calibration", verify_key: VerifyKeys = None) -> Calibration:
@@ -404,6 +461,14 @@ class Calibration:
         build the detector.
         """
         KIND.open(data, source, verify_key)
+        if "arrays" in data:
+            raise CalibrationError(f"{source}: field arrays references a sidecar file; read it with Calibration.load")
+        return cls._checked(data, source, {})
+
+    @classmethod
+    def _checked(cls, data: dict[str, Any], source: str, arrays: Mapping[str, np.ndarray]) -> Calibration:
+        """The calibration in ``data``, whose header is checked, every value checked (see :meth:`from_dict`);
+        ``arrays`` are its sidecar's, each referenced exactly once."""
         f = Fields(data, source, CalibrationError)
         alpha, n_cal, rank = read_conformal(f)
         n_fit = f.integer("n_fit", minimum=1)
@@ -412,11 +477,13 @@ class Calibration:
         if not isinstance(metadata, dict):
             f.fail("metadata", metadata, "a JSON object")
         entries = f.object("detectors")
-        detectors = {}
+        detectors: dict[str, DetectorCalibration] = {}
+        used: set[str] = set()
         for name in entries.data:
             d = entries.object(name)
             threshold, maxima = read_threshold(d, alpha, n_cal, rank)
-            params = d.get("params")
+            raw = d.object("params")
+            params = {key: unpack_arrays(raw, key, arrays, used) for key in raw.data}
             _check_params(d, "params", params)
             cal = DetectorCalibration(name, params, threshold, d.number("location"), d.number("scale", positive=True),
                                       maxima)  # fmt: skip
@@ -425,6 +492,11 @@ class Calibration:
             except (DetectorError, TypeError, ValueError) as exc:
                 raise CalibrationError(f"{source}: field {d.where('params')}: {exc}") from None
             detectors[name] = cal
+        if set(arrays) != used:
+            raise CalibrationError(
+                f"{source}: its arrays file holds {sorted(set(arrays) - used)}, which no field references; "
+                f"expected only the arrays of its detectors' parameters"
+            )
         return cls(
             scenario=f.text("scenario"),
             obs_shape=shape,
@@ -459,7 +531,8 @@ def read_threshold(f: Fields, alpha: float, n_cal: int, rank: int) -> tuple[floa
     threshold = f.number("threshold")
     expected = sorted(maxima)[rank - 1]
     if threshold != expected:
-        f.fail("threshold", threshold, f"{expected!r}, the {rank}-th smallest of the {n_cal} stored maxima (alpha={alpha})")
+        f.fail("threshold", threshold,
+               f"{expected!r}, the {rank}-th smallest of the {n_cal} stored maxima (alpha={alpha})")  # fmt: skip
     return threshold, maxima
 
 
@@ -469,6 +542,8 @@ def _check_params(f: Fields, key: str | int, value: Any) -> None:
         inner = Fields(value, f.source, f.error, f.where(key))
         for k, v in value.items():
             _check_params(inner, k, v)
+    elif isinstance(value, np.ndarray):
+        return  # from the sidecar: float64 and finite (unpack_arrays)
     elif isinstance(value, list):
         if all(type(v) is float or type(v) is int for v in value):
             return  # finite: the header refuses NaN and infinities anywhere in the file
