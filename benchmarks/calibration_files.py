@@ -82,12 +82,14 @@ def main() -> None:
     for name, r in rows.items():
         r["total_mb"] = (r["json_bytes"] + r["sidecar_bytes"]) / 1e6
         print(f"{name:26s} {r['total_mb']:7.2f} MB  (JSON {r['json_bytes'] / 1e6:.2f}, sidecar "
-              f"{r['sidecar_bytes'] / 1e6:.2f})  load {r['load_s'] * 1e3:7.1f} ms")  # fmt: skip
+              f"{r['sidecar_bytes'] / 1e6:.2f})  load {r['load_s'] * 1e3:7.1f} ms")
     chol = T * (T + 1) // 2 * 8
     print(f"meanshift's factor alone, its triangle in float64: {chol / 1e6:.2f} MB")
     results = {
         "benchmark": "calibration_files",
-        "config": {"T": T, "episodes": EPISODES, "alpha": ALPHA, "detectors": sorted(cal.detectors), "repeats": REPEATS},
+        "config": {
+            "T": T, "episodes": EPISODES, "alpha": ALPHA, "detectors": sorted(cal.detectors), "repeats": REPEATS
+        },
         "fit_seconds": round(fit_seconds, 1),
         "rows": rows,
         "meanshift_triangle_bytes": chol,

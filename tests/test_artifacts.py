@@ -89,7 +89,8 @@ def test_seal_refuses_header_fields_and_nonfinite_values() -> None:
 
 def test_header_errors_name_versions_and_legacy_files() -> None:
     data = KIND.seal({"x": 1})
-    with pytest.raises(CalibrationError, match=r"x.json: schema version 2; this mesaguard reads version 3 \(and the older 1\)"):
+    expected = r"x.json: schema version 2; this mesaguard reads version 3 \(and the older 1\)"
+    with pytest.raises(CalibrationError, match=expected):
         KIND.open({**data, "schema_version": 2}, "x.json")
     with pytest.raises(CalibrationError, match=r"schema version '3'"):
         KIND.open({**data, "schema_version": "3"}, "x.json")
@@ -141,9 +142,10 @@ def test_keys_as_raw_bytes_and_encrypted_pem(tmp_path) -> None:
     key = generate_key()
     (tmp_path / "raw.key").write_bytes(key.private_bytes_raw())
     (tmp_path / "raw.pub").write_bytes(key.public_key().public_bytes_raw())
-    assert key_id(load_signing_key(tmp_path / "raw.key")) == key_id(load_verify_key(tmp_path / "raw.pub")) == key_id(key)
+    signing, verify = load_signing_key(tmp_path / "raw.key"), load_verify_key(tmp_path / "raw.pub")
+    assert key_id(signing) == key_id(verify) == key_id(key)
     encrypted = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.BestAvailableEncryption(b"secret"))  # fmt: skip
+                                  serialization.BestAvailableEncryption(b"secret"))
     (tmp_path / "enc.key").write_bytes(encrypted)
     assert key_id(load_signing_key(tmp_path / "enc.key", password=b"secret")) == key_id(key)
     with pytest.raises(ArtifactError, match="enc.key: not a PEM private key"):
@@ -158,9 +160,9 @@ def test_bad_key_files_are_named(tmp_path) -> None:
         load_verify_key(tmp_path / "junk")
     ecdsa = ec.generate_private_key(ec.SECP256R1())
     (tmp_path / "ec.key").write_bytes(ecdsa.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))  # fmt: skip
+                                                          serialization.NoEncryption()))
     (tmp_path / "ec.pub").write_bytes(ecdsa.public_key().public_bytes(serialization.Encoding.PEM,
-                                                                      serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+                                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
     with pytest.raises(ArtifactError, match=r"ec.key: a key of type \w+; expected an Ed25519 signing key"):
         load_signing_key(tmp_path / "ec.key")
     with pytest.raises(ArtifactError, match=r"ec.pub: a key of type \w+; expected an Ed25519 verify key"):

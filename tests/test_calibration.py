@@ -137,7 +137,7 @@ def test_corrupt_and_foreign_files(tmp_path, calibration):
         Calibration.load(path)
 
     path.write_text(json.dumps({**data, "schema_version": 99}))
-    with pytest.raises(CalibrationError, match=r"schema version 99; this mesaguard reads version 2 \(and the older 1\)"):
+    with pytest.raises(CalibrationError, match=r"schema version 99; this mesaguard reads version 2 \(and the older"):
         Calibration.load(path)
 
     path.write_text('{"detectors": ')

@@ -69,8 +69,14 @@ def fitted() -> dict[str, Any]:
     }
 
 
-ERRORS = {"calibration": CalibrationError, "calibration-long": CalibrationError, "scope": ScopeError, "scope-m": ScopeError, "policy": PolicyFileError,
-          "policy-box": PolicyFileError}  # fmt: skip
+ERRORS = {
+    "calibration": CalibrationError,
+    "calibration-long": CalibrationError,
+    "scope": ScopeError,
+    "scope-m": ScopeError,
+    "policy": PolicyFileError,
+    "policy-box": PolicyFileError,
+}
 
 
 def save(kind: str, obj: Any, directory: Path, signing_key: Any = None) -> Path:
@@ -160,7 +166,7 @@ def calibration_cases() -> list[Case]:
     c = "calibration"
     cusum = ("detectors", "cusum")
     cases = [Case(f"threshold {v!r}", c, setter(*cusum, "threshold", value=v), "detectors.cusum.threshold", repr(v))
-             for v in ("nan", "inf", "-inf", "NaN", "Infinity", float("nan"), float("inf"), -float("inf"))]  # fmt: skip
+             for v in ("nan", "inf", "-inf", "NaN", "Infinity", float("nan"), float("inf"), -float("inf"))]
     cases += [
         Case("maxima literal Infinity", c, setter(*cusum, "maxima", 3, value=float("inf")),
              "detectors.cusum.maxima[3]", "inf"),
@@ -202,14 +208,15 @@ def calibration_cases() -> list[Case]:
     cases += [
         Case(f"sidecar chol {v}", long, lambda d, p, v=v: set_sidecar_value(p, d, "meanshift.chol", 7, v),
              chol, "'meanshift.chol'") for v in (float("nan"), float("inf"), -float("inf"))
-    ]  # fmt: skip
+    ]
     cases += [
-        Case("sidecar reference shape", long, setter("detectors", "meanshift", "params", "chol", "shape", value=[41, 41]),
-             chol, "[861]"),
+        Case("sidecar reference shape", long,
+             setter("detectors", "meanshift", "params", "chol", "shape", value=[41, 41]), chol, "[861]"),
         Case("sidecar reference layout", long, setter("detectors", "meanshift", "params", "chol", "layout", value="x"),
              "chol.layout", "'x'"),
         Case("sidecar hash", long, setter("arrays", "hash", value="sha256:0"), "arrays.hash", "'sha256:0'"),
-        Case("sidecar file elsewhere", long, setter("arrays", "file", value="../../etc/passwd"), "arrays file", "passwd"),
+        Case("sidecar file elsewhere", long, setter("arrays", "file", value="../../etc/passwd"),
+             "arrays file", "passwd"),
     ]
     return cases
 
@@ -217,7 +224,7 @@ def calibration_cases() -> list[Case]:
 def scope_cases() -> list[Case]:
     s = "scope"
     cases = [Case(f"scope threshold {v!r}", s, setter("threshold", value=v), "threshold", repr(v))
-             for v in ("nan", "inf", float("nan"), float("inf"))]  # fmt: skip
+             for v in ("nan", "inf", float("nan"), float("inf"))]
     cases += [
         Case("scope threshold inconsistent", s, lambda d, _: d.__setitem__("threshold", max(d["maxima"]) * 2),
              "threshold", ""),
@@ -428,7 +435,7 @@ def long_calibrations(draw: st.DrawFn) -> Calibration:
     maxima = (rng.normal(size=20) * scale).tolist()
     threshold = sorted(maxima)[conformal_rank(20, 0.1) - 1]
     params = {"envelope": {"mean": mean.tolist(), "std": std.tolist()},
-              "meanshift": {"mu": rng.normal(size=T).tolist(), "chol": chol.tolist()}}  # fmt: skip
+              "meanshift": {"mu": rng.normal(size=T).tolist(), "chol": chol.tolist()}}
     detectors = {n: DetectorCalibration(n, p, threshold, 0.0, 1.0, maxima) for n, p in params.items()}
     return Calibration("long", None, 0.1, 20, 20, detectors)
 
@@ -469,13 +476,13 @@ def stored(fitted, tmp_path_factory) -> dict[str, tuple[dict[str, Any], list[tup
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kind=st.sampled_from(["calibration", "scope", "policy"]), which=st.integers(0, 10**9),
-       bad=st.sampled_from(NONFINITE))  # fmt: skip
+       bad=st.sampled_from(NONFINITE))
 def test_no_stored_number_made_nonfinite_loads(fitted, stored, tmp_path_factory, kind, which, bad) -> None:
     """Any one stored number replaced by a non-finite value (literal or string), the file sealed again: refused."""
     data, paths = stored[kind]
     where = paths[which % len(paths)]
     assume(not (where[-2:-1] in (("low",), ("high",)) or where[-1] in ("low", "high")) or not isinstance(bad, str)
-           or bad.lower() == "nan")  # "inf" / "-inf" strings are how a Box's unbounded limits are written  # fmt: skip
+           or bad.lower() == "nan")  # "inf" / "-inf" strings are how a Box's unbounded limits are written
     crafted = json.loads(json.dumps(data))
     target = crafted
     for k in where[:-1]:

@@ -187,7 +187,7 @@ def keygen(
     from mesaguard.files import write_atomic
 
     write_atomic(public_path, key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return private_path, public_path
 
 
@@ -519,7 +519,7 @@ class Fields:
         ok = type(value) is int and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
         if not ok:
             self.fail(key, value, "an integer" + _bounds(minimum, maximum) + because)
-        return value
+        return int(value)
 
     def shape(self, key: str, optional: bool = False, scalar: bool = False) -> tuple[int, ...] | None:
         """An array shape: a list of positive integers, non-empty unless ``scalar`` (``optional``: or null)."""
@@ -532,13 +532,13 @@ class Fields:
         return tuple(value)
 
     def number(self, key: str, positive: bool = False, lo: float | None = None, hi: float | None = None,
-               nonnegative: bool = False) -> float:  # fmt: skip
+               nonnegative: bool = False) -> float:
         """A finite JSON number (``positive``: > 0; ``nonnegative``: >= 0; ``lo``/``hi``: strict bounds);
         a string such as ``"nan"`` is refused."""
         return self.check_number(key, self.get(key), positive, lo, hi, nonnegative)
 
     def check_number(self, key: str | int, value: Any, positive: bool = False,
-                     lo: float | None = None, hi: float | None = None, nonnegative: bool = False) -> float:  # fmt: skip
+                     lo: float | None = None, hi: float | None = None, nonnegative: bool = False) -> float:
         """``value`` (field ``key``) as a float, if it is a finite JSON number within the bounds; else the error."""
         lo = 0.0 if positive else lo
         ok = (type(value) is float or type(value) is int) and math.isfinite(value)

@@ -83,7 +83,7 @@ class CalibrationError(ArtifactError):
 
 
 KIND = Kind("calibration", FORMAT, SCHEMA_VERSION, CalibrationError,
-            "Fit it again with this version (mesaguard calibrate).", older=frozenset({1}))  # fmt: skip
+            "Fit it again with this version (mesaguard calibrate).", older=frozenset({1}))
 
 
 def check_alpha(alpha: float) -> float:
@@ -227,7 +227,7 @@ class DetectorCalibration:
         if not isinstance(other, DetectorCalibration):
             return NotImplemented
         mine, theirs = (self.name, self.threshold, self.location, self.scale, self.maxima), (
-            other.name, other.threshold, other.location, other.scale, other.maxima)  # fmt: skip
+            other.name, other.threshold, other.location, other.scale, other.maxima)
         return mine == theirs and _same(self.params, other.params)
 
     def standardized(self) -> np.ndarray:
@@ -486,7 +486,7 @@ class Calibration:
             params = {key: unpack_arrays(raw, key, arrays, used) for key in raw.data}
             _check_params(d, "params", params)
             cal = DetectorCalibration(name, params, threshold, d.number("location"), d.number("scale", positive=True),
-                                      maxima)  # fmt: skip
+                                      maxima)
             try:
                 cal.build()  # unknown names and malformed parameters fail here, on load
             except (DetectorError, TypeError, ValueError) as exc:
@@ -532,7 +532,7 @@ def read_threshold(f: Fields, alpha: float, n_cal: int, rank: int) -> tuple[floa
     expected = sorted(maxima)[rank - 1]
     if threshold != expected:
         f.fail("threshold", threshold,
-               f"{expected!r}, the {rank}-th smallest of the {n_cal} stored maxima (alpha={alpha})")  # fmt: skip
+               f"{expected!r}, the {rank}-th smallest of the {n_cal} stored maxima (alpha={alpha})")
     return threshold, maxima
 
 

@@ -293,11 +293,11 @@ def _command(
 
 
 class PolicyFileError(ArtifactError):
-    """A policy file that is missing, corrupt, unsigned where a signature is required, or not what the loader expects."""
+    """A policy file that is missing, corrupt, unsigned where a signature is required, or not what loading expects."""
 
 
 POLICY = Kind("policy", FORMAT, SCHEMA_VERSION, PolicyFileError, "Save it again with mesaguard.train.save_policy.",
-              unhashed=frozenset({1}))  # fmt: skip
+              unhashed=frozenset({1}))
 
 
 # Whitelists: the only names a policy JSON may use.
@@ -586,7 +586,7 @@ def _tensor_shapes(f: Fields) -> dict[str, tuple[int, ...]]:
     before anything is built when the network would exceed :data:`MAX_PARAMETERS`.
     """
     for key, names in (("policy_class", POLICY_CLASSES), ("activation", ACTIVATIONS),
-                       ("features_extractor", FEATURE_EXTRACTORS)):  # fmt: skip
+                       ("features_extractor", FEATURE_EXTRACTORS)):
         if f.get(key) not in names:
             f.fail(key, f.get(key), f"one of {sorted(names)}")
     pi, vf = _layers(f)
@@ -601,13 +601,13 @@ def _tensor_shapes(f: Fields) -> dict[str, tuple[int, ...]]:
             previous = width
     latent_pi, latent_vf = (pi or [features])[-1], (vf or [features])[-1]
     shapes.update({"action_net.weight": (actions, latent_pi), "action_net.bias": (actions,),
-                   "value_net.weight": (1, latent_vf), "value_net.bias": (1,)})  # fmt: skip
+                   "value_net.weight": (1, latent_vf), "value_net.bias": (1,)})
     if action_kind == "Box":
         shapes["log_std"] = (actions,)
     total = sum(math.prod(s) for s in shapes.values())
     if total > MAX_PARAMETERS:
         f.fail("net_arch", f.get("net_arch"),
-               f"a network of at most {MAX_PARAMETERS:,} parameters (this one, on these spaces, has {total:,})")  # fmt: skip
+               f"a network of at most {MAX_PARAMETERS:,} parameters (this one, on these spaces, has {total:,})")
     return shapes
 
 
@@ -616,7 +616,7 @@ def _check_weights_header(weights: Path, json_path: Path, expected: dict[str, tu
     try:
         with safetensors.safe_open(str(weights), framework="numpy") as file:
             found = {name: (tuple(file.get_slice(name).get_shape()), file.get_slice(name).get_dtype())
-                     for name in file.keys()}  # fmt: skip
+                     for name in file.keys()}
     except Exception as err:  # safetensors raises several types for a bad header; all mean the same here
         raise PolicyFileError(
             f"{weights}: cannot load weights into the policy described by {json_path.name} "
@@ -627,7 +627,7 @@ def _check_weights_header(weights: Path, json_path: Path, expected: dict[str, tu
     problems += [
         f"{n} has shape {list(found[n][0])}, the JSON's net_arch and spaces give {list(shape)}"
         for n, shape in expected.items() if n in found and found[n][0] != shape
-    ]  # fmt: skip
+    ]
     problems += [f"{n} has dtype {d}" for n, (_, d) in found.items() if d not in _WEIGHT_DTYPES]
     if problems:
         raise PolicyFileError(

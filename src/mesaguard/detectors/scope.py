@@ -564,7 +564,7 @@ MAX_ARRAY_BYTES = 1 << 31  # a scope's arrays, unpacked: refused beyond this bef
 
 
 def _read_arrays(arrays_path: Path, source: str) -> dict[str, np.ndarray]:
-    """The arrays of a scope's ``.npz``, no pickle; a file that would unpack beyond :data:`MAX_ARRAY_BYTES` is refused."""
+    """The arrays of a scope's ``.npz``, no pickle; one that would unpack beyond :data:`MAX_ARRAY_BYTES` is refused."""
     try:
         with zipfile.ZipFile(arrays_path) as archive:
             unpacked = sum(info.file_size for info in archive.infolist())
@@ -599,7 +599,8 @@ def _check_arrays(arrays: Mapping[str, np.ndarray], method: str, k: int, dims: i
     ref, ok = arrays["reference_scores"], {}
     ok["reference_scores"] = ref.ndim == 1 and ref.size >= 1 and bool((np.diff(ref) >= 0).all()) and ref[0] >= 0
     if method == "knn":
-        ok["states"] = arrays["states"].ndim == 2 and arrays["states"].shape[1] == dims and arrays["states"].shape[0] >= k
+        states = arrays["states"]
+        ok["states"] = states.ndim == 2 and states.shape[1] == dims and states.shape[0] >= k
     else:
         ok["location"] = arrays["location"].shape == (dims,)
         ok["precision"] = arrays["precision"].shape == (dims, dims)
@@ -615,7 +616,7 @@ def _check_arrays(arrays: Mapping[str, np.ndarray], method: str, k: int, dims: i
             definite = False
         if not definite:
             raise ScopeError(f"{source}: array precision is not symmetric positive definite; expected a precision "
-                             f"matrix (the inverse of a covariance)")  # fmt: skip
+                             f"matrix (the inverse of a covariance)")
 
 
 class ScopeDetector:
