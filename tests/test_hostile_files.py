@@ -152,6 +152,21 @@ class Case:
         return self.id
 
 
+def first(*keys: str, value: Any) -> Callable[[dict[str, Any], Path], None]:
+    """Set the first number of the parameter at ``keys``, whether it is one number or a list of them."""
+
+    def mutate(data: dict[str, Any], _: Path) -> None:
+        target = data
+        for k in keys[:-1]:
+            target = target[k]
+        if isinstance(target[keys[-1]], list):
+            target[keys[-1]][0] = value
+        else:
+            target[keys[-1]] = value
+
+    return mutate
+
+
 def setter(*keys: str | int, value: Any) -> Callable[[dict[str, Any], Path], None]:
     def mutate(data: dict[str, Any], _: Path) -> None:
         target = data
@@ -176,15 +191,16 @@ def calibration_cases() -> list[Case]:
         Case("scale string nan", c, setter(*cusum, "scale", value="nan"), "detectors.cusum.scale", "'nan'"),
         Case("location string -inf", c, setter(*cusum, "location", value="-inf"),
              "detectors.cusum.location", "'-inf'"),
-        Case("cusum std 0", c, setter(*cusum, "params", "std", value=0.0), "detectors.cusum.params", "std=0.0"),
-        Case("cusum mean string", c, setter(*cusum, "params", "mean", value="nan"),
+        Case("cusum std 0", c, first(*cusum, "params", "std", value=0.0), "detectors.cusum.params.std", "0.0"),
+        Case("cusum std negative", c, first(*cusum, "params", "std", value=-2.0), "detectors.cusum.params.std", "-2.0"),
+        Case("cusum mean string", c, first(*cusum, "params", "mean", value="nan"),
              "detectors.cusum.params.mean", "'nan'"),
         Case("envelope mean string nan", c, setter("detectors", "envelope", "params", "mean", 3, value="nan"),
              "detectors.envelope.params.mean[3]", "'nan'"),
         Case("envelope std literal NaN", c, setter("detectors", "envelope", "params", "std", 1, value=float("nan")),
              "detectors.envelope.params.std[1]", "nan"),
         Case("envelope std 0", c, setter("detectors", "envelope", "params", "std", 0, value=0.0),
-             "detectors.envelope.params", "minimum 0.0"),
+             "detectors.envelope.params.std[0]", "0.0"),
         Case("meanshift chol string inf", c, setter("detectors", "meanshift", "params", "chol", 0, 0, value="inf"),
              "detectors.meanshift.params.chol[0][0]", "'inf'"),
         Case("threshold inconsistent with maxima", c,

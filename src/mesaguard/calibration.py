@@ -536,20 +536,29 @@ def read_threshold(f: Fields, alpha: float, n_cal: int, rank: int) -> tuple[floa
     return threshold, maxima
 
 
-def _check_params(f: Fields, key: str | int, value: Any) -> None:
-    """Detector parameters are JSON objects, lists, finite numbers, and strings that are not numbers."""
+SPREADS = frozenset({"std", "sd", "sigma", "scale"})  # parameter names whose every number is a spread: > 0
+
+
+def _check_params(f: Fields, key: str | int, value: Any, spread: bool = False) -> None:
+    """Detector parameters are JSON objects, lists, finite numbers, and strings that are not numbers;
+    every number under a name in :data:`SPREADS` is > 0."""
     if isinstance(value, dict):
         inner = Fields(value, f.source, f.error, f.where(key))
         for k, v in value.items():
-            _check_params(inner, k, v)
+            _check_params(inner, k, v, k in SPREADS)
     elif isinstance(value, np.ndarray):
-        return  # from the sidecar: float64 and finite (unpack_arrays)
+        if spread and not (value > 0).all():  # from the sidecar: float64 and finite (unpack_arrays)
+            i = int(np.argmin(value > 0))
+            Fields({}, f.source, f.error, f.where(key)).fail(i, float(value.flat[i]), "a spread, a number > 0")
     elif isinstance(value, list):
-        if all(type(v) is float or type(v) is int for v in value):
+        numbers = all(type(v) is float or type(v) is int for v in value)
+        if numbers and not (spread and any(v <= 0 for v in value)):
             return  # finite: the header refuses NaN and infinities anywhere in the file
         inner = Fields({}, f.source, f.error, f.where(key))
         for i, v in enumerate(value):
-            _check_params(inner, i, v)
+            _check_params(inner, i, v, spread)
+    elif spread and (type(value) is float or type(value) is int) and value <= 0:
+        f.fail(key, value, "a spread, a number > 0")
     elif isinstance(value, str):
         try:
             float(value)
