@@ -1,15 +1,16 @@
-"""Calibration file size and load time at T = 1,000 steps: all arrays inline (schema 1) against the sidecar (schema 2).
+"""Calibration file size and load time at T = 1,000 steps: every array inline against the binary sidecar.
 
 What it measures
 ----------------
-A calibration of all four detectors on synthetic AR(1) episodes of 1,000 steps
-(60 episodes, alpha = 0.1), so that ``meanshift``'s Cholesky factor is 1,000 x 1,000.
-Written two ways: every array inline in the JSON (:meth:`Calibration.to_dict`, the
-only form before schema 2), and by :meth:`Calibration.save` (large parameter arrays
-in a hashed safetensors sidecar; a triangular factor stored as its triangle).
-For each: bytes on disk (JSON, sidecar, total) and the time to load and verify it
-(:meth:`Calibration.from_dict` on the parsed JSON, or :meth:`Calibration.load`),
-header, hashes and every value checked, detectors built once. Median of 7 loads.
+A calibration of the default detectors on synthetic AR(1) episodes of ``T`` steps
+(60 episodes, alpha = 0.1). Written two ways: every array inline in one JSON object
+(:meth:`Calibration.to_dict`, the only layout before schema 2), and by
+:meth:`Calibration.save` (parameter arrays of ``SIDECAR_MIN`` numbers or more in a
+hashed safetensors sidecar; a triangular factor stored as its triangle). For each:
+bytes on disk (JSON, sidecar, total) and the time to load and verify it
+(:meth:`Calibration.from_dict` on the parsed JSON, or :meth:`Calibration.load`:
+header, hashes and every value checked), plus building each detector once. The
+median of seven loads, the two layouts interleaved round by round.
 
 Target (issue 12, item 6): under 2 MB and under 0.1 s at T = 1,000, without pickle.
 
@@ -21,88 +22,93 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import harness
 import numpy as np
 
-from mesaguard.calibration import Calibration
-from mesaguard.files import write_atomic
-
-RESULTS = Path(__file__).parent / "results" / "calibration_files.json"
-T, EPISODES, ALPHA, REPEATS = 1000, 60, 0.1, 7
+from mesaguard.calibration import SIDECAR_MIN, Calibration
 
 
-def episodes(rng: np.random.Generator) -> list[np.ndarray]:
+@dataclass(frozen=True)
+class Config:
+    steps: int = 1000
+    episodes: int = 60
+    alpha: float = 0.1
+    rounds: int = 7
+
+
+QUICK = Config(steps=60, episodes=40, rounds=2)
+
+
+def episodes(cfg: Config, rng: np.random.Generator) -> list[np.ndarray]:
+    """AR(1) increments (correlation 0.5) around 1.0, every episode ``cfg.steps`` long."""
     out = []
-    for _ in range(EPISODES):
-        noise = rng.normal(size=T)
-        x, e = 0.0, np.empty(T)
-        for t in range(T):
+    for _ in range(cfg.episodes):
+        noise = rng.normal(size=cfg.steps)
+        x, e = 0.0, np.empty(cfg.steps)
+        for t in range(cfg.steps):
             x = 0.5 * x + math.sqrt(0.75) * noise[t]
             e[t] = 1.0 + 0.5 * x
         out.append(e)
     return out
 
 
-def timed(load) -> tuple[float, Calibration]:
-    times, cal = [], None
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        cal = load()
-        for d in cal.detectors.values():
-            d.build()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), cal
+def load_seconds(load: Callable[[], Calibration], expected: Calibration) -> float:
+    start = time.perf_counter()
+    cal = load()
+    for d in cal.detectors.values():
+        d.build()
+    seconds = time.perf_counter() - start
+    assert cal == expected, "a calibration read back differs from the one written"
+    return seconds
 
 
-def main() -> None:
+def main(cfg: Config, out: Path) -> None:
     started = time.perf_counter()
-    cal = Calibration.fit(episodes(np.random.default_rng(0)), alpha=ALPHA, scenario="ar1-1000")
+    cal = Calibration.fit(episodes(cfg, np.random.default_rng(0)), alpha=cfg.alpha, scenario="ar1")
     fit_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as scratch:
         inline = Path(scratch) / "inline.json"
-        inline.write_text(json.dumps(cal.to_dict(), indent=1, allow_nan=False))
-        inline_s, a = timed(lambda: Calibration.from_dict(json.loads(inline.read_text()), str(inline)))
+        inline.write_bytes(json.dumps(cal.to_dict(), indent=1, allow_nan=False).encode())
         saved = cal.save(Path(scratch) / "cal.json")
         sidecar = saved.with_suffix(".safetensors")
-        sidecar_s, b = timed(lambda: Calibration.load(saved))
-        assert a == cal and b == cal, "a calibration read back differs from the one written"
-        rows = {
-            "inline (schema 1 layout)": {"json_bytes": inline.stat().st_size, "sidecar_bytes": 0, "load_s": inline_s},
-            "sidecar (schema 2)": {
-                "json_bytes": saved.stat().st_size,
-                "sidecar_bytes": sidecar.stat().st_size,
-                "load_s": sidecar_s,
+        sidecar_bytes = sidecar.stat().st_size if sidecar.exists() else 0
+        times = harness.interleaved(
+            {
+                "inline": lambda: load_seconds(lambda: Calibration.from_dict(json.loads(inline.read_text())), cal),
+                "sidecar": lambda: load_seconds(lambda: Calibration.load(saved), cal),
             },
+            cfg.rounds,
+        )
+        rows = {
+            "inline": {"json_bytes": inline.stat().st_size, "sidecar_bytes": 0},
+            "sidecar": {"json_bytes": saved.stat().st_size, "sidecar_bytes": sidecar_bytes},
         }
-    for name, r in rows.items():
-        r["total_mb"] = (r["json_bytes"] + r["sidecar_bytes"]) / 1e6
-        print(f"{name:26s} {r['total_mb']:7.2f} MB  (JSON {r['json_bytes'] / 1e6:.2f}, sidecar "
-              f"{r['sidecar_bytes'] / 1e6:.2f})  load {r['load_s'] * 1e3:7.1f} ms")
-    chol = T * (T + 1) // 2 * 8
-    print(f"meanshift's factor alone, its triangle in float64: {chol / 1e6:.2f} MB")
-    results = {
+    for name, row in rows.items():
+        row["total_mb"] = (row["json_bytes"] + row["sidecar_bytes"]) / 1e6
+        row["load_s"] = statistics.median(times[name])
+        print(f"{name:8s} {row['total_mb']:7.2f} MB (JSON {row['json_bytes'] / 1e6:.2f}, sidecar "
+              f"{row['sidecar_bytes'] / 1e6:.2f})  load {row['load_s'] * 1e3:7.1f} ms")
+    shapes = {name: {k: list(np.shape(v)) for k, v in d.params.items()} for name, d in cal.detectors.items()}
+    written = harness.write(out, {
         "benchmark": "calibration_files",
-        "config": {
-            "T": T, "episodes": EPISODES, "alpha": ALPHA, "detectors": sorted(cal.detectors), "repeats": REPEATS
-        },
+        "config": asdict(cfg),
+        "sidecar_min": SIDECAR_MIN,
+        "parameter_shapes": shapes,
         "fit_seconds": round(fit_seconds, 1),
         "rows": rows,
-        "meanshift_triangle_bytes": chol,
         "target": {"total_mb": 2.0, "load_s": 0.1},
-        "machine": {
-            "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine(),
-            "numpy": np.__version__,
-        },
-    }
-    write_atomic(RESULTS, json.dumps(results, indent=1) + "\n")
-    print(f"wrote {RESULTS}")
+        "machine": harness.machine(),
+    })
+    print(f"wrote {written}")
 
 
 if __name__ == "__main__":
-    main()
+    args = harness.parser(__doc__).parse_args()
+    main(QUICK if args.quick else Config(), harness.out_path("calibration_files", args))

@@ -32,8 +32,8 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
 
 def read_json(path: str | os.PathLike[str], error: type[Exception], missing: str, invalid: str, after: str = "") -> Any:
     """The JSON in ``path``; a missing file raises ``error(missing)``, a file that is not
-    JSON ``error(f"{invalid} ({reason}){after}")``; a directory, an unreadable file or JSON nested too
-    deeply to parse are errors of the same kind naming ``path``."""
+    JSON ``error(f"{invalid} ({reason}){after}")``, JSON nested too deeply to parse too. Other ``OSError``s
+    (a directory, no permission) propagate: the caller names them."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -42,8 +42,6 @@ def read_json(path: str | os.PathLike[str], error: type[Exception], missing: str
         raise error(f"{invalid} ({exc}){after}") from None
     except RecursionError:
         raise error(f"{invalid} (nested too deeply to read){after}") from None
-    except OSError as exc:
-        raise error(f"{path}: cannot read the file ({exc.strerror or exc}){after}") from None
 
 
 def _umask() -> int:
