@@ -1,8 +1,11 @@
 """The file header every mesaguard artifact shares: format tag, schema version, content hash, signature.
 
 Calibrations, scopes and policies are JSON objects; their large arrays and weights
-live in binary sidecars whose SHA-256 the JSON records. Every such JSON object
-starts and ends with the same header::
+live in binary sidecars whose SHA-256 the JSON records (:func:`write_sidecar`,
+:func:`read_sidecar`: safetensors, never pickle, the size and hash checked before
+parsing; :func:`pack_arrays` and :func:`unpack_arrays` replace a large float list
+by a named reference and back). Every such JSON object starts and ends with the
+same header::
 
     {"format": "mesaguard.calibration", "schema_version": 1, ...the body...,
      "content_hash": "sha256:...", "signature": {...}}
@@ -86,8 +89,13 @@ __all__ = [
     "generate_key",
     "key_id",
     "keygen",
+    "large_float_array",
     "load_signing_key",
     "load_verify_key",
+    "pack_arrays",
+    "read_sidecar",
+    "unpack_arrays",
+    "write_sidecar",
 ]
 
 SIGNATURE_CONTEXT = b"mesaguard artifact signature v1\n"
