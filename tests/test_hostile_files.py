@@ -477,13 +477,14 @@ def numeric_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...
     return [path] if type(value) in (int, float) else []
 
 
+KINDS = ["calibration", "calibration-long", "scope", "policy"]  # calibration-long: sidecar references too
 NONFINITE = [float("nan"), float("inf"), -float("inf"), "nan", "inf", "-inf", "NaN", "Infinity", "-Infinity"]
 
 
 @pytest.fixture(scope="module")
 def stored(fitted, tmp_path_factory) -> dict[str, tuple[dict[str, Any], list[tuple[Any, ...]]]]:
     out = {}
-    for kind in ("calibration", "scope", "policy"):
+    for kind in KINDS:
         data = json.loads(save(kind, fitted[kind], tmp_path_factory.mktemp(kind)).read_text())
         # metadata is free text: a string "nan" there is a string, not a number (a literal NaN is refused anywhere)
         out[kind] = (data, numeric_paths({k: v for k, v in data.items() if k != "metadata"}))
@@ -491,7 +492,7 @@ def stored(fitted, tmp_path_factory) -> dict[str, tuple[dict[str, Any], list[tup
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kind=st.sampled_from(["calibration", "scope", "policy"]), which=st.integers(0, 10**9),
+@given(kind=st.sampled_from(KINDS), which=st.integers(0, 10**9),
        bad=st.sampled_from(NONFINITE))
 def test_no_stored_number_made_nonfinite_loads(fitted, stored, tmp_path_factory, kind, which, bad) -> None:
     """Any one stored number replaced by a non-finite value (literal or string), the file sealed again: refused."""
