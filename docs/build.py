@@ -125,6 +125,13 @@ def guard_vector() -> str:
     return table([f"{v['n_envs']:,} envs", "us per vector step", "env-steps per second", "vs NumPy"], rows)
 
 
+def calibration_files() -> str:
+    r = results("calibration_files")
+    rows = [[name, f"{row['json_bytes'] / 1e6:.2f}", f"{row['sidecar_bytes'] / 1e6:.2f}", f"{row['total_mb']:.2f}",
+             f"{row['load_s'] * 1e3:.1f}"] for name, row in r["rows"].items()]
+    return table([f"T = {r['config']['steps']:,}", "JSON MB", "sidecar MB", "total MB", "load ms"], rows)
+
+
 def cusum_delay() -> str:
     rows = [[f"{r['h']:g}", f"{r['arl']:,.0f} +- {r['arl_se']:,.0f}", f"{r['arl_siegmund']:,.0f}",
              f"{r['delay_worst']:.1f}", f"{r['lorden_bound']:.1f}", f"{r['ratio_worst']:.2f}"]
@@ -377,7 +384,7 @@ def own_task() -> str:
 
 TABLES: dict[str, Callable[[], str]] = {
     "scenarios": scenarios, "scenario_speed": scenario_speed, "agents": agents,
-    "guard_overhead": guard_overhead, "guard_vector": guard_vector,
+    "guard_overhead": guard_overhead, "guard_vector": guard_vector, "calibration_files": calibration_files,
     "cusum_delay": cusum_delay, "detector_delay": detector_delay, "false_alarms": false_alarms,
     "greenberg_mannor": greenberg_mannor, "late_change": late_change, "own_task": own_task,
     "deployment_null": deployment_null, "deployment_gaussian": deployment_gaussian,

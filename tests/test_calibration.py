@@ -55,7 +55,8 @@ def test_alpha_outside_unit_interval(alpha):
 
 def test_too_few_episodes_is_an_error_not_a_fallback():
     episodes = ar1_episodes(np.random.default_rng(0), 30)  # 15 held out: fewer than 19
-    with pytest.raises(CalibrationError, match="30 episodes leave 15 held out .* too few for alpha=0.05, which needs 19 held out; pass at least 37"):
+    too_few = "30 episodes leave 15 held out .* too few for alpha=0.05, which needs 19 held out; pass at least 37"
+    with pytest.raises(CalibrationError, match=too_few):
         Calibration.fit(episodes, alpha=0.05)
 
 
@@ -123,7 +124,7 @@ def test_save_load_round_trip(tmp_path, calibration):
     assert Calibration.load(path) == calibration
     assert [p.name for p in tmp_path.iterdir()] == ["cal.json"]  # no temporary file left behind
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 1 and data["content_hash"].startswith("sha256:")
+    assert data["schema_version"] == 2 and data["content_hash"].startswith("sha256:")
     assert data["obs_shape"] == [3] and data["scenario"] == "ar1"
 
 
@@ -137,7 +138,7 @@ def test_corrupt_and_foreign_files(tmp_path, calibration):
         Calibration.load(path)
 
     path.write_text(json.dumps({**data, "schema_version": 99}))
-    with pytest.raises(CalibrationError, match="schema version 99; this mesaguard reads version 1"):
+    with pytest.raises(CalibrationError, match=r"schema version 99; this mesaguard reads version 2 \(and the older"):
         Calibration.load(path)
 
     path.write_text('{"detectors": ')
@@ -145,7 +146,7 @@ def test_corrupt_and_foreign_files(tmp_path, calibration):
         Calibration.load(path)
 
     path.write_text(json.dumps({"hello": 1}))
-    with pytest.raises(CalibrationError, match="is not a mesaguard calibration"):
+    with pytest.raises(CalibrationError, match="not a mesaguard calibration file"):
         Calibration.load(path)
 
     with pytest.raises(CalibrationError, match="no calibration file"):
@@ -153,7 +154,7 @@ def test_corrupt_and_foreign_files(tmp_path, calibration):
 
 
 def test_unknown_detector_in_file_is_named(tmp_path, calibration):
-    from mesaguard.calibration import content_hash
+    from mesaguard.artifacts import content_hash
 
     data = calibration.to_dict()
     data["detectors"]["bogus"] = data["detectors"].pop("cusum")
@@ -166,7 +167,8 @@ def test_unknown_detector_in_file_is_named(tmp_path, calibration):
 
 def test_mismatched_env(calibration):
     calibration.check(scenario="ar1", obs_shape=(3,))
-    with pytest.raises(CalibrationError, match=r"fitted on scenario 'ar1' with observation shape \(3,\); this env is 'lava' with \(9, 9, 3\)"):
+    other = r"fitted on scenario 'ar1' with observation shape \(3,\); this env is 'lava' with \(9, 9, 3\)"
+    with pytest.raises(CalibrationError, match=other):
         calibration.check(scenario="lava", obs_shape=(9, 9, 3))
 
 
@@ -188,3 +190,99 @@ def test_saved_file_has_the_usual_permissions(tmp_path, calibration):
     finally:
         os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+# -- large arrays in a binary sidecar ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def long_calibration():
+    """Episodes of 40 steps: meanshift's 40 x 40 factor (820 numbers in its triangle) and more go to the sidecar."""
+    rng = np.random.default_rng(3)
+    return Calibration.fit([rng.normal(1.0, 0.5, size=40) for _ in range(40)], alpha=0.1, scenario="long")
+
+
+def test_large_arrays_go_to_a_hashed_sidecar_and_come_back_identical(tmp_path, long_calibration):
+    from mesaguard.calibration import SIDECAR_MIN
+
+    path = long_calibration.save(tmp_path / "cal.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cal.json", "cal.safetensors"]
+    data = json.loads(path.read_text())
+    chol = data["detectors"]["meanshift"]["params"]["chol"]
+    assert chol == {"$array": "meanshift.chol", "shape": [40, 40], "layout": "tril"}
+    assert data["detectors"]["envelope"]["params"]["mean"] == long_calibration.detectors["envelope"].params["mean"]
+    assert 40 < SIDECAR_MIN <= 40 * 40  # per-step lists stay in the JSON; the factor does not
+    assert data["arrays"]["file"] == "cal.safetensors" and data["arrays"]["hash"].startswith("sha256:")
+    loaded = Calibration.load(path)
+    assert loaded == long_calibration
+    assert loaded.to_dict() == long_calibration.to_dict()  # the inline form, as the bench stores it
+    assert Calibration.from_dict(loaded.to_dict()) == long_calibration
+    stat = loaded.detectors["meanshift"].build(2).update(np.array([1.0, -3.0]))
+    np.testing.assert_array_equal(stat, long_calibration.detectors["meanshift"].build(2).update(np.array([1.0, -3.0])))
+
+
+def test_sidecar_problems_are_named(tmp_path, long_calibration):
+    import safetensors.numpy
+
+    from mesaguard.artifacts import content_hash
+
+    path = long_calibration.save(tmp_path / "cal.json")
+    sidecar = tmp_path / "cal.safetensors"
+    good = sidecar.read_bytes()
+    sidecar.write_bytes(good[:-8] + bytes(8))
+    with pytest.raises(CalibrationError, match=r"cal.safetensors is corrupt .*field arrays.hash"):
+        Calibration.load(path)
+    sidecar.unlink()
+    with pytest.raises(CalibrationError, match=r"cal.json: its arrays file .*cal.safetensors is missing"):
+        Calibration.load(path)
+
+    def craft(arrays):  # a sidecar and a JSON made to agree, as an attacker would
+        data = safetensors.numpy.save(arrays)
+        sidecar.write_bytes(data)
+        doc = json.loads(path.read_text())
+        doc["arrays"]["hash"] = "sha256:" + __import__("hashlib").sha256(data).hexdigest()
+        body = {k: v for k, v in doc.items() if k != "content_hash"}
+        path.write_text(json.dumps({**body, "content_hash": content_hash(body)}))
+
+    original = safetensors.numpy.load(good)
+    bad = dict(original)
+    bad["meanshift.chol"] = original["meanshift.chol"].copy()
+    bad["meanshift.chol"][5] = np.nan
+    craft(bad)
+    with pytest.raises(CalibrationError, match=r"field detectors.meanshift.params.chol.\$array is 'meanshift.chol'"):
+        Calibration.load(path)
+    craft({**original, "meanshift.chol": original["meanshift.chol"][:-1]})
+    with pytest.raises(CalibrationError, match=r"float64 of shape \[820\]; the sidecar holds float64 \[819\]"):
+        Calibration.load(path)
+    craft({**original, "extra": np.zeros(3)})
+    with pytest.raises(CalibrationError, match=r"holds \['extra'\], which no field references"):
+        Calibration.load(path)
+    craft({k: v for k, v in original.items() if k != "meanshift.chol"})
+    with pytest.raises(CalibrationError, match=r"the name of an array in the sidecar"):
+        Calibration.load(path)
+    with pytest.raises(CalibrationError, match=r"references a sidecar file; read it with Calibration.load"):
+        Calibration.from_dict(json.loads(path.read_text()))
+
+
+def test_the_signature_covers_the_sidecar(tmp_path, long_calibration):
+    from mesaguard.artifacts import generate_key
+
+    key = generate_key()
+    path = long_calibration.save(tmp_path / "cal.json", signing_key=key)
+    assert Calibration.load(path, verify_key=key.public_key()) == long_calibration
+    other = Calibration.fit([np.full(40, 1.0) + 0.1 * np.sin(np.arange(40) * i) for i in range(40)], alpha=0.1)
+    other.save(tmp_path / "other.json")
+    (tmp_path / "other.safetensors").replace(tmp_path / "cal.safetensors")  # a sidecar of another calibration
+    with pytest.raises(CalibrationError, match="cal.safetensors is corrupt"):
+        Calibration.load(path, verify_key=key.public_key())
+
+
+def test_schema_1_files_are_still_read(tmp_path, calibration):
+    """Version 1 (every array inline, before the sidecar): the same fields, still read."""
+    from mesaguard.artifacts import content_hash
+
+    data = calibration.to_dict()
+    body = {k: v for k, v in data.items() if k != "content_hash"} | {"schema_version": 1}
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps({**body, "content_hash": content_hash(body)}))
+    assert Calibration.load(path) == calibration

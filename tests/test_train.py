@@ -17,6 +17,7 @@ from stable_baselines3 import PPO
 
 from mesaguard import scenarios
 from mesaguard import train as mt
+from mesaguard.artifacts import content_hash
 from mesaguard.train import PolicyFileError, PPOConfig, load_agent, load_policy, save_policy
 
 TINY = PPOConfig(n_envs=2, n_steps=128, batch_size=64, n_epochs=1)
@@ -77,7 +78,7 @@ def test_loaded_policy_is_frozen(saved):
 
 def test_files_are_plain_json_and_safetensors(saved):
     config = json.loads(saved.with_suffix(".json").read_text())
-    assert config["format"] == "mesaguard-policy" and config["schema_version"] == 1
+    assert config["format"] == "mesaguard-policy" and config["schema_version"] == 2
     assert config["policy_class"] == "ActorCriticPolicy"
     assert config["activation"] == "Tanh"
     assert config["net_arch"] == [32, 32]
@@ -132,7 +133,7 @@ def test_corrupt_json_names_the_file(saved):
 def test_other_json_is_refused(saved):
     path = saved.with_suffix(".json")
     path.write_text('{"hello": 1}')
-    with pytest.raises(PolicyFileError, match=rf"{path}: not a policy file"):
+    with pytest.raises(PolicyFileError, match=rf"{path} is not a mesaguard policy file"):
         load_policy(saved)
 
 
@@ -155,10 +156,12 @@ def test_corrupt_weights_fail_the_hash_check(saved):
 
 
 def _rewrite(saved: Path, **changes) -> None:
+    """Change fields of the policy JSON and seal it again, as a crafted file would."""
     path = saved.with_suffix(".json")
     config = json.loads(path.read_text())
     config.update(changes)
-    path.write_text(json.dumps(config))
+    body = {k: v for k, v in config.items() if k != "content_hash"}
+    path.write_text(json.dumps({**body, "content_hash": content_hash(body)}))
 
 
 def test_truncated_weights_with_matching_hash_give_a_clear_error(saved):
@@ -188,13 +191,13 @@ def test_weights_of_another_shape_are_refused(saved):
 )
 def test_names_outside_the_whitelists_are_refused(saved, changes):
     _rewrite(saved, **changes)
-    with pytest.raises(PolicyFileError, match=r"invalid policy description.*expected a JSON file"):
+    with pytest.raises(PolicyFileError, match=r"(invalid policy description|field [\w.]+ is ).*expected"):
         load_policy(saved)
 
 
 def test_newer_schema_is_refused(saved):
-    _rewrite(saved, schema_version=2)
-    with pytest.raises(PolicyFileError, match="schema_version 2; this mesaguard reads version 1"):
+    _rewrite(saved, schema_version=3)
+    with pytest.raises(PolicyFileError, match="schema version 3; this mesaguard reads version 2"):
         load_policy(saved)
 
 

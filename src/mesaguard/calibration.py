@@ -11,6 +11,12 @@ most ``alpha``, whatever the detector. Conditional on the calibration set, the
 realized false-alarm rate is ``Beta(n + 1 - k, k)`` distributed (``k`` the rank):
 the file records that spread, so a user picks ``n`` for a tolerance too.
 
+Files: :meth:`Calibration.save` writes JSON with the header every artifact shares
+(:mod:`mesaguard.artifacts`: format, schema version, content hash, and an Ed25519
+signature with ``signing_key=``); :meth:`Calibration.load` checks the header, the
+signature when given ``verify_key=``, and every value for what it means
+(:meth:`Calibration.from_dict`), and names the file, the field and the value.
+
 >>> rng = np.random.default_rng(0)
 >>> episodes = [rng.normal(1.0, 0.5, size=20) for _ in range(200)]
 >>> cal = Calibration.fit(episodes, alpha=0.05, scenario="demo")
@@ -22,7 +28,6 @@ the file records that spread, so a user picks ``n`` for a tolerance too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,9 +37,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from scipy import stats
 
-from mesaguard.detectors import DEFAULT, Detector, detector_class
+from mesaguard.artifacts import (
+    ArtifactError,
+    Fields,
+    Kind,
+    VerifyKeys,
+    pack_arrays,
+    read_sidecar,
+    unpack_arrays,
+    write_sidecar,
+)
+from mesaguard.detectors import DEFAULT, Detector, DetectorError, detector_class
 from mesaguard.detectors.base import check_episodes, padded
 from mesaguard.files import read_json, write_atomic
 
@@ -43,8 +59,8 @@ __all__ = [
     "Calibration",
     "CalibrationError",
     "check_alpha",
-    "check_header",
-    "content_hash",
+    "read_conformal",
+    "read_threshold",
     "DetectorCalibration",
     "conformal_rank",
     "episode_maxima",
@@ -56,12 +72,18 @@ __all__ = [
     "statistic_traces",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: large parameter arrays in a binary sidecar; version 1 files (all inline) are still read
 FORMAT = "mesaguard.calibration"
+SIDECAR_MIN = 1024  # numbers in one parameter array from which :meth:`Calibration.save` puts it in the sidecar
+MAX_SIDECAR_BYTES = 1 << 31  # a sidecar larger than this is refused before it is read
 
 
-class CalibrationError(ValueError):
-    """Too few episodes for alpha, a corrupt or foreign file, or a calibration for another env."""
+class CalibrationError(ArtifactError):
+    """Too few episodes for alpha, a corrupt, foreign or unsigned file, or a calibration for another env."""
+
+
+KIND = Kind("calibration", FORMAT, SCHEMA_VERSION, CalibrationError,
+            "Fit it again with this version (mesaguard calibrate).", older=frozenset({1}))
 
 
 def check_alpha(alpha: float) -> float:
@@ -103,10 +125,11 @@ def conformal_rank(n: int, alpha: float) -> int:
 
     >>> conformal_rank(100, 0.05)
     96
-    >>> conformal_rank(10, 0.05)
+    >>> conformal_rank(10, 0.05)  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    mesaguard.calibration.CalibrationError: 10 calibration episodes are too few for alpha=0.05: the conformal rank would be 11 > 10; use at least 19 episodes or a larger alpha
+    mesaguard.calibration.CalibrationError: 10 calibration episodes are too few for alpha=0.05: the conformal rank would
+    be 11 > 10; use at least 19 episodes or a larger alpha
     """
     alpha = check_alpha(alpha)
     # The small epsilon keeps (n+1)(1-alpha) that is an integer in exact arithmetic from rounding up.
@@ -172,7 +195,8 @@ def statistic_traces(detector: Detector, episodes: Sequence[np.ndarray]) -> np.n
 
 def episode_maxima(detector: Detector, episodes: Sequence[np.ndarray]) -> np.ndarray:
     """Each episode's maximum statistic over the steps it really had."""
-    return np.nanmax(statistic_traces(detector, episodes), axis=1)
+    maxima: np.ndarray = np.nanmax(statistic_traces(detector, episodes), axis=1)
+    return maxima
 
 
 @dataclass(frozen=True)
@@ -200,8 +224,24 @@ class DetectorCalibration:
     def build(self, n_envs: int = 1) -> Detector:
         return detector_class(self.name)(**self.params, n_envs=n_envs)
 
+    def __eq__(self, other: object) -> bool:
+        """Same fields; a parameter read from the sidecar (a read-only array) equals the list it was saved from."""
+        if not isinstance(other, DetectorCalibration):
+            return NotImplemented
+        mine, theirs = (self.name, self.threshold, self.location, self.scale, self.maxima), (
+            other.name, other.threshold, other.location, other.scale, other.maxima)
+        return mine == theirs and _same(self.params, other.params)
+
     def standardized(self) -> np.ndarray:
         return (np.asarray(self.maxima) - self.location) / self.scale
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return bool(np.array_equal(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
 
 
 def _tail_scale(
@@ -327,7 +367,8 @@ class Calibration:
                 f"detectors {list(names)}: {missing or 'none given'} not in this calibration "
                 f"(it has {sorted(self.detectors)}); calibrate them first"
             )
-        return np.max([self.detectors[n].standardized() for n in names], axis=0)
+        joint: np.ndarray = np.max([self.detectors[n].standardized() for n in names], axis=0)
+        return joint
 
     def check(self, scenario: str | None = None, obs_shape: Sequence[int] | None = None) -> None:
         """Raise :class:`CalibrationError` if this calibration was fitted for another env."""
@@ -341,10 +382,15 @@ class Calibration:
                 f"(mesaguard calibrate {scenario or 'SCENARIO'})."
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        body = {
-            "format": FORMAT,
-            "schema_version": SCHEMA_VERSION,
+    def _body(self, arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """The file's fields; with ``arrays``, large parameter arrays moved there (referenced by name)."""
+
+        def params(name: str, d: DetectorCalibration) -> dict[str, Any]:
+            if arrays is None:
+                return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in d.params.items()}
+            return pack_arrays(d.params, f"{name}.", SIDECAR_MIN, arrays)
+
+        return {
             "scenario": self.scenario,
             "obs_shape": None if self.obs_shape is None else list(self.obs_shape),
             "alpha": self.alpha,
@@ -354,7 +400,7 @@ class Calibration:
             "false_alarm": self.false_alarm,
             "detectors": {
                 name: {
-                    "params": d.params,
+                    "params": params(name, d),
                     "threshold": d.threshold,
                     "location": d.location,
                     "scale": d.scale,
@@ -364,15 +410,35 @@ class Calibration:
             },
             "metadata": self.metadata,
         }
-        return {**body, "content_hash": content_hash(body)}
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the calibration as JSON, atomically."""
-        return write_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
+    def to_dict(self, signing_key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
+        """The calibration as one self-contained JSON object (every array inline), header and content hash
+        included (and, with ``signing_key``, a signature); :meth:`from_dict` reads it back."""
+        return KIND.seal(self._body(), signing_key)
+
+    def save(self, path: str | os.PathLike[str], signing_key: Ed25519PrivateKey | None = None) -> Path:
+        """Write the calibration as JSON, atomically; signed when ``signing_key`` is given (:mod:`mesaguard.artifacts`).
+
+        Parameter arrays of :data:`SIDECAR_MIN` numbers or more (a long episode's
+        per-step references, ``meanshift``'s Cholesky factor) go to ``<stem>.safetensors``
+        beside it, written first; the JSON references them by name and records the
+        sidecar's SHA-256, so its content hash and signature cover the arrays too.
+        """
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {}
+        body = self._body(arrays)
+        if arrays:
+            sidecar = path.with_name(path.stem + ".safetensors")
+            if sidecar == path:
+                raise CalibrationError(f"calibration path {path} would be overwritten by its arrays; name it .json")
+            body["arrays"] = write_sidecar(sidecar, arrays)
+        return write_atomic(path, json.dumps(KIND.seal(body, signing_key), indent=1, allow_nan=False))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Calibration:
-        """Read and verify a calibration file (format, schema version, content hash)."""
+    def load(cls, path: str | os.PathLike[str], verify_key: VerifyKeys = None) -> Calibration:
+        """Read and verify a calibration file: header (format, schema version, content hash), its sidecar's
+        size and SHA-256, every value (:meth:`from_dict`), and, with ``verify_key`` (one Ed25519 public key or
+        several), that one of those keys signed it."""
         path = Path(path)
         data = read_json(
             path,
@@ -380,57 +446,127 @@ class Calibration:
             missing=f"no calibration file at {path}; create one with `mesaguard calibrate`",
             invalid=f"{path} is not a calibration file: not valid JSON",
         )
-        return cls.from_dict(data, source=str(path))
+        KIND.open(data, str(path), verify_key)
+        arrays = {}
+        if isinstance(data, dict) and "arrays" in data:
+            arrays = read_sidecar(path, Fields(data, str(path), CalibrationError).object("arrays"), MAX_SIDECAR_BYTES)
+        return cls._checked(data, str(path), arrays)
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "calibration") -> Calibration:
-        check_header(data, source, "calibration", FORMAT, SCHEMA_VERSION, CalibrationError,
-                     "Fit it again with this version (mesaguard calibrate).")  # fmt: skip
-        try:
-            detectors = {
-                name: DetectorCalibration(
-                    name=name,
-                    params=d["params"],
-                    threshold=float(d["threshold"]),
-                    location=float(d["location"]),
-                    scale=float(d["scale"]),
-                    maxima=[float(m) for m in d["maxima"]],
-                )
-                for name, d in data["detectors"].items()
-            }
-            for d in detectors.values():
-                d.build()  # unknown names and malformed parameters fail here, on load
-            shape = data["obs_shape"]
-            return cls(
-                scenario=str(data["scenario"]),
-                obs_shape=None if shape is None else tuple(int(s) for s in shape),
-                alpha=float(data["alpha"]),
-                n_fit=int(data["n_fit"]),
-                n_cal=int(data["n_cal"]),
-                detectors=detectors,
-                metadata=dict(data.get("metadata", {})),
+    def from_dict(cls, data: Any, source: str = "calibration", verify_key: VerifyKeys = None) -> Calibration:
+        """The calibration in ``data`` (a file's JSON object), every value checked for what it means.
+
+        Besides the header: ``alpha`` in (0, 1); ``n_fit``, ``n_cal`` positive and
+        ``n_cal`` enough for ``alpha``; ``rank`` and ``false_alarm`` those of
+        ``n_cal`` and ``alpha``; per detector ``n_cal`` finite maxima, a threshold
+        equal to their conformal quantile, a finite location, a scale > 0, and
+        parameters that are finite numbers (never numbers written as strings) that
+        build the detector.
+        """
+        KIND.open(data, source, verify_key)
+        if "arrays" in data:
+            raise CalibrationError(f"{source}: field arrays references a sidecar file; read it with Calibration.load")
+        return cls._checked(data, source, {})
+
+    @classmethod
+    def _checked(cls, data: dict[str, Any], source: str, arrays: Mapping[str, np.ndarray]) -> Calibration:
+        """The calibration in ``data``, whose header is checked, every value checked (see :meth:`from_dict`);
+        ``arrays`` are its sidecar's, each referenced exactly once."""
+        f = Fields(data, source, CalibrationError)
+        alpha, n_cal, rank = read_conformal(f)
+        n_fit = f.integer("n_fit", minimum=1)
+        shape = f.shape("obs_shape", optional=True, scalar=True)
+        metadata = f.get("metadata") if "metadata" in data else {}
+        if not isinstance(metadata, dict):
+            f.fail("metadata", metadata, "a JSON object")
+        entries = f.object("detectors")
+        detectors: dict[str, DetectorCalibration] = {}
+        used: set[str] = set()
+        for name in entries.data:
+            d = entries.object(name)
+            threshold, maxima = read_threshold(d, alpha, n_cal, rank)
+            raw = d.object("params")
+            params = {key: unpack_arrays(raw, key, arrays, used) for key in raw.data}
+            _check_params(d, "params", params)
+            cal = DetectorCalibration(name, params, threshold, d.number("location"), d.number("scale", positive=True),
+                                      maxima)
+            try:
+                cal.build()  # unknown names and malformed parameters fail here, on load
+            except (DetectorError, TypeError, ValueError) as exc:
+                raise CalibrationError(f"{source}: field {d.where('params')}: {exc}") from None
+            detectors[name] = cal
+        if set(arrays) != used:
+            raise CalibrationError(
+                f"{source}: its arrays file holds {sorted(set(arrays) - used)}, which no field references; "
+                f"expected only the arrays of its detectors' parameters"
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CalibrationError(f"{source} is malformed: {exc!r}") from None
-
-
-def check_header(data: Any, source: str, what: str, fmt: str, version: int, error: type[Exception], again: str) -> None:
-    """Raise ``error`` unless ``data`` is a ``fmt`` file of schema ``version`` whose content hash matches.
-
-    The one check every versioned JSON file of mesaguard passes on load; ``what``
-    names the kind of file, ``again`` tells the user how to make a good one.
-    """
-    if not isinstance(data, dict) or data.get("format") != fmt:
-        raise error(f"{source} is not a mesaguard {what} (no 'format': {fmt!r})")
-    if data.get("schema_version") != version:
-        raise error(
-            f"{source} has schema version {data.get('schema_version')!r}; this mesaguard reads version {version}. {again}"
+        return cls(
+            scenario=f.text("scenario"),
+            obs_shape=shape,
+            alpha=alpha,
+            n_fit=n_fit,
+            n_cal=n_cal,
+            detectors=detectors,
+            metadata=metadata,
         )
-    body = {k: v for k, v in data.items() if k != "content_hash"}
-    if data.get("content_hash") != content_hash(body):
-        raise error(f"{source} is corrupt: its content hash does not match its content")
 
 
-def content_hash(body: Mapping[str, Any]) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+def read_conformal(f: Fields) -> tuple[float, int, int]:
+    """``alpha``, ``n_cal`` and ``rank`` of a calibration or scope file, checked: ``alpha`` in (0, 1), ``n_cal``
+    enough for it, and ``rank`` and the ``false_alarm`` spread the ones they give (to 1e-9, across SciPy versions)."""
+    alpha = f.number("alpha", lo=0.0, hi=1.0)
+    n_cal = f.integer("n_cal", minimum=min_episodes(alpha), because=f" (the fewest for alpha={alpha})")
+    rank = conformal_rank(n_cal, alpha)
+    if f.get("rank") != rank:
+        f.fail("rank", f.get("rank"), f"{rank}, the conformal rank of n_cal={n_cal} at alpha={alpha}")
+    spread = f.object("false_alarm")
+    for key, value in false_alarm_spread(n_cal, rank).items():
+        stored = spread.number(key)
+        if not math.isclose(stored, value, rel_tol=1e-9, abs_tol=1e-12):
+            spread.fail(key, stored, f"{value!r}, from the Beta law of the false-alarm rate at n_cal and alpha")
+    return alpha, n_cal, rank
+
+
+def read_threshold(f: Fields, alpha: float, n_cal: int, rank: int) -> tuple[float, list[float]]:
+    """``threshold`` and ``maxima`` of a file, checked: ``n_cal`` finite maxima, and the threshold their
+    conformal quantile (the ``rank``-th smallest), recomputed and compared exactly."""
+    maxima = f.numbers("maxima", length=n_cal, because=" (n_cal, the held-out episodes)")
+    threshold = f.number("threshold")
+    expected = sorted(maxima)[rank - 1]
+    if threshold != expected:
+        f.fail("threshold", threshold,
+               f"{expected!r}, the {rank}-th smallest of the {n_cal} stored maxima (alpha={alpha})")
+    return threshold, maxima
+
+
+SPREADS = frozenset({"std", "sd", "sigma", "scale"})  # parameter names whose every number is a spread: > 0
+
+
+def _check_params(f: Fields, key: str | int, value: Any, spread: bool = False) -> None:
+    """Detector parameters are JSON objects, lists, finite numbers, and strings that are not numbers;
+    every number under a name in :data:`SPREADS` is > 0."""
+    if isinstance(value, dict):
+        inner = Fields(value, f.source, f.error, f.where(key))
+        for k, v in value.items():
+            _check_params(inner, k, v, k in SPREADS)
+    elif isinstance(value, np.ndarray):
+        if spread and not (value > 0).all():  # from the sidecar: float64 and finite (unpack_arrays)
+            i = int(np.argmin(value > 0))
+            Fields({}, f.source, f.error, f.where(key)).fail(i, float(value.flat[i]), "a spread, a number > 0")
+    elif isinstance(value, list):
+        numbers = all(type(v) is float or type(v) is int for v in value)
+        if numbers and not (spread and any(v <= 0 for v in value)):
+            return  # finite: the header refuses NaN and infinities anywhere in the file
+        inner = Fields({}, f.source, f.error, f.where(key))
+        for i, v in enumerate(value):
+            _check_params(inner, i, v, spread)
+    elif spread and (type(value) is float or type(value) is int) and value <= 0:
+        f.fail(key, value, "a spread, a number > 0")
+    elif isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return
+        f.fail(key, value, "a JSON number, not a number written as a string")
+    elif value is not None and not isinstance(value, (bool, int, float)):
+        f.fail(key, value, "a JSON value")

@@ -32,13 +32,16 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
 
 def read_json(path: str | os.PathLike[str], error: type[Exception], missing: str, invalid: str, after: str = "") -> Any:
     """The JSON in ``path``; a missing file raises ``error(missing)``, a file that is not
-    JSON ``error(f"{invalid} ({reason}){after}")``."""
+    JSON ``error(f"{invalid} ({reason}){after}")``, JSON nested too deeply to parse too. Other ``OSError``s
+    (a directory, no permission) propagate: the caller names them."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise error(missing) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{invalid} ({exc}){after}") from None
+    except RecursionError:
+        raise error(f"{invalid} (nested too deeply to read){after}") from None
 
 
 def _umask() -> int:

@@ -5,17 +5,22 @@ then shipping a policy without pickle, then the command line.
 
 Shipping. ``save_policy`` writes two files beside each other:
 
-* ``<stem>.json``: what to rebuild (policy class name, observation and action
-  spaces as plain JSON, ``net_arch``, activation name, ...), the SHA-256 of the
-  weights file, and metadata (scenario, timesteps, seed, library versions, the
-  command that reproduces the policy, the config);
+* ``<stem>.json``: the header of :mod:`mesaguard.artifacts` (format, schema
+  version, content hash, and a signature with ``signing_key=``), what to rebuild
+  (policy class name, observation and action spaces as plain JSON, ``net_arch``,
+  activation name, ...), the SHA-256 of the weights file, and metadata (scenario,
+  timesteps, seed, library versions, the command that reproduces the policy, the
+  config);
 * ``<stem>.safetensors``: the weights (``safetensors.torch.save_model``).
 
-``load_policy`` maps every name in the JSON through a whitelist, builds the SB3
-policy, and loads the weights with ``safetensors.torch.load_model(strict=True)``.
-Nothing is unpickled: ``PPO.load`` (which unpickles) is never called. A file that
-is missing, corrupt or does not match raises :class:`PolicyFileError` naming the
-file and what was expected.
+``load_policy`` checks the header (and, with ``verify_key=``, the signature),
+maps every name in the JSON through a whitelist, bounds the network's size from
+the JSON alone, checks the weights' SHA-256 and their safetensors header against
+the shapes the JSON implies, and only then builds the SB3 policy and loads the
+weights with ``safetensors.torch.load_model(strict=True)``. Nothing is
+unpickled: ``PPO.load`` (which unpickles) is never called. A file that is
+missing, corrupt or does not match raises :class:`PolicyFileError` naming the
+file, the field and what was expected.
 
 >>> policy = load_agent("strawberry")
 >>> from mesaguard.scenarios import make
@@ -59,6 +64,7 @@ import numpy as np
 import safetensors.torch
 import stable_baselines3
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
@@ -68,6 +74,7 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from mesaguard import scenarios
+from mesaguard.artifacts import ArtifactError, Fields, Kind, VerifyKeys
 from mesaguard.files import read_json, write_atomic
 
 __all__ = [
@@ -83,7 +90,11 @@ __all__ = [
 ]
 
 FORMAT = "mesaguard-policy"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: content hash and optional signature (mesaguard.artifacts); 1 (no hash) is still read
+MAX_WIDTH = 1 << 16  # a hidden layer's width
+MAX_LAYERS = 64  # hidden layers per net
+MAX_PARAMETERS = 50_000_000  # of a whole policy (200 MB of float32): refused before anything is allocated
+MAX_OBS_SIZE = 1 << 24  # values in an observation or action space
 
 
 @dataclass(frozen=True)
@@ -255,7 +266,12 @@ class _AnnealEntropy(BaseCallback):
 
 
 def _command(
-    scenario: str, timesteps: int, seed: int, config: PPOConfig, variant: str | None = None, impact: Impact | None = None
+    scenario: str,
+    timesteps: int,
+    seed: int,
+    config: PPOConfig,
+    variant: str | None = None,
+    impact: Impact | None = None,
 ) -> str:
     """The shell command that reproduces a run: non-default config fields become flags."""
     words = ["python", "-m", "mesaguard.train", scenario, "--timesteps", str(timesteps), "--seed", str(seed)]
@@ -281,8 +297,12 @@ def _command(
 # ---------------------------------------------------------------------------
 
 
-class PolicyFileError(ValueError):
-    """A policy file that is missing, corrupt, or not what the loader expects."""
+class PolicyFileError(ArtifactError):
+    """A policy file that is missing, corrupt, unsigned where a signature is required, or not what loading expects."""
+
+
+POLICY = Kind("policy", FORMAT, SCHEMA_VERSION, PolicyFileError, "Save it again with mesaguard.train.save_policy.",
+              unhashed=frozenset({1}))
 
 
 # Whitelists: the only names a policy JSON may use.
@@ -323,10 +343,17 @@ class LoadedPolicy:
         return f"LoadedPolicy({self.metadata.get('scenario', '?')!r}, command={self.metadata.get('command')!r})"
 
 
-def save_policy(model: PPO | ActorCriticPolicy, path_stem: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
+def save_policy(
+    model: PPO | ActorCriticPolicy,
+    path_stem: str | os.PathLike[str],
+    metadata: dict[str, Any] | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
+) -> Path:
     """Write ``<stem>.json`` and ``<stem>.safetensors`` for ``model`` (a PPO model or its policy).
 
     Returns the stem. Each file is written atomically (temporary file, then rename).
+    With ``signing_key`` the JSON is signed (:mod:`mesaguard.artifacts`); the
+    signature covers the weights through their recorded SHA-256.
     """
     policy = model.policy if isinstance(model, PPO) else model
     name = type(policy).__name__
@@ -351,9 +378,7 @@ def save_policy(model: PPO | ActorCriticPolicy, path_stem: str | os.PathLike[str
         data = tmp.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     write_atomic(weights, data)
-    config = {
-        "format": FORMAT,
-        "schema_version": SCHEMA_VERSION,
+    body = {
         "policy_class": name,
         "observation_space": _space_to_json(policy.observation_space),
         "action_space": _space_to_json(policy.action_space),
@@ -368,21 +393,46 @@ def save_policy(model: PPO | ActorCriticPolicy, path_stem: str | os.PathLike[str
         "weights_sha256": digest,
         "metadata": metadata or {},
     }
+    config = POLICY.seal(body, signing_key)
     write_atomic(_beside(stem, ".json"), json.dumps(config, indent=2, allow_nan=False) + "\n")
     return stem
 
 
-def load_policy(path_stem: str | os.PathLike[str]) -> LoadedPolicy:
+def load_policy(path_stem: str | os.PathLike[str], verify_key: VerifyKeys = None) -> LoadedPolicy:
     """Rebuild a policy saved by :func:`save_policy`; never unpickles.
 
-    Raises :class:`PolicyFileError` naming the file when either file is missing,
-    is not valid, names something outside the whitelists, or when the weights do
-    not match the JSON (hash, tensor names or shapes).
+    Cheap checks come before expensive work, and nothing is allocated from the
+    file's sizes before they are checked. In order: the JSON's header (format,
+    schema version, content hash and, with ``verify_key``, the signature); every
+    field (whitelisted names, spaces of at most :data:`MAX_OBS_SIZE` values,
+    ``net_arch`` of positive widths whose network has at most
+    :data:`MAX_PARAMETERS` parameters); the weights file's size and SHA-256; the
+    tensor names and shapes in its safetensors header, against the ones the JSON
+    implies; only then the policy is built and the weights loaded
+    (``strict=True``). Any failure raises :class:`PolicyFileError` naming the
+    file, the field and the value.
     """
     stem = Path(path_stem)
     stem = stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem
     json_path, weights = _beside(stem, ".json"), _beside(stem, ".safetensors")
-    config = _read_config(json_path)
+    config = _read_config(json_path, verify_key)
+    f = Fields(config, str(json_path), PolicyFileError)
+    expected = _tensor_shapes(f)
+    if not weights.is_file():
+        raise PolicyFileError(f"{weights}: missing; expected the safetensors weights beside {json_path.name}")
+    limit = 8 * sum(math.prod(s) for s in expected.values()) + (1 << 20)  # float64 at most, plus the header
+    if weights.stat().st_size > limit:
+        raise PolicyFileError(
+            f"{weights}: {weights.stat().st_size} bytes; expected at most {limit} for the network {json_path.name} "
+            f"describes"
+        )
+    digest = _sha256(weights)
+    if digest != config.get("weights_sha256"):
+        raise PolicyFileError(
+            f"{weights}: SHA-256 {digest} does not match field weights_sha256 ({config.get('weights_sha256')}) of "
+            f"{json_path.name}; the weights are corrupt or belong to another policy"
+        )
+    _check_weights_header(weights, json_path, expected)
     try:
         policy_class = POLICY_CLASSES[config["policy_class"]]
         activation = ACTIVATIONS[config["activation"]]
@@ -396,25 +446,19 @@ def load_policy(path_stem: str | os.PathLike[str]) -> LoadedPolicy:
             net_arch=_net_arch(config["net_arch"]),
             activation_fn=activation,
             features_extractor_class=extractor,
-            share_features_extractor=bool(config["share_features_extractor"]),
-            normalize_images=bool(config["normalize_images"]),
-            ortho_init=bool(config["ortho_init"]),
-            log_std_init=float(config["log_std_init"]),
+            share_features_extractor=f.boolean("share_features_extractor"),
+            normalize_images=f.boolean("normalize_images"),
+            ortho_init=f.boolean("ortho_init"),
+            log_std_init=f.number("log_std_init"),
         )
     except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, PolicyFileError):
+            raise
         raise PolicyFileError(
             f"{json_path}: invalid policy description ({type(err).__name__}: {err}); expected a JSON file written "
             f"by mesaguard.train.save_policy with policy_class in {sorted(POLICY_CLASSES)}, activation in "
             f"{sorted(ACTIVATIONS)}, features_extractor in {sorted(FEATURE_EXTRACTORS)}"
         ) from err
-    if not weights.is_file():
-        raise PolicyFileError(f"{weights}: missing; expected the safetensors weights beside {json_path.name}")
-    digest = _sha256(weights)
-    if digest != config.get("weights_sha256"):
-        raise PolicyFileError(
-            f"{weights}: SHA-256 {digest} does not match {config.get('weights_sha256')} recorded in "
-            f"{json_path.name}; the weights are corrupt or belong to another policy"
-        )
     try:
         safetensors.torch.load_model(policy, weights, strict=True, device="cpu")
     except Exception as err:  # safetensors raises several types for a bad file; all mean the same here
@@ -458,7 +502,7 @@ def _beside(stem: Path, suffix: str) -> Path:
     return stem.parent / f"{stem.name}{suffix}"
 
 
-def _read_config(json_path: Path) -> dict[str, Any]:
+def _read_config(json_path: Path, verify_key: VerifyKeys = None) -> dict[str, Any]:
     config = read_json(
         json_path,
         PolicyFileError,
@@ -466,27 +510,139 @@ def _read_config(json_path: Path) -> dict[str, Any]:
         invalid=f"{json_path}: not valid JSON",
         after="; expected a policy JSON written by save_policy",
     )
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise PolicyFileError(f"{json_path}: not a policy file; expected a JSON object with format {FORMAT!r}")
-    if config.get("schema_version") != SCHEMA_VERSION:
-        raise PolicyFileError(
-            f"{json_path}: schema_version {config.get('schema_version')!r}; this mesaguard reads version {SCHEMA_VERSION}"
-        )
+    POLICY.open(config, str(json_path), verify_key)
     return config
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _net_arch(value: Any) -> list[int] | dict[str, list[int]]:
-    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+    if isinstance(value, list) and all(type(v) is int for v in value):
         return value
     if isinstance(value, dict) and set(value) <= {"pi", "vf"} and all(
-        isinstance(v, list) and all(isinstance(n, int) for n in v) for v in value.values()
+        isinstance(v, list) and all(type(n) is int for n in v) for v in value.values()
     ):
         return value
     raise ValueError(f"net_arch {value!r}; expected a list of ints or {{'pi': [...], 'vf': [...]}}")
+
+
+def _layers(f: Fields) -> tuple[list[int], list[int]]:
+    """The policy and value networks' hidden widths from ``net_arch``: at most MAX_LAYERS, each in [1, MAX_WIDTH]."""
+    value = f.get("net_arch")
+    if isinstance(value, list):
+        nets = {"pi": ("net_arch", value), "vf": ("net_arch", value)}
+    elif isinstance(value, dict) and set(value) <= {"pi", "vf"}:
+        nets = {k: (f"net_arch.{k}", value.get(k, [])) for k in ("pi", "vf")}
+    else:
+        f.fail("net_arch", value, "a list of layer widths or {'pi': [...], 'vf': [...]}")
+    top = Fields({}, f.source, f.error)
+    for path, widths in nets.values():
+        if not isinstance(widths, list) or len(widths) > MAX_LAYERS:
+            top.fail(path, widths, f"a list of at most {MAX_LAYERS} layer widths")
+        layer = Fields({}, f.source, f.error, path)
+        for i, w in enumerate(widths):
+            if type(w) is not int or not 1 <= w <= MAX_WIDTH:
+                layer.fail(i, w, f"a layer width, an integer in [1, {MAX_WIDTH}]")
+    return nets["pi"][1], nets["vf"][1]
+
+
+def _space_size(f: Fields, key: str) -> tuple[str, int]:
+    """A space's kind and size (Discrete: n; Box: its number of values), checked before anything is allocated."""
+    space = f.object(key)
+    kind = space.text("type")
+    if kind == "Discrete":
+        space.integer("start")
+        return kind, space.integer("n", minimum=1, maximum=MAX_OBS_SIZE)
+    if kind == "Box":
+        shape = space.shape("shape", scalar=True)
+        assert shape is not None
+        size = math.prod(shape)
+        if size > MAX_OBS_SIZE:
+            space.fail("shape", list(shape), f"at most {MAX_OBS_SIZE} values in all")
+        if space.get("dtype") not in _DTYPES:
+            space.fail("dtype", space.get("dtype"), f"one of {sorted(_DTYPES)}")
+        for bound in ("low", "high"):
+            _check_bound(space, bound, space.get(bound))
+        return kind, size
+    space.fail("type", kind, "'Box' or 'Discrete'")
+
+
+def _check_bound(f: Fields, key: str | int, value: Any) -> None:
+    """A Box bound: finite numbers or the strings "inf" / "-inf", nested in lists."""
+    if isinstance(value, list):
+        inner = Fields({}, f.source, f.error, f.where(key))
+        for i, v in enumerate(value):
+            _check_bound(inner, i, v)
+    elif value not in ("inf", "-inf"):
+        f.check_number(key, value)
+
+
+def _tensor_shapes(f: Fields) -> dict[str, tuple[int, ...]]:
+    """The tensors (name -> shape) the policy a JSON describes holds, computed from its fields alone.
+
+    SB3's ``ActorCriticPolicy`` with a ``FlattenExtractor`` (no parameters): an MLP per
+    net, ``action_net`` (plus ``log_std`` for a Box action), ``value_net``. Raises
+    before anything is built when the network would exceed :data:`MAX_PARAMETERS`.
+    """
+    for key, names in (("policy_class", POLICY_CLASSES), ("activation", ACTIVATIONS),
+                       ("features_extractor", FEATURE_EXTRACTORS)):
+        if f.get(key) not in names:
+            f.fail(key, f.get(key), f"one of {sorted(names)}")
+    pi, vf = _layers(f)
+    _, features = _space_size(f, "observation_space")
+    action_kind, actions = _space_size(f, "action_space")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for net, widths in (("policy_net", pi), ("value_net", vf)):
+        previous = features
+        for i, width in enumerate(widths):
+            shapes[f"mlp_extractor.{net}.{2 * i}.weight"] = (width, previous)
+            shapes[f"mlp_extractor.{net}.{2 * i}.bias"] = (width,)
+            previous = width
+    latent_pi, latent_vf = (pi or [features])[-1], (vf or [features])[-1]
+    shapes.update({"action_net.weight": (actions, latent_pi), "action_net.bias": (actions,),
+                   "value_net.weight": (1, latent_vf), "value_net.bias": (1,)})
+    if action_kind == "Box":
+        shapes["log_std"] = (actions,)
+    total = sum(math.prod(s) for s in shapes.values())
+    if total > MAX_PARAMETERS:
+        f.fail("net_arch", f.get("net_arch"),
+               f"a network of at most {MAX_PARAMETERS:,} parameters (this one, on these spaces, has {total:,})")
+    return shapes
+
+
+def _check_weights_header(weights: Path, json_path: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """The safetensors header (names, dtypes, shapes; no tensor read) holds exactly the ``expected`` tensors."""
+    try:
+        with safetensors.safe_open(str(weights), framework="numpy") as file:
+            found = {name: (tuple(file.get_slice(name).get_shape()), file.get_slice(name).get_dtype())
+                     for name in file.keys()}
+    except Exception as err:  # safetensors raises several types for a bad header; all mean the same here
+        raise PolicyFileError(
+            f"{weights}: cannot load weights into the policy described by {json_path.name} "
+            f"({type(err).__name__}: {err}); expected a safetensors file written by save_policy"
+        ) from err
+    problems = [f"{n} is missing" for n in sorted(set(expected) - set(found))]
+    problems += [f"{n} is not part of it" for n in sorted(set(found) - set(expected))]
+    problems += [
+        f"{n} has shape {list(found[n][0])}, the JSON's net_arch and spaces give {list(shape)}"
+        for n, shape in expected.items() if n in found and found[n][0] != shape
+    ]
+    problems += [f"{n} has dtype {d}" for n, (_, d) in found.items() if d not in _WEIGHT_DTYPES]
+    if problems:
+        raise PolicyFileError(
+            f"{weights}: cannot load weights into the policy described by {json_path.name}: "
+            f"{'; '.join(problems[:4])}{' ...' if len(problems) > 4 else ''}; expected the tensors of that network "
+            f"in floating point"
+        )
+
+
+_WEIGHT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
 
 def _bound_to_json(array: np.ndarray) -> Any:

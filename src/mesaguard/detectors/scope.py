@@ -53,11 +53,13 @@ been taken in that state. The scope is not an increment detector (it reads
 observations), so it stays out of :data:`mesaguard.detectors.DETECTORS` and has
 its own threshold at its own ``alpha``.
 
-Files: ``scope.save("scope.json")`` writes the JSON (format, schema version,
-method, parameters, threshold, per-episode maxima, obs shape, scenario, a sha256
-content hash, and the sha256 of the arrays) and ``scope.npz`` beside it (the fit
-fold's distinct states or the Mahalanobis location and precision, and the
-reference scores), loaded with ``allow_pickle=False``.
+Files: ``scope.save("scope.json")`` writes the JSON (the header of
+:mod:`mesaguard.artifacts`: format, schema version, content hash, and a signature
+with ``signing_key=``; method, parameters, threshold, per-episode maxima, obs
+shape, scenario, and the sha256 of the arrays) and ``scope.npz`` beside it (the
+fit fold's distinct states or the Mahalanobis location and precision, and the
+reference scores), loaded with ``allow_pickle=False``. :meth:`Scope.load` checks
+every value for what it means (see there) and, with ``verify_key=``, the signature.
 
 What it catches, misses and costs on the shipped agents: ``benchmarks/scope.py``, its
 figures in ``benchmarks/results/scope.json``, shown in ``docs/results.md``. An
@@ -80,7 +82,6 @@ True
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -92,19 +93,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import NearestNeighbors
 
+from mesaguard.artifacts import Fields, Kind, VerifyKeys, arrays_hash
 from mesaguard.calibration import (
     CalibrationError,
     check_alpha,
-    check_header,
-    content_hash,
     conformal_rank,
     episodes_needed,
     false_alarm_spread,
     fit_split,
     min_episodes,
+    read_conformal,
+    read_threshold,
 )
 from mesaguard.detectors.base import DetectorError
 from mesaguard.files import read_json, write_atomic
@@ -118,7 +121,10 @@ CACHE_SIZE = 1 << 16  # distinct states whose scores a scope remembers (gridworl
 
 
 class ScopeError(CalibrationError, DetectorError):
-    """Bad scope input: NaN or misshapen observations, too few episodes, a corrupt or foreign file."""
+    """Bad scope input: NaN or misshapen observations, too few episodes, a corrupt, foreign or unsigned file."""
+
+
+KIND = Kind("scope", FORMAT, SCHEMA_VERSION, ScopeError, "Fit the scope again with this version.")
 
 
 def _check_k(k: Any) -> int:
@@ -214,15 +220,6 @@ def _tail_scale(reference: np.ndarray) -> float:
         return excess
     spread = float(reference[-1] - reference[0])
     return spread if spread > 0 else 1.0
-
-
-def _arrays_hash(arrays: Mapping[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
-    return "sha256:" + h.hexdigest()
 
 
 @dataclass(frozen=True, eq=False)
@@ -463,10 +460,9 @@ class Scope:
 
     # -- files ------------------------------------------------------------------------------
 
-    def to_dict(self, arrays_file: str = "") -> dict[str, Any]:
+    def to_dict(self, arrays_file: str = "", signing_key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
+        """The file's JSON object: header, fields, the arrays file's name and hash, content hash (and signature)."""
         body = {
-            "format": FORMAT,
-            "schema_version": SCHEMA_VERSION,
             "scenario": self.scenario,
             "obs_shape": list(self.obs_shape),
             "method": self.method,
@@ -480,13 +476,16 @@ class Scope:
             "rank": self.rank,
             "false_alarm": self.false_alarm,
             "maxima": self.maxima,
-            "arrays": {"file": arrays_file, "hash": _arrays_hash(self.arrays)},
+            "arrays": {"file": arrays_file, "hash": arrays_hash(self.arrays)},
             "metadata": self.metadata,
         }
-        return {**body, "content_hash": content_hash(body)}
+        return KIND.seal(body, signing_key)
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``path`` (JSON) and its arrays beside it (``<stem>.npz``), each atomically."""
+    def save(self, path: str | os.PathLike[str], signing_key: Ed25519PrivateKey | None = None) -> Path:
+        """Write ``path`` (JSON) and its arrays beside it (``<stem>.npz``), each atomically.
+
+        With ``signing_key`` the JSON is signed; its signature covers the arrays' hash too.
+        """
         path = Path(path)
         arrays_path = path.with_name(path.stem + ".npz")
         if arrays_path == path:
@@ -494,49 +493,125 @@ class Scope:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **self.arrays)
         write_atomic(arrays_path, buffer.getvalue())
-        return write_atomic(path, json.dumps(self.to_dict(arrays_path.name), indent=1, allow_nan=False))
+        return write_atomic(path, json.dumps(self.to_dict(arrays_path.name, signing_key), indent=1, allow_nan=False))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Scope:
-        """Read and verify a scope file and its arrays (format, schema version, hashes)."""
+    def load(cls, path: str | os.PathLike[str], verify_key: VerifyKeys = None) -> Scope:
+        """Read and verify a scope file and its arrays: header (format, schema version, content hash), the
+        arrays' hash, every value, and, with ``verify_key`` (one Ed25519 public key or several), the signature.
+
+        Checked for what they mean: ``method``, ``k``, ``slack``; ``alpha``, ``n_cal``, ``rank`` and
+        ``false_alarm`` consistent; ``n_cal`` finite maxima whose conformal quantile is the threshold; arrays of
+        finite floats, of the shapes ``method`` and ``obs_shape`` give, at most :data:`MAX_ARRAY_BYTES` unpacked.
+        """
         path = Path(path)
+        source = str(path)
         data = read_json(
             path,
             ScopeError,
             missing=f"no scope file at {path}; fit one with Scope.fit(...).save(path)",
             invalid=f"{path} is not a scope file: not valid JSON",
         )
-        check_header(data, str(path), "scope", FORMAT, SCHEMA_VERSION, ScopeError, "Fit the scope again with this version.")
-        try:
-            arrays_path = path.with_name(Path(str(data["arrays"]["file"])).name)
-            with np.load(arrays_path, allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}
-        except FileNotFoundError:
-            raise ScopeError(f"{path}: its arrays file {arrays_path} is missing; save the scope again") from None
-        except (KeyError, TypeError, OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-            raise ScopeError(f"{path}: its arrays file cannot be read ({exc!r}); save the scope again") from None
-        if _arrays_hash(arrays) != data["arrays"].get("hash"):
+        KIND.open(data, source, verify_key)
+        f = Fields(data, source, ScopeError)
+        method = f.text("method")
+        if method not in METHODS:
+            f.fail("method", method, f"one of {list(METHODS)}")
+        k = f.integer("k", minimum=1)
+        slack = None if f.get("slack") is None else f.number("slack", nonnegative=True)
+        alpha, n_cal, rank = read_conformal(f)
+        threshold, maxima = read_threshold(f, alpha, n_cal, rank)
+        obs_shape = f.shape("obs_shape")
+        assert obs_shape is not None
+        metadata = f.get("metadata") if "metadata" in data else {}
+        if not isinstance(metadata, dict):
+            f.fail("metadata", metadata, "a JSON object")
+        files = f.object("arrays")
+        arrays_path = path.with_name(Path(files.text("file")).name)
+        arrays = _read_arrays(arrays_path, source)
+        if arrays_hash(arrays) != files.text("hash"):
             raise ScopeError(f"{arrays_path} is corrupt or belongs to another scope: its hash does not match {path}")
+        _check_arrays(arrays, method, k, int(np.prod(obs_shape)), f"{arrays_path}")
+        n_fit, n_reference = f.integer("n_fit", minimum=1), f.integer("n_reference", minimum=1)
         try:
             return cls(
-                method=str(data["method"]),
-                k=int(data["k"]),
-                slack=None if data["slack"] is None else float(data["slack"]),
-                alpha=float(data["alpha"]),
-                threshold=float(data["threshold"]),
-                obs_shape=tuple(int(s) for s in data["obs_shape"]),
-                n_fit=int(data["n_fit"]),
-                n_reference=int(data["n_reference"]),
-                n_cal=int(data["n_cal"]),
-                maxima=[float(m) for m in data["maxima"]],
+                method=method,
+                k=k,
+                slack=slack,
+                alpha=alpha,
+                threshold=threshold,
+                obs_shape=obs_shape,
+                n_fit=n_fit,
+                n_reference=n_reference,
+                n_cal=n_cal,
+                maxima=maxima,
                 arrays=arrays,
-                scenario=str(data["scenario"]),
-                metadata=dict(data.get("metadata", {})),
+                scenario=f.text("scenario"),
+                metadata=metadata,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (TypeError, ValueError) as exc:
             if isinstance(exc, ScopeError):
-                raise
+                raise ScopeError(f"{path}: {exc}") from None
             raise ScopeError(f"{path} is malformed: {exc!r}") from None
+
+
+MAX_ARRAY_BYTES = 1 << 31  # a scope's arrays, unpacked: refused beyond this before anything is read
+
+
+def _read_arrays(arrays_path: Path, source: str) -> dict[str, np.ndarray]:
+    """The arrays of a scope's ``.npz``, no pickle; one that would unpack beyond :data:`MAX_ARRAY_BYTES` is refused."""
+    try:
+        with zipfile.ZipFile(arrays_path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+        if unpacked > MAX_ARRAY_BYTES:
+            raise ScopeError(
+                f"{arrays_path}: its arrays unpack to {unpacked} bytes; expected at most {MAX_ARRAY_BYTES} "
+                f"(save the scope again)"
+            )
+        with np.load(arrays_path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise ScopeError(f"{source}: its arrays file {arrays_path} is missing; save the scope again") from None
+    except (KeyError, TypeError, OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        if isinstance(exc, ScopeError):
+            raise
+        raise ScopeError(f"{source}: its arrays file cannot be read ({exc!r}); save the scope again") from None
+
+
+def _check_arrays(arrays: Mapping[str, np.ndarray], method: str, k: int, dims: int, source: str) -> None:
+    """The stored arrays are finite floats of the shapes ``method`` and ``dims`` (flat obs size) give."""
+    shapes: dict[str, str] = {"reference_scores": "(n,), n >= 1, sorted, >= 0"}
+    if method == "knn":
+        shapes["states"] = f"(m, {dims}), m >= k={k}"
+    else:
+        shapes.update(location=f"({dims},)", precision=f"({dims}, {dims})")
+    if sorted(arrays) != sorted(shapes):
+        raise ScopeError(f"{source}: holds arrays {sorted(arrays)}; expected {sorted(shapes)} for method {method!r}")
+    for name, a in arrays.items():
+        if a.dtype.kind != "f" or not np.isfinite(a).all():
+            bad = "dtype " + str(a.dtype) if a.dtype.kind != "f" else "a non-finite value"
+            raise ScopeError(f"{source}: array {name} has {bad}; expected finite floats")
+    ref, ok = arrays["reference_scores"], {}
+    ok["reference_scores"] = ref.ndim == 1 and ref.size >= 1 and bool((np.diff(ref) >= 0).all()) and ref[0] >= 0
+    if method == "knn":
+        states = arrays["states"]
+        ok["states"] = states.ndim == 2 and states.shape[1] == dims and states.shape[0] >= k
+    else:
+        ok["location"] = arrays["location"].shape == (dims,)
+        ok["precision"] = arrays["precision"].shape == (dims, dims)
+    for name, good in ok.items():
+        if not good:
+            raise ScopeError(f"{source}: array {name} has shape {arrays[name].shape}; expected {shapes[name]}")
+    if method == "mahalanobis":
+        precision = arrays["precision"]
+        try:
+            np.linalg.cholesky(precision)
+            definite = bool(np.allclose(precision, precision.T))
+        except np.linalg.LinAlgError:
+            definite = False
+        if not definite:
+            raise ScopeError(f"{source}: array precision is not symmetric positive definite; expected a precision "
+                             f"matrix (the inverse of a covariance)")
 
 
 class ScopeDetector:

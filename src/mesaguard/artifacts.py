@@ -1,0 +1,583 @@
+"""The file header every mesaguard artifact shares: format tag, schema version, content hash, signature.
+
+Calibrations, scopes and policies are JSON objects; their large arrays and weights
+live in binary sidecars whose SHA-256 the JSON records (:func:`write_sidecar`,
+:func:`read_sidecar`: safetensors, never pickle, the size and hash checked before
+parsing; :func:`pack_arrays` and :func:`unpack_arrays` replace a large float list
+by a named reference and back). Every such JSON object starts and ends with the
+same header::
+
+    {"format": "mesaguard.calibration", "schema_version": 1, ...the body...,
+     "content_hash": "sha256:...", "signature": {...}}
+
+``content_hash``
+    SHA-256 of the *canonical payload*: the JSON of every field but
+    ``content_hash`` and ``signature``, keys sorted, no whitespace, no NaN or
+    Infinity. The body records each sidecar's hash, so the content hash covers
+    the sidecars too. It says the file is intact, not who made it.
+``signature`` (optional)
+    Ed25519 (RFC 8032, through ``cryptography``) over the bytes
+    ``b"mesaguard artifact signature v1\\n" + content_hash`` (ASCII), stored as
+    ``{"algorithm": "ed25519", "key_id": ..., "value": <base64>}``. It covers
+    exactly what the content hash covers: every field, every sidecar. ``key_id``
+    is ``"ed25519:"`` and the first 16 hex digits of the SHA-256 of the raw
+    public key: it names the key, it proves nothing.
+
+On load (:meth:`Kind.open`), in this order: the object has this kind's
+``format``; its ``schema_version`` is one this mesaguard reads (else an error
+naming the file's version and the expected one); no number in it is NaN or
+infinite (the field is named); the content hash matches; and, when the caller
+passes ``verify_key``, the signature is present, made by one of those keys and
+valid. Then each artifact reads its fields through :class:`Fields`, which checks
+every value for what it means and names the file, the field, the value and what
+was expected. All errors are the artifact's own error class (a ``ValueError``).
+
+Key handling
+------------
+The team that fits a calibration, a scope or a policy holds the **private**
+(signing) key; it never ships with a guard. :func:`keygen` writes it as an
+unencrypted PKCS#8 PEM file readable by its owner only (mode 0600), beside the
+public key (SubjectPublicKeyInfo PEM). Keep the private key where the artifacts
+are made (a CI secret, a hardware token exporting PEM, an offline machine), sign
+with ``save(..., signing_key=load_signing_key(path))``. The deployed guard gets
+the **public** (verify) key at design time, from its own configuration, never
+from the artifact, and loads with ``load(..., verify_key=load_verify_key(path))``:
+then an unsigned file, or one signed by another key, or one changed after
+signing, is an error. Several keys (rotation, several teams) are a list. A
+signature does not say the artifact is *good*, only that the key's holder made
+it. Keys are also read as 32 raw bytes. See ``docs/signing.md``.
+
+>>> kind = Kind("demo", "mesaguard.demo", 1, ValueError, "Make it again.")
+>>> key = generate_key()
+>>> data = kind.seal({"threshold": 2.5}, signing_key=key)
+>>> sorted(data)
+['content_hash', 'format', 'schema_version', 'signature', 'threshold']
+>>> kind.open(data, "demo.json", verify_key=key.public_key())
+1
+>>> kind.open({**data, "threshold": 3.0}, "demo.json")  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+ValueError: demo.json is corrupt: its content hash does not match its content (field content_hash is ...
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+__all__ = [
+    "SIGNATURE_CONTEXT",
+    "ArtifactError",
+    "Fields",
+    "Kind",
+    "VerifyKeys",
+    "arrays_hash",
+    "content_hash",
+    "find_nonfinite",
+    "generate_key",
+    "key_id",
+    "keygen",
+    "large_float_array",
+    "load_signing_key",
+    "load_verify_key",
+    "pack_arrays",
+    "read_sidecar",
+    "unpack_arrays",
+    "write_sidecar",
+]
+
+SIGNATURE_CONTEXT = b"mesaguard artifact signature v1\n"
+HEADER = ("format", "schema_version")
+TRAILER = ("content_hash", "signature")
+
+VerifyKeys = Ed25519PublicKey | Ed25519PrivateKey | Iterable[Ed25519PublicKey | Ed25519PrivateKey] | None
+
+
+class ArtifactError(ValueError):
+    """A key file that is missing or not a key, or an artifact body that cannot be sealed."""
+
+
+def content_hash(body: Mapping[str, Any]) -> str:
+    """``"sha256:"`` and the hex SHA-256 of ``body``'s canonical JSON (sorted keys, no whitespace, finite numbers).
+
+    >>> content_hash({"b": 1, "a": [0.5]}) == content_hash({"a": [0.5], "b": 1})
+    True
+    """
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def arrays_hash(arrays: Mapping[str, np.ndarray]) -> str:
+    """``"sha256:"`` and the hex SHA-256 of named arrays: each name, dtype, shape and bytes, names sorted."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def find_nonfinite(value: Any, path: str = "") -> tuple[str, float] | None:
+    """The path and value of the first NaN or infinite float in a parsed JSON value, or ``None``.
+
+    >>> find_nonfinite({"a": [1.0, {"b": float("inf")}]})
+    ('a[1].b', inf)
+    """
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        where, v = stack.pop()
+        if type(v) is float:
+            if not math.isfinite(v):
+                return where, v
+        elif isinstance(v, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), x) for k, x in reversed(list(v.items())))
+        elif isinstance(v, list):
+            if all(type(x) is float or type(x) is int for x in v):  # the common case, at NumPy speed
+                if v and not np.isfinite(np.asarray(v, dtype=np.float64)).all():
+                    i = next(i for i, x in enumerate(v) if not math.isfinite(x))
+                    return f"{where}[{i}]", v[i]
+            else:
+                stack.extend((f"{where}[{i}]", x) for i, x in reversed(list(enumerate(v))))
+    return None
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+def generate_key() -> Ed25519PrivateKey:
+    """A new Ed25519 signing key (its ``public_key()`` verifies)."""
+    return Ed25519PrivateKey.generate()
+
+
+def key_id(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
+    """``"ed25519:"`` and 16 hex digits of the SHA-256 of the raw public key: a name for the key, not a proof."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def keygen(
+    private_path: str | os.PathLike[str], public_path: str | os.PathLike[str] | None = None
+) -> tuple[Path, Path]:
+    """Write a new key pair: the signing key (PKCS#8 PEM, mode 0600) and the verify key (``<private>.pub``, PEM).
+
+    Refuses to overwrite an existing private key file (a key lost is every artifact
+    it signed unverifiable). Returns both paths. The CLI's ``keygen`` wraps this.
+    """
+    private_path = Path(private_path)
+    public_path = Path(public_path) if public_path is not None else private_path.with_name(private_path.name + ".pub")
+    key = generate_key()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ArtifactError(f"{private_path} exists; refusing to overwrite a signing key (remove it first)") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    from mesaguard.files import write_atomic
+
+    write_atomic(public_path, key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private_path, public_path
+
+
+def _key_bytes(path: str | os.PathLike[str], what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"no {what} key file at {path}; make a key pair with mesaguard.artifacts.keygen") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read the {what} key ({exc.strerror or exc})") from None
+
+
+def load_signing_key(path: str | os.PathLike[str], password: bytes | None = None) -> Ed25519PrivateKey:
+    """The Ed25519 signing key in ``path``: PEM (PKCS#8, optionally encrypted with ``password``) or 32 raw bytes."""
+    data = _key_bytes(path, "signing")
+    if len(data) == 32:
+        return Ed25519PrivateKey.from_private_bytes(data)
+    try:
+        key = serialization.load_pem_private_key(data, password=password)
+    except (ValueError, TypeError) as exc:
+        raise ArtifactError(f"{path}: not a PEM private key ({exc}); expected an Ed25519 signing key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ArtifactError(f"{path}: a key of type {type(key).__name__}; expected an Ed25519 signing key")
+    return key
+
+
+def load_verify_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
+    """The Ed25519 verify (public) key in ``path``: PEM (SubjectPublicKeyInfo) or 32 raw bytes."""
+    data = _key_bytes(path, "verify")
+    if len(data) == 32:
+        return Ed25519PublicKey.from_public_bytes(data)
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise ArtifactError(f"{path}: not a PEM public key ({exc}); expected an Ed25519 verify key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ArtifactError(f"{path}: a key of type {type(key).__name__}; expected an Ed25519 verify key")
+    return key
+
+
+def _trusted(verify_key: VerifyKeys) -> list[Ed25519PublicKey]:
+    if verify_key is None:
+        return []
+    keys = [verify_key] if isinstance(verify_key, (Ed25519PublicKey, Ed25519PrivateKey)) else list(verify_key)
+    out = []
+    for k in keys:
+        if isinstance(k, Ed25519PrivateKey):
+            k = k.public_key()
+        if not isinstance(k, Ed25519PublicKey):
+            raise ArtifactError(f"verify_key {k!r}; expected Ed25519 public keys (load_verify_key)")
+        out.append(k)
+    if not out:
+        raise ArtifactError("verify_key is an empty list; expected at least one Ed25519 public key, or None")
+    return out
+
+
+# -- the header ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of artifact: its name, format tag, schema version, error class and how to make a good file.
+
+    ``older`` lists older schema versions still read (with their content hash);
+    ``unhashed`` older ones that had no content hash (they cannot carry a signature).
+    """
+
+    what: str
+    format: str
+    schema_version: int
+    error: type[ValueError]
+    again: str
+    unhashed: frozenset[int] = frozenset()
+    older: frozenset[int] = frozenset()
+
+    def seal(self, body: Mapping[str, Any], signing_key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
+        """The file's JSON object: header, ``body``, content hash and (with ``signing_key``) signature."""
+        reserved = [k for k in (*HEADER, *TRAILER) if k in body]
+        if reserved:
+            raise ArtifactError(f"a {self.what} body may not set {reserved}: the header writes them")
+        payload = {"format": self.format, "schema_version": self.schema_version, **body}
+        bad = find_nonfinite(payload)
+        if bad is not None:
+            raise self.error(f"cannot save a {self.what} with field {bad[0]} = {bad[1]!r}; expected finite numbers")
+        digest = content_hash(payload)
+        out = {**payload, "content_hash": digest}
+        if signing_key is not None:
+            if not isinstance(signing_key, Ed25519PrivateKey):
+                raise ArtifactError(f"signing_key {signing_key!r}; expected an Ed25519 private key (load_signing_key)")
+            value = signing_key.sign(SIGNATURE_CONTEXT + digest.encode("ascii"))
+            out["signature"] = {
+                "algorithm": "ed25519",
+                "key_id": key_id(signing_key),
+                "value": base64.b64encode(value).decode("ascii"),
+            }
+        return out
+
+    def open(self, data: Any, source: str, verify_key: VerifyKeys = None) -> int:
+        """Check ``data``'s header (see the module docstring); return its schema version.
+
+        Raises ``self.error`` naming ``source`` and what is wrong.
+        """
+        trusted = _trusted(verify_key)
+        if not isinstance(data, dict) or data.get("format") != self.format:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise self.error(
+                f"{source} is not a mesaguard {self.what} file "
+                f"(field format is {_show(found)}; expected {self.format!r})"
+            )
+        version = data.get("schema_version")
+        readable = sorted({self.schema_version, *self.unhashed, *self.older})
+        if type(version) is not int or version not in readable:
+            older = f" (and the older {', '.join(map(str, readable[:-1]))})" if len(readable) > 1 else ""
+            raise self.error(
+                f"{source}: schema version {_show(version)}; this mesaguard reads version {self.schema_version}"
+                f"{older}. {self.again}"
+            )
+        bad = find_nonfinite(data)
+        if bad is not None:
+            raise self.error(
+                f"{source}: field {bad[0]} is {bad[1]!r}; expected a finite number (JSON has no NaN or Infinity)"
+            )
+        if version in self.unhashed:
+            if trusted:
+                raise self.error(
+                    f"{source}: field signature is missing: the file is unsigned (schema version {version} has no "
+                    f"content hash or signature); expected a signature by {', '.join(map(key_id, trusted))}. "
+                    f"{self.again}"
+                )
+            return version
+        payload = {k: v for k, v in data.items() if k not in TRAILER}
+        digest = data.get("content_hash")
+        if digest != content_hash(payload):
+            raise self.error(
+                f"{source} is corrupt: its content hash does not match its content (field content_hash is "
+                f"{_show(digest)}); expected the SHA-256 of the canonical payload"
+            )
+        if trusted:
+            self._verify(data.get("signature"), digest, trusted, source)
+        return version
+
+    def _verify(self, signature: Any, digest: str, trusted: Sequence[Ed25519PublicKey], source: str) -> None:
+        names = ", ".join(map(key_id, trusted))
+        if signature is None:
+            raise self.error(
+                f"{source}: field signature is missing: the file is unsigned; expected a signature by {names} "
+                f"(save(..., signing_key=...) with the team's key)"
+            )
+        fields = Fields(signature, source, self.error, "signature")
+        algorithm = fields.text("algorithm")
+        if algorithm != "ed25519":
+            fields.fail("algorithm", algorithm, "'ed25519'")
+        kid, text = fields.text("key_id"), fields.text("value")
+        key = next((k for k in trusted if key_id(k) == kid), None)
+        if key is None:
+            fields.fail("key_id", kid, f"one of the keys trusted here ({names}): the file is signed by another key")
+        try:
+            value = base64.b64decode(text, validate=True)
+            key.verify(value, SIGNATURE_CONTEXT + digest.encode("ascii"))
+        except (ValueError, InvalidSignature):
+            raise self.error(
+                f"{source}: field signature.value does not verify with key {kid}: the file was changed after "
+                f"signing, or the signature is forged"
+            ) from None
+
+
+# -- binary sidecar -------------------------------------------------------------------------
+
+
+def large_float_array(value: Any, minimum: int) -> np.ndarray | None:
+    """``value`` as a float64 array when it is a 1-D or rectangular 2-D list of at least ``minimum`` JSON floats
+    (never ints, which would not come back as ints); else ``None``."""
+    if not isinstance(value, list) or not value:
+        return None
+    rows = value if isinstance(value[0], list) else [value]
+    width = len(rows[0])
+    if len(rows) * width < minimum:
+        return None
+    if not all(isinstance(r, list) and len(r) == width and all(type(x) is float for x in r) for r in rows):
+        return None
+    return np.array(value, dtype=np.float64)
+
+
+def pack_arrays(params: Mapping[str, Any], prefix: str, minimum: int, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``params`` with each large float list (or array) replaced by a reference to ``arrays[prefix + key]``.
+
+    A reference is ``{"$array": name, "shape": [...], "layout": "full" | "tril"}``; a square matrix
+    whose strict upper triangle is all +0.0 is stored as its lower triangle (``"tril"``), half the bytes.
+    """
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        a = np.asarray(value, dtype=np.float64) if isinstance(value, np.ndarray) else large_float_array(value, minimum)
+        if a is None or a.size < minimum or a.ndim not in (1, 2):
+            out[key] = value.tolist() if isinstance(value, np.ndarray) else value
+            continue
+        name, layout = f"{prefix}{key}", "full"
+        if a.ndim == 2 and a.shape[0] == a.shape[1]:
+            upper = a[np.triu_indices(a.shape[0], 1)]
+            if not upper.any() and not np.signbit(upper).any():
+                a, layout = a[np.tril_indices(a.shape[0])], "tril"
+        arrays[name] = np.ascontiguousarray(a)
+        out[key] = {"$array": name, "shape": list(np.shape(value)), "layout": layout}
+    return out
+
+
+def unpack_arrays(f: Fields, key: str, arrays: Mapping[str, np.ndarray], used: set[str]) -> Any:
+    """The value of field ``key`` with an array reference (see :func:`pack_arrays`) replaced by its
+    read-only float64 array, checked against the reference's shape and layout; other values as they are."""
+    ref = f.get(key)
+    if not (isinstance(ref, dict) and "$array" in ref):
+        return ref
+    r = Fields(ref, f.source, f.error, f.where(key))
+    name, layout, shape = r.text("$array"), r.text("layout"), r.shape("shape")
+    assert shape is not None
+    if name not in arrays:
+        r.fail("$array", name, f"the name of an array in the sidecar (it holds {sorted(arrays)})")
+    if layout not in ("full", "tril") or (layout == "tril" and (len(shape) != 2 or shape[0] != shape[1])):
+        r.fail("layout", layout, "'full', or 'tril' for a square shape")
+    a = arrays[name]
+    n = shape[0]
+    stored = (n * (n + 1) // 2,) if layout == "tril" else shape
+    if a.dtype != np.float64 or a.shape != tuple(stored):
+        r.fail("$array", name, f"float64 of shape {list(stored)}; the sidecar holds {a.dtype} {list(a.shape)}")
+    if not np.isfinite(a).all():
+        r.fail("$array", name, "an array of finite numbers; the sidecar's holds NaN or infinities")
+    if layout == "tril":
+        full = np.zeros((n, n))
+        full[np.tril_indices(n)] = a
+        a = full
+    used.add(name)
+    a.flags.writeable = False
+    return a
+
+
+def write_sidecar(path: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """Write ``arrays`` to ``path`` (safetensors, atomically); the JSON entry that references it: file and SHA-256."""
+    import safetensors.numpy
+
+    from mesaguard.files import write_atomic
+
+    data = safetensors.numpy.save(dict(arrays))
+    write_atomic(path, data)
+    return {"file": path.name, "hash": "sha256:" + hashlib.sha256(data).hexdigest()}
+
+
+def read_sidecar(json_path: Path, f: Fields, max_bytes: int) -> dict[str, np.ndarray]:
+    """The arrays of the sidecar that field ``f`` (``{"file", "hash"}``) of ``json_path`` references.
+
+    Its size (at most ``max_bytes``) and SHA-256 are checked before it is parsed; no pickle.
+    """
+    import safetensors.numpy
+
+    path = json_path.with_name(Path(f.text("file")).name)
+    expected = f.text("hash")
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise f.error(f"{path}: {size} bytes; expected at most {max_bytes} for the arrays of {json_path.name}")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise f.error(f"{json_path}: its arrays file {path} is missing; save it again") from None
+    except OSError as exc:
+        raise f.error(f"{path}: cannot read the arrays file ({exc.strerror or exc})") from None
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    if digest != expected:
+        raise f.error(
+            f"{path} is corrupt or belongs to another file: its SHA-256 {digest} does not match field "
+            f"{f.where('hash')} ({_show(expected)}) of {json_path.name}"
+        )
+    try:
+        return safetensors.numpy.load(data)
+    except Exception as exc:  # safetensors raises several types for a bad file; all mean the same here
+        raise f.error(f"{path}: not a safetensors file ({type(exc).__name__}: {exc})") from None
+
+
+# -- typed, checked fields -----------------------------------------------------------------
+
+
+class Fields:
+    """Checked reads of one JSON object's fields: each error names the file, the field, the value, the expectation.
+
+    >>> f = Fields({"scale": 0.0, "n": "3"}, "cal.json", ValueError)
+    >>> f.number("scale", positive=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: cal.json: field scale is 0.0; expected a finite number > 0
+    >>> f.integer("n")
+    Traceback (most recent call last):
+    ...
+    ValueError: cal.json: field n is '3'; expected an integer
+    """
+
+    def __init__(self, data: Any, source: str, error: type[ValueError], path: str = "") -> None:
+        self.source, self.error, self.path = source, error, path
+        if not isinstance(data, dict):
+            raise error(f"{source}: field {path or '(the whole file)'} is {_show(data)}; expected a JSON object")
+        self.data: dict[str, Any] = data
+
+    def where(self, key: str | int) -> str:
+        if isinstance(key, int):
+            return f"{self.path}[{key}]"
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str | int, value: Any, expected: str) -> NoReturn:
+        raise self.error(f"{self.source}: field {self.where(key)} is {_show(value)}; expected {expected}")
+
+    def get(self, key: str) -> Any:
+        if key not in self.data:
+            raise self.error(f"{self.source}: field {self.where(key)} is missing")
+        return self.data[key]
+
+    def object(self, key: str) -> Fields:
+        return Fields(self.get(key), self.source, self.error, self.where(key))
+
+    def text(self, key: str) -> str:
+        value = self.get(key)
+        if not isinstance(value, str):
+            self.fail(key, value, "a string")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self.get(key)
+        if not isinstance(value, bool):
+            self.fail(key, value, "true or false")
+        return value
+
+    def integer(self, key: str, minimum: int | None = None, maximum: int | None = None, because: str = "") -> int:
+        value = self.get(key)
+        ok = type(value) is int and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+        if not ok:
+            self.fail(key, value, "an integer" + _bounds(minimum, maximum) + because)
+        return int(value)
+
+    def shape(self, key: str, optional: bool = False, scalar: bool = False) -> tuple[int, ...] | None:
+        """An array shape: a list of positive integers, non-empty unless ``scalar`` (``optional``: or null)."""
+        value = self.get(key)
+        if value is None and optional:
+            return None
+        if not (isinstance(value, list) and (value or scalar) and all(type(s) is int and s > 0 for s in value)):
+            what = "a list of positive integers" if scalar else "a non-empty list of positive integers"
+            self.fail(key, value, what + (" or null" if optional else ""))
+        return tuple(value)
+
+    def number(self, key: str, positive: bool = False, lo: float | None = None, hi: float | None = None,
+               nonnegative: bool = False) -> float:
+        """A finite JSON number (``positive``: > 0; ``nonnegative``: >= 0; ``lo``/``hi``: strict bounds);
+        a string such as ``"nan"`` is refused."""
+        return self.check_number(key, self.get(key), positive, lo, hi, nonnegative)
+
+    def check_number(self, key: str | int, value: Any, positive: bool = False,
+                     lo: float | None = None, hi: float | None = None, nonnegative: bool = False) -> float:
+        """``value`` (field ``key``) as a float, if it is a finite JSON number within the bounds; else the error."""
+        lo = 0.0 if positive else lo
+        ok = (type(value) is float or type(value) is int) and math.isfinite(value)
+        if not (ok and (lo is None or value > lo) and (hi is None or value < hi) and not (nonnegative and value < 0)):
+            if nonnegative:
+                expected = "a finite number >= 0"
+            elif lo is not None and hi is not None:
+                expected = f"a finite number strictly between {lo:g} and {hi:g}"
+            elif lo is not None or hi is not None:
+                expected = f"a finite number > {lo:g}" if lo is not None else f"a finite number < {hi:g}"
+            else:
+                expected = "a finite number"
+            self.fail(key, value, expected)
+        return float(value)
+
+    def numbers(self, key: str, length: int | None = None, positive: bool = False, because: str = "") -> list[float]:
+        """A list of finite numbers (``length`` of them, when given; ``because`` says why that many)."""
+        value = self.get(key)
+        if not isinstance(value, list):
+            self.fail(key, value, "a list of finite numbers")
+        if length is not None and len(value) != length:
+            raise self.error(
+                f"{self.source}: field {self.where(key)} holds {len(value)} values; expected {length}{because}"
+            )
+        inner = Fields({}, self.source, self.error, self.where(key))
+        return [inner.check_number(i, v, positive) for i, v in enumerate(value)]
+
+
+def _bounds(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" in [{minimum}, {maximum}]"
+    if minimum is not None:
+        return f" >= {minimum}"
+    return f" <= {maximum}" if maximum is not None else ""
