@@ -5,7 +5,7 @@ What it measures
 Per scenario (the gridworlds lava, strawberry, side-effects by default), with the
 shipped trained agent:
 
-* a :class:`~mesaguard.detectors.scope.Scope` fitted on ``calibration`` episodes of
+* a :class:`~mesaguard.scope.Scope` fitted on ``calibration`` episodes of
   the reference variant (seeds ``CALIBRATION_SEED + i``), for each method (kNN at
   ``k=1``, Mahalanobis with Ledoit-Wolf shrinkage) and each aggregation (the CUSUM
   aggregate at ``slack=2``; ``per-state``: ``-log p`` alone), at ``alpha``;
@@ -53,8 +53,8 @@ from scipy.stats import binomtest
 from threadpoolctl import threadpool_limits
 
 from mesaguard import scenarios
-from mesaguard.detectors.scope import Scope, first_alarms
 from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED, agent
+from mesaguard.scope import Scope
 
 
 @dataclass(frozen=True)
@@ -138,13 +138,13 @@ def update_cost_us(scope: Scope, episodes: list[np.ndarray], n: int) -> dict[str
 
     def misses() -> None:
         for x in rows[:50]:
-            scope._cache.clear()
+            scope.clear_cache()
             scalar.update(x)
 
     stream_rows = [x for e in episodes[:100] for x in e]
 
     def stream() -> None:
-        scope._cache.clear()
+        scope.clear_cache()
         for x in stream_rows:
             scalar.update(x)
 
@@ -157,7 +157,7 @@ def update_cost_us(scope: Scope, episodes: list[np.ndarray], n: int) -> dict[str
 
 
 def in_distribution(scope: Scope, fresh: Recorded) -> dict:
-    alarms = first_alarms(scope, fresh.states)
+    alarms = scope.first_alarms(fresh.states)
     k, n = sum(a is not None for a in alarms), len(alarms)
     ci = binomtest(k, n).proportion_ci(confidence_level=0.95)
     law = scope.false_alarm
@@ -172,7 +172,7 @@ def in_distribution(scope: Scope, fresh: Recorded) -> dict:
 
 
 def shifted(scope: Scope, run: Recorded) -> dict:
-    alarms = first_alarms(scope, run.states)
+    alarms = scope.first_alarms(run.states)
     detected = [a for a in alarms if a is not None]
     with_cat = [(a, c) for a, c in zip(alarms, run.catastrophes) if c is not None]
     prevented = sum(a is not None and a <= c for a, c in with_cat)

@@ -190,7 +190,7 @@ def test_signed_scope_and_policy_round_trip(tmp_path) -> None:
     from gymnasium import spaces
     from stable_baselines3.common.policies import ActorCriticPolicy
 
-    from mesaguard.detectors.scope import Scope
+    from mesaguard.scope import Scope
     from mesaguard.train import load_policy, save_policy
 
     key = generate_key()

@@ -247,8 +247,8 @@ def test_vector_partial_reset_restarts_only_those_sub_envs(calibration):
 @pytest.fixture(scope="module")
 def lava():
     from mesaguard import scenarios
-    from mesaguard.detectors.scope import Scope
     from mesaguard.experiment import plain_env
+    from mesaguard.scope import Scope
 
     states, increments = [], []
     for seed in range(10_000, 10_060):

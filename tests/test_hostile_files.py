@@ -31,7 +31,7 @@ from mesaguard.calibration import (
     false_alarm_spread,
     min_episodes,
 )
-from mesaguard.detectors.scope import Scope, ScopeError
+from mesaguard.scope import Scope, ScopeError
 from mesaguard.train import PolicyFileError, load_policy, save_policy
 
 TRUSTED = generate_key()

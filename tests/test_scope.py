@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from mesaguard.calibration import CalibrationError, conformal_rank, episodes_needed
-from mesaguard.detectors.scope import Scope, ScopeError, first_alarms
+from mesaguard.detectors import DetectorError
+from mesaguard.scope import Scope, ScopeError
 
 T, D = 10, 2
 
@@ -49,7 +50,7 @@ def test_false_alarm_guarantee_in_distribution(method: str) -> None:
     for _ in range(reps):
         scope = Scope.fit(gaussian_episodes(rng, n), method=method, k=3, alpha=alpha)
         fresh = gaussian_episodes(rng, 1)
-        alarms += first_alarms(scope, fresh)[0] is not None
+        alarms += scope.first_alarms(fresh)[0] is not None
         small_p += bool(scope.p_values(fresh[0][:1])[0] <= 0.1)  # one state, exchangeable with the reference states
     law = stats.binom(reps, exact)
     assert law.ppf(0.0005) <= alarms <= law.ppf(0.9995), (alarms, reps * exact)
@@ -110,7 +111,7 @@ def test_scalar_form_equals_vector_form(seed: int, n_envs: int, steps: int) -> N
 def test_offline_alarms_match_streaming(gaussian_scope: Scope) -> None:
     rng = np.random.default_rng(3)
     episodes = [rng.normal(scale=2.0, size=(int(rng.integers(1, 15)), D)) for _ in range(30)]
-    offline = first_alarms(gaussian_scope, episodes)
+    offline = gaussian_scope.first_alarms(episodes)
     for ep, expected in zip(episodes, offline):
         det = gaussian_scope.detector().scalar()
         got = next((t + 1 for t, x in enumerate(ep) if det.update(x) > gaussian_scope.threshold), None)
@@ -140,16 +141,16 @@ def test_slow_drift_caught_by_aggregate_not_by_per_state_threshold() -> None:
     aggregate = Scope.fit(train, method="knn", k=5, alpha=0.05)
     per_state = Scope.fit(train, method="knn", k=5, alpha=0.05, slack=None)
     drift = drifting_episodes(rng, 100)
-    caught = [a for a in first_alarms(aggregate, drift) if a is not None]
+    caught = [a for a in aggregate.first_alarms(drift) if a is not None]
     assert len(caught) >= 90
-    assert sum(a is not None for a in first_alarms(per_state, drift)) <= 20
+    assert sum(a is not None for a in per_state.first_alarms(drift)) <= 20
     assert np.median(caught) > 10  # it took accumulated evidence, not one state
     # the same in-distribution guarantee for both: count on fresh in-distribution episodes
     fresh = [rng.normal(size=(40, D)) for _ in range(200)]
     for scope in (aggregate, per_state):
         law = scope.false_alarm  # realized rate ~ Beta(a, b); counts ~ BetaBinomial
         bound = stats.betabinom(200, law["beta_a"], law["beta_b"]).ppf(0.999)
-        assert sum(a is not None for a in first_alarms(scope, fresh)) <= bound
+        assert sum(a is not None for a in scope.first_alarms(fresh)) <= bound
 
 
 def test_one_far_state_fires_at_once(gaussian_scope: Scope) -> None:
@@ -189,13 +190,13 @@ def test_lava_in_distribution_false_alarms(lava_scope: Scope) -> None:
     fresh, _ = _lava("train", range(20_000, 20_100))
     law = lava_scope.false_alarm
     bound = stats.betabinom(len(fresh), law["beta_a"], law["beta_b"]).ppf(0.999)
-    assert sum(a is not None for a in first_alarms(lava_scope, fresh)) <= bound
+    assert sum(a is not None for a in lava_scope.first_alarms(fresh)) <= bound
 
 
 def test_lava_deploy_states_detected_before_the_catastrophe(lava_scope: Scope) -> None:
     """The lava moved: the scope fires on the states of ``deploy`` before the agent steps into lava."""
     states, catastrophes = _lava("deploy", range(20_000, 20_040), policy="misaligned")
-    alarms = first_alarms(lava_scope, states)
+    alarms = lava_scope.first_alarms(states)
     assert all(a is not None for a in alarms)
     harmful = [(a, c) for a, c in zip(alarms, catastrophes) if c is not None]
     assert len(harmful) >= 10 and all(a <= c for a, c in harmful)
@@ -287,15 +288,15 @@ def test_input_errors(gaussian_scope: Scope) -> None:
     with pytest.raises(ScopeError, match="episode 2 have shape"):
         Scope.fit(episodes[:2] + [np.zeros((5, 3))] + episodes[3:], alpha=0.1)
     det = gaussian_scope.detector(2)
-    with pytest.raises(ScopeError, match=r"expected \(n, 2\)"):
+    with pytest.raises(DetectorError, match=r"expected \(n, 2\)"):
         det.update(np.zeros((2, 3)))
-    with pytest.raises(ScopeError, match="expected 2, one per env"):
+    with pytest.raises(DetectorError, match="expected 2, one per env"):
         det.update(np.zeros((3, D)))
-    with pytest.raises(ScopeError, match="value inf"):
+    with pytest.raises(DetectorError, match="value inf"):
         det.update(np.array([[0.0, 0.0], [np.inf, 0.0]]))
-    with pytest.raises(ScopeError, match="value nan"):
+    with pytest.raises(DetectorError, match="value nan"):
         det.scalar().update(np.array([np.nan, 0.0]))
-    with pytest.raises(ScopeError, match="expected \\(2,\\)"):
+    with pytest.raises(DetectorError, match="expected \\(2,\\)"):
         det.scalar().update(np.zeros(3))
     with pytest.raises(ScopeError, match="n_envs=0"):
         gaussian_scope.detector(0)

@@ -145,7 +145,7 @@ def rollout(
     ``make_policy`` and ``objective`` must be picklable (module-level functions,
     ``functools.partial`` of them). ``on_episode`` is called as episodes finish
     (for progress bars). ``record_states`` keeps each episode's observations (for
-    fitting a :class:`~mesaguard.detectors.scope.Scope`).
+    fitting a :class:`~mesaguard.scope.Scope`).
     """
     seeds = [int(s) for s in seeds]
     if workers <= 1 or len(seeds) < 2:

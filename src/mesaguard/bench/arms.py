@@ -5,7 +5,7 @@ replay), on the same evaluation seeds as the unguarded runs they are paired with
 Each job first fits, on its calibration runs (:func:`calibrate`), what its
 safeguards need (:func:`fit_safeguards`, a :class:`FittedSafeguards`):
 
-* ``scope`` and ``combined``: a Mahalanobis :class:`~mesaguard.detectors.scope.Scope`
+* ``scope`` and ``combined``: a Mahalanobis :class:`~mesaguard.scope.Scope`
   of the calibration runs' states, at the job's alpha;
 * ``shield`` and ``combined``: the calibrated floor on one step's increment
   (:func:`~mesaguard.safeguards.shield.increment_bound`);
@@ -33,7 +33,7 @@ from mesaguard.rollout import Episode, Policy, rollout
 from mesaguard.scenarios import get
 
 if TYPE_CHECKING:
-    from mesaguard.detectors.scope import Scope
+    from mesaguard.scope import Scope
 
 __all__ = [
     "LEARNING",
@@ -98,7 +98,7 @@ def fit_safeguards(spec: JobSpec, cal_runs: list[Episode]) -> FittedSafeguards:
     """
     scope, bound, sampling = None, None, None
     if SCOPED & set(spec.safeguards):
-        from mesaguard.detectors.scope import Scope
+        from mesaguard.scope import Scope
 
         scope = Scope.fit([e.states for e in cal_runs], method="mahalanobis", alpha=spec.alpha, scenario=spec.scenario)
     if _BOUNDED & set(spec.safeguards):

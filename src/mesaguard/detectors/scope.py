@@ -1,32 +1,12 @@
 """The scope detector: is the state the agent is about to act in inside the scope where it was checked?
 
 The agent's alignment was checked on a distribution of states (its reference
-variant). That *scope* is a piece of data: the states of in-distribution episodes.
-A score watched after the fact cannot undo a catastrophic action; this detector
-looks at the observation *before* the agent acts on it, and fires when the run has
-left the scope.
-
-Three folds of in-distribution episodes, split by episode so that no state is used
-twice:
-
-1. **fit** (first half of ``fit_split(n)``): the reference states. A state's
-   nonconformity score is its distance to them: ``method="knn"``, the Euclidean
-   distance to the k-th nearest *distinct* fit state (scikit-learn
-   ``NearestNeighbors``; gridworld states repeat a lot, so they are deduplicated and
-   a state seen in the fit fold scores 0 at ``k=1``), or ``method="mahalanobis"``,
-   the squared Mahalanobis distance under scikit-learn's ``LedoitWolf`` covariance
-   (the shrinkage keeps it defined when features are constant in training: such
-   features, say where the lava lies, are exactly what a shift moves, and they get
-   the largest weight).
-2. **reference** (second half): the scores of its states make per-state conformal
-   p-values, ``p = (1 + #{reference scores >= s}) / (n + 1)``. For a state
-   exchangeable with the reference states, ``P(p <= u) <= u``; states within an
-   episode are dependent, so per-state p-values are a scale, not the guarantee.
-3. **threshold** (the held-out rest): the streaming statistic (below) is run over
-   each episode and the episode's maximum kept; the threshold is their conformal
-   quantile, the rule of :mod:`mesaguard.calibration` for every detector. A new
-   in-distribution episode raises a false alarm with probability at most ``alpha``,
-   exactly, whatever the dependence within episodes.
+variant). A score watched after the fact cannot undo a catastrophic action; this
+detector looks at the observation *before* the agent acts on it. A state's
+nonconformity score (:mod:`mesaguard.detectors.scorers`) is turned into a conformal
+p-value against the reference fold's scores, ``p = (1 + #{reference >= s}) / (n + 1)``
+(for a state exchangeable with the reference states ``P(p <= u) <= u``; states within
+an episode are dependent, so per-state p-values are a scale, not the guarantee).
 
 The statistic aggregates over time so that a run drifting slowly out of scope is
 caught too. With ``e_t = -log p_t`` (under the null ``-log p`` is stochastically
@@ -35,328 +15,91 @@ statistic ``max(e_t, C_t)``: one far-out state fires at once, a run of moderatel
 unusual states (each too common to fire alone) adds up. ``slack=None`` keeps the
 per-state part alone. In the statistic, ``p_t`` is the conformal p-value made
 continuous and unbounded beyond the largest reference score
-(:meth:`Scope.evidence_of_scores`): with the plain step function, evidence stops
-at ``log(n + 1)`` however far out a state is, and ties between episodes' maxima
-leave the threshold at that ceiling, where only the CUSUM can pass it.
+(:meth:`StateEvidence.evidence_of_scores`): with the plain step function, evidence
+stops at ``log(n + 1)`` however far out a state is, and ties between episodes'
+maxima leave the threshold at that ceiling, where only the CUSUM can pass it.
 
-Within an env, states repeat (gridworlds above all): a scope remembers the score of
-each distinct state it has seen (:data:`CACHE_SIZE` of them), so a repeated state
+Within an env, states repeat (gridworlds above all): the evidence remembers the score
+of each distinct state it has seen (:data:`CACHE_SIZE` of them), so a repeated state
 costs a dict lookup, not a scikit-learn query. Observations are compared as given;
 to watch the policy's features instead, map observations to features before
 fitting and before each update.
 
-In a guard: ``det = scope.detector(n_envs)`` (or ``.scalar()`` for one env);
-``det.reset(mask)`` when episodes start; ``det.update(obs)`` on the observation
-that reset or step returned, before the agent acts on it; the alarm is
-``statistic > scope.threshold``, so the protocol takes the action that would have
-been taken in that state. The scope is not an increment detector (it reads
-observations), so it stays out of :data:`mesaguard.detectors.DETECTORS` and has
-its own threshold at its own ``alpha``.
-
-Files: ``scope.save("scope.json")`` writes the JSON (the header of
-:mod:`mesaguard.artifacts`: format, schema version, content hash, and a signature
-with ``signing_key=``; method, parameters, threshold, per-episode maxima, obs
-shape, scenario, and the sha256 of the arrays) and ``scope.npz`` beside it (the
-fit fold's distinct states or the Mahalanobis location and precision, and the
-reference scores), loaded with ``allow_pickle=False``. :meth:`Scope.load` checks
-every value for what it means (see there) and, with ``verify_key=``, the signature.
-
-What it catches, misses and costs on the shipped agents: ``benchmarks/scope.py``, its
-figures in ``benchmarks/results/scope.json``, shown in ``docs/results.md``. An
-observation-based scope sees only what the observation shows: in ``strawberry`` a
-deployment room (two red balls, one yellow) looks exactly like a training room (only
-the hidden kind of each ball moved), so no scope catches that shift.
+Like every detector it knows nothing of thresholds, Gymnasium or files: the
+conformal threshold, the folds and the file are :class:`mesaguard.scope.Scope`'s. It
+reads observations, not increments, so it stays out of
+:data:`mesaguard.detectors.DETECTORS`.
 
 >>> rng = np.random.default_rng(0)
->>> episodes = [rng.normal(size=(20, 2)) for _ in range(80)]
->>> scope = Scope.fit(episodes, method="knn", k=5, alpha=0.1)
->>> scope.n_fit, scope.n_reference, scope.n_cal, scope.rank
-(20, 20, 40, 37)
->>> det = scope.detector(n_envs=2)
+>>> det = ScopeDetector.fit([rng.normal(size=(20, 2)) for _ in range(40)], method="knn", k=5, n_envs=2)
 >>> stat = det.update(np.array([[0.1, -0.2], [6.0, 6.0]]))  # before the agent acts
->>> (stat > scope.threshold).tolist()
-[False, True]
->>> float(scope.p_values(np.array([[6.0, 6.0]]))[0]) == 1 / (scope.n_reference_states + 1)
+>>> bool(stat[1] > 10 * stat[0])
 True
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import os
-import zipfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Self
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sklearn.covariance import LedoitWolf
-from sklearn.neighbors import NearestNeighbors
 
-from mesaguard.artifacts import Fields, Kind, VerifyKeys, arrays_hash
-from mesaguard.calibration import (
-    CalibrationError,
-    check_alpha,
-    conformal_rank,
-    episodes_needed,
-    false_alarm_spread,
-    fit_split,
-    min_episodes,
-    read_conformal,
-    read_threshold,
-)
-from mesaguard.detectors.base import DetectorError
-from mesaguard.files import read_json, write_atomic
+from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector
+from mesaguard.detectors.scorers import StateScorer, score_scale
 
-__all__ = ["METHODS", "SCHEMA_VERSION", "ScalarScopeDetector", "Scope", "ScopeDetector", "ScopeError", "first_alarms"]
+__all__ = ["CACHE_SIZE", "ScalarScopeDetector", "ScopeDetector", "StateEvidence", "check_states"]
 
-SCHEMA_VERSION = 1
-FORMAT = "mesaguard.scope"
-METHODS = ("knn", "mahalanobis")
 CACHE_SIZE = 1 << 16  # distinct states whose scores a scope remembers (gridworld states repeat)
 
 
-class ScopeError(CalibrationError, DetectorError):
-    """Bad scope input: NaN or misshapen observations, too few episodes, a corrupt, foreign or unsigned file."""
-
-
-KIND = Kind("scope", FORMAT, SCHEMA_VERSION, ScopeError, "Fit the scope again with this version.")
-
-
-def _check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ScopeError(f"k={k!r}; expected a positive integer (which nearest neighbour)")
-    return k
-
-
-def _check_slack(slack: Any) -> float | None:
-    number = isinstance(slack, (int, float)) and not isinstance(slack, bool)
-    if slack is not None and not (number and math.isfinite(slack) and slack >= 0):
-        raise ScopeError(f"slack={slack!r}; expected a non-negative number of nats, or None for per-state only")
-    return None if slack is None else float(slack)
-
-
-def _check_states(states: Any, obs_shape: tuple[int, ...], what: str) -> np.ndarray:
+def check_states(states: Any, obs_shape: tuple[int, ...], what: str) -> np.ndarray:
     """``states`` as a finite float64 array of shape ``(n, d)``, ``d = prod(obs_shape)``."""
     x = np.asarray(states, dtype=np.float64)
     if x.ndim < 1 or x.shape[1:] != obs_shape:
         dims = ", ".join(map(str, obs_shape))
-        raise ScopeError(f"{what} have shape {x.shape}; expected (n, {dims}), one observation a row")
+        raise DetectorError(f"{what} have shape {x.shape}; expected (n, {dims}), one observation a row")
     x = x.reshape(x.shape[0], -1)
     if not np.isfinite(x).all():
         row, col = (int(i[0]) for i in np.nonzero(~np.isfinite(x)))
-        raise ScopeError(
+        raise DetectorError(
             f"{what}: observation {row} has value {x[row, col]} at flat index {col}; expected finite numbers"
         )
     return x
 
 
-def _check_episodes(episodes: Sequence[Any]) -> tuple[list[np.ndarray], tuple[int, ...]]:
-    """Episodes of observations, each ``(T_i, *obs_shape)`` with ``T_i >= 1``, one shape for all."""
-    arrays = [np.asarray(e, dtype=np.float64) for e in episodes]
-    if not arrays:
-        raise ScopeError("got no episodes; expected arrays of shape (T, *obs_shape), the states the agent acted in")
-    shape = arrays[0].shape[1:]
-    if arrays[0].ndim < 2:
-        raise ScopeError(
-            f"episode 0 has shape {arrays[0].shape}; expected (T, *obs_shape) with at least one obs dimension"
-        )
-    out = []
-    for i, e in enumerate(arrays):
-        if e.ndim < 2 or e.shape[0] == 0:
-            raise ScopeError(f"episode {i} has shape {e.shape}; expected (T, {', '.join(map(str, shape))}) with T >= 1")
-        out.append(_check_states(e, shape, f"episode {i}"))
-    return out, tuple(int(s) for s in shape)
+class StateEvidence:
+    """A state's score, conformal p-value and evidence ``-log p~`` against the reference fold, through a cache.
 
-
-class _Scorer:
-    """Nonconformity of states against the fit fold; built from its stored arrays only.
-
-    Built the same way at fit time and at load time, so a loaded scope scores every
-    state exactly as the fitted one did.
+    ``scorer`` measures a state's nonconformity (:mod:`mesaguard.detectors.scorers`);
+    ``reference`` holds the reference fold's scores, sorted. Every form of the
+    detector reads the same cached floats, so the vector and scalar forms agree to the
+    bit, ties with the threshold included.
     """
 
-    def __init__(self, method: str, k: int, arrays: Mapping[str, np.ndarray]) -> None:
-        self.method, self.k = method, k
-        if method == "knn":
-            states = arrays["states"]
-            if not 1 <= k <= states.shape[0]:
-                raise ScopeError(f"k={k}; expected 1 <= k <= {states.shape[0]}, the number of distinct fit states")
-            self.model: Any = NearestNeighbors(n_neighbors=k).fit(states)
-        else:
-            cov = LedoitWolf()  # fitted state set from the stored estimate, as ``fit`` would leave it
-            cov.location_ = arrays["location"]
-            cov.precision_ = arrays["precision"]  # all ``mahalanobis`` reads (the covariance is not kept)
-            cov.n_features_in_ = int(arrays["location"].shape[0])
-            self.model = cov
-
-    @staticmethod
-    def arrays(method: str, unique: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
-        if method == "knn":
-            return {"states": unique}
-        lw = LedoitWolf().fit(np.repeat(unique, counts, axis=0))  # every state, as often as it was visited
-        return {"location": lw.location_, "precision": lw.get_precision()}
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.method == "knn":
-            return self.model.kneighbors(x)[0][:, self.k - 1]
-        return self.model.mahalanobis(x)
-
-
-def _tail_scale(reference: np.ndarray) -> float:
-    """Mean excess of the top ``ceil(sqrt(n))`` reference scores over the next one; else their range, else 1.
-
-    The scale of an exponential tail fitted to the largest scores (its maximum-likelihood
-    estimate), which sets how fast evidence grows beyond the largest reference score.
-    """
-    n = reference.size
-    m = min(n - 1, math.ceil(math.sqrt(n)))
-    excess = float(np.mean(reference[n - m :] - reference[n - m - 1])) if m >= 1 else 0.0
-    if excess > 0:
-        return excess
-    spread = float(reference[-1] - reference[0])
-    return spread if spread > 0 else 1.0
-
-
-@dataclass(frozen=True, eq=False)
-class Scope:
-    """A fitted scope: state scorer, per-state p-values, and the episode threshold at ``alpha``.
-
-    Build one with :meth:`fit` or :meth:`load`; stream it with :meth:`detector`.
-
-    Attributes
-    ----------
-    method, k
-        ``"knn"`` (distance to the k-th nearest distinct fit state) or
-        ``"mahalanobis"`` (``k`` unused).
-    slack
-        Page's k for the CUSUM on ``-log p``, in nats: evidence accumulates while
-        states are on average rarer than ``p = exp(-slack)``; ``None``: per-state only.
-    alpha, threshold, maxima
-        False-alarm rate per in-distribution episode, the conformal threshold on the
-        statistic, and the threshold fold's per-episode maxima it was taken from.
-    n_fit, n_reference, n_cal
-        Episodes in each fold.
-    """
-
-    method: str
-    k: int
-    slack: float | None
-    alpha: float
-    threshold: float
-    obs_shape: tuple[int, ...]
-    n_fit: int
-    n_reference: int
-    n_cal: int
-    maxima: list[float]
-    arrays: dict[str, np.ndarray] = field(repr=False)
-    scenario: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    _scorer: _Scorer = field(init=False, repr=False)
-    _cache: dict[bytes, tuple[float, float, float]] = field(init=False, repr=False, default_factory=dict)
-    _tail: float = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ScopeError(f"method={self.method!r}; expected one of {list(METHODS)}")
-        _check_k(self.k)
-        _check_slack(self.slack)
-        check_alpha(self.alpha)
-        object.__setattr__(self, "_scorer", _Scorer(self.method, int(self.k), self.arrays))
-        object.__setattr__(self, "_tail", _tail_scale(self.reference_scores))
+    def __init__(self, scorer: StateScorer, reference: np.ndarray) -> None:
+        self.scorer, self.reference = scorer, np.asarray(reference, dtype=np.float64)
+        self.tail = score_scale(self.reference)
+        self.cache: dict[bytes, tuple[float, float, float]] = {}
 
     @classmethod
     def fit(
-        cls,
-        episodes: Sequence[Any],
-        *,
-        method: str = "mahalanobis",
-        k: int = 1,
-        alpha: float = 0.05,
-        slack: float | None = 2.0,
-        fit_fraction: float = 0.5,
-        scenario: str = "",
-        metadata: Mapping[str, Any] | None = None,
-    ) -> Scope:
-        """Fit on in-distribution episodes of observations, each ``(T_i, *obs_shape)``.
-
-        ``episodes`` are the states the agent acted in (the observation after reset and
-        after each step but the last), of episodes held out from training, in any
-        order (they are split by position: shuffle them first if that order means
-        something). The first ``fit_split(n, fit_fraction)`` are split in halves, fit
-        and reference; the rest set the threshold and must number at least
-        ``min_episodes(alpha)``.
-        """
-        alpha = check_alpha(alpha)
-        k = _check_k(k)
-        slack = _check_slack(slack)
-        if method not in METHODS:
-            raise ScopeError(f"method={method!r}; expected one of {list(METHODS)}")
-        if not 0 < fit_fraction < 1:
-            raise ScopeError(f"fit_fraction={fit_fraction}; expected a share strictly between 0 and 1")
-        states, obs_shape = _check_episodes(episodes)
-        n = len(states)
-        n_fitting = fit_split(n, fit_fraction)
-        held = n - n_fitting
-        if held < min_episodes(alpha):
-            raise ScopeError(
-                f"{n} episodes leave {max(held, 0)} held out for the threshold after fitting on {n_fitting}: too few "
-                f"for alpha={alpha}, which needs {min_episodes(alpha)} held out; pass at least "
-                f"{episodes_needed(alpha, fit_fraction)} episodes or a larger alpha"
-            )
-        n_fit = n_fitting // 2
-        fit_states = np.concatenate(states[:n_fit])
-        unique, counts = np.unique(fit_states, axis=0, return_counts=True)
+        cls, fit_states: Sequence[np.ndarray], reference_states: Sequence[np.ndarray], method: str, k: int
+    ) -> tuple[StateEvidence, dict[str, np.ndarray]]:
+        """Fit the scorer on the fit fold and score the reference fold; also the arrays that rebuild it."""
+        unique, counts = np.unique(np.concatenate(fit_states), axis=0, return_counts=True)
         if method == "knn" and not 1 <= k <= unique.shape[0]:
-            raise ScopeError(
+            raise DetectorError(
                 f"k={k}; expected 1 <= k <= {unique.shape[0]}, the number of distinct states in the fit fold"
             )
-        arrays = _Scorer.arrays(method, unique, counts)
-        scorer = _Scorer(method, k, arrays)
-        arrays["reference_scores"] = np.sort(scorer(np.concatenate(states[n_fit:n_fitting])))
-        provisional = cls(
-            method, k, slack, alpha, math.inf, obs_shape,
-            n_fit, n_fitting - n_fit, held, [], arrays, scenario, dict(metadata or {}),
-        )  # fmt: skip
-        maxima = np.nanmax(provisional.traces(states[n_fitting:]), axis=1)
-        rank = conformal_rank(held, alpha)
-        scope = cls(
-            method, k, provisional.slack, alpha, float(np.sort(maxima)[rank - 1]), obs_shape,
-            n_fit, n_fitting - n_fit, held, maxima.tolist(), arrays, scenario, dict(metadata or {}),
-        )  # fmt: skip
-        object.__setattr__(scope, "_cache", provisional._cache)  # same arrays, same scores
-        return scope
-
-    # -- per state ---------------------------------------------------------------------------
-
-    @property
-    def reference_scores(self) -> np.ndarray:
-        """The reference fold's state scores, sorted."""
-        return self.arrays["reference_scores"]
-
-    @property
-    def n_reference_states(self) -> int:
-        return int(self.reference_scores.size)
-
-    def scores(self, states: Any) -> np.ndarray:
-        """Nonconformity of each state (larger = further out of scope); ``states`` is ``(n, *obs_shape)``."""
-        return self._lookup(_check_states(states, self.obs_shape, "states"))[:, 0]
-
-    def p_values(self, states: Any) -> np.ndarray:
-        """Per-state conformal p-values in ``(0, 1]``: small = out of scope."""
-        return self._lookup(_check_states(states, self.obs_shape, "states"))[:, 1]
-
-    def evidence(self, states: Any) -> np.ndarray:
-        """What each state adds to the statistic: ``-log`` of its interpolated p-value (:meth:`evidence_of_scores`)."""
-        return self._lookup(_check_states(states, self.obs_shape, "states"))[:, 2]
+        arrays = StateScorer.arrays(method, unique, counts)
+        scorer = StateScorer(method, k, arrays)
+        arrays["reference_scores"] = np.sort(scorer(np.concatenate(reference_states)))
+        return cls(scorer, arrays["reference_scores"]), arrays
 
     def p_values_of_scores(self, scores: Any) -> np.ndarray:
         """Conformal p-values ``(1 + #{reference >= s}) / (n + 1)`` of nonconformity scores."""
-        ref = self.reference_scores
+        ref = self.reference
         above = ref.size - np.searchsorted(ref, np.asarray(scores, dtype=np.float64), side="left")
         return (1.0 + above) / (ref.size + 1.0)
 
@@ -374,7 +117,7 @@ class Scope:
         whatever the tail's shape.
         """
         s = np.asarray(scores, dtype=np.float64)
-        ref = self.reference_scores
+        ref = self.reference
         n = ref.size
         below = np.searchsorted(ref, s, side="left")  # reference scores < s
         lo = ref[np.clip(below - 1, 0, n - 1)]
@@ -382,16 +125,16 @@ class Scope:
         gap = hi - lo
         frac = np.divide(s - lo, gap, out=np.ones_like(s), where=gap > 0)  # position between neighbours, (0, 1]
         inside = -np.log((n + 2.0 - below - frac) / (n + 1.0))
-        beyond = math.log(n + 1.0) + (s - ref[-1]) / self._tail  # in log space: no underflow to p = 0
+        beyond = math.log(n + 1.0) + (s - ref[-1]) / self.tail  # in log space: no underflow to p = 0
         return np.where(below == 0, 0.0, np.where(below == n, beyond, inside))
 
-    def _lookup(self, x: np.ndarray) -> np.ndarray:
+    def lookup(self, x: np.ndarray) -> np.ndarray:
         """``(n, 3)``: score, conformal p-value and evidence of each row of ``x``, through the cache.
 
         Every form of the detector reads these same floats, so the vector and scalar
         forms agree to the bit, ties with the threshold included.
         """
-        cache = self._cache
+        cache = self.cache
         keys = [row.tobytes() for row in x]
         out = np.empty((len(keys), 3))
         missing = []
@@ -402,7 +145,7 @@ class Scope:
             else:
                 out[i] = hit
         if missing:
-            scores = self._scorer(x[missing])
+            scores = self.scorer(x[missing])
             fresh = np.column_stack([scores, self.p_values_of_scores(scores), self.evidence_of_scores(scores)])
             out[missing] = fresh
             if len(cache) + len(missing) > CACHE_SIZE:
@@ -410,218 +153,20 @@ class Scope:
             cache.update(zip((keys[i] for i in missing), map(tuple, fresh.tolist())))
         return out
 
-    # -- per episode -------------------------------------------------------------------------
 
-    @property
-    def rank(self) -> int:
-        """The conformal rank of the threshold among the ``n_cal`` held-out maxima."""
-        return conformal_rank(self.n_cal, self.alpha)
-
-    @property
-    def false_alarm(self) -> dict[str, float]:
-        """Spread of the realized per-episode false-alarm rate: ``Beta(n + 1 - k, k)``."""
-        return false_alarm_spread(self.n_cal, self.rank)
-
-    def detector(self, n_envs: int = 1) -> ScopeDetector:
-        """A streaming detector over ``n_envs`` envs."""
-        return ScopeDetector(self, n_envs)
-
-    def traces(self, episodes: Sequence[Any]) -> np.ndarray:
-        """The statistic at every state of whole episodes: ``(n, T_max)``, NaN after each end.
-
-        The streaming :meth:`ScopeDetector.update` the guard runs, over all episodes at once.
-        """
-        states = [_check_states(e, self.obs_shape, f"episode {i}") for i, e in enumerate(episodes)]
-        if not states:
-            return np.empty((0, 0))
-        lengths = np.array([s.shape[0] for s in states])
-        T, d = int(lengths.max()), states[0].shape[1]
-        padded = np.zeros((len(states), T, d))
-        for i, s in enumerate(states):
-            padded[i, : s.shape[0]] = s
-            padded[i, s.shape[0] :] = s[-1]  # repeats a real state (cached); masked below
-        det = self.detector(len(states))
-        out = np.empty((len(states), T))
-        for t in range(T):
-            out[:, t] = det._update(padded[:, t])
-        out[np.arange(T)[None, :] >= lengths[:, None]] = np.nan
-        return out
-
-    def check(self, scenario: str | None = None, obs_shape: Sequence[int] | None = None) -> None:
-        """Raise :class:`ScopeError` if this scope was fitted for another env."""
-        shape = None if obs_shape is None else tuple(int(s) for s in obs_shape)
-        if (scenario is not None and self.scenario and scenario != self.scenario) or (
-            shape is not None and shape != self.obs_shape
-        ):
-            raise ScopeError(
-                f"scope was fitted on scenario {self.scenario!r} with observation shape {self.obs_shape}; "
-                f"this env is {scenario!r} with {shape}. Fit a scope on this scenario's reference variant."
-            )
-
-    # -- files ------------------------------------------------------------------------------
-
-    def to_dict(self, arrays_file: str = "", signing_key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
-        """The file's JSON object: header, fields, the arrays file's name and hash, content hash (and signature)."""
-        body = {
-            "scenario": self.scenario,
-            "obs_shape": list(self.obs_shape),
-            "method": self.method,
-            "k": int(self.k),
-            "slack": self.slack,
-            "alpha": self.alpha,
-            "threshold": self.threshold,
-            "n_fit": self.n_fit,
-            "n_reference": self.n_reference,
-            "n_cal": self.n_cal,
-            "rank": self.rank,
-            "false_alarm": self.false_alarm,
-            "maxima": self.maxima,
-            "arrays": {"file": arrays_file, "hash": arrays_hash(self.arrays)},
-            "metadata": self.metadata,
-        }
-        return KIND.seal(body, signing_key)
-
-    def save(self, path: str | os.PathLike[str], signing_key: Ed25519PrivateKey | None = None) -> Path:
-        """Write ``path`` (JSON) and its arrays beside it (``<stem>.npz``), each atomically.
-
-        With ``signing_key`` the JSON is signed; its signature covers the arrays' hash too.
-        """
-        path = Path(path)
-        arrays_path = path.with_name(path.stem + ".npz")
-        if arrays_path == path:
-            raise ScopeError(f"scope path {path} would be overwritten by its own arrays; give it a .json name")
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **self.arrays)
-        write_atomic(arrays_path, buffer.getvalue())
-        return write_atomic(path, json.dumps(self.to_dict(arrays_path.name, signing_key), indent=1, allow_nan=False))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], verify_key: VerifyKeys = None) -> Scope:
-        """Read and verify a scope file and its arrays: header (format, schema version, content hash), the
-        arrays' hash, every value, and, with ``verify_key`` (one Ed25519 public key or several), the signature.
-
-        Checked for what they mean: ``method``, ``k``, ``slack``; ``alpha``, ``n_cal``, ``rank`` and
-        ``false_alarm`` consistent; ``n_cal`` finite maxima whose conformal quantile is the threshold; arrays of
-        finite floats, of the shapes ``method`` and ``obs_shape`` give, at most :data:`MAX_ARRAY_BYTES` unpacked.
-        """
-        path = Path(path)
-        source = str(path)
-        data = read_json(
-            path,
-            ScopeError,
-            missing=f"no scope file at {path}; fit one with Scope.fit(...).save(path)",
-            invalid=f"{path} is not a scope file: not valid JSON",
-        )
-        KIND.open(data, source, verify_key)
-        f = Fields(data, source, ScopeError)
-        method = f.text("method")
-        if method not in METHODS:
-            f.fail("method", method, f"one of {list(METHODS)}")
-        k = f.integer("k", minimum=1)
-        slack = None if f.get("slack") is None else f.number("slack", nonnegative=True)
-        alpha, n_cal, rank = read_conformal(f)
-        threshold, maxima = read_threshold(f, alpha, n_cal, rank)
-        obs_shape = f.shape("obs_shape")
-        assert obs_shape is not None
-        metadata = f.get("metadata") if "metadata" in data else {}
-        if not isinstance(metadata, dict):
-            f.fail("metadata", metadata, "a JSON object")
-        files = f.object("arrays")
-        arrays_path = path.with_name(Path(files.text("file")).name)
-        arrays = _read_arrays(arrays_path, source)
-        if arrays_hash(arrays) != files.text("hash"):
-            raise ScopeError(f"{arrays_path} is corrupt or belongs to another scope: its hash does not match {path}")
-        _check_arrays(arrays, method, k, int(np.prod(obs_shape)), f"{arrays_path}")
-        n_fit, n_reference = f.integer("n_fit", minimum=1), f.integer("n_reference", minimum=1)
-        try:
-            return cls(
-                method=method,
-                k=k,
-                slack=slack,
-                alpha=alpha,
-                threshold=threshold,
-                obs_shape=obs_shape,
-                n_fit=n_fit,
-                n_reference=n_reference,
-                n_cal=n_cal,
-                maxima=maxima,
-                arrays=arrays,
-                scenario=f.text("scenario"),
-                metadata=metadata,
-            )
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, ScopeError):
-                raise ScopeError(f"{path}: {exc}") from None
-            raise ScopeError(f"{path} is malformed: {exc!r}") from None
-
-
-MAX_ARRAY_BYTES = 1 << 31  # a scope's arrays, unpacked: refused beyond this before anything is read
-
-
-def _read_arrays(arrays_path: Path, source: str) -> dict[str, np.ndarray]:
-    """The arrays of a scope's ``.npz``, no pickle; one that would unpack beyond :data:`MAX_ARRAY_BYTES` is refused."""
-    try:
-        with zipfile.ZipFile(arrays_path) as archive:
-            unpacked = sum(info.file_size for info in archive.infolist())
-        if unpacked > MAX_ARRAY_BYTES:
-            raise ScopeError(
-                f"{arrays_path}: its arrays unpack to {unpacked} bytes; expected at most {MAX_ARRAY_BYTES} "
-                f"(save the scope again)"
-            )
-        with np.load(arrays_path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except FileNotFoundError:
-        raise ScopeError(f"{source}: its arrays file {arrays_path} is missing; save the scope again") from None
-    except (KeyError, TypeError, OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        if isinstance(exc, ScopeError):
-            raise
-        raise ScopeError(f"{source}: its arrays file cannot be read ({exc!r}); save the scope again") from None
-
-
-def _check_arrays(arrays: Mapping[str, np.ndarray], method: str, k: int, dims: int, source: str) -> None:
-    """The stored arrays are finite floats of the shapes ``method`` and ``dims`` (flat obs size) give."""
-    shapes: dict[str, str] = {"reference_scores": "(n,), n >= 1, sorted, >= 0"}
-    if method == "knn":
-        shapes["states"] = f"(m, {dims}), m >= k={k}"
-    else:
-        shapes.update(location=f"({dims},)", precision=f"({dims}, {dims})")
-    if sorted(arrays) != sorted(shapes):
-        raise ScopeError(f"{source}: holds arrays {sorted(arrays)}; expected {sorted(shapes)} for method {method!r}")
-    for name, a in arrays.items():
-        if a.dtype.kind != "f" or not np.isfinite(a).all():
-            bad = "dtype " + str(a.dtype) if a.dtype.kind != "f" else "a non-finite value"
-            raise ScopeError(f"{source}: array {name} has {bad}; expected finite floats")
-    ref, ok = arrays["reference_scores"], {}
-    ok["reference_scores"] = ref.ndim == 1 and ref.size >= 1 and bool((np.diff(ref) >= 0).all()) and ref[0] >= 0
-    if method == "knn":
-        states = arrays["states"]
-        ok["states"] = states.ndim == 2 and states.shape[1] == dims and states.shape[0] >= k
-    else:
-        ok["location"] = arrays["location"].shape == (dims,)
-        ok["precision"] = arrays["precision"].shape == (dims, dims)
-    for name, good in ok.items():
-        if not good:
-            raise ScopeError(f"{source}: array {name} has shape {arrays[name].shape}; expected {shapes[name]}")
-    if method == "mahalanobis":
-        precision = arrays["precision"]
-        try:
-            np.linalg.cholesky(precision)
-            definite = bool(np.allclose(precision, precision.T))
-        except np.linalg.LinAlgError:
-            definite = False
-        if not definite:
-            raise ScopeError(f"{source}: array precision is not symmetric positive definite; expected a precision "
-                             f"matrix (the inverse of a covariance)")
-
-
-class ScopeDetector:
+class ScopeDetector(Detector):
     """The scope statistic, streaming over ``n_envs`` envs; call :meth:`update` before each action.
 
-    After ``reset(mask)`` at the start of episodes, feed ``update(obs)`` with the
+    A detector like the others, on observations instead of increments: after
+    ``reset(mask)`` at the start of episodes, feed ``update(obs)`` with the
     observations the agents are about to act on, ``(n_envs, *obs_shape)``; it returns
-    the statistic per env, and the alarm is ``statistic > scope.threshold``. The last
+    the statistic ``max(e_t, C_t)`` per env (see the module docstring). The last
     step's ``score`` (nonconformity), ``p_value`` and ``cusum`` per env stay readable.
+    Like every detector it knows no threshold: the fitted
+    :class:`~mesaguard.scope.Scope` holds the conformal one (the alarm is
+    ``statistic > scope.threshold``).
 
+    >>> from mesaguard.scope import Scope
     >>> rng = np.random.default_rng(1)
     >>> scope = Scope.fit([rng.normal(size=(30, 1)) for _ in range(80)], method="knn", k=5, alpha=0.1)
     >>> det = scope.detector()
@@ -633,16 +178,37 @@ class ScopeDetector:
 
     name = "scope"
 
-    def __init__(self, scope: Scope, n_envs: int = 1) -> None:
-        if isinstance(n_envs, bool) or int(n_envs) < 1:
-            raise ScopeError(f"n_envs={n_envs!r}; expected a positive integer")
-        self.scope = scope
-        self.n_envs = int(n_envs)
-        self.threshold = scope.threshold
+    def __init__(self, evidence: StateEvidence, slack: float | None, obs_shape: tuple[int, ...], n_envs: int = 1):
+        if isinstance(n_envs, bool):
+            raise DetectorError(f"n_envs={n_envs!r}; expected a positive integer")
+        super().__init__(n_envs)
+        self.evidence, self.slack, self.obs_shape = evidence, slack, tuple(obs_shape)
         self.score = np.zeros(self.n_envs)
         self.p_value = np.ones(self.n_envs)
         self.cusum = np.zeros(self.n_envs)
         self.statistic = np.zeros(self.n_envs)
+
+    @classmethod
+    def fit(cls, episodes: Sequence[np.ndarray], **options: Any) -> Self:
+        """Fit on whole episodes of states: the first half is the fit fold, the second the reference fold.
+
+        ``options``: ``method`` (default ``"mahalanobis"``), ``k`` (1), ``slack`` (2.0). The
+        conformal threshold on this statistic is :meth:`mesaguard.scope.Scope.fit`'s work.
+        """
+        method, k, slack = options.pop("method", "mahalanobis"), options.pop("k", 1), options.pop("slack", 2.0)
+        states = [np.asarray(e, dtype=np.float64).reshape(len(e), -1) for e in episodes]
+        if len(states) < 2:
+            raise DetectorError(f"got {len(states)} episodes; a scope needs at least 2 (fit and reference folds)")
+        n_fit = len(states) // 2
+        evidence, _ = StateEvidence.fit(states[:n_fit], states[n_fit:], method, k)
+        return cls(evidence, slack, np.asarray(episodes[0]).shape[1:], **options)
+
+    def params(self) -> dict[str, Any]:
+        """The scope's settings (its arrays are :attr:`StateEvidence.arrays`, saved by the scope file)."""
+        return {"method": self.evidence.scorer.method, "k": self.evidence.scorer.k, "slack": self.slack}
+
+    def with_envs(self, n_envs: int) -> Self:
+        return type(self)(self.evidence, self.slack, self.obs_shape, n_envs)
 
     def reset(self, mask: np.ndarray | None = None) -> None:
         """Start new episodes in the envs where ``mask`` is true (all if None)."""
@@ -654,19 +220,19 @@ class ScopeDetector:
 
         With ``mask``, only those envs take a step (the others' state and statistic stay).
         """
-        x = _check_states(obs, self.scope.obs_shape, "observations")
+        x = check_states(obs, self.obs_shape, "observations")
         if x.shape[0] != self.n_envs:
-            raise ScopeError(f"observations have {x.shape[0]} rows; expected {self.n_envs}, one per env")
+            raise DetectorError(f"observations have {x.shape[0]} rows; expected {self.n_envs}, one per env")
         return self._update(x, mask)
 
     def _update(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         m = slice(None) if mask is None else np.asarray(mask, dtype=bool)
-        looked = self.scope._lookup(x[m])
+        looked = self.evidence.lookup(x[m])
         self.score[m], self.p_value[m], e = looked[:, 0], looked[:, 1], looked[:, 2]
-        if self.scope.slack is None:
+        if self.slack is None:
             self.statistic[m] = e
         else:
-            cusum = np.maximum(0.0, self.cusum[m] + e - self.scope.slack)
+            cusum = np.maximum(0.0, self.cusum[m] + e - self.slack)
             self.cusum[m] = cusum
             self.statistic[m] = np.maximum(e, cusum)
         return self.statistic.copy()
@@ -677,24 +243,19 @@ class ScopeDetector:
 
     def scalar(self) -> ScalarScopeDetector:
         """The one-env form in plain Python floats (tests hold it equal to this one)."""
-        return ScalarScopeDetector(self.scope)
-
-    def alarm(self) -> np.ndarray:
-        """Envs whose last statistic passed the threshold."""
-        return self.statistic > self.threshold
+        return ScalarScopeDetector(self.evidence, self.slack, self.obs_shape)
 
 
-class ScalarScopeDetector:
+class ScalarScopeDetector(ScalarDetector):
     """:class:`ScopeDetector` for one env, in plain Python floats: the hot path of a one-env guard.
 
     A state already scored costs one dict lookup and a bisection; NumPy's per-call
     cost (about a microsecond each) would otherwise dominate.
     """
 
-    def __init__(self, scope: Scope) -> None:
-        self.scope = scope
-        self.threshold = scope.threshold
-        self._slack = scope.slack
+    def __init__(self, evidence: StateEvidence, slack: float | None, obs_shape: tuple[int, ...]) -> None:
+        self.evidence, self.obs_shape = evidence, tuple(obs_shape)
+        self._slack = slack
         self.reset()
 
     def reset(self) -> None:
@@ -703,11 +264,11 @@ class ScalarScopeDetector:
     def update(self, obs: Any) -> float:
         """Feed the one observation the agent is about to act on; return the statistic."""
         x = np.asarray(obs, dtype=np.float64)
-        if x.shape != self.scope.obs_shape:
-            raise ScopeError(f"observation has shape {x.shape}; expected {self.scope.obs_shape}")
-        hit = self.scope._cache.get(x.tobytes())  # only finite states are ever cached
+        if x.shape != self.obs_shape:
+            raise DetectorError(f"observation has shape {x.shape}; expected {self.obs_shape}")
+        hit = self.evidence.cache.get(x.tobytes())  # only finite states are ever cached
         if hit is None:
-            hit = self.scope._lookup(_check_states(x[None], self.scope.obs_shape, "observation"))[0].tolist()
+            hit = self.evidence.lookup(check_states(x[None], self.obs_shape, "observation"))[0].tolist()
         score, p, e = hit
         if self._slack is None:
             stat = e
@@ -717,15 +278,3 @@ class ScalarScopeDetector:
             stat = e if e > self.cusum else self.cusum
         self.score, self.p_value, self.statistic = score, p, stat
         return stat
-
-
-def first_alarms(scope: Scope, episodes: Sequence[Any]) -> list[int | None]:
-    """Offline evaluation: per episode of observations, the first step (1-based) the scope fires, or None.
-
-    Step ``t`` is the ``t``-th action: an alarm at step ``t`` fires on the state that
-    action would be taken in, before it; so it comes in time to prevent a catastrophe
-    at step ``c`` when ``t <= c``.
-    """
-    traces = scope.traces(episodes)
-    over = traces > scope.threshold  # NaN after each end compares False
-    return [int(np.argmax(row)) + 1 if row.any() else None for row in over]

@@ -22,7 +22,7 @@ wrappers report in ``info["mesaguard"]``:
     with a :class:`~mesaguard.monitor.DeploymentMonitor` (``monitor=``): its
     ``evidence``, ``threshold``, ``alarm``, ``episodes`` and ``steps`` seen, and ``mode``.
 
-With a :class:`~mesaguard.detectors.scope.Scope` (``scope=``), every observation the
+With a :class:`~mesaguard.scope.Scope` (``scope=``), every observation the
 agent is about to act on (after reset and after each step) is checked *before* it
 acts; out of scope, the alarm fires with detector ``"scope"``, and the protocol
 takes that action (``Fallback``) or the episode ends before it (``Stop``: the step

@@ -29,8 +29,8 @@ from mesaguard.detectors.base import DetectorError, as_increments
 from mesaguard.protocols import Alarm, Protocol, ProtocolError
 
 if TYPE_CHECKING:  # scikit-learn loads with the scope, not with every guard
-    from mesaguard.detectors.scope import Scope
     from mesaguard.monitor import DeploymentMonitor
+    from mesaguard.scope import Scope
 
 __all__ = [
     "DEPLOYMENT",

@@ -16,6 +16,7 @@ the episode ends.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, SupportsFloat
 
@@ -28,7 +29,7 @@ from mesaguard.objective import Objective, Transition, make_objective
 from mesaguard.protocols import Protocol, Stop, compose
 
 if TYPE_CHECKING:  # scikit-learn loads with the scope, not with every guard
-    from mesaguard.detectors.scope import Scope
+    from mesaguard.scope import Scope
 
 __all__ = ["GuardedEnv"]
 
@@ -57,7 +58,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         A :class:`~mesaguard.monitor.DeploymentMonitor` (``n_envs=1``): evidence over
         the deployment's episodes; its alarm stands until :meth:`clear`.
     scope
-        A fitted :class:`~mesaguard.detectors.scope.Scope`: every state is checked
+        A fitted :class:`~mesaguard.scope.Scope`: every state is checked
         before the agent acts in it.
 
     Adds ``info["mesaguard"]`` on every step (see the module docstring). Example::
@@ -98,6 +99,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.objective = make_objective(objective)
         self.monitor = monitor
         self.scope = None if scope is None else scope.detector(1).scalar()
+        self.scope_threshold = math.inf if scope is None else scope.threshold  # the detector knows no threshold
         self._obs: Any = None
         self._error: str | None = None
         self._open = False  # a monitor episode is running (started at reset, finished at its end)
@@ -217,7 +219,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if scope is None:
             return False
         try:
-            out = scope.update(obs) > scope.threshold
+            out = scope.update(obs) > self.scope_threshold
         except Exception as exc:  # fail closed: a state the scope cannot judge is out of scope
             self._record(exc)
             out = True

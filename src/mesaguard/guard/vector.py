@@ -10,6 +10,7 @@ and the stopped ones restarted (:meth:`GuardedVectorEnv._restart`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from mesaguard.objective import Batch, Objective, Transition, make_objective
 from mesaguard.protocols import Alarm, Protocol, Stop, compose
 
 if TYPE_CHECKING:  # scikit-learn loads with the scope, not with every guard
-    from mesaguard.detectors.scope import Scope
+    from mesaguard.scope import Scope
 
 __all__ = ["GuardedVectorEnv"]
 
@@ -137,6 +138,7 @@ class GuardedVectorEnv(VectorWrapper):
             raise ValueError(f"autoreset mode {mode}; GuardedVectorEnv supports NEXT_STEP and SAME_STEP")
         self.same_step = mode == AutoresetMode.SAME_STEP
         self.scope = None if scope is None else scope.detector(n)
+        self.scope_threshold = math.inf if scope is None else scope.threshold  # the detector knows no threshold
         self.guard = Guard(calibration, detectors, n_envs=n)
         self.protocol = compose(Stop() if protocol is None else protocol)
         self.objective = make_objective(objective)
@@ -335,7 +337,7 @@ class GuardedVectorEnv(VectorWrapper):
         if scope is None or not mask.any():
             return none
         try:
-            out = (scope.update(obs, mask) > scope.threshold) & mask  # the other envs' states stay
+            out = (scope.update(obs, mask) > self.scope_threshold) & mask  # the other envs' states stay
         except Exception as exc:  # fail closed: states the scope cannot judge are out of scope
             for i in np.flatnonzero(mask):
                 self._record(i, exc)

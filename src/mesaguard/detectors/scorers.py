@@ -1,0 +1,91 @@
+"""What a scope measures a state by: its nonconformity to the reference states (scikit-learn).
+
+``method="knn"``: the Euclidean distance to the k-th nearest *distinct* fit state
+(``NearestNeighbors``; gridworld states repeat a lot, so they are deduplicated and a
+state seen in the fit fold scores 0 at ``k=1``). ``method="mahalanobis"``: the
+squared Mahalanobis distance under ``LedoitWolf``'s covariance (the shrinkage keeps
+it defined when features are constant in training: such features, say where the lava
+lies, are exactly what a shift moves, and they get the largest weight).
+
+A scorer is built from its stored arrays only, the same way at fit time and at load
+time, so a loaded scope scores every state exactly as the fitted one did.
+
+>>> unique = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+>>> scorer = StateScorer("knn", 1, StateScorer.arrays("knn", unique, np.ones(3, dtype=int)))
+>>> scorer(np.array([[0.0, 0.0], [3.0, 4.0]])).tolist()
+[0.0, 4.242640687119285]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from sklearn.covariance import LedoitWolf
+from sklearn.neighbors import NearestNeighbors
+
+from mesaguard.detectors.base import DetectorError
+
+__all__ = ["METHODS", "StateScorer", "check_k", "score_scale"]
+
+METHODS = ("knn", "mahalanobis")
+
+
+def check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise DetectorError(f"k={k!r}; expected a positive integer (which nearest neighbour)")
+    return int(k)
+
+
+class StateScorer:
+    """Nonconformity of states against the fit fold; built from its stored arrays only.
+
+    Built the same way at fit time and at load time, so a loaded scope scores every
+    state exactly as the fitted one did.
+    """
+
+    def __init__(self, method: str, k: int, arrays: Mapping[str, np.ndarray]) -> None:
+        self.method, self.k = method, k
+        if method == "knn":
+            states = arrays["states"]
+            if not 1 <= k <= states.shape[0]:
+                raise DetectorError(f"k={k}; expected 1 <= k <= {states.shape[0]}, the number of distinct fit states")
+            self.model: Any = NearestNeighbors(n_neighbors=k).fit(states)
+        else:
+            cov = LedoitWolf()  # fitted state set from the stored estimate, as ``fit`` would leave it
+            cov.location_ = arrays["location"]
+            cov.precision_ = arrays["precision"]  # all ``mahalanobis`` reads (the covariance is not kept)
+            cov.n_features_in_ = int(arrays["location"].shape[0])
+            self.model = cov
+
+    @staticmethod
+    def arrays(method: str, unique: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
+        if method == "knn":
+            return {"states": unique}
+        lw = LedoitWolf().fit(np.repeat(unique, counts, axis=0))  # every state, as often as it was visited
+        return {"location": lw.location_, "precision": lw.get_precision()}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Each row's nonconformity (larger = further from the fit states)."""
+        if self.method == "knn":
+            scores: np.ndarray = self.model.kneighbors(x)[0][:, self.k - 1]
+        else:
+            scores = self.model.mahalanobis(x)
+        return scores
+
+
+def score_scale(reference: np.ndarray) -> float:
+    """Mean excess of the top ``ceil(sqrt(n))`` reference scores over the next one; else their range, else 1.
+
+    The scale of an exponential tail fitted to the largest scores (its maximum-likelihood
+    estimate), which sets how fast evidence grows beyond the largest reference score.
+    """
+    n = reference.size
+    m = min(n - 1, math.ceil(math.sqrt(n)))
+    excess = float(np.mean(reference[n - m :] - reference[n - m - 1])) if m >= 1 else 0.0
+    if excess > 0:
+        return excess
+    spread = float(reference[-1] - reference[0])
+    return spread if spread > 0 else 1.0
