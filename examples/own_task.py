@@ -94,7 +94,8 @@ def main(quick: bool = False, out: Path = RESULTS) -> dict:
     model = train(steps)
     policy = predict_policy(model)
     episodes = rollout(make_env, lambda env: policy, range(n_cal), objective=margin)
-    cal = Calibration.fit([e.increments for e in episodes], alpha=0.05, detectors=["envelope", "meanshift"])
+    cal = Calibration.fit([e.increments for e in episodes], alpha=0.05, detectors=["envelope", "meanshift"],
+                          objective=margin)  # recorded: a guard computing another objective is an error
     results = {
         "config": {"quick": quick, "calibration_episodes": n_cal, "episodes": n_eval, "ppo_timesteps": steps},
         "in_distribution": summary(deploy(cal, policy, 0.5, n_eval, seed=10_000)),

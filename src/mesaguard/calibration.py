@@ -31,7 +31,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from mesaguard.artifacts import (
 from mesaguard.detectors import DEFAULT, Detector, DetectorError, detector_class
 from mesaguard.detectors.base import check_episodes, padded
 from mesaguard.files import read_json, write_atomic
+from mesaguard.objective import Objective, Transition, make_objective
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -273,6 +275,15 @@ class Calibration:
     n_cal: int
     detectors: dict[str, DetectorCalibration]
     metadata: dict[str, Any] = field(default_factory=dict)
+    objective: str | None = None  # the base objective the increments came from (its name), if the fit was told
+    lengths: tuple[int, int] | None = None  # the shortest and longest calibration episode, in steps
+
+    def __repr__(self) -> str:
+        """One line: what it was fitted on and for, never its arrays."""
+        return (
+            f"Calibration(scenario={self.scenario!r}, objective={self.objective!r}, alpha={self.alpha}, "
+            f"n_fit={self.n_fit}, n_cal={self.n_cal}, detectors={list(self.detectors)}, lengths={self.lengths})"
+        )
 
     @classmethod
     def fit(
@@ -286,12 +297,19 @@ class Calibration:
         fit_fraction: float = 0.5,
         options: Mapping[str, Mapping[str, Any]] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        objective: str | Objective | Callable[[Transition], float] | None = None,
     ) -> Calibration:
         """Fit every detector on the first ``fit_fraction`` of ``episodes``, threshold on the rest.
 
         ``episodes`` are 1-D arrays of per-step increments of in-distribution episodes
         held out from training, any lengths. ``options`` maps a detector name to
-        extra parameters (e.g. ``{"cusum": {"slack": 0.5}}``).
+        extra parameters (e.g. ``{"cusum": {"slack": 0.5}}``). ``objective`` names the
+        base objective the increments came from (``"reward"``, ``"info:KEY"``, or the
+        callable): it is recorded, and a guard computing another one is an error
+        (see :func:`mesaguard.guard.core.guard_objective`).
+
+        Increments that are the same at every step of every episode (CartPole's
+        ``+1``) warn: such a guard fires only if the increment itself ever changes.
         """
         alpha = check_alpha(alpha)
         names = list(DEFAULT) if detectors is None else list(detectors)
@@ -325,7 +343,17 @@ class Calibration:
                 maxima=maxima.tolist(),
             )
         shape = None if obs_shape is None else tuple(int(s) for s in obs_shape)
-        return cls(scenario, shape, alpha, n_fit, len(held), fitted, dict(metadata or {}))
+        pooled = np.concatenate(episodes)
+        if np.ptp(pooled) == 0:
+            warnings.warn(
+                f"every calibration increment is {float(pooled[0])!r}: the base objective never varies in "
+                f"distribution, so the guard fires only if the increment itself changes; choose a base objective "
+                f"that measures how well the agent does (a margin, a distance, a cost)",
+                stacklevel=2,
+            )
+        lengths = (min(e.size for e in episodes), max(e.size for e in episodes))
+        recorded = None if objective is None else make_objective(objective).name
+        return cls(scenario, shape, alpha, n_fit, len(held), fitted, dict(metadata or {}), recorded, lengths)
 
     @property
     def rank(self) -> int:
@@ -409,6 +437,8 @@ class Calibration:
                 for name, d in self.detectors.items()
             },
             "metadata": self.metadata,
+            "objective": self.objective,
+            "lengths": None if self.lengths is None else list(self.lengths),
         }
 
     def to_dict(self, signing_key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
@@ -500,6 +530,14 @@ class Calibration:
                 f"{source}: its arrays file holds {sorted(set(arrays) - used)}, which no field references; "
                 f"expected only the arrays of its detectors' parameters"
             )
+        objective = f.get("objective") if "objective" in data else None
+        if objective is not None and not (isinstance(objective, str) and objective):
+            f.fail("objective", objective, "the name of a base objective, or null")
+        lengths = f.get("lengths") if "lengths" in data else None
+        if lengths is not None:
+            ok = isinstance(lengths, list) and len(lengths) == 2 and all(type(n) is int and n >= 1 for n in lengths)
+            if not ok or lengths[0] > lengths[1]:
+                f.fail("lengths", lengths, "[shortest, longest] episode lengths, positive integers, or null")
         return cls(
             scenario=f.text("scenario"),
             obs_shape=shape,
@@ -508,6 +546,8 @@ class Calibration:
             n_cal=n_cal,
             detectors=detectors,
             metadata=metadata,
+            objective=objective,
+            lengths=None if lengths is None else (lengths[0], lengths[1]),
         )
 
 

@@ -111,6 +111,7 @@ def calibrate(
         scenario=scenario,
         obs_shape=shape,
         metadata={"policy": policy, "variant": variant, "seeds": [CALIBRATION_SEED, CALIBRATION_SEED + episodes]},
+        objective=OBJECTIVE,
     )
 
 

@@ -86,6 +86,7 @@ def calibrate(
         scenario=spec.scenario,
         obs_shape=get(spec.scenario).make(variant).observation_space.shape,
         metadata={"policy": label, "variant": variant, "job_seed": spec.seed},
+        objective=OBJECTIVE,
     )
     return runs, calibration
 

@@ -106,7 +106,9 @@ class MeanShift(Detector):
         z = (sums - sums.mean(axis=0)) / spread
         shrunk = LedoitWolf(assume_centered=True).fit(z).covariance_
         d = np.sqrt(np.diag(shrunk))
-        corr = shrunk / np.outer(d, d)  # unit diagonal: each block keeps its own variance below
+        d = np.where(d > 0, d, 1.0)  # a block that never varied: uncorrelated with the rest
+        corr = shrunk / np.outer(d, d)
+        np.fill_diagonal(corr, 1.0)  # unit diagonal: each block keeps its own variance below
         cov = corr * np.outer(spread, spread)
         chol = np.linalg.cholesky(cov + 1e-12 * np.diag(np.diag(cov)))
         return cls(mu=sums.mean(axis=0), chol=chol, block=block, **options)

@@ -18,14 +18,16 @@ This module also holds what both wrappers share: the constructor checks
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mesaguard.calibration import Calibration
+from mesaguard.calibration import Calibration, CalibrationError
 from mesaguard.detectors import detector_class
 from mesaguard.detectors.base import DetectorError, as_increments
+from mesaguard.objective import Objective, Transition, make_objective
 from mesaguard.protocols import Alarm, Protocol, ProtocolError
 
 if TYPE_CHECKING:  # scikit-learn loads with the scope, not with every guard
@@ -40,6 +42,7 @@ __all__ = [
     "GuardError",
     "ScalarGuard",
     "check_setup",
+    "guard_objective",
     "protocol_action",
     "with_error",
 ]
@@ -73,6 +76,56 @@ def check_setup(
         scope.check(scenario=scenario, obs_shape=obs_shape)
     if monitor is not None and monitor.n_envs != n_envs:
         raise ValueError(f"monitor watches {monitor.n_envs} envs; this env needs a monitor with n_envs={n_envs}")
+
+
+def guard_objective(
+    calibration: Calibration,
+    objective: str | Objective | Callable[[Transition], float] | None,
+    allow_other_objective: bool = False,
+) -> Objective:
+    """The objective a guard computes: the one its calibration was fitted on, checked.
+
+    With ``objective=None`` the guard computes the calibration's recorded objective
+    (``"reward"`` where none is recorded); a recorded callable must be passed again.
+    Another objective than the recorded one is an error (increments of one objective
+    against thresholds of another never mean what they say) unless
+    ``allow_other_objective=True``.
+
+    >>> import numpy as np
+    >>> cal = Calibration.fit([np.full(5, 1.0) + 0.1 * i for i in range(40)], alpha=0.1, objective="info:margin")
+    >>> guard_objective(cal, None).name
+    'info:margin'
+    >>> guard_objective(cal, "reward")  # doctest: +NORMALIZE_WHITESPACE
+    Traceback (most recent call last):
+    ...
+    mesaguard.calibration.CalibrationError: calibration was fitted on the objective 'info:margin'; this guard
+    computes 'reward'. Pass objective='info:margin', or allow_other_objective=True to use 'reward' anyway
+    """
+    recorded = calibration.objective
+    if objective is None:
+        if recorded is None or recorded == "reward" or recorded.startswith("info:"):
+            return make_objective(recorded)
+        raise CalibrationError(
+            f"calibration was fitted on the objective {recorded!r}, a function of the transition; pass it again "
+            f"as objective=..."
+        )
+    chosen = make_objective(objective)
+    if recorded is not None and chosen.name != recorded and not allow_other_objective:
+        raise CalibrationError(
+            f"calibration was fitted on the objective {recorded!r}; this guard computes {chosen.name!r}. "
+            f"Pass objective={recorded!r}, or allow_other_objective=True to use {chosen.name!r} anyway"
+        )
+    return chosen
+
+
+def past_longest(calibration: Calibration) -> str:
+    """The warning given once when an episode runs past the longest calibration episode."""
+    longest = "an unrecorded length" if calibration.lengths is None else f"{calibration.lengths[1]} steps"
+    return (
+        f"an episode ran past the longest calibration episode ({longest}): past it every detector reuses its last "
+        f"step's reference, and the false-alarm guarantee covers episodes like the calibration's; calibrate on "
+        f"episodes as long as the deployment's"
+    )
 
 
 def protocol_action(protocol: Protocol, obs: Any, space: Any) -> Any | None:
@@ -136,6 +189,8 @@ class ScalarGuard:
     def __init__(self, calibration: Calibration, detectors: Sequence[str] | None = None, alpha: float | None = None):
         self.names, self.thresholds = _calibrated(calibration, detectors, alpha)
         self.detectors = [calibration.detectors[n].build(1).scalar() for n in self.names]
+        self._calibration = calibration
+        self._longest = math.inf if calibration.lengths is None else calibration.lengths[1]
         self.reset()
 
     def reset(self) -> None:
@@ -151,6 +206,9 @@ class ScalarGuard:
             raise DetectorError(f"increment {u} at step {self.steps + 1} is not finite")
         self.score += u
         self.steps += 1
+        if self.steps > self._longest:  # once per guard: warn, then stop checking
+            warnings.warn(past_longest(self._calibration), stacklevel=4)
+            self._longest = math.inf
         stats = self.statistics
         for i, det in enumerate(self.detectors):
             stats[i] = det.update(u)
@@ -198,6 +256,7 @@ class Guard:
     ) -> None:
         names, thresholds = _calibrated(calibration, detectors, alpha)
         self.calibration = calibration
+        self._longest = math.inf if calibration.lengths is None else calibration.lengths[1]
         self.names = names
         self.n_envs = int(n_envs)
         self.detectors = [calibration.detectors[n].build(self.n_envs) for n in names]
@@ -240,6 +299,9 @@ class Guard:
             self.statistics[i] = det._update(u)
         self.score += u
         self.steps += 1 if live is None else live
+        if self.steps.max() > self._longest:  # once per guard: warn, then stop checking
+            warnings.warn(past_longest(self.calibration), stacklevel=4)
+            self._longest = math.inf
         over = self.statistics > self._column_thresholds
         new = over.any(axis=0) & ~self.alarm
         broken = ~np.isfinite(self.score) | ~np.isfinite(self.statistics).all(axis=0)

@@ -23,9 +23,18 @@ from typing import TYPE_CHECKING, Any, SupportsFloat
 import gymnasium as gym
 
 from mesaguard.calibration import Calibration
-from mesaguard.guard.core import DEPLOYMENT, SCOPE, GuardError, ScalarGuard, check_setup, protocol_action, with_error
+from mesaguard.guard.core import (
+    DEPLOYMENT,
+    SCOPE,
+    GuardError,
+    ScalarGuard,
+    check_setup,
+    guard_objective,
+    protocol_action,
+    with_error,
+)
 from mesaguard.monitor import DeploymentMonitor
-from mesaguard.objective import Objective, Transition, make_objective
+from mesaguard.objective import Objective, Transition
 from mesaguard.protocols import Protocol, Stop, compose
 
 if TYPE_CHECKING:  # scikit-learn loads with the scope, not with every guard
@@ -50,8 +59,10 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         What happens on alarm: :class:`~mesaguard.protocols.Stop` (default),
         ``Fallback(policy)``, ``Alert(callback)`` or a list of them.
     objective
-        Where increments come from: ``"reward"`` (default), ``"info:KEY"``, an
-        :class:`~mesaguard.objective.Objective` or a callable of the transition.
+        Where increments come from: ``"reward"``, ``"info:KEY"``, an
+        :class:`~mesaguard.objective.Objective` or a callable of the transition. Default:
+        the one the calibration recorded (``"reward"`` where it recorded none); another
+        than the recorded one is an error unless ``allow_other_objective=True``.
     scenario
         If given, checked against the calibration's scenario.
     monitor
@@ -81,6 +92,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         scenario: str | None = None,
         monitor: DeploymentMonitor | None = None,
         scope: Scope | None = None,
+        allow_other_objective: bool = False,
     ) -> None:
         gym.utils.RecordConstructorArgs.__init__(
             self,
@@ -91,12 +103,13 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             scenario=scenario,
             monitor=monitor,
             scope=scope,
+            allow_other_objective=allow_other_objective,
         )
         gym.Wrapper.__init__(self, env)
         check_setup(calibration, env.observation_space.shape, 1, scenario=scenario, monitor=monitor, scope=scope)
         self.guard = ScalarGuard(calibration, detectors)
         self.protocol = compose(Stop() if protocol is None else protocol)
-        self.objective = make_objective(objective)
+        self.objective = guard_objective(calibration, objective, allow_other_objective)
         self.monitor = monitor
         self.scope = None if scope is None else scope.detector(1).scalar()
         self.scope_threshold = math.inf if scope is None else scope.threshold  # the detector knows no threshold

@@ -19,9 +19,18 @@ from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 from gymnasium.vector.utils import iterate
 
 from mesaguard.calibration import Calibration
-from mesaguard.guard.core import DEPLOYMENT, SCOPE, Guard, GuardError, check_setup, protocol_action, with_error
+from mesaguard.guard.core import (
+    DEPLOYMENT,
+    SCOPE,
+    Guard,
+    GuardError,
+    check_setup,
+    guard_objective,
+    protocol_action,
+    with_error,
+)
 from mesaguard.monitor import DeploymentMonitor
-from mesaguard.objective import Batch, Objective, Transition, make_objective
+from mesaguard.objective import Batch, Objective, Transition
 from mesaguard.protocols import Alarm, Protocol, Stop, compose
 
 if TYPE_CHECKING:  # scikit-learn loads with the scope, not with every guard
@@ -129,6 +138,7 @@ class GuardedVectorEnv(VectorWrapper):
         scenario: str | None = None,
         monitor: DeploymentMonitor | None = None,
         scope: Scope | None = None,
+        allow_other_objective: bool = False,
     ) -> None:
         super().__init__(env)
         n = env.num_envs
@@ -141,7 +151,7 @@ class GuardedVectorEnv(VectorWrapper):
         self.scope_threshold = math.inf if scope is None else scope.threshold  # the detector knows no threshold
         self.guard = Guard(calibration, detectors, n_envs=n)
         self.protocol = compose(Stop() if protocol is None else protocol)
-        self.objective = make_objective(objective)
+        self.objective = guard_objective(calibration, objective, allow_other_objective)
         self.monitor = monitor
         self._obs: Any = None
         self._restarting = np.zeros(n, dtype=bool)  # next-step autoreset: these sub-envs reset at the next step
