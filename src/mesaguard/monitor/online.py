@@ -1,0 +1,453 @@
+"""The online monitor: evidence over a deployment's episodes as they run, one env or a vector env's.
+
+:class:`DeploymentMonitor` ranks each episode's statistic (the largest standardized
+statistic of the chosen detectors over the episode, as the per-episode guard uses)
+by sequential conformal p-values (:mod:`~mesaguard.monitor.pvalues`), bets on them
+(:mod:`~mesaguard.monitor.evidence`) and raises the alarm at its mode's threshold
+(:mod:`~mesaguard.monitor.modes`, which states each mode's guarantee). Online, the
+monitor keeps that guarantee while episodes overlap, run, and end early:
+
+1. **Mid-episode evidence.** While episode ``j`` runs, its running maximum is a
+   lower bound on ``x_j``, so the p-value computed from it is an upper bound on
+   ``p_j``, and since every mode's evidence grows with each bet, the evidence
+   computed from it is a lower bound on the evidence at ``j``'s end: an alarm on it
+   implies the alarm at the episode's end, and the guarantee is unchanged.
+2. **Vector envs.** Episodes are bet on in the order they *start*, an order that does
+   not depend on their outcomes. Episodes still running when a later one ends enter
+   the later one's bag as ``+inf`` (an upper bound on its p-value), so evidence is
+   available at every step, never an overstatement. The chain of lower bounds stops at
+   an episode that has not stepped yet: it may be replaced and never bet on.
+3. **Censored episodes.** An episode cut short (stopped by the guard, handed to a
+   fallback, reset early) has an unknown statistic at least its running maximum: it
+   is bet on with that maximum and enters later bags as ``+inf``. Both only lower
+   the evidence.
+
+The alarm stands until :meth:`DeploymentMonitor.clear`, which starts a new test
+(evidence reset, the bag kept): each test between clears has its own guarantee.
+Episodes are numbered as the package says (1-based, in start order).
+
+Call order: :meth:`~DeploymentMonitor.start` each episode (at its reset),
+:meth:`~DeploymentMonitor.update` (or ``update_scalar`` / ``observe``) at each of its
+steps, :meth:`~DeploymentMonitor.finish` it once at its end. An update, a finish or a
+censor in an env with no started episode raises :class:`MonitorError` naming the call:
+evidence is never dropped in silence. So does a statistic or increment that is not
+finite (the episodes concerned are censored first). A guard catches these errors and
+fails closed with :meth:`~DeploymentMonitor.fail`, which is always allowed, as is
+:meth:`~DeploymentMonitor.clear`.
+
+>>> rng = np.random.default_rng(0)
+>>> cal = Calibration.fit([rng.normal(1.0, 0.5, 20) for _ in range(400)], alpha=0.05, detectors=["cusum"])
+>>> monitor = DeploymentMonitor(cal, alpha=0.05)
+>>> for episode in range(200):  # the base objective drops by 0.1 per step: half a step's spread
+...     monitor.start()
+...     for u in rng.normal(0.9, 0.5, 20):
+...         _ = monitor.update(np.array([u]))
+...     monitor.finish()
+...     if monitor.alarm:
+...         break
+>>> monitor.alarm, monitor.alarm_episode == episode + 1 < 100
+(True, True)
+>>> monitor.update(np.array([0.0]))  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+mesaguard.monitor.MonitorError: update() in env [0] with no started episode: call start() when each episode begins ...
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mesaguard.calibration import Calibration, check_alpha
+from mesaguard.detectors import detector_class
+from mesaguard.detectors.base import DetectorError, as_increments
+from mesaguard.monitor.errors import MonitorError
+from mesaguard.monitor.evidence import SHIFTS, _advance, _log_mean_exp, _scores, _start
+from mesaguard.monitor.modes import check_mode, log_threshold
+from mesaguard.monitor.pvalues import _counts, _pvalue
+
+__all__ = ["DeploymentMonitor"]
+
+_ORDER = (
+    "call start() when each episode begins (at its reset), update it at each step, and finish() it once at its end"
+)
+
+
+@dataclass
+class _Episode:
+    """One deployment episode, numbered in start order (``id`` 0-based; its number is ``id + 1``)."""
+
+    id: int
+    u: float = 0.0  # smoothing uniform, drawn at the episode's first step (episodes replaced before it draw none)
+    value: float = -math.inf  # running maximum of the episode statistic
+    steps: int = 0
+    done: bool = False
+    censored: bool = False  # cut short or taken over: its true statistic is only known to be >= value
+    counts: bool = True  # False for episodes already running when the alarm was cleared
+
+    @property
+    def in_bag(self) -> float:
+        """What later episodes are ranked against: the value, or +inf while unknown."""
+        return self.value if self.done and not self.censored else math.inf
+
+
+class DeploymentMonitor:
+    """Evidence over a deployment's episodes against the calibration's reference episodes.
+
+    Parameters
+    ----------
+    calibration
+        The per-episode calibration (its held-out maxima are the reference bag).
+    detectors
+        Detectors whose joint statistic is monitored (default: all in the calibration).
+    alpha
+        Anytime and fixed modes: the false-alarm probability, strictly between 0 and 1
+        (unused in change mode).
+    horizon
+        Fixed mode: the number of episodes watched (giving one selects fixed mode).
+    n_envs
+        Concurrent episodes (a vector env's sub-envs).
+    seed
+        Seed of the smoothing uniforms: same seed, same inputs, same evidence.
+    scenario
+        If given, checked against the calibration's scenario.
+    shifts
+        The mixture's shifts in normal-score units.
+    mode
+        ``"anytime"`` (default without a horizon), ``"fixed"`` (default with one) or
+        ``"change"``; the module docstring states each mode's guarantee.
+    arl
+        Change mode: the average run length to a false alarm, in episodes (``1000 / r``
+        for at most ``r`` false alarms per 1,000 episodes on average).
+
+    Feed it like a detector: :meth:`start` episodes, :meth:`update` with each step's
+    increments (or :meth:`observe` with precomputed joint statistics), :meth:`finish`
+    them; a call out of this order raises :class:`MonitorError`. ``evidence`` is the
+    e-value now (in change mode the Shiryaev-Roberts statistic; a lower bound while
+    episodes run), ``alarm`` whether the deployment alarm stands, ``alarm_episode`` the
+    1-based number of the episode that raised it.
+    """
+
+    def __init__(
+        self,
+        calibration: Calibration,
+        detectors: Sequence[str] | None = None,
+        alpha: float = 0.05,
+        horizon: int | None = None,
+        n_envs: int = 1,
+        seed: int = 0,
+        scenario: str | None = None,
+        shifts: Sequence[float] = SHIFTS,
+        mode: str | None = None,
+        arl: float | None = None,
+    ) -> None:
+        self.mode = check_mode(mode, horizon, arl)
+        self.alpha = check_alpha(alpha)
+        calibration.check(scenario=scenario)
+        self.names = list(calibration.detectors) if detectors is None else list(detectors)
+        for name in self.names:
+            detector_class(name)  # unknown names: the error lists every detector
+        reference = calibration.joint_maxima(self.names)
+        if isinstance(n_envs, bool) or not isinstance(n_envs, (int, np.integer)) or n_envs < 1:
+            raise MonitorError(f"n_envs={n_envs!r}; expected a positive integer")
+        self.shifts = np.asarray(tuple(shifts), dtype=np.float64)
+        if self.shifts.ndim != 1 or self.shifts.size == 0 or not (np.isfinite(self.shifts) & (self.shifts > 0)).all():
+            raise MonitorError(f"shifts={list(shifts)}; expected positive finite numbers")
+        self.horizon = None if horizon is None else int(horizon)
+        self.arl = None if arl is None else float(arl)
+        self.log_threshold = log_threshold(self.mode, self.alpha, self.horizon, self.arl, tuple(self.shifts.tolist()))
+        self.n_envs = int(n_envs)
+        cals = [calibration.detectors[n] for n in self.names]
+        self.detectors = [c.build(self.n_envs) for c in cals]
+        # One env: the detectors' plain-float forms and (location, scale) pairs, the hot path of GuardedEnv.
+        self._scalar = [c.build(1).scalar() for c in cals] if self.n_envs == 1 else []
+        self._standard = [(c.location, c.scale) for c in cals]
+        self._location = np.array([c.location for c in cals])[:, None]
+        self._scale = np.array([c.scale for c in cals])[:, None]
+        self.reference = np.asarray(reference, dtype=np.float64)
+        self._half_sq = self.shifts**2 / 2
+        self._rng = np.random.default_rng(seed)
+        self._bag = sorted(self.reference.tolist())
+        self._open: list[_Episode] = []  # started, not yet bet on; ascending ids
+        self._running: list[_Episode | None] = [None] * self.n_envs
+        self._has = np.zeros(self.n_envs, dtype=bool)  # envs with a running episode (checked at every call)
+        self._all = np.ones(self.n_envs, dtype=bool)  # the mask of every env (read only)
+        self._next_id = 0
+        self._first = 0  # first episode id of the current test (after the last clear)
+        self._log_wealth = _start(self.mode, (self.shifts.size,))  # per shift: log-evidence of the bets made
+        self._last_bet: int | None = None  # id of the last episode bet on in this test
+        self.episodes = 0  # episodes bet on in this test
+        self.finished = 0  # episodes finished since the monitor was made
+        self.steps = 0  # env steps seen since the monitor was made
+        self.log_evidence = _log_mean_exp(self._log_wealth)
+        self.alarm = False
+        self.alarm_episode: int | None = None  # 1-based number (start order) of the episode that raised the alarm
+        self.alarm_steps: int | None = None  # steps seen when the alarm fired
+
+    # -- what users read ----------------------------------------------------
+
+    @property
+    def evidence(self) -> float:
+        """The e-value now: the largest provable wealth (change mode: SR statistic) of this test (capped at 1e300)."""
+        return math.exp(min(self.log_evidence, 690.0))
+
+    @property
+    def threshold(self) -> float:
+        """The evidence that raises the alarm: ``1/alpha``, ``c_h`` in fixed mode, the ARL in change mode."""
+        return math.exp(self.log_threshold)
+
+    @property
+    def spent(self) -> bool:
+        """Fixed-horizon mode: all ``horizon`` episodes of this test have been bet on."""
+        return self.horizon is not None and self.episodes >= self.horizon
+
+    @property
+    def running(self) -> np.ndarray:
+        """Per env, whether an episode is running there (started, not yet finished)."""
+        return self._has.copy()
+
+    def report(self) -> dict[str, object]:
+        """What a guard puts in ``info["mesaguard"]["deployment"]``."""
+        mode = {"fixed": f"fixed:{self.horizon}", "change": f"change:{self.arl or 0:g}"}.get(self.mode, self.mode)
+        return {
+            "evidence": self.evidence,
+            "threshold": self.threshold,
+            "alarm": self.alarm,
+            "episodes": self.finished,
+            "steps": self.steps,
+            "mode": mode,
+        }
+
+    # -- feeding it ---------------------------------------------------------
+
+    def _mask(self, mask: np.ndarray | None, name: str) -> np.ndarray:
+        """A boolean mask over the envs (all if None), checked."""
+        if mask is None:
+            return self._all
+        if isinstance(mask, np.ndarray) and mask.dtype == bool and mask.shape == self._all.shape:
+            return mask  # the hot path: read, never written
+        m = np.asarray(mask)
+        if m.shape != (self.n_envs,) or not (m.dtype == bool or np.isin(m, (0, 1)).all()):
+            raise MonitorError(f"{name}={m.tolist()}; expected {self.n_envs} booleans, one per env")
+        return m.astype(bool)
+
+    def _require_running(self, call: str, envs: np.ndarray) -> None:
+        """Refuse ``call`` in any env of ``envs`` without a started episode: never drop evidence silently."""
+        if self._has.all():
+            return
+        missing = envs & ~self._has
+        if missing.any():
+            raise MonitorError(f"{call} in env {np.flatnonzero(missing).tolist()} with no started episode: {_ORDER}")
+
+    def start(self, mask: np.ndarray | None = None) -> None:
+        """Start new episodes in the envs of ``mask`` (all if None), numbered in env order.
+
+        An episode still running in one of them ends first, censored (it was cut short).
+        """
+        m = self._mask(mask, "mask")
+        ended = m & self._has
+        if ended.any():
+            self.finish(ended, censored=True)
+        for i in np.flatnonzero(m):
+            episode = _Episode(self._next_id)
+            self._next_id += 1
+            self._running[i] = episode
+            self._has[i] = True
+            self._open.append(episode)
+        for det in self.detectors:
+            det.reset(None if mask is None else m)
+        for scalar in self._scalar:
+            scalar.reset()
+
+    def update_scalar(self, u: float) -> float:
+        """One env, one increment: :meth:`update` in plain floats (tests hold them equal)."""
+        if self.n_envs != 1:
+            raise MonitorError(f"update_scalar is for one env; this monitor watches {self.n_envs}")
+        episode = self._running[0]
+        if episode is None:
+            raise MonitorError(f"update_scalar() with no started episode: {_ORDER}")
+        if not math.isfinite(u):
+            episode.censored = True  # the episode's statistic can no longer be computed
+            raise DetectorError(f"increment {u} is not finite")
+        x = max((det.update(u) - loc) / scale for det, (loc, scale) in zip(self._scalar, self._standard))
+        if not math.isfinite(x):
+            episode.censored = True
+            raise MonitorError(f"the joint statistic is {x} after increment {u}; expected a finite number")
+        self.steps += 1
+        if episode.steps == 0:
+            episode.u = float(self._rng.random())
+        episode.steps += 1
+        if not episode.censored and x > episode.value:
+            episode.value = x
+            self._refresh()
+        return self.evidence
+
+    def update(self, u: np.ndarray, live: np.ndarray | None = None) -> float:
+        """Feed one increment per env (envs outside ``live`` had no step); return the evidence.
+
+        Every live env needs a started episode; the increments of the other envs are not read.
+        """
+        m = self._mask(live, "live")
+        self._require_running("update()", m)
+        u = np.asarray(u, dtype=np.float64)
+        if live is not None and u.shape == m.shape:
+            u = np.where(m, u, 0.0)
+        try:
+            u = as_increments(u, self.n_envs)  # names the shape or the non-finite values
+        except DetectorError:
+            if u.shape == m.shape:
+                self._censor(~np.isfinite(u))  # those episodes' statistics can no longer be computed
+            raise
+        stats = np.array([det._update(u) for det in self.detectors])
+        return self._observe(((stats - self._location) / self._scale).max(axis=0), m)
+
+    def observe(self, statistic: np.ndarray, live: np.ndarray | None = None) -> float:
+        """Feed one joint standardized statistic per env directly; return the evidence.
+
+        Every live env needs a started episode; the statistics of the other envs are not read.
+        """
+        m = self._mask(live, "live")
+        statistic = np.asarray(statistic, dtype=np.float64)
+        if statistic.shape != (self.n_envs,):
+            raise MonitorError(f"statistics of shape {statistic.shape}; expected ({self.n_envs},), one per env")
+        self._require_running("observe()", m)
+        return self._observe(statistic, m)
+
+    def _observe(self, statistic: np.ndarray, m: np.ndarray) -> float:
+        """:meth:`observe` once its arguments are checked: ``m`` the live envs, each with a running episode."""
+        finite = np.isfinite(statistic)
+        bad = None if finite.all() else m & ~finite
+        if bad is not None and bad.any():
+            self._censor(bad)
+            raise MonitorError(
+                f"statistics {statistic[bad].tolist()} at env {np.flatnonzero(bad).tolist()} are not finite"
+            )
+        changed = False
+        for i in np.flatnonzero(m).tolist():
+            episode = self._running[i]
+            assert episode is not None  # checked above
+            self.steps += 1
+            if episode.steps == 0:
+                episode.u = float(self._rng.random())
+            episode.steps += 1
+            if not episode.censored and statistic[i] > episode.value:
+                episode.value = float(statistic[i])
+                changed = True
+        if changed:
+            self._refresh()
+        return self.evidence
+
+    def censor(self, mask: np.ndarray | None = None) -> None:
+        """From now on the episodes in ``mask`` (all if None) are not the agent's (a fallback acts): freeze them."""
+        m = self._mask(mask, "mask")
+        self._require_running("censor()", m)
+        self._censor(m)
+
+    def _censor(self, m: np.ndarray) -> None:
+        for i in np.flatnonzero(m):
+            episode = self._running[i]
+            if episode is not None:
+                episode.censored = True
+
+    def finish(self, mask: np.ndarray | None = None, censored: bool | np.ndarray = False) -> None:
+        """End the running episodes of ``mask`` (all if None); ``censored`` where they were cut short.
+
+        Every env of ``mask`` needs a running episode, except while the alarm stands
+        (then envs without one are skipped: the test is over, nothing can be lost).
+        """
+        m = self._mask(mask, "mask")
+        try:
+            cut = np.broadcast_to(np.asarray(censored, dtype=bool), (self.n_envs,))
+        except ValueError:
+            raise MonitorError(f"censored={censored!r}; expected a bool or {self.n_envs} booleans") from None
+        if not self.alarm:  # under a standing alarm no evidence can be lost: a refusing guard may end envs twice
+            self._require_running("finish()", m)
+        for i in np.flatnonzero(m):
+            episode = self._running[i]
+            if episode is None:
+                continue
+            self._running[i] = None
+            self._has[i] = False
+            if episode.steps == 0:  # replaced before its first step: no outcome, so neither bet nor bag
+                self._open.remove(episode)
+                continue
+            episode.done = True
+            episode.censored |= bool(cut[i])
+            self.finished += 1
+        while self._open and self._open[0].done:
+            self._commit(self._open.pop(0))
+        self._refresh()
+
+    def fail(self) -> None:
+        """Raise the deployment alarm now (the monitor itself failed: fail closed). Always allowed."""
+        if not self.alarm:
+            self._fire(self._next_id)  # the latest episode started (0 before the first)
+
+    def clear(self) -> None:
+        """Clear a standing alarm and start a new test: evidence reset, reference bag kept. Always allowed.
+
+        Episodes already running are ranked in later bags but not bet on: the choice
+        to clear may depend on what they showed so far.
+        """
+        self.alarm, self.alarm_episode, self.alarm_steps = False, None, None
+        self._first = self._next_id
+        for episode in self._open:
+            episode.counts = False
+        self._log_wealth = _start(self.mode, (self.shifts.size,))
+        self._last_bet = None
+        self.episodes = 0
+        self.log_evidence = _log_mean_exp(self._log_wealth)
+
+    # -- the bets -------------------------------------------------------------
+
+    def _counts_bet(self, episode: _Episode) -> bool:
+        return episode.counts and (self.horizon is None or episode.id - self._first < self.horizon)
+
+    def _bet(self, p: float) -> np.ndarray:
+        """Per shift, the log of this p-value's bet."""
+        return self.shifts * float(_scores(p)) - self._half_sq
+
+    def _commit(self, episode: _Episode) -> None:
+        """Bet on a finished episode whose predecessors are all finished, then add it to the bag."""
+        if self._counts_bet(episode):
+            greater, equal = _counts(self._bag, episode.value)
+            p = _pvalue(greater, equal, len(self._bag), episode.u)
+            self._log_wealth = _advance(self.mode, self._log_wealth, self._bet(p))
+            self._last_bet = episode.id
+            self.episodes += 1
+            if not self.alarm and _log_mean_exp(self._log_wealth) >= self.log_threshold:
+                self._fire(episode.id + 1)
+        bisect.insort(self._bag, episode.in_bag)
+
+    def _refresh(self) -> None:
+        """Evidence now: the largest evidence provable from the bets made and lower bounds of pending ones."""
+        log_wealth = self._log_wealth
+        best = _log_mean_exp(log_wealth)
+        crossing = None
+        if best >= self.log_threshold:  # only if the threshold is below a new test's evidence
+            crossing = self._next_id if self._last_bet is None else self._last_bet + 1
+        pending: list[float] = []  # sorted: what the earlier pending episodes add to a later one's bag
+        for episode in self._open:
+            if self._counts_bet(episode):
+                if episode.steps == 0:  # no step yet: it may be replaced and never bet on, so neither may later ones
+                    break
+                greater, equal = _counts(self._bag, episode.value)
+                more, tied = _counts(pending, episode.value)
+                p = _pvalue(greater + more, equal + tied, len(self._bag) + len(pending), episode.u)
+                log_wealth = _advance(self.mode, log_wealth, self._bet(p))
+                level = _log_mean_exp(log_wealth)
+                if crossing is None and level >= self.log_threshold:
+                    crossing = episode.id + 1
+                best = max(best, level)
+            bisect.insort(pending, episode.in_bag)
+        self.log_evidence = best
+        if crossing is not None and not self.alarm:
+            self._fire(crossing)
+
+    def _fire(self, episode: int) -> None:
+        self.alarm = True
+        self.alarm_episode, self.alarm_steps = episode, self.steps
