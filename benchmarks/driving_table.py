@@ -37,8 +37,8 @@ from rich.console import Console
 from rich.table import Table
 
 from mesaguard import scenarios
+from mesaguard.policies import load_agent
 from mesaguard.rollout import Policy, rollout
-from mesaguard.train import load_agent
 
 FIRST_SEED = 20_000
 SCENARIO = scenarios.get("driving")

@@ -217,7 +217,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "impact.json") -> N
         for condition, seed, seconds in pool.map(train_one, *zip(*jobs)):
             console.print(f"trained {condition} seed {seed}" + (f" in {seconds:.0f} s" if seconds else " (cached)"))
 
-    from mesaguard.train import load_policy
+    from mesaguard.policies import load_policy
 
     runs: dict[str, list[dict[str, float]]] = {}
     for condition in cfg.conditions:

@@ -16,12 +16,10 @@ same header::
     Infinity. The body records each sidecar's hash, so the content hash covers
     the sidecars too. It says the file is intact, not who made it.
 ``signature`` (optional)
-    Ed25519 (RFC 8032, through ``cryptography``) over the bytes
-    ``b"mesaguard artifact signature v1\\n" + content_hash`` (ASCII), stored as
-    ``{"algorithm": "ed25519", "key_id": ..., "value": <base64>}``. It covers
-    exactly what the content hash covers: every field, every sidecar. ``key_id``
-    is ``"ed25519:"`` and the first 16 hex digits of the SHA-256 of the raw
-    public key: it names the key, it proves nothing.
+    Ed25519 over the content hash, ``{"algorithm": "ed25519", "key_id": ...,
+    "value": <base64>}`` (:mod:`mesaguard.signing`, which makes, loads and
+    checks the keys). It covers exactly what the content hash covers: every
+    field, every sidecar.
 
 On load (:meth:`Kind.open`), in this order: the object has this kind's
 ``format``; its ``schema_version`` is one this mesaguard reads (else an error
@@ -32,20 +30,9 @@ valid. Then each artifact reads its fields through :class:`Fields`, which checks
 every value for what it means and names the file, the field, the value and what
 was expected. All errors are the artifact's own error class (a ``ValueError``).
 
-Key handling
-------------
-The team that fits a calibration, a scope or a policy holds the **private**
-(signing) key; it never ships with a guard. :func:`keygen` writes it as an
-unencrypted PKCS#8 PEM file readable by its owner only (mode 0600), beside the
-public key (SubjectPublicKeyInfo PEM). Keep the private key where the artifacts
-are made (a CI secret, a hardware token exporting PEM, an offline machine), sign
-with ``save(..., signing_key=load_signing_key(path))``. The deployed guard gets
-the **public** (verify) key at design time, from its own configuration, never
-from the artifact, and loads with ``load(..., verify_key=load_verify_key(path))``:
-then an unsigned file, or one signed by another key, or one changed after
-signing, is an error. Several keys (rotation, several teams) are a list. A
-signature does not say the artifact is *good*, only that the key's holder made
-it. Keys are also read as 32 raw bytes. See ``docs/signing.md``.
+The keys (:func:`generate_key`, :func:`keygen`, :func:`load_signing_key`,
+:func:`load_verify_key`, :func:`key_id`) live in :mod:`mesaguard.signing` and are
+importable from here too. See ``docs/signing.md``.
 
 >>> kind = Kind("demo", "mesaguard.demo", 1, ValueError, "Make it again.")
 >>> key = generate_key()
@@ -62,20 +49,29 @@ ValueError: demo.json is corrupt: its content hash does not match its content (f
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import math
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from mesaguard.signing import (
+    SIGNATURE_CONTEXT,
+    VerifyKeys,
+    generate_key,
+    key_id,
+    keygen,
+    load_signing_key,
+    load_verify_key,
+    sign,
+    trusted_keys,
+    verifies,
+)
 
 __all__ = [
     "SIGNATURE_CONTEXT",
@@ -98,11 +94,8 @@ __all__ = [
     "write_sidecar",
 ]
 
-SIGNATURE_CONTEXT = b"mesaguard artifact signature v1\n"
 HEADER = ("format", "schema_version")
 TRAILER = ("content_hash", "signature")
-
-VerifyKeys = Ed25519PublicKey | Ed25519PrivateKey | Iterable[Ed25519PublicKey | Ed25519PrivateKey] | None
 
 
 class ArtifactError(ValueError):
@@ -158,100 +151,6 @@ def _show(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# -- keys ----------------------------------------------------------------------------------
-
-
-def generate_key() -> Ed25519PrivateKey:
-    """A new Ed25519 signing key (its ``public_key()`` verifies)."""
-    return Ed25519PrivateKey.generate()
-
-
-def key_id(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
-    """``"ed25519:"`` and 16 hex digits of the SHA-256 of the raw public key: a name for the key, not a proof."""
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
-
-
-def keygen(
-    private_path: str | os.PathLike[str], public_path: str | os.PathLike[str] | None = None
-) -> tuple[Path, Path]:
-    """Write a new key pair: the signing key (PKCS#8 PEM, mode 0600) and the verify key (``<private>.pub``, PEM).
-
-    Refuses to overwrite an existing private key file (a key lost is every artifact
-    it signed unverifiable). Returns both paths. The CLI's ``keygen`` wraps this.
-    """
-    private_path = Path(private_path)
-    public_path = Path(public_path) if public_path is not None else private_path.with_name(private_path.name + ".pub")
-    key = generate_key()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise ArtifactError(f"{private_path} exists; refusing to overwrite a signing key (remove it first)") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    from mesaguard.files import write_atomic
-
-    write_atomic(public_path, key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private_path, public_path
-
-
-def _key_bytes(path: str | os.PathLike[str], what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ArtifactError(f"no {what} key file at {path}; make a key pair with mesaguard.artifacts.keygen") from None
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read the {what} key ({exc.strerror or exc})") from None
-
-
-def load_signing_key(path: str | os.PathLike[str], password: bytes | None = None) -> Ed25519PrivateKey:
-    """The Ed25519 signing key in ``path``: PEM (PKCS#8, optionally encrypted with ``password``) or 32 raw bytes."""
-    data = _key_bytes(path, "signing")
-    if len(data) == 32:
-        return Ed25519PrivateKey.from_private_bytes(data)
-    try:
-        key = serialization.load_pem_private_key(data, password=password)
-    except (ValueError, TypeError) as exc:
-        raise ArtifactError(f"{path}: not a PEM private key ({exc}); expected an Ed25519 signing key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ArtifactError(f"{path}: a key of type {type(key).__name__}; expected an Ed25519 signing key")
-    return key
-
-
-def load_verify_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
-    """The Ed25519 verify (public) key in ``path``: PEM (SubjectPublicKeyInfo) or 32 raw bytes."""
-    data = _key_bytes(path, "verify")
-    if len(data) == 32:
-        return Ed25519PublicKey.from_public_bytes(data)
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise ArtifactError(f"{path}: not a PEM public key ({exc}); expected an Ed25519 verify key") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise ArtifactError(f"{path}: a key of type {type(key).__name__}; expected an Ed25519 verify key")
-    return key
-
-
-def _trusted(verify_key: VerifyKeys) -> list[Ed25519PublicKey]:
-    if verify_key is None:
-        return []
-    keys = [verify_key] if isinstance(verify_key, (Ed25519PublicKey, Ed25519PrivateKey)) else list(verify_key)
-    out = []
-    for k in keys:
-        if isinstance(k, Ed25519PrivateKey):
-            k = k.public_key()
-        if not isinstance(k, Ed25519PublicKey):
-            raise ArtifactError(f"verify_key {k!r}; expected Ed25519 public keys (load_verify_key)")
-        out.append(k)
-    if not out:
-        raise ArtifactError("verify_key is an empty list; expected at least one Ed25519 public key, or None")
-    return out
-
-
 # -- the header ----------------------------------------------------------------------------
 
 
@@ -283,14 +182,7 @@ class Kind:
         digest = content_hash(payload)
         out = {**payload, "content_hash": digest}
         if signing_key is not None:
-            if not isinstance(signing_key, Ed25519PrivateKey):
-                raise ArtifactError(f"signing_key {signing_key!r}; expected an Ed25519 private key (load_signing_key)")
-            value = signing_key.sign(SIGNATURE_CONTEXT + digest.encode("ascii"))
-            out["signature"] = {
-                "algorithm": "ed25519",
-                "key_id": key_id(signing_key),
-                "value": base64.b64encode(value).decode("ascii"),
-            }
+            out["signature"] = sign(digest, signing_key)
         return out
 
     def open(self, data: Any, source: str, verify_key: VerifyKeys = None) -> int:
@@ -298,7 +190,7 @@ class Kind:
 
         Raises ``self.error`` naming ``source`` and what is wrong.
         """
-        trusted = _trusted(verify_key)
+        trusted = trusted_keys(verify_key)
         if not isinstance(data, dict) or data.get("format") != self.format:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise self.error(
@@ -352,14 +244,11 @@ class Kind:
         key = next((k for k in trusted if key_id(k) == kid), None)
         if key is None:
             fields.fail("key_id", kid, f"one of the keys trusted here ({names}): the file is signed by another key")
-        try:
-            value = base64.b64decode(text, validate=True)
-            key.verify(value, SIGNATURE_CONTEXT + digest.encode("ascii"))
-        except (ValueError, InvalidSignature):
+        if not verifies(key, text, digest):
             raise self.error(
                 f"{source}: field signature.value does not verify with key {kid}: the file was changed after "
                 f"signing, or the signature is forged"
-            ) from None
+            )
 
 
 # -- binary sidecar -------------------------------------------------------------------------

@@ -40,7 +40,7 @@ OBJECTIVE = "info:base_objective"  # every scenario reports its base objective t
 
 def agent(scenario: str, env: gym.Env) -> Policy:
     """The shipped trained agent of ``scenario`` (loaded without pickle)."""
-    from mesaguard.train import load_agent  # torch loads only when an agent is needed
+    from mesaguard.policies import load_agent  # torch loads only when an agent is needed
 
     return load_agent(scenario)
 

@@ -119,7 +119,7 @@ def _sampling_calibration(spec: JobSpec) -> Calibration:
     """
     import torch
 
-    from mesaguard.train import LoadedPolicy, load_agent
+    from mesaguard.policies import LoadedPolicy, load_agent
 
     torch.manual_seed(spec.seed)
     agent = load_agent(spec.scenario)
@@ -202,7 +202,7 @@ def _impact_run(
 
 
 def _impact_agent(scenario: str, env: gym.Env) -> Policy:
-    from mesaguard.train import load_agent
+    from mesaguard.policies import load_agent
 
     return load_agent(scenario, impact=True)
 
@@ -224,7 +224,7 @@ def _continual_run(
     with the design-time calibration of its sampling runs; an alarm rolls it back to its last checkpoint that
     passed."""
     from mesaguard.continual import ContinualDeployment, EpisodeSeeds, ppo_from_policy
-    from mesaguard.train import load_agent
+    from mesaguard.policies import load_agent
 
     seeds = spec.seeds("evaluation")
     sampling = _needed(fitted.sampling, "sampling calibration", "continual")

@@ -116,7 +116,7 @@ class BenchConfig:
         if learned and self.policy != "agent":
             raise BenchError(f"safeguards {learned} train the shipped agent; policy={self.policy!r}; expected 'agent'")
         if "impact" in self.safeguards:
-            from mesaguard.train import shipped_agents
+            from mesaguard.policies import shipped_agents
 
             missing = [s for s in self.scenarios if s not in shipped_agents(impact=True)]
             if missing:

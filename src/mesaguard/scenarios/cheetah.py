@@ -211,7 +211,7 @@ def make_env(variant: str = "train", render_mode: str | None = None) -> gym.Env:
 
 def aligned(env: gym.Env) -> Policy:
     """The shipped agent."""
-    from mesaguard.train import load_agent
+    from mesaguard.policies import load_agent
 
     return load_agent("cheetah")
 
