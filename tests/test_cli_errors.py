@@ -210,3 +210,35 @@ def test_every_scenario_extra_is_a_pyproject_extra_and_installed_here():
     extras = pyproject["project"]["optional-dependencies"]
     assert {s.extra for s in SCENARIOS.values()} - {""} == set(EXTRAS) <= set(extras)
     assert all(s.missing_extra() is None for s in SCENARIOS.values())  # the dev install has every extra
+
+
+def test_signed_calibrations_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """keygen, calibrate --sign-key and deploy --verify-key: a wrong key is one line and exit 2, before any rollout."""
+    import os
+
+    from mesaguard.cli import main
+
+    def run(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["mesaguard", *args])
+        try:
+            main()
+        except SystemExit as exit_:
+            return int(exit_.code or 0)
+        return 0
+
+    assert run("keygen", str(tmp_path / "team.key")) == 0
+    assert oct(os.stat(tmp_path / "team.key").st_mode & 0o777) == "0o600"
+    assert run("keygen", str(tmp_path / "other.key")) == 0
+    cal = tmp_path / "cal.json"
+    assert run("calibrate", "lava", "--episodes", "40", "--alpha", "0.1", "--sign-key", str(tmp_path / "team.key"),
+               "-o", str(cal)) == 0
+    from mesaguard.calibration import Calibration
+    from mesaguard.signing import load_verify_key
+
+    assert Calibration.load(cal, verify_key=load_verify_key(tmp_path / "team.key.pub")).scenario == "lava"
+    out = tmp_path / "deploy.json"
+    assert run("deploy", "lava", "--calibration", str(cal), "--verify-key", str(tmp_path / "other.key.pub"),
+               "-o", str(out)) == 2
+    assert not out.exists()  # refused before any rollout
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "signature" in lines[0]

@@ -183,6 +183,9 @@ def calibrate(
     policy: Annotated[str, typer.Option(help="agent, aligned or misaligned.")] = "agent",
     out: Annotated[Path | None, typer.Option("-o", "--out")] = None,
     workers: Workers = 1,
+    sign_key: Annotated[
+        Path | None, typer.Option(help="Sign the file with this Ed25519 signing key (mesaguard keygen).")
+    ] = None,
 ) -> None:
     """Fit thresholds on held-out in-distribution episodes of the agent; save them as JSON."""
     _scenario(scenario)
@@ -190,8 +193,13 @@ def calibrate(
     names = _names(detectors)
     _enough_episodes(episodes, alpha)
     target = _output("--out", out or Path("runs") / scenario / "calibration.json")
+    signing_key = None
+    if sign_key is not None:  # a bad key is an error before any rollout
+        from mesaguard.signing import load_signing_key
+
+        signing_key = load_signing_key(sign_key)
     cal = _calibrate(scenario, episodes, alpha, names, policy, workers)
-    path = cal.save(target)
+    path = cal.save(target, signing_key=signing_key)
     _show_calibration(cal)
     console.print(f"saved the calibration to [bold]{path}[/]")
 
@@ -226,6 +234,18 @@ def _show_calibration(cal: Any) -> None:
 
 
 @app.command()
+def keygen(
+    out: Annotated[Path, typer.Argument(help="Where to write the signing key (its verify key goes to OUT.pub).")],
+) -> None:
+    """Make an Ed25519 key pair for signing calibration, scope and policy files (the private key is mode 0600)."""
+    from mesaguard.signing import keygen as make_keys
+
+    private, public = make_keys(out)
+    console.print(f"signing key [bold]{private}[/] (keep it with the team that calibrates)")
+    console.print(f"verify key [bold]{public}[/] (give it to every deployed guard)")
+
+
+@app.command()
 def deploy(
     scenario: str,
     calibration: Annotated[Path, typer.Option(help="Calibration file (mesaguard calibrate).")],
@@ -236,9 +256,14 @@ def deploy(
     episodes: Episodes = 200,
     workers: Workers = 1,
     out: Annotated[Path | None, typer.Option("-o", "--out", help="Where to save the table (JSON).")] = None,
+    verify_key: Annotated[
+        list[Path] | None,
+        typer.Option(help="Require the calibration to be signed by this Ed25519 verify key (repeat for several)."),
+    ] = None,
 ) -> None:
     """Deploy the agent with the guard, in-distribution and shifted; print and save the table."""
     from mesaguard.calibration import Calibration
+    from mesaguard.signing import load_verify_key
 
     spec = _scenario(scenario)
     if variant is not None:
@@ -247,7 +272,8 @@ def deploy(
     _choice("--protocol", protocol, PROTOCOLS)
     names = _names(detectors)
     target = _output("--out", out or calibration.parent / "deploy.json")
-    cal = Calibration.load(calibration)
+    keys = [load_verify_key(k) for k in verify_key] if verify_key else None
+    cal = Calibration.load(calibration, verify_key=keys)  # with keys: unsigned or wrongly signed is an error
     cal.check(scenario=scenario)  # fitted on another scenario: an error before any rollout
     cal.joint_maxima(names)  # a detector it lacks: likewise
     configs = [[n] for n in names] + ([names] if len(names) > 1 else [])
