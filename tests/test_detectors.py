@@ -33,9 +33,9 @@ def test_envelope_hand_values_and_fit_carries_final_score():
     det = ScoreEnvelope.fit([np.array([1.0, 1.0, 1.0]), np.array([3.0])])
     # S_t of the two runs: [1, 2, 3] and [3, 3, 3] (the short run keeps its final score)
     np.testing.assert_allclose(det.mean, [2.0, 2.5, 3.0])
-    # raw spreads sqrt(2), sqrt(0.5), 0: only the zero is floored, at the data's resolution after 3 steps
-    floor = 64 * np.spacing(3.0) * np.sqrt(3.0)
-    np.testing.assert_allclose(det.std, [np.sqrt(2.0), np.sqrt(0.5), floor])
+    # raw spreads sqrt(2), sqrt(0.5), 0: where both runs agreed exactly, the spread an unseen event would give,
+    # the pooled increment spread (std of 1, 1, 1, 3 = 1) over sqrt(n + 1)
+    np.testing.assert_allclose(det.std, [np.sqrt(2.0), np.sqrt(0.5), 1 / np.sqrt(3.0)])
     det = ScoreEnvelope(mean=[1.0, 2.0], std=[1.0, 2.0])
     assert [det.update_scalar(u) for u in [0.0, 0.0, 0.0]] == [1.0, 1.0, 1.0]  # past T: the last band
 
@@ -294,3 +294,13 @@ def test_rank_is_the_scores_rank_among_the_reference_at_the_same_step():
     assert [float(vec.update(np.array([u, u]))[1]) for u in run] == pytest.approx(stats)
     low = ScoreRank(quantiles=[[0.0, 1.0]])
     assert low.update_scalar(-3.0) == pytest.approx(np.log(3) + 3.0)  # below every quantile it keeps growing
+
+
+def test_cusum_chooses_per_step_references_only_where_the_spread_changes_by_orders_of_magnitude():
+    rng = np.random.default_rng(7)
+    even = [rng.normal(0, 1, 50) for _ in range(100)]
+    assert Cusum.fit(even).mean.size == 1 and Cusum.fit(even, reference="step").mean.size == 50
+    profiled = _profiled(rng, 100)  # a loud phase then a quiet one, a millionth of its spread
+    assert Cusum.fit(profiled).mean.size == 60 and Cusum.fit(profiled, reference="pooled").mean.size == 1
+    with pytest.raises(DetectorError, match="reference='daily'"):
+        Cusum.fit(even, reference="daily")

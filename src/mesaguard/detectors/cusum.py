@@ -10,11 +10,24 @@ import numpy as np
 from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes
 from mesaguard.detectors.reference import StepReference
 
-__all__ = ["Cusum"]
+__all__ = ["AUTOCORRELATED", "STEP_RANGE", "Cusum", "spread_range"]
+
+STEP_RANGE = 100.0  # per-step references where the spread changes by more than two orders of magnitude
+AUTOCORRELATED = 0.8  # innovations where the lag-1 autocorrelation of standardized increments is at least this
+
+
+def spread_range(ref: StepReference, n: int) -> float:
+    """How many times the spread changes within an episode: the 90% over the 10% quantile of the positive
+    per-step spreads, over the steps at least a tenth of the ``n`` reference episodes reached (1 if none)."""
+    observed = ref.std[(ref.count >= max(2, n // 10)) & (ref.std > ref.std.min())]
+    if observed.size < 2:
+        return 1.0
+    low, high = np.quantile(observed, [0.1, 0.9])
+    return float(high / low) if low > 0 else float("inf")
 
 
 class Cusum(Detector):
-    """CUSUM on the shortfall of each step's increment against the reference *at that step* (Page, 1954).
+    """CUSUM on the shortfall of each step's increment against its reference (Page, 1954).
 
     With ``z_t = (u_t - mean[t]) / std[t]`` the increment standardized by the
     in-distribution mean and spread of step ``t`` (time-indexed, see
@@ -30,6 +43,14 @@ class Cusum(Detector):
     smooth control objective) raw increments wander for long stretches in
     distribution and inflate the threshold; innovations do not. Past the last
     reference step, the last step's reference is used.
+
+    :meth:`fit` chooses (``reference="auto"``, ``innovations="auto"``): per-step
+    references where the spread changes by more than :data:`STEP_RANGE` times
+    within an episode (a swing-up then a balance), one pooled reference where it is
+    even (a sparse reward whose events come at varying steps: there the per-step
+    spreads are mostly timing jitter, and a pooled reference is the stronger test);
+    innovations where the lag-1 autocorrelation is at least :data:`AUTOCORRELATED`.
+    ``reference="step"|"pooled"`` and ``innovations=True|False`` force either.
 
     Parameters
     ----------
@@ -83,14 +104,28 @@ class Cusum(Detector):
     @classmethod
     def fit(cls, episodes: Sequence[np.ndarray], **options: Any) -> Self:
         episodes = check_episodes(episodes)
+        reference = options.pop("reference", "auto")
+        if reference not in ("auto", "step", "pooled"):
+            raise DetectorError(
+                f"cusum reference={reference!r}; expected 'step' (per step), 'pooled' (one for all) or 'auto'"
+            )
         ref = StepReference.fit(episodes)
+        if reference == "auto":
+            reference = "step" if spread_range(ref, len(episodes)) > STEP_RANGE else "pooled"
+        if reference == "pooled":  # one mean and spread for every step (the classic CUSUM)
+            pooled = np.concatenate(episodes)
+            floor = float(ref.std.min())
+            ref = StepReference(np.array([pooled.mean()]), np.array([max(pooled.std(ddof=1), floor)]), ref.count[:1])
         z = [(e - ref.mean[: e.size]) / ref.std[: e.size] for e in episodes]
         pairs = [(x[:-1], x[1:]) for x in z if x.size > 1]
         rho = 0.0
-        if pairs and options.pop("innovations", True):
+        innovations = options.pop("innovations", "auto")
+        if pairs and innovations:
             a, b = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
             if a.std() > 0 and b.std() > 0:
                 rho = float(np.clip(np.corrcoef(a, b)[0, 1], -0.95, 0.95))
+            if innovations == "auto" and abs(rho) < AUTOCORRELATED:
+                rho = 0.0  # nearly independent increments: innovations would only add the estimate's noise
         return cls(mean=ref.mean, std=ref.std, rho=rho, **options)
 
     def params(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes, padded
-from mesaguard.detectors.reference import blocks, resolution
+from mesaguard.detectors.reference import blocks, resolution, unseen_event
 
 __all__ = ["MeanShift"]
 
@@ -102,7 +102,9 @@ class MeanShift(Detector):
         block = int(options.pop("block", -(-T // cls.MAX_BLOCKS)))
         increments, _ = padded(episodes)
         sums = np.stack([blocks(row, block) for row in increments])
-        spread = np.maximum(sums.std(axis=0, ddof=1), resolution(episodes) * np.sqrt(block))
+        spread = sums.std(axis=0, ddof=1)
+        unseen = unseen_event(list(sums)) / np.sqrt(len(episodes) + 1.0)  # blocks all references agreed on
+        spread = np.maximum(np.where(spread > 0, spread, unseen), resolution(episodes) * np.sqrt(block))
         z = (sums - sums.mean(axis=0)) / spread
         shrunk = LedoitWolf(assume_centered=True).fit(z).covariance_
         d = np.sqrt(np.diag(shrunk))

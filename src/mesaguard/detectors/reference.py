@@ -19,10 +19,18 @@ floored only at the resolution of the numbers themselves: ``RESOLUTION_ULPS``
 units in the last place of the largest reference increment (``np.spacing``),
 times ``sqrt(t)`` for a score after ``t`` steps (rounding adds up like noise).
 That floor is about ``1e-13`` of the largest increment, so it never swamps a real
-spread, however small, and a deviation above rounding at a step where the
-reference never varied is maximally (but finitely) alarming. A relative floor
-(say, one pooled spread) would instead erase the quiet phases: that is what made
-pooled detectors blind on Pendulum-v1 (Greenberg and Mannor's scenarios).
+spread, however small. A relative floor (say, one pooled spread) would instead
+erase the quiet phases: that is what made pooled detectors blind on Pendulum-v1
+(Greenberg and Mannor's scenarios).
+
+**Steps where every reference episode agreed exactly** (a sparse reward: no
+episode happened to collect or lose anything at step 12) are another matter: an
+event none of the ``n`` episodes showed there may still come with a chance of
+about ``1 / (n + 1)``. Such a step's spread is the spread one such event would
+give, the pooled spread of the increments over ``sqrt(n + 1)``
+(:func:`unseen_event`), not the resolution, or a held-out episode whose event
+falls one step later than all the fitted ones would look astronomically unusual
+and inflate every threshold. Spreads that are positive, however small, are kept.
 
 The conformal threshold is fitted on held-out episodes with the detector fixed,
 so the false-alarm guarantee holds whatever the floor and for episodes of any
@@ -31,8 +39,8 @@ length (the rule for steps past the reference is part of the fixed detector).
 >>> ref = StepReference.fit([np.array([1.0, 0.0, 5.0]), np.array([3.0, 0.0]), np.array([2.0, 0.0, 7.0])])
 >>> ref.mean.tolist(), ref.count.tolist()
 ([2.0, 0.0, 6.0], [3, 3, 2])
->>> bool(ref.std[1] < 1e-12), round(float(ref.std[2]), 3)
-(True, 1.414)
+>>> round(float(ref.std[1]), 3), round(float(ref.std[2]), 3)  # step 2: all agreed (0.0), an unseen event
+(1.302, 1.414)
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RESOLUTION_ULPS", "StepReference", "blocks", "resolution"]
+__all__ = ["RESOLUTION_ULPS", "StepReference", "blocks", "resolution", "unseen_event"]
 
 RESOLUTION_ULPS = 64.0  # rounding units of the largest increment below which spreads are not resolved
 
@@ -55,6 +63,16 @@ def resolution(episodes: Sequence[np.ndarray]) -> float:
     """
     top = max(float(np.abs(e).max()) for e in episodes)
     return float(RESOLUTION_ULPS * np.spacing(max(top, 1.0)))
+
+
+def unseen_event(episodes: Sequence[np.ndarray]) -> float:
+    """The pooled spread of the increments: the size of an event a step may hold though no reference showed it.
+
+    >>> round(unseen_event([np.array([0.0, 1.0]), np.array([0.0, 0.0])]), 3)
+    0.5
+    """
+    pooled = np.concatenate([np.asarray(e, dtype=np.float64) for e in episodes])
+    return float(pooled.std(ddof=1)) if pooled.size > 1 else 0.0
 
 
 def blocks(episode: np.ndarray, size: int) -> np.ndarray:
@@ -99,7 +117,9 @@ class StepReference:
         last = np.maximum.accumulate(np.where(ok, np.arange(T), -1))
         if last[0] < 0:  # not even the first step has two episodes: impossible with two non-empty episodes
             raise ValueError("a step reference needs at least two episodes")
-        mean, std = mean[last], std[last]
+        mean, std, n = mean[last], std[last], count[last]
         base = resolution(episodes) if floor is None else float(floor)
         scale = np.sqrt(np.arange(1, T + 1)) if cumulative else 1.0
+        unseen = unseen_event(episodes) / np.sqrt(n + 1.0)  # where every episode agreed exactly: see the docstring
+        std = np.where(std > 0, std, np.maximum(unseen, 0.0))
         return cls(mean=mean, std=np.maximum(std, base * scale), count=count)
