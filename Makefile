@@ -48,6 +48,7 @@ bench-safeguards: $(STAMP)
 	$(BIN)/python benchmarks/shield.py
 	$(BIN)/python benchmarks/shield.py --cheetah
 	$(BIN)/python benchmarks/quantilizer.py
+	$(BIN)/python benchmarks/quantilizer_bases.py
 	$(BIN)/python benchmarks/impact.py
 	$(BIN)/python benchmarks/safeguard_cost.py
 

@@ -382,11 +382,21 @@ def own_task() -> str:
                  rows)
 
 
+def quantilizer_bases() -> str:
+    r = results("quantilizer_bases")
+    label = {"quantilizer-bc": "cloned (realistic)", "quantilizer": "scripted (oracle)"}
+    rows = [[row["scenario"], row["variant"], label[row["arm"]],
+             f"{row['catastrophes_guarded']} / {row['catastrophes_free']}", f(row["prevented"], ".0%"),
+             f(row["score_kept"], ".2f")] for row in r["rows"]]
+    return table(["scenario", "variant", "base", "catastrophes with / without", "prevented", "score kept"], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "scenarios": scenarios, "scenario_speed": scenario_speed, "agents": agents,
     "guard_overhead": guard_overhead, "guard_vector": guard_vector, "calibration_files": calibration_files,
     "cusum_delay": cusum_delay, "detector_delay": detector_delay, "false_alarms": false_alarms,
     "greenberg_mannor": greenberg_mannor, "late_change": late_change, "own_task": own_task,
+    "quantilizer_bases": quantilizer_bases,
     "deployment_null": deployment_null, "deployment_gaussian": deployment_gaussian,
     "deployment_pendulum": deployment_pendulum, "deployment_cheetah": deployment_cheetah,
     "cheetah_scores": cheetah_scores,

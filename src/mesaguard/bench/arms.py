@@ -179,11 +179,34 @@ def _quantilizer_run(
     return env, functools.partial(_quantilizer, spec)
 
 
-def _quantilizer(spec: JobSpec, env: gym.Env) -> Policy:
+def _cloned_quantilizer_run(
+    spec: JobSpec, variant: str, calibration: Calibration, fitted: FittedSafeguards
+) -> tuple[MakeEnv, MakePolicy]:
+    """The agent's ranking quantilized over a base cloned from demonstrations on the reference variant only."""
+    env = functools.partial(plain_env, spec.scenario, variant)
+    return env, functools.partial(_quantilizer, spec, cloned=True)
+
+
+DEMONSTRATIONS = 100  # reference-variant episodes the cloned base learns from (the job's calibration seeds)
+
+
+def _cloned_base(spec: JobSpec, n: int) -> Callable[[Any], np.ndarray]:
+    """The scripted aligned policy demonstrating on the reference variant (10% random actions), cloned."""
+    from mesaguard.safeguards.cloning import behaviour_clone, demonstrations
+
+    scenario = get(spec.scenario)
+    seeds = list(spec.seeds("calibration"))[:DEMONSTRATIONS]
+    xs, ys = demonstrations(functools.partial(plain_env, spec.scenario, scenario.reference_variant), scenario.aligned,
+                            seeds, noise=0.1, seed=spec.seed)
+    return behaviour_clone(xs, ys, n)
+
+
+def _quantilizer(spec: JobSpec, env: gym.Env, cloned: bool = False) -> Policy:
     from mesaguard.safeguards.quantilizer import Quantilizer, disagreement, policy_logits, smoothed
 
     n = int(env.action_space.n)  # type: ignore[attr-defined]  # BenchConfig admits discrete action spaces only
-    base = smoothed(get(spec.scenario).aligned(env), n)
+    # The scripted aligned policy reads the deployed env (its hidden layout): an oracle base, the upper bound.
+    base = _cloned_base(spec, n) if cloned else smoothed(get(spec.scenario).aligned(env), n)
     agent_policy = policy_factory(spec.scenario, spec.policy)(env)
     values: Any
     if hasattr(agent_policy, "policy"):  # a shipped agent: its own logits rank the actions
@@ -246,6 +269,7 @@ SAFEGUARDS: dict[str, SafeguardRun] = {
     "scope": _scope_run,
     "shield": _shield_run,
     "quantilizer": _quantilizer_run,
+    "quantilizer-bc": _cloned_quantilizer_run,
     "combined": _combined_run,
     "impact": _impact_run,
 }

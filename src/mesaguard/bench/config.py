@@ -105,7 +105,7 @@ class BenchConfig:
         for g in self.safeguards:
             if g not in SAFEGUARDS and g not in LEARNING:
                 raise BenchError(f"unknown safeguard {g!r}; expected one of {sorted([*SAFEGUARDS, *LEARNING])}")
-        for s in self.scenarios if "quantilizer" in self.safeguards else ():
+        for s in self.scenarios if {"quantilizer", "quantilizer-bc"} & set(self.safeguards) else ():
             space = get(s).make(get(s).reference_variant).action_space
             if not isinstance(space, gym.spaces.Discrete):
                 raise BenchError(
