@@ -1,4 +1,4 @@
-"""Greenberg and Mannor's Pendulum scenarios: every mesaguard detector next to the paper's tests.
+"""Greenberg and Mannor's Pendulum and HalfCheetah scenarios: every mesaguard detector next to the paper's tests.
 
 What it measures
 ----------------
@@ -12,6 +12,21 @@ stock one; each shift changes the world, not the agent:
   velocity after every step;
 * ``length1.03`` / ``length1.2``: the pole 3% / 20% longer;
 * ``cost1.3``: every reward 30% larger in magnitude (a heavier cost, the agent unchanged).
+
+And on HalfCheetah-v5 (1,000-step episodes, never terminated; the reward's spread
+is even over time), with the project's shipped PPO agent (``load_agent("cheetah")``,
+trained on the stock reward; its actions are deterministic given the observation):
+
+* ``ccost1.3`` / ``ccost1.15``: the control-cost weight 1.3 / 1.15 times the stock 0.1,
+  the agent unchanged.
+
+HalfCheetah-v5's reward is ``reward_forward + reward_ctrl`` with ``reward_ctrl =
+-0.1 * |a|^2``: a larger weight ``w`` changes no observation and no action, only the
+reward, to ``reward_forward + w * reward_ctrl``. The shifted episodes are therefore
+the first in-distribution test episodes (the same seeds, the same trajectories) with
+their rewards recomputed that way: each shifted episode is paired with an
+in-distribution one. The script checks that this is exact (to float32 rounding) against
+HalfCheetah-v5 built with ``ctrl_cost_weight=0.1 * w``, on one episode per weight.
 
 Per scenario and detector (alone at its own threshold, and two joint sets at
 ``thresholds_for``: the default four, and five without the plain threshold):
@@ -29,17 +44,31 @@ Differences from the paper
 The agent is a hand-written swing-up controller (pump energy, then a PD
 balance), not an SAC agent: it is deterministic given the start, needs no
 training, and its balance is robust to a 3% longer pole, so ``length1.03`` is a
-small shift here. The paper's bootstrap thresholds are replaced by the conformal
-rule (an exact finite-sample guarantee instead of an approximate one).
+small shift here. The cheetah agent is PPO, not the paper's agent. The paper's
+bootstrap thresholds are replaced by the conformal rule (an exact finite-sample
+guarantee instead of an approximate one).
 
-Run: ``.venv/bin/python benchmarks/greenberg_mannor.py [--quick] [--out FILE]`` (about a minute).
-Results: ``benchmarks/results/greenberg_mannor.json``.
+Sequentially (HalfCheetah only): the deployment monitor in anytime mode
+(``P(ever a false alarm) <= alpha``) over the default joint set, replayed offline
+(:func:`~mesaguard.monitor.first_deployment_alarm`, the online monitor's twin): the
+share of deployments that alarm within the first ``within`` episodes, each deployment
+a random order of the ``ccost1.3`` episodes; and the share of deployments that ever
+alarm over all the fresh in-distribution episodes, each a random order of the same
+episodes. The orders share their episodes, so the deployments are not independent:
+the shares estimate the two probabilities without a binomial interval.
+
+Run: ``.venv/bin/python benchmarks/greenberg_mannor.py [--quick] [--out FILE]`` (minutes: the
+HalfCheetah rollouts; ``--quick`` seconds).
+Results: ``benchmarks/results/greenberg_mannor.json`` (Pendulum at the top level,
+HalfCheetah under ``"cheetah"`` in the same shape, plus ``"sequential"``).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import harness
@@ -51,6 +80,8 @@ from scipy.linalg import solve_triangular
 
 from mesaguard.calibration import Calibration, conformal_rank, statistic_traces
 from mesaguard.detectors import DEFAULT, DETECTORS, MeanShift
+from mesaguard.monitor import episode_statistics, first_deployment_alarm, log_threshold
+from mesaguard.policies import load_agent
 
 
 @dataclass(frozen=True)
@@ -59,10 +90,17 @@ class Config:
     episodes: int = 300  # per shift, and fresh in-distribution episodes for the false-alarm rate
     alpha: float = 0.05
     joints: tuple[tuple[str, ...], ...] = (DEFAULT, ("envelope", "cusum", "meanshift", "pdt", "rank"))
+    cheetah_calibration: int = 500
+    cheetah_episodes: int = 300  # per shift: the first of the fresh in-distribution episodes, rewards recomputed
+    cheetah_null: int = 1000  # fresh in-distribution episodes: the false-alarm rates and the sequential check
+    cheetah_steps: int = 1000  # HalfCheetah-v5's episode length
+    deployments: int = 200  # random orders, for each sequential figure
+    within: int = 20  # episodes: the detection window of the sequential check
 
 
 CONFIG = Config()
-QUICK = Config(calibration=120, episodes=60)
+QUICK = Config(calibration=120, episodes=60, cheetah_calibration=80, cheetah_episodes=40, cheetah_null=60,
+               cheetah_steps=200, deployments=20)
 SHIFTS = {
     "noise0.01": {"noise": 0.01},
     "noise0.3": {"noise": 0.3},
@@ -70,6 +108,8 @@ SHIFTS = {
     "length1.2": {"length": 1.2},
     "cost1.3": {"cost": 1.3},
 }
+CHEETAH_SHIFTS = {"ccost1.3": 1.3, "ccost1.15": 1.15}  # the control-cost weight relative to HalfCheetah-v5's 0.1
+CTRL_COST_WEIGHT = 0.1
 
 
 def swing_up(obs: np.ndarray) -> np.ndarray:
@@ -103,6 +143,39 @@ def episodes(n: int, seed: int, noise: float = 0.0, length: float = 1.0, cost: f
     return out
 
 
+def cheetah_runs(n: int, seed: int, steps: int, weight: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``reward_forward`` and ``reward_ctrl`` (``(n, steps)`` each) of the shipped agent on HalfCheetah-v5.
+
+    Seeds ``seed * 100_000 + k``; ``weight`` scales the env's control-cost weight (only for the exactness check).
+    """
+    agent = load_agent("cheetah")
+    env = gym.make("HalfCheetah-v5", ctrl_cost_weight=CTRL_COST_WEIGHT * weight).unwrapped
+    forward, ctrl = np.empty((n, steps)), np.empty((n, steps))
+    for k in range(n):
+        obs, _ = env.reset(seed=seed * 100_000 + k)
+        for t in range(steps):
+            obs, _, _, _, info = env.step(agent(obs))
+            forward[k, t], ctrl[k, t] = info["reward_forward"], info["reward_ctrl"]
+    env.close()
+    return forward, ctrl
+
+
+def check_cost_shift(steps: int) -> float:
+    """Largest gap, over one episode per weight, between the recomputed rewards and the env's own.
+
+    The env squares the float32 action in float32: the two agree to float32 rounding (``1e-6`` on a control cost
+    below 0.6 a step), not to float64's.
+    """
+    forward, ctrl = cheetah_runs(1, 9, steps)
+    gap = 0.0
+    for weight in CHEETAH_SHIFTS.values():
+        f_w, c_w = cheetah_runs(1, 9, steps, weight)
+        gap = max(gap, float(np.abs(forward + weight * ctrl - (f_w + c_w)).max()))
+    if gap > 1e-6:
+        raise AssertionError(f"the control-cost shift is not a pure reward shift here: gap {gap}")
+    return gap
+
+
 def reference_tests(cal_fit: list[np.ndarray], runs: list[np.ndarray]) -> dict[str, np.ndarray]:
     """The paper's Mean and Hotelling statistics per step, from a UDT fitted on ``cal_fit`` (traces ``(n, T)``)."""
     udt = MeanShift.fit(cal_fit)
@@ -134,13 +207,11 @@ def clopper_pearson_upper(k: int, n: int, level: float = 0.95) -> float:
     return 1.0 if k == n else float(stats.beta.ppf(level, k + 1, n - k))
 
 
-def main(cfg: Config = CONFIG, out: object = None) -> None:
-    start = time.perf_counter()
-    console = Console()
-    cal_eps = episodes(cfg.calibration, 1)
-    null = episodes(cfg.episodes, 2)
-    shifted = {name: episodes(cfg.episodes, 3 + i, **kw) for i, (name, kw) in enumerate(SHIFTS.items())}
-    cal = Calibration.fit(cal_eps, alpha=cfg.alpha, detectors=list(DETECTORS), scenario="pendulum")
+def evaluate(
+    cal_eps: list[np.ndarray], null: list[np.ndarray], shifted: dict[str, list[np.ndarray]], cfg: Config, scenario: str
+) -> tuple[dict[str, Any], Calibration]:
+    """Per-episode FAR on ``null`` and detection on each shift, for every detector, joint set and paper test."""
+    cal = Calibration.fit(cal_eps, alpha=cfg.alpha, detectors=list(DETECTORS), scenario=scenario)
     n_fit = cal.n_fit
     held = cal_eps[n_fit:]
     k = conformal_rank(len(held), cfg.alpha)
@@ -174,31 +245,97 @@ def main(cfg: Config = CONFIG, out: object = None) -> None:
             rows[label] = _row(fired, first)
         return rows
 
-    results: dict[str, object] = {"config": asdict(cfg)}
     null_rows = measure(null)
-    results["false_alarms"] = {
-        name: {"rate": row["detected"], "upper95": clopper_pearson_upper(row["alarms"], len(null))}
+    false_alarms = {
+        name: {"rate": row["detected"], "upper95": clopper_pearson_upper(int(row["alarms"] or 0), len(null))}
         for name, row in null_rows.items()
     }
-    results["shifts"] = {name: measure(runs) for name, runs in shifted.items()}
-    results["seconds"] = round(time.perf_counter() - start, 1)
-    results["machine"] = harness.machine()
+    return {"false_alarms": false_alarms, "shifts": {name: measure(runs) for name, runs in shifted.items()}}, cal
 
-    table = Table(title=f"Pendulum-v1, alpha {cfg.alpha}: detected share / mean alarm step; FAR (CP 95% upper)")
+
+def sequential(
+    cal: Calibration, null: list[np.ndarray], shifted: list[np.ndarray], cfg: Config
+) -> dict[str, object]:
+    """The anytime deployment monitor over the default joint set: detection within ``cfg.within`` episodes of
+    ``shifted`` and any false alarm over all of ``null``, each over ``cfg.deployments`` random orders."""
+    names = list(DEFAULT)
+    reference = cal.joint_maxima(names)
+    log_c = log_threshold("anytime", cfg.alpha)
+    rng = np.random.default_rng(0)
+
+    def first_alarms(runs: list[np.ndarray], length: int) -> list[int | None]:
+        stats_ = episode_statistics(cal, names, runs)
+        hits = []
+        for d in range(cfg.deployments):
+            order = rng.permutation(len(stats_))[:length]
+            hit = first_deployment_alarm(reference, [stats_[i] for i in order], log_c, seed=d)
+            hits.append(None if hit is None else hit[0])
+        return hits
+
+    detected = [h for h in first_alarms(shifted, cfg.within) if h is not None]
+    false = [h for h in first_alarms(null, len(null)) if h is not None]
+    return {
+        "mode": "anytime",
+        "detectors": names,
+        "deployments": cfg.deployments,
+        "within": cfg.within,
+        "detected_within": len(detected) / cfg.deployments,
+        "median_episodes": float(np.median(detected)) if detected else None,
+        "null_episodes": len(null),
+        "any_false_alarm": len(false) / cfg.deployments,
+    }
+
+
+def print_table(console: Console, title: str, section: dict[str, Any]) -> None:
+    """One row per test: its FAR and, per shift, the detected share / the mean first-alarm step."""
+    table = Table(title=title)
     table.add_column("test")
     table.add_column("FAR")
-    for name in SHIFTS:
+    for name in section["shifts"]:
         table.add_column(name.replace("noise", "n").replace("length", "l").replace("cost", "c"), justify="right")
-    for name, far in results["false_alarms"].items():  # type: ignore[union-attr]
+    for name, far in section["false_alarms"].items():
         cells = []
-        for shift in SHIFTS:
-            row = results["shifts"][shift][name]  # type: ignore[index]
+        for shift in section["shifts"].values():
+            row = shift[name]
             delay = "-" if row["delay"] is None else f"{row['delay']:.0f}"
             cells.append(f"{row['detected']:.2f}/{delay}")
         label = name.replace("paper ", "GM ").replace("joint: ", "")
         label = {"+".join(DEFAULT): "default", "envelope+cusum+meanshift+pdt+rank": "5 jointly"}.get(label, label)
         table.add_row(label[:9], f"{far['rate']:.2f} ({far['upper95']:.2f})", *cells)
     console.print(table)
+
+
+def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "greenberg_mannor.json") -> None:
+    start = time.perf_counter()
+    console = Console()
+    cal_eps = episodes(cfg.calibration, 1)
+    null = episodes(cfg.episodes, 2)
+    shifted = {name: episodes(cfg.episodes, 3 + i, **kw) for i, (name, kw) in enumerate(SHIFTS.items())}
+    pendulum, _ = evaluate(cal_eps, null, shifted, cfg, "pendulum")
+    results: dict[str, Any] = {"config": asdict(cfg), **pendulum}
+    console.print(f"Pendulum done ({time.perf_counter() - start:.0f} s)")
+
+    gap = check_cost_shift(cfg.cheetah_steps)
+    forward, ctrl = cheetah_runs(cfg.cheetah_calibration, 1, cfg.cheetah_steps)
+    cal_c = list(forward + ctrl)
+    forward, ctrl = cheetah_runs(cfg.cheetah_null, 2, cfg.cheetah_steps)
+    null_c = list(forward + ctrl)
+    m = cfg.cheetah_episodes
+    shifted_c = {name: list(forward[:m] + w * ctrl[:m]) for name, w in CHEETAH_SHIFTS.items()}
+    console.print(f"HalfCheetah rolled out ({time.perf_counter() - start:.0f} s)")
+    cheetah, cal = evaluate(cal_c, null_c, shifted_c, cfg, "HalfCheetah-v5")
+    seq = cheetah["sequential"] = sequential(cal, null_c, shifted_c["ccost1.3"], cfg)
+    cheetah["recomputed_reward_gap"] = gap
+    results["cheetah"] = cheetah
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    results["machine"] = harness.machine()
+
+    what = "detected share / mean alarm step; FAR (CP 95% upper)"
+    print_table(console, f"Pendulum-v1, alpha {cfg.alpha}: {what}", results)
+    print_table(console, f"HalfCheetah-v5, alpha {cfg.alpha}: {what}", cheetah)
+    console.print(f"anytime monitor ({'+'.join(DEFAULT)}): ccost1.3 detected within {cfg.within} episodes in "
+                  f"{seq['detected_within']:.3f} of {cfg.deployments} orders (median {seq['median_episodes']}); "
+                  f"any false alarm over {len(null_c)} in-distribution episodes: {seq['any_false_alarm']:.3f}")
     console.print(f"wrote {harness.write(out, results)}")
 
 
