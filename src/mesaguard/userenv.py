@@ -88,7 +88,7 @@ def load_attr(option: str, spec: str) -> Any:
         raise SpecError(f"{option} {spec!r}: expected module:attr (Python names, e.g. mytask:make_env)")
     module_name, _, attr = spec.partition(":")
     here = os.getcwd()
-    added = here not in sys.path and "" not in sys.path
+    added = here not in sys.path and "" not in sys.path  # the console script's path lacks the current directory
     if added:
         sys.path.insert(0, here)
     try:
@@ -98,6 +98,9 @@ def load_attr(option: str, spec: str) -> Any:
             f"{option} {spec!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc}); expected a module in "
             f"the current directory or on the Python path"
         ) from exc
+    finally:
+        if added:
+            sys.path.remove(here)
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):

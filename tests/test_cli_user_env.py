@@ -1,0 +1,186 @@
+"""A user's own env, policy and base objective through the real `mesaguard` entry point.
+
+The task is written into a temporary folder as a user would (CartPole with a pole whose length is a keyword
+argument, a hand-written PD controller, a safety margin as the base objective) and named on the command line as
+``module:attr``, imported from the current directory. No training: the policy is scripted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mesaguard import metrics
+from mesaguard.calibration import Calibration
+from mesaguard.cli import main
+
+MODULE = "longpole_task"
+TASK = '''
+import gymnasium as gym
+import numpy as np
+
+LIMIT = 12 * 2 * np.pi / 360  # CartPole-v1 fails an episode past 12 degrees
+
+
+def make_env(length=0.5):
+    env = gym.make("CartPole-v1")
+    pole = env.unwrapped
+    pole.length = length
+    pole.polemass_length = pole.masspole * length
+    return env
+
+
+def controller(obs):
+    return int(obs[2] + 0.5 * obs[3] > 0)
+
+
+def controller_for(env):  # a factory: its first parameter is named env
+    return controller
+
+
+def margin(t):
+    return 1.0 - abs(float(t.next_obs[2])) / LIMIT
+
+
+def wrong_action(obs):
+    return 7
+'''
+EPISODES, CAL_EPISODES, ALPHA = 20, 40, 0.1
+SHIFT = '{"length": 1.5}'
+
+
+def run(monkeypatch, *args: str) -> int:
+    """The exit code of ``mesaguard ARGS`` run through :func:`mesaguard.cli.main`."""
+    monkeypatch.setattr(sys, "argv", ["mesaguard", *args])
+    try:
+        main()
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+@pytest.fixture
+def task(tmp_path, monkeypatch):
+    """The user's task module in the current directory, forgotten afterwards."""
+    (tmp_path / f"{MODULE}.py").write_text(textwrap.dedent(TASK))
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    sys.modules.pop(MODULE, None)
+
+
+def calibrate(monkeypatch, out: Path, policy: str = "controller") -> int:
+    return run(monkeypatch, "calibrate", "--env", f"{MODULE}:make_env", "--policy", f"{MODULE}:{policy}",
+               "--objective", f"{MODULE}:margin", "--episodes", str(CAL_EPISODES), "--alpha", str(ALPHA),
+               "--detectors", "envelope,cusum", "-o", str(out))
+
+
+def test_calibrate_then_deploy_a_users_env_policy_and_objective(task, monkeypatch, capsys):
+    cal_path = task / "cal.json"
+    assert calibrate(monkeypatch, cal_path) == 0
+    cal = Calibration.load(cal_path)
+    assert cal.objective == "margin"  # recorded: a guard computing another objective is an error
+    assert cal.metadata["objective"] == f"{MODULE}:margin" and cal.scenario == f"{MODULE}:make_env"
+    assert cal.n_fit + cal.n_cal == CAL_EPISODES
+    capsys.readouterr()
+
+    out = task / "deploy.json"
+    assert run(monkeypatch, "deploy", "--env", f"{MODULE}:make_env", "--shifted-kwargs", SHIFT, "--policy",
+               f"{MODULE}:controller_for", "--objective", f"{MODULE}:margin", "--calibration", str(cal_path),
+               "--episodes", str(EPISODES), "--detectors", "envelope,cusum", "-o", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "shifted alarms" in printed and "catastrophes" not in printed  # CartPole reports no info["catastrophe"]
+    table = json.loads(out.read_text())
+    assert [r["detectors"] for r in table["rows"]] == ["envelope", "cusum", "envelope+cusum"]
+    assert all(r["catastrophes_free"] is None for r in table["rows"])
+
+    # The same numbers as the Python API on the same seeds: the command line adds nothing of its own.
+    sys.path.insert(0, str(task))
+    try:
+        from longpole_task import controller, make_env, margin  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(task))
+    from mesaguard.guard import GuardedEnv
+    from mesaguard.rollout import rollout
+    from mesaguard.userenv import EVALUATION_SEED
+
+    seeds = range(EVALUATION_SEED, EVALUATION_SEED + EPISODES)
+    for row, names in zip(table["rows"], (["envelope"], ["cusum"], ["envelope", "cusum"])):
+        for key, length in (("false_alarms", 0.5), ("shifted_alarms", 1.5)):
+            runs = rollout(lambda length=length, names=names: GuardedEnv(make_env(length), cal, detectors=names,
+                                                                         objective=margin),
+                           lambda env: controller, seeds, objective=margin)
+            assert row[key]["k"] == metrics.false_alarm_rate(runs).k and row[key]["n"] == EPISODES
+
+
+def test_deploy_defaults_to_the_recorded_objective_and_names_a_callable_to_pass_again(task, monkeypatch, capsys):
+    cal_path = task / "cal.json"
+    assert calibrate(monkeypatch, cal_path) == 0
+    capsys.readouterr()
+    base = ["deploy", "--env", f"{MODULE}:make_env", "--shifted-kwargs", SHIFT, "--policy", f"{MODULE}:controller",
+            "--calibration", str(cal_path), "--episodes", "2", "--detectors", "cusum", "-o", str(task / "deploy.json")]
+    assert run(monkeypatch, *base) == 2
+    assert run(monkeypatch, *base, "--objective", "reward") == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2
+    assert f"--objective {MODULE}:margin" in lines[0]
+    assert "'margin'" in lines[1] and "'reward'" in lines[1]
+    assert not (task / "deploy.json").exists()
+
+
+def test_a_gymnasium_id_with_kwargs_and_the_reward(task, monkeypatch):
+    out = task / "cal.json"
+    with pytest.warns(UserWarning, match="never varies"):  # CartPole's reward is +1 at every step
+        code = run(monkeypatch, "calibrate", "--env", "CartPole-v1", "--env-kwargs", '{"max_episode_steps": 60}',
+                   "--policy", f"{MODULE}:controller", "--objective", "reward", "--episodes", "40", "--alpha", "0.1",
+                   "--detectors", "threshold", "-o", str(out))
+    assert code == 0
+    cal = Calibration.load(out)
+    assert cal.objective == "reward" and cal.scenario == "CartPole-v1"
+    assert cal.metadata["env_kwargs"] == {"max_episode_steps": 60}
+
+
+BAD = {
+    "no such attribute": (["calibrate", "--env", f"{MODULE}:nope", "--policy", f"{MODULE}:controller"],
+                          ["--env", "nope"]),
+    "no such module": (["calibrate", "--env", "no_such_module:make_env", "--policy", f"{MODULE}:controller"],
+                       ["--env", "no_such_module"]),
+    "not callable": (["calibrate", "--env", f"{MODULE}:LIMIT", "--policy", f"{MODULE}:controller"],
+                     ["--env", "LIMIT", "not callable"]),
+    "unknown Gymnasium id": (["calibrate", "--env", "CartPol-v1", "--policy", f"{MODULE}:controller"],
+                             ["--env", "CartPol-v1"]),
+    "kwargs not an object": (["calibrate", "--env", f"{MODULE}:make_env", "--env-kwargs", "[1]", "--policy",
+                              f"{MODULE}:controller"], ["--env-kwargs", "JSON object"]),
+    "kwargs the factory does not take": (["calibrate", "--env", f"{MODULE}:make_env", "--env-kwargs", '{"lenght": 1}',
+                                          "--policy", f"{MODULE}:controller"], ["--env-kwargs", "lenght"]),
+    "no policy": (["calibrate", "--env", f"{MODULE}:make_env"], ["--policy"]),
+    "policy neither callable nor file": (["calibrate", "--env", f"{MODULE}:make_env", "--policy", "no_file"],
+                                         ["--policy", "no_file", "save_policy"]),
+    "action outside the space": (["calibrate", "--env", f"{MODULE}:make_env", "--policy", f"{MODULE}:wrong_action"],
+                                 ["--policy", "wrong_action", "action space"]),
+    "unknown objective": (["calibrate", "--env", f"{MODULE}:make_env", "--policy", f"{MODULE}:controller",
+                           "--objective", "rewrd"], ["--objective", "rewrd"]),
+    "objective missing from info": (["calibrate", "--env", f"{MODULE}:make_env", "--policy", f"{MODULE}:controller",
+                                     "--objective", "info:margin"], ["margin"]),
+    "scenario and env": (["calibrate", "strawberry", "--env", f"{MODULE}:make_env"], ["strawberry", "--env"]),
+    "objective for a scenario": (["calibrate", "strawberry", "--objective", "reward"], ["--objective", "strawberry"]),
+    "no shifted env": (["deploy", "--env", f"{MODULE}:make_env", "--policy", f"{MODULE}:controller",
+                        "--calibration", "cal.json"], ["--shifted-kwargs", "--shifted-env"]),
+    "fallback without a scenario": (["deploy", "--env", f"{MODULE}:make_env", "--policy", f"{MODULE}:controller",
+                                     "--calibration", "cal.json", "--protocol", "fallback"], ["--protocol"]),
+}
+
+
+@pytest.mark.parametrize("argv,names", BAD.values(), ids=list(BAD))
+def test_a_bad_value_is_one_line_exit_2_and_nothing_written(argv, names, task, monkeypatch, capsys):
+    out = task / "out.json"
+    assert run(monkeypatch, *argv, "--episodes", "40", "-o", str(out)) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    for name in names:
+        assert name in lines[0], lines[0]
+    assert captured.out == "" and not out.exists()
