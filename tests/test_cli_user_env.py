@@ -184,3 +184,109 @@ def test_a_bad_value_is_one_line_exit_2_and_nothing_written(argv, names, task, m
     for name in names:
         assert name in lines[0], lines[0]
     assert captured.out == "" and not out.exists()
+
+
+# ---------------------------------------------------------------------------
+# A scenario of one's own, registered in-process and by a package's entry point
+# ---------------------------------------------------------------------------
+
+PLUGIN = "mg_fake_plugin"
+PLUGIN_CODE = '''
+import gymnasium as gym
+import numpy as np
+
+from mesaguard.scenarios import register
+
+LIMIT = 12 * 2 * np.pi / 360
+
+
+class Margin(gym.Wrapper):
+    """CartPole reporting its safety margin as info["base_objective"]."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, {**info, "base_objective": 1.0 - abs(float(obs[2])) / LIMIT}
+
+
+def make_env(variant, render_mode=None):
+    env = gym.make("CartPole-v1", render_mode=render_mode, max_episode_steps=100)
+    pole = env.unwrapped
+    pole.length = {"short": 0.5, "long": 1.5}[variant]
+    pole.polemass_length = pole.masspole * pole.length
+    return Margin(env)
+
+
+def pd(env):
+    return lambda obs: int(obs[2] + 0.5 * obs[3] > 0)
+
+
+def register_all():
+    register("plugged-pole", make_env, variants=("short", "long"), aligned=pd,
+             failure_mode="distribution shift", shift="a longer pole", base_objective="safety margin")
+'''
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """A fake installed distribution on sys.path: its module and a .dist-info declaring the entry point."""
+    from mesaguard import scenarios
+
+    site = tmp_path / "site"
+    info = site / f"{PLUGIN}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / f"{PLUGIN}.py").write_text(textwrap.dedent(PLUGIN_CODE))
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PLUGIN}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{scenarios.ENTRY_POINTS}]\nplugged = {PLUGIN}:register_all\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    if "plugged-pole" in scenarios.SCENARIOS:
+        scenarios._unregister("plugged-pole")
+    sys.modules.pop(PLUGIN, None)
+
+
+def test_a_package_registers_its_scenario_through_the_entry_point_and_the_cli_runs_it(plugin, monkeypatch):
+    from mesaguard import scenarios
+
+    assert "plugged-pole" not in scenarios.SCENARIOS
+    assert scenarios.load_entry_points() == ["plugged"]
+    assert scenarios.load_entry_points() == []  # once each
+    scenario = scenarios.get("plugged-pole")
+    assert scenario.reference_variant == "short" and scenario.shifted_variants == ("long",)
+    cal = plugin / "cal.json"
+    assert run(monkeypatch, "calibrate", "plugged-pole", "--policy", "aligned", "--episodes", "40", "--alpha", "0.1",
+               "--detectors", "envelope", "-o", str(cal)) == 0
+    assert Calibration.load(cal).scenario == "plugged-pole"
+    out = plugin / "deploy.json"
+    assert run(monkeypatch, "deploy", "plugged-pole", "--calibration", str(cal), "--policy", "aligned",
+               "--episodes", "10", "--detectors", "envelope", "-o", str(out)) == 0
+    assert json.loads(out.read_text())["scenario"] == "plugged-pole"
+    assert run(monkeypatch, "calibrate", "plugged-pole", "--policy", "misaligned", "--episodes", "40",
+               "-o", str(plugin / "none.json")) == 2  # registered without one: one line, before any rollout
+    assert not (plugin / "none.json").exists()
+
+
+def test_register_checks_its_arguments(plugin):
+    from mesaguard.scenarios import SCENARIOS, ScenarioError, get, register
+
+    sys.path.insert(0, str(plugin / "site"))
+    try:
+        from mg_fake_plugin import make_env  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(plugin / "site"))
+    bad = {  # name: (keyword arguments, what the message must say)
+        "Bad Name": ({"variants": ("a", "b")}, "lower-case"),
+        "strawberry": ({"variants": ("a", "b")}, "already registered"),
+        "one-variant": ({"variants": ("a",)}, "two or more distinct"),
+        "same-variants": ({"variants": ("a", "a")}, "two or more distinct"),
+        "bad-reference": ({"variants": ("a", "b"), "reference": "c"}, "unknown variant 'c'"),
+        "bad-policy": ({"variants": ("a", "b"), "aligned": 3}, "aligned=3 is not callable"),
+    }
+    for name, (kwargs, message) in bad.items():
+        with pytest.raises(ScenarioError, match=message):
+            register(name, make_env, **kwargs)
+        assert name == "strawberry" or name not in SCENARIOS
+    register("plugged-pole", make_env, variants=("short", "long"))
+    assert get("plugged-pole").make("long").unwrapped.length == 1.5
+    with pytest.raises(ScenarioError, match="no aligned policy|without an aligned"):
+        get("plugged-pole").aligned(None)
