@@ -290,3 +290,24 @@ def test_register_checks_its_arguments(plugin):
     assert get("plugged-pole").make("long").unwrapped.length == 1.5
     with pytest.raises(ScenarioError, match="no aligned policy|without an aligned"):
         get("plugged-pole").aligned(None)
+
+
+def test_a_policy_saved_with_save_policy_from_a_users_own_sb3_model(task, monkeypatch, capsys):
+    """``save_policy(model, STEM)`` of a user's PPO model (untrained here: no training in tests) is a --policy."""
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    from mesaguard.policies import save_policy
+
+    save_policy(PPO("MlpPolicy", gym.make("CartPole-v1"), seed=0), task / "mine")
+    save_policy(PPO("MlpPolicy", gym.make("Pendulum-v1"), seed=0), task / "pendulum")
+    out = task / "cal.json"
+    args = ["calibrate", "--env", f"{MODULE}:make_env", "--objective", f"{MODULE}:margin", "--episodes", "40",
+            "--alpha", "0.1", "--detectors", "envelope"]
+    assert run(monkeypatch, *args, "--policy", str(task / "mine"), "-o", str(out)) == 0
+    assert Calibration.load(out).metadata["policy"] == str(task / "mine")
+    capsys.readouterr()
+    assert run(monkeypatch, *args, "--policy", str(task / "pendulum.json"), "-o", str(task / "no.json")) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "pendulum" in line and "first observation" in line
+    assert not (task / "no.json").exists()
