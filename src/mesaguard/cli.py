@@ -347,7 +347,9 @@ def keygen(
 @app.command()
 def deploy(
     scenario: Annotated[str | None, typer.Argument(help="A registered scenario (or use --env).")] = None,
-    calibration: Annotated[Path, typer.Option(help="Calibration file (mesaguard calibrate).")] = ...,  # type: ignore[assignment]
+    calibration: Annotated[
+        Path, typer.Option(help="Calibration file (mesaguard calibrate).")
+    ] = ...,  # type: ignore[assignment]  # required: typer reads ... as no default
     variant: Annotated[str | None, typer.Option(help="Shifted variant (default: the scenario's deploy).")] = None,
     detectors: Detectors = ALL,
     protocol: Annotated[str, typer.Option(help="stop, or fallback (the scripted aligned policy takes over).")] = "stop",
