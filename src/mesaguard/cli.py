@@ -238,7 +238,7 @@ def calibrate(
 ) -> None:
     """Fit thresholds on held-out in-distribution episodes of the agent; save them as JSON.
 
-    SCENARIO, or your own env: mesaguard calibrate --env mytask:make_env --policy mytask:controller
+    SCENARIO, or your own env: mesaguard calibrate --env mytask:make_env --policy mytask:pd
     --objective mytask:margin -o cal.json
     """
     scenario, user_env = _target(scenario, env)
@@ -352,7 +352,9 @@ def deploy(
     ] = ...,  # type: ignore[assignment]  # required: typer reads ... as no default
     variant: Annotated[str | None, typer.Option(help="Shifted variant (default: the scenario's deploy).")] = None,
     detectors: Detectors = ALL,
-    protocol: Annotated[str, typer.Option(help="stop, or fallback (the scripted aligned policy takes over).")] = "stop",
+    protocol: Annotated[
+        str, typer.Option(help="stop, or fallback (the scripted aligned policy takes over; not with --env).")
+    ] = "stop",
     policy: Annotated[str | None, typer.Option(help=POLICY_HELP + " Default: agent.")] = None,
     episodes: Episodes = 200,
     workers: Workers = 1,
@@ -375,7 +377,7 @@ def deploy(
     """Deploy the agent with the guard, in-distribution and shifted; print and save the table.
 
     SCENARIO, or your own env: mesaguard deploy --env mytask:make_env --env-kwargs '{"length": 0.5}'
-    --shifted-kwargs '{"length": 1.5}' --policy mytask:controller --objective mytask:margin --calibration cal.json
+    --shifted-kwargs '{"length": 1.5}' --policy mytask:pd --objective mytask:margin --calibration cal.json
     """
     from mesaguard.calibration import Calibration
     from mesaguard.signing import load_verify_key

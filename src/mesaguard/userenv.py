@@ -48,6 +48,7 @@ import numpy as np
 
 from mesaguard import metrics
 from mesaguard.calibration import Calibration
+from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED  # calibration and evaluation seeds are disjoint
 from mesaguard.objective import FromCallable, Objective, ObjectiveError, Transition, make_objective
 from mesaguard.rollout import Episode, Policy, rollout
 
@@ -67,8 +68,6 @@ __all__ = [
     "policy_maker",
 ]
 
-CALIBRATION_SEED = 10_000  # as mesaguard.experiment: calibration and evaluation seeds are disjoint
-EVALUATION_SEED = 20_000
 _SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
@@ -264,11 +263,11 @@ def check_task(env: EnvMaker, policy: PolicyMaker, objective: Objective) -> bool
         try:
             action = act(obs)
         except Exception as exc:  # the user's policy cannot act on this env's observations
-            raise SpecError(f"--policy {policy.policy!r} failed on the first observation of --env {env.env!r} "
-                            f"({type(exc).__name__}: {exc}); expected a policy for this env") from exc
+            raise SpecError(f"--policy {policy.policy!r} failed on the first observation of {env.option} "
+                            f"{env.env!r} ({type(exc).__name__}: {exc}); expected a policy for this env") from exc
         if not _fits(made.action_space, action):
             raise SpecError(f"--policy {policy.policy!r} returned the action {action!r}, not in the action space "
-                            f"{made.action_space} of --env {env.env!r}; expected a policy for this env")
+                            f"{made.action_space} of {env.option} {env.env!r}; expected a policy for this env")
         next_obs, reward, _, _, info = made.step(action)
         objective.increment(Transition(float(reward), info, obs, action, next_obs), 1)
         return "catastrophe" in info
