@@ -1,0 +1,155 @@
+"""The bench's commands: ``bench`` (scenarios x detectors x seeds into a SQLite store), ``export``, ``report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+if TYPE_CHECKING:
+
+    pass
+from mesaguard.cli.base import (
+    ALL,
+    DEFAULT_DB,
+    POLICIES,
+    Detectors,
+    Store,
+    _choice,
+    _existing_store,
+    _names,
+    _output,
+    _runnable,
+    _store_errors,
+    app,
+    console,
+)
+from mesaguard.cli.tables import _show_bench, _show_deployments
+
+
+class _BenchBars:
+    """Rich progress for the bench: one bar for all jobs, one per job while it runs."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar, self.tasks, self.overall = bar, {}, None
+
+    def start(self, jobs: list[Any], done: int) -> None:
+        self.specs = {j.key: j for j in jobs}
+        self.overall = self.bar.add_task("jobs", total=len(jobs) + done, completed=done)
+
+    def advance(self, key: tuple[str, int], episodes: int) -> None:
+        if key not in self.tasks:
+            total = self.specs[key].total_episodes
+            self.tasks[key] = self.bar.add_task(f"  {key[0]} seed {key[1]} (episodes)", total=total)
+        self.bar.advance(self.tasks[key], episodes)
+
+    def finish(self, key: tuple[str, int]) -> None:
+        if key in self.tasks:
+            self.bar.update(self.tasks[key], completed=self.specs[key].total_episodes, visible=False)
+        self.bar.advance(self.overall)
+
+    def waiting(self, run_id: str) -> None:
+        self.bar.console.print(f"another bench is running run [bold]{escape(run_id)}[/] on this store: waiting for it "
+                               "to finish, then resuming what it left")
+
+
+@app.command()
+def bench(
+    scenarios: Annotated[str, typer.Option(help="Comma-separated scenario names, or 'all'.")] = "all",
+    detectors: Detectors = ALL,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per scenario (0, 1, ..., SEEDS-1): one job each.")] = 3,
+    episodes: Annotated[int, typer.Option(min=1, help="Evaluation episodes per variant and seed.")] = 100,
+    calibration_episodes: Annotated[
+        int | None, typer.Option(help="In-distribution calibration episodes per seed (default: --episodes).")
+    ] = None,
+    alpha: Annotated[float, typer.Option(help="Per-episode false-alarm rate the guards are calibrated to.")] = 0.05,
+    policy: Annotated[str, typer.Option(help="agent, aligned or misaligned.")] = "agent",
+    safeguards: Annotated[
+        str, typer.Option(help="Comma-separated preventive safeguards run next to the detectors: "
+                                 "scope, shield, quantilizer, combined, impact (the agent trained with an impact "
+                                 "penalty), continual (the agent keeps learning, rolled back on alarm).")
+    ] = "",
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes (1: in this process).")] = 1,
+    backend: Annotated[str, typer.Option(help="local (worker processes) or ray (Ray tasks).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: ray.init()'s).")] = None,
+    db: Store = DEFAULT_DB,
+    run: Annotated[
+        str | None, typer.Option(help="Run name (default: derived from the options, so reruns resume).")
+    ] = None,
+) -> None:
+    """Measure every detector on every scenario over seeds; store the runs; resume a run cut off."""
+    import time
+
+    from mesaguard.bench import BenchConfig, deployment_table, run_bench, table
+    from mesaguard.scenarios import SCENARIOS
+    from mesaguard.store import Store as SQLiteStore
+
+    names = list(SCENARIOS) if scenarios.strip() == "all" else [s.strip() for s in scenarios.split(",") if s.strip()]
+    names = _runnable(names, every=scenarios.strip() == "all")
+    _choice("--policy", policy, POLICIES)
+    _choice("--backend", backend, ("local", "ray"))
+    config = BenchConfig(
+        scenarios=tuple(names),
+        detectors=tuple(_names(detectors)),
+        seeds=tuple(range(seeds)),
+        episodes=episodes,
+        calibration_episodes=calibration_episodes or episodes,
+        alpha=alpha,
+        policy=policy,
+        safeguards=tuple(g.strip() for g in safeguards.split(",") if g.strip()),
+    )
+    run_id = run or config.run_id()
+    start = time.perf_counter()
+    with _store_errors(db), SQLiteStore(db) as store:
+        done = len(store.done_jobs(run_id))
+        if done:
+            console.print(f"resuming run [bold]{run_id}[/]: {done} of {len(config.jobs())} jobs already stored")
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        with Progress(*columns, console=console) as bar:
+            run_bench(config, store, run_id=run_id, backend=backend, workers=workers, address=ray_address,
+                      progress=_BenchBars(bar))
+        rows = table(store, run_id)
+        deployments = deployment_table(store, run_id)
+    _show_bench(rows, f"run {run_id}: {len(config.jobs())} jobs, {time.perf_counter() - start:.1f} s")
+    _show_deployments(deployments)
+    console.print(f"stored in [bold]{db}[/] as run [bold]{run_id}[/]; "
+                  f"see it with: mesaguard report {run_id} --db {db} -o report.html")
+
+
+@app.command()
+def export(
+    run: str,
+    format: Annotated[str, typer.Option("--format", help="csv or parquet (needs pyarrow).")] = "csv",
+    db: Store = DEFAULT_DB,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Folder (default: runs/RUN).")] = None,
+) -> None:
+    """Write a bench run's results, jobs, episodes and alarms as CSV or Parquet files."""
+    from mesaguard.bench import table
+    from mesaguard.store import Store as SQLiteStore
+    from mesaguard.store import export as export_run
+
+    _output("--out", out or db.parent / run, folder=True)
+    with _store_errors(_existing_store(db)), SQLiteStore(db) as store:
+        store.run_config(run)
+        paths = export_run(store, run, out or db.parent / run, format, [r.flat() for r in table(store, run)])
+    for path in paths:
+        console.print(f"wrote [bold]{path}[/]")
+
+
+@app.command()
+def report(
+    run: str,
+    db: Store = DEFAULT_DB,
+    out: Annotated[Path, typer.Option("-o", "--out", help="The HTML file to write.")] = Path("report.html"),
+) -> None:
+    """Write one self-contained HTML report of a bench run (opens offline)."""
+    from mesaguard.report import write_report
+    from mesaguard.store import Store as SQLiteStore
+
+    _output("--out", out)
+    with _store_errors(_existing_store(db)), SQLiteStore(db) as store:
+        path = write_report(store, run, out)
+    console.print(f"wrote [bold]{path}[/] ({path.stat().st_size / 1e6:.1f} MB)")
