@@ -172,19 +172,12 @@ def _shield_run(
 
 
 def _quantilizer_run(
-    spec: JobSpec, variant: str, calibration: Calibration, fitted: FittedSafeguards
+    spec: JobSpec, variant: str, calibration: Calibration, fitted: FittedSafeguards, cloned: bool = False
 ) -> tuple[MakeEnv, MakePolicy]:
-    """The agent's ranking quantilized over the scripted aligned policy smoothed (the trusted base), adaptive q."""
+    """The agent's ranking quantilized over a trusted base, adaptive q: the scripted aligned policy smoothed (an
+    oracle: it reads the deployed env), or with ``cloned`` a clone of its demonstrations on the reference variant."""
     env = functools.partial(plain_env, spec.scenario, variant)
-    return env, functools.partial(_quantilizer, spec)
-
-
-def _cloned_quantilizer_run(
-    spec: JobSpec, variant: str, calibration: Calibration, fitted: FittedSafeguards
-) -> tuple[MakeEnv, MakePolicy]:
-    """The agent's ranking quantilized over a base cloned from demonstrations on the reference variant only."""
-    env = functools.partial(plain_env, spec.scenario, variant)
-    return env, functools.partial(_quantilizer, spec, cloned=True)
+    return env, functools.partial(_quantilizer, spec, cloned=cloned)
 
 
 DEMONSTRATIONS = 100  # reference-variant episodes the cloned base learns from (the job's calibration seeds)
@@ -269,7 +262,7 @@ SAFEGUARDS: dict[str, SafeguardRun] = {
     "scope": _scope_run,
     "shield": _shield_run,
     "quantilizer": _quantilizer_run,
-    "quantilizer-bc": _cloned_quantilizer_run,
+    "quantilizer-bc": functools.partial(_quantilizer_run, cloned=True),
     "combined": _combined_run,
     "impact": _impact_run,
 }
