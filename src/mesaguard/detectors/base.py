@@ -117,14 +117,3 @@ def padded(episodes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     for i, e in enumerate(episodes):
         out[i, : e.size] = e
     return out, lengths
-
-
-def spread_floor(episodes: list[np.ndarray]) -> float:
-    """Smallest spread a standardizer may divide by: one increment's pooled std.
-
-    A score after t steps cannot honestly be known more precisely than one step's
-    increment; where every increment is identical, the machine epsilon of their
-    scale stands in so that any change is maximally alarming but finite.
-    """
-    pooled = np.concatenate(episodes)
-    return float(max(pooled.std(ddof=1), np.finfo(float).eps * (1.0 + np.abs(pooled).max())))
