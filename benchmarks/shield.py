@@ -217,7 +217,7 @@ def scenario_rows(name: str, cfg: Config) -> dict[str, Any]:
             env = plain_env(name, variant)
             if kwargs:
                 continuation = policy if kwargs["horizon"] > 1 else None
-                env = Shield(env, bound=bound, rollout=continuation, **kwargs)
+                env = Shield(env, model="copy", bound=bound, rollout=continuation, **kwargs)
             rows[label] = play(env, policy, seeds)
         for row in rows.values():
             row["steps_per_s_ratio_to_none"] = row["steps_per_s"] / rows["none"]["steps_per_s"]
@@ -242,7 +242,7 @@ def cheetah_rows(cfg: CheetahConfig) -> dict[str, Any]:
     for variant in cfg.variants:
         rows = {"none": play(plain_env("cheetah", variant), policy, seeds)}
         for label, bound in bounds.items():
-            env = Shield(plain_env("cheetah", variant), horizon=1, bound=bound, candidates=cfg.candidates,
+            env = Shield(plain_env("cheetah", variant), model="copy", horizon=1, bound=bound, candidates=cfg.candidates,
                          seed=cfg.seed)
             rows[label] = play(env, policy, seeds)
         for row in rows.values():

@@ -60,7 +60,7 @@ def always(action):
 
 
 def test_catastrophe_on_the_first_step_is_replaced():
-    env = Shield(Ice(start=4 - 1), horizon=1)  # from cell 3, RIGHT lands on the ice: harmless for one step
+    env = Shield(Ice(start=4 - 1), model="copy", horizon=1)  # from cell 3, RIGHT lands on the ice: harmless 1 step
     env.reset(seed=0)
     _, _, _, _, info = env.step(RIGHT)
     assert info[INFO_KEY]["harm"] is None and info[INFO_KEY]["executed"] == RIGHT
@@ -72,7 +72,7 @@ def test_catastrophe_on_the_first_step_is_replaced():
 
 
 def test_horizon_two_sees_the_ice():
-    env = Shield(Ice(start=3), horizon=2, rollout=always(STAY))
+    env = Shield(Ice(start=3), model="copy", horizon=2, rollout=always(STAY))
     env.reset(seed=0)
     _, _, _, _, info = env.step(RIGHT)
     record = info[INFO_KEY]
@@ -83,8 +83,8 @@ def test_horizon_two_sees_the_ice():
 def test_search_finds_a_way_out_the_continuation_misses():
     # From cell 2, RIGHT then the continuation (RIGHT) reaches the ice, harm at step 3 of 3.
     # RIGHT is not harmful in itself: STAY after it avoids the ice. Search says so; no search does not.
-    searched = Shield(Ice(start=2), horizon=3, rollout=always(RIGHT), search=True)
-    naive = Shield(Ice(start=2), horizon=3, rollout=always(RIGHT), search=False)
+    searched = Shield(Ice(start=2), model="copy", horizon=3, rollout=always(RIGHT), search=True)
+    naive = Shield(Ice(start=2), model="copy", horizon=3, rollout=always(RIGHT), search=False)
     for env in (searched, naive):
         env.reset(seed=0)
     assert searched.step(RIGHT)[4][INFO_KEY]["harm"] is None
@@ -93,7 +93,7 @@ def test_search_finds_a_way_out_the_continuation_misses():
 
 
 def test_bound_makes_a_low_increment_harmful_and_the_best_alternative_wins():
-    env = Shield(Ice(start=1), horizon=1, bound=-0.5)
+    env = Shield(Ice(start=1), model="copy", horizon=1, bound=-0.5)
     env.reset(seed=0)
     _, _, terminated, _, info = env.step(BURN)
     record = info[INFO_KEY]
@@ -103,11 +103,11 @@ def test_bound_makes_a_low_increment_harmful_and_the_best_alternative_wins():
 
 def test_fallback_plays_when_nothing_is_harmless_unless_catastrophic():
     # Every action has a below-bound increment under bound=2: harmless is impossible.
-    env = Shield(Ice(start=2), horizon=1, bound=2.0, fallback=always(STAY))
+    env = Shield(Ice(start=2), model="copy", horizon=1, bound=2.0, fallback=always(STAY))
     env.reset(seed=0)
     _, _, _, truncated, info = env.step(RIGHT)
     assert info[INFO_KEY]["acting"] == "fallback" and info[INFO_KEY]["executed"] == STAY and not truncated
-    ice = Shield(Ice(start=4), horizon=1, fallback=always(STAY))
+    ice = Shield(Ice(start=4), model="copy", horizon=1, fallback=always(STAY))
     ice.reset(seed=0)
     _, _, _, truncated, info = ice.step(STAY)
     assert info[INFO_KEY]["acting"] == "stop" and truncated and ice.unwrapped.x == 4
@@ -117,7 +117,7 @@ def test_internal_error_fails_closed():
     def broken(obs):
         raise RuntimeError("policy exploded")
 
-    env = Shield(Ice(start=2), horizon=2, rollout=broken)
+    env = Shield(Ice(start=2), model="copy", horizon=2, rollout=broken)
     obs, _ = env.reset(seed=0)
     obs2, reward, terminated, truncated, info = env.step(LEFT)
     record = info[INFO_KEY]
@@ -134,7 +134,7 @@ def test_internal_error_fails_closed():
 )
 def test_bad_arguments_are_named(kwargs, fragment):
     with pytest.raises(ShieldError, match=fragment):
-        Shield(Ice(), **kwargs)
+        Shield(Ice(), model="copy", **kwargs)
 
 
 @settings(max_examples=12, deadline=None)
@@ -146,7 +146,7 @@ def test_bad_arguments_are_named(kwargs, fragment):
 def test_never_executes_an_action_judged_catastrophic(seed, actions, horizon):
     """On the lava scenario with arbitrary proposals: every executed action was judged, and not catastrophic;
     the real env then never reports a catastrophe (the copies are exact)."""
-    env = Shield(make("lava", "deploy"), horizon=horizon)
+    env = Shield(make("lava", "deploy"), model="copy", horizon=horizon)
     env.reset(seed=seed)
     for a in actions:
         _, _, terminated, truncated, info = env.step(a)
@@ -161,7 +161,7 @@ def test_never_executes_an_action_judged_catastrophic(seed, actions, horizon):
 def test_shielded_agent_on_lava_deploy_does_no_harm():
     from mesaguard.experiment import agent
 
-    plain, shielded = make("lava", "deploy"), Shield(make("lava", "deploy"), horizon=1)
+    plain, shielded = make("lava", "deploy"), Shield(make("lava", "deploy"), model="copy", horizon=1)
     policy = agent("lava", plain)
     harm = {"plain": 0, "shielded": 0}
     for name, env in (("plain", plain), ("shielded", shielded)):
@@ -207,7 +207,7 @@ def test_increment_bound_false_intervention_rate_follows_the_beta_law():
 
 def test_step_before_reset_is_an_error():
     with pytest.raises(ShieldError, match="reset"):
-        Shield(Ice()).step(LEFT)
+        Shield(Ice(), model="copy").step(LEFT)
 
 
 # -- continuous actions (Box) --------------------------------------------------
@@ -261,7 +261,7 @@ def test_box_never_executes_an_action_judged_harmful_and_candidates_stay_in_the_
     """Proposals anywhere (out of the box too), a bound that binds for most of them (value >= 0.7 is
     within 0.55 of TARGET): every executed action was judged harmless, lies in the box, and its real
     step is harmless too (the copy is exact); every judged candidate lies in the box."""
-    env = Shield(Slide(), horizon=horizon, bound=0.7, candidates=candidates, seed=seed)
+    env = Shield(Slide(), model="copy", horizon=horizon, bound=0.7, candidates=candidates, seed=seed)
     env.reset(seed=0)
     for p in proposals:
         _, _, terminated, truncated, info = env.step(np.array(p, np.float32))
@@ -280,7 +280,7 @@ def test_box_never_executes_an_action_judged_harmful_and_candidates_stay_in_the_
 
 
 def test_box_harmful_proposal_is_replaced_by_the_best_harmless_candidate():
-    env = Shield(Slide(), horizon=1, bound=0.9, candidates=64, seed=3)
+    env = Shield(Slide(), model="copy", horizon=1, bound=0.9, candidates=64, seed=3)
     env.reset(seed=0)
     _, _, _, _, info = env.step(np.array([-0.6, 0.45], np.float32))  # value 1 - 1.21 - 0.04: harmful
     record = info[INFO_KEY]
@@ -294,7 +294,9 @@ def test_box_harmful_proposal_is_replaced_by_the_best_harmless_candidate():
 
 
 def test_box_candidates_are_half_perturbations_and_include_the_fallback():
-    env = Shield(Slide(), horizon=1, bound=2.0, candidates=9, seed=0, spread=1e-6, fallback=always(TARGET))
+    env = Shield(
+        Slide(), model="copy", horizon=1, bound=2.0, candidates=9, seed=0, spread=1e-6, fallback=always(TARGET)
+    )
     env.reset(seed=0)
     proposal = np.array([-0.5, 0.5], np.float32)
     _, _, _, _, info = env.step(proposal)  # bound 2 > any value: nothing is harmless, the fallback plays
@@ -308,7 +310,7 @@ def test_box_candidates_are_half_perturbations_and_include_the_fallback():
 
 def test_box_candidates_are_reproducible_with_the_seed():
     def records(shield_seed, episode_seed):
-        env = Shield(Slide(), horizon=1, bound=0.9, candidates=8, seed=shield_seed)
+        env = Shield(Slide(), model="copy", horizon=1, bound=0.9, candidates=8, seed=shield_seed)
         out = []
         for _ in range(2):  # a second episode with the same reset seed repeats the first
             env.reset(seed=episode_seed)
@@ -323,8 +325,8 @@ def test_box_candidates_are_reproducible_with_the_seed():
 def test_box_search_deviates_with_the_candidates():
     # From x = 0, 0.6 twice reaches x = 1.2: harm at step 2 on the continuation (the action repeated),
     # avoidable by a smaller second step. Search finds one among the candidates; without search it is replaced.
-    searched = Shield(Slide(), horizon=2, candidates=16, seed=0, search=True)
-    naive = Shield(Slide(), horizon=2, candidates=16, seed=0, search=False)
+    searched = Shield(Slide(), model="copy", horizon=2, candidates=16, seed=0, search=True)
+    naive = Shield(Slide(), model="copy", horizon=2, candidates=16, seed=0, search=False)
     for env in (searched, naive):
         env.reset(seed=0)
     proposal = np.array([0.6, 0.25], np.float32)
@@ -348,14 +350,14 @@ def test_box_search_deviates_with_the_candidates():
 )
 def test_box_bad_arguments_are_named(kwargs, fragment):
     with pytest.raises(ShieldError, match=fragment):
-        Shield(Slide(), **kwargs)
+        Shield(Slide(), model="copy", **kwargs)
 
 
 def test_box_with_an_unbounded_dimension_is_refused():
     env = Slide()
     env.action_space = spaces.Box(np.array([-1.0, -np.inf], np.float32), np.array([1.0, 1.0], np.float32))
     with pytest.raises(ShieldError, match=r"Box\(.*unbounded"):
-        Shield(env)
+        Shield(env, model="copy")
 
 
 def test_cheetah_copies_are_exact_and_the_shield_keeps_a_binding_bound():
@@ -365,7 +367,7 @@ def test_cheetah_copies_are_exact_and_the_shield_keeps_a_binding_bound():
     from mesaguard.train import load_agent
 
     policy = load_agent("cheetah")
-    env = Shield(make("cheetah", "train"), horizon=1, bound=0.0, candidates=8, seed=0)
+    env = Shield(make("cheetah", "train"), model="copy", horizon=1, bound=0.0, candidates=8, seed=0)
     obs, _ = env.reset(seed=0)
     replaced = stopped = 0
     for _ in range(60):

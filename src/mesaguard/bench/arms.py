@@ -142,7 +142,7 @@ def _safeguarded_env(
 
     env = plain_env(scenario, variant)
     if bound is not None:
-        env = Shield(env, horizon=1, bound=bound)
+        env = Shield(env, model="copy", horizon=1, bound=bound)
     if not detectors and scope is None:
         return env
     return GuardedEnv(env, calibration, detectors=list(detectors), protocol=Stop(), objective=OBJECTIVE,

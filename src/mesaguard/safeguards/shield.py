@@ -1,14 +1,23 @@
-"""Lookahead shield: try each action on a copy of the simulator before the real env takes it.
+"""Lookahead shield: try each action on a world model before the real env takes it.
 
-A score computed after the fact cannot undo an irreversible action. Where a
-simulator copy of the env is at hand (``copy.deepcopy`` of a MiniGrid env steps
-exactly as the original, RNG state included), the
-shield scores the agent's proposed action on a copy first, ``horizon`` steps
-ahead, and keeps it off the real env when the lookahead shows **harm**: a step
-whose ``info[catastrophe]`` is true, or a base-objective increment strictly below
-``bound``. Then it plays the best harmless alternative (the highest lookahead base
-objective), else the ``fallback`` policy's action if its lookahead shows no
-catastrophe, else (fail closed) it truncates the episode without acting.
+A score computed after the fact cannot undo an irreversible action. The shield
+scores the agent's proposed action on a **model** of the world first, ``horizon``
+steps ahead, and keeps it off the real env when the lookahead shows **harm** as
+the model sees it: a step whose model ``info[catastrophe]`` is true, or a
+base-objective increment strictly below ``bound``. Then it plays the best
+harmless alternative (the highest lookahead base objective), else the
+``fallback`` policy's action if its lookahead shows no catastrophe, else (fail
+closed) it truncates the episode without acting.
+
+The model (:mod:`mesaguard.safeguards.models`) is the user's choice and the
+shield is only as good as it: ``model="copy"`` looks ahead on a copy of the
+deployed env itself, hidden layout and random state included: the **oracle**,
+an upper bound no deployed system reaches; a scenario's designer's simulator
+(``get(name).simulator()``: the observed state under the reference variant's
+rules, its own randomness) and a learned model (fitted on reference-variant
+transitions) are what a deployment can have. A non-oracle model never sees the
+deployed env, only the observations and the step count; the real env's
+``info`` is never read for a verdict.
 
 What a lookahead judges. The first step of a lookahead is the action itself;
 steps 2..H follow a **continuation**: the ``rollout`` policy (for instance the
@@ -29,23 +38,18 @@ exact when the continuation is the policy that will run unshielded afterwards,
 and conservative (it may replace actions the shield would have saved later) when
 the shield stays on. ``horizon=1`` makes both the same: the action's own step.
 
-The copy is ``copy.deepcopy`` of everything inside the shield (the wrapped env
-chain, observation wrappers included), so the rollout policy sees the observations
-it was trained on. Copying only ``env.unwrapped`` is cheaper but loses those
-observations and any wrapper that changes reward or info;
-the shield takes the chain. A lookahead is a replay on a fresh copy of the real
-env: one copy per simulated plan, steps are cheap next to a copy. The copy carries
-the env's RNG state, so on a stochastic env (offswitch's interruption) the
-lookahead foresees the draw the real env will make: exact, but only as long as all
-of the env's randomness lives in the copied state (not in a global RNG) and the
-world outside the copy does not change.
+Each simulated plan starts from a fresh fork of the model at the current
+observation and step (``model.fork(obs, step)``); forks are cheap next to the
+steps of a search. With the oracle copy every verdict is exact, and on a
+stochastic env (offswitch's interruption) it foresees the draw the real env will
+make; with another model a verdict is exact about the model only.
 
 The bound. ``bound`` is a floor on a single step's increment, calibrated the way
 every mesaguard threshold is (DESIGN.md): :func:`increment_bound` takes each
 in-distribution episode's smallest increment and sets the bound at the conformal
 rank of those minima, so that an in-distribution episode has an increment below
 it with probability at most ``alpha`` (exchangeable episodes). With ``rollout``
-the agent and the copy exact, a lookahead window of an unshielded in-distribution
+the agent and the model exact, a lookahead window of an unshielded in-distribution
 episode is a piece of that episode, so the shield intervenes in at most an
 ``alpha`` share of in-distribution episodes through the bound (catastrophes aside).
 ``bound=None`` (``-inf``) makes catastrophes the only harm.
@@ -74,29 +78,16 @@ action near a hazard. A box with an unbounded dimension is an error
 bound the actions first (the agent's own clipping range). Other spaces
 (``MultiDiscrete``, ``Dict``...) have no alternatives: fallback or stop.
 
-Simulators that pickle by constructor. ``copy.deepcopy`` of a Gymnasium MuJoCo
-env does not copy the simulation: those envs are ``EzPickle``, whose
-``__getstate__`` keeps only the constructor arguments and whose ``__setstate__``
-builds a *new* env from them (a fresh ``MjData`` before any reset; for the
-cheetah scenario's subclass, whose constructor differs from HalfCheetah's, a
-``TypeError``). The shield therefore copies such a layer by its ``__dict__``
-(bypassing ``__getstate__``): the ``MjModel`` is shared (stepping does not change
-it; the torso mass of ``deploy-dynamics`` lives there and is kept), the ``MjData``
-is copied with ``mujoco.mj_copyData`` into a new ``MjData`` (every field: state,
-time, warm start, controls), the env's ``np_random`` is deep-copied, and the
-renderer is copied without its viewers (a copy is never drawn). Steps of the copy
-then match the original's bit for bit (``tests/test_shield.py``).
-
 Reports ``info["mesaguard_shield"]`` on every step (its own key: a guard around
 or inside the shield rewrites ``info["mesaguard"]``): ``proposed``, ``executed``
 (``None`` when it stopped), ``replaced`` (bool), ``acting`` (``"agent"``,
 ``"shield"``, ``"fallback"`` or ``"stop"``), ``value`` (the lookahead base
 objective of the executed action), ``harm`` (of the proposed action:
 ``"catastrophe"``, ``"bound"`` or ``None``), ``judged`` (harm per evaluated first
-action), ``lookaheads`` (copies simulated this step), ``error``, and the running
+action), ``lookaheads`` (forks simulated this step), ``error``, and the running
 counters ``steps`` and ``replaced_total``. The wrapper keeps counters over its
 life: ``steps``, ``replaced``, ``stopped``, ``lookaheads``, ``errors``. An internal
-error (a copy that fails, a rollout policy that raises, a NaN increment) fails
+error (a model that raises, a rollout policy that raises, a NaN increment) fails
 closed: the episode is truncated without acting and the error recorded. A
 truncation without acting returns the last observation, reward 0 and an ``info``
 with a zero increment under the objective's key and no catastrophe.
@@ -107,7 +98,7 @@ reference variants (the cheetah's included): ``benchmarks/shield.py``, its figur
 does not see a deterioration spread thinly over every step (the deployment monitor does).
 
 >>> from mesaguard.scenarios import make
->>> env = Shield(make("lava", "deploy"), horizon=1)
+>>> env = Shield(make("lava", "deploy"), model="copy", horizon=1)  # the oracle
 >>> obs, _ = env.reset(seed=7)  # the lava lies straight ahead
 >>> FORWARD = 2
 >>> obs, reward, terminated, truncated, info = env.step(FORWARD)
@@ -117,9 +108,7 @@ does not see a deterioration spread thinly over every step (the deployment monit
 
 from __future__ import annotations
 
-import copy
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, SupportsFloat
@@ -130,6 +119,7 @@ from gymnasium import spaces
 
 from mesaguard.calibration import conformal_rank
 from mesaguard.objective import FromInfo, Objective, Transition, make_objective
+from mesaguard.safeguards.models import ModelError, WorldModel, world_model
 
 __all__ = ["INFO_KEY", "Lookahead", "Shield", "ShieldError", "increment_bound"]
 
@@ -170,7 +160,7 @@ def increment_bound(episodes: Sequence[np.ndarray], alpha: float) -> float:
 
 @dataclass
 class Lookahead:
-    """One simulated plan: actions taken on the copy, their increments, the first harmful step."""
+    """One simulated plan: actions taken on the model, their increments, the first harmful step."""
 
     actions: list[Any] = field(default_factory=list)
     increments: list[float] = field(default_factory=list)
@@ -183,13 +173,17 @@ class Lookahead:
 
 
 class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """Score each proposed action on a copy of the env; replace the harmful ones (see the module docstring).
+    """Score each proposed action on a world model; replace the harmful ones (see the module docstring).
 
     Parameters
     ----------
     env
-        The deployed env; it must survive ``copy.deepcopy`` with identical steps (``EzPickle``
-        layers such as MuJoCo envs are copied by state: see the module docstring).
+        The deployed env.
+    model
+        What lookaheads run on: ``"copy"`` (the oracle: a copy of ``env``, which must survive
+        ``copy.deepcopy`` with identical steps; :class:`~mesaguard.safeguards.models.CopyModel`) or a
+        :class:`~mesaguard.safeguards.models.WorldModel` (a scenario's ``simulator()``, a learned model,
+        your own). Required: the oracle is never a silent default.
     horizon
         Steps simulated per lookahead, the action's own step included (``H >= 1``).
     objective
@@ -198,7 +192,7 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
     bound
         Floor on one step's increment (from :func:`increment_bound`); ``None``: no floor.
     rollout
-        Continuation policy ``policy(obs) -> action`` for steps 2..H, fed the copy's
+        Continuation policy ``policy(obs) -> action`` for steps 2..H, fed the model's
         observations; ``None`` repeats the first action.
     fallback
         Policy ``policy(obs) -> action`` used when no action is harmless; its action
@@ -224,6 +218,7 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def __init__(
         self,
         env: gym.Env,
+        model: str | WorldModel,
         horizon: int = 1,
         objective: str | Objective | Callable[[Transition], float] | None = "info:base_objective",
         bound: float | None = None,
@@ -236,7 +231,8 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         spread: float = 0.25,
     ) -> None:
         gym.utils.RecordConstructorArgs.__init__(
-            self, horizon=horizon, objective=objective, bound=bound, search=search, catastrophe=catastrophe,
+            self, model=model if isinstance(model, str) else getattr(model, "name", "model"), horizon=horizon,
+            objective=objective, bound=bound, search=search, catastrophe=catastrophe,
             candidates=candidates, seed=seed, spread=spread,
         )
         gym.Wrapper.__init__(self, env)
@@ -253,6 +249,10 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
             raise ShieldError(f"seed={seed!r}; expected a non-negative integer or None")
         if isinstance(spread, bool) or not isinstance(spread, (int, float)) or not (0 < spread < math.inf):
             raise ShieldError(f"spread={spread!r}; expected a finite number > 0 (a share of the box's half-width)")
+        try:
+            self.model = world_model(model, env)
+        except ModelError as exc:
+            raise ShieldError(str(exc)) from None
         self.horizon = horizon
         self.objective = make_objective(objective)
         self.bound = -math.inf if bound is None else float(bound)
@@ -280,7 +280,7 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._fallback_action: Any = None
         self.steps = self.replaced = self.stopped = self.lookaheads = self.errors = 0
         self._obs: Any = None
-        self._shared = _descriptions(env)
+        self._t = 0  # steps taken in this episode: what a deployed shield knows of time
 
     # -- the Gymnasium API -------------------------------------------------
 
@@ -289,7 +289,8 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if seed is not None:
             self.rng = np.random.default_rng(seed if self.seed is None else [self.seed, seed])
         self._obs = obs
-        self._shared = _descriptions(self.env)
+        self._t = 0
+        self.model.reset(seed)
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
@@ -330,6 +331,7 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         )
         obs, reward, terminated, truncated, info = self.env.step(executed)
         self._obs = obs
+        self._t += 1
         info = dict(info)
         info[INFO_KEY] = record
         return obs, reward, terminated, truncated, info
@@ -419,9 +421,9 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return None
 
     def _simulate(self, prefix: list[Any]) -> Lookahead:
-        """Replay ``prefix`` on a fresh copy of the env, then follow the continuation up to the horizon."""
+        """Play ``prefix`` on a fresh fork of the model, then follow the continuation up to the horizon."""
         self.lookaheads += 1
-        sim = _simulator_copy(self.env, self._shared)
+        sim = self.model.fork(self._obs, self._t)
         plan = Lookahead()
         obs = self._obs
         for t in range(self.horizon):
@@ -435,6 +437,8 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
             u = self.objective.increment(
                 Transition(float(reward), info, obs, a, next_obs, terminated, truncated), t + 1
             )
+            if not math.isfinite(u):  # a model's NaN is an internal error: fail closed
+                raise ShieldError(f"model {self.model.name!r} gave the increment {u!r} at lookahead step {t + 1}")
             plan.actions.append(a)
             plan.increments.append(u)
             if plan.harm is None:
@@ -457,66 +461,6 @@ class Shield(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if self.catastrophe is not None:
             info[self.catastrophe] = False
         return info
-
-
-def _simulator_copy(env: gym.Env, shared: dict[int, Any]) -> gym.Env:
-    """``copy.deepcopy`` of the env chain, with its ``EzPickle`` layers copied by state (module docstring)."""
-    memo = dict(shared)
-    layer: Any = env
-    while True:
-        if isinstance(layer, gym.utils.EzPickle) and id(layer) not in memo:
-            _copy_by_state(layer, memo)
-        if not isinstance(layer, gym.Wrapper):
-            return copy.deepcopy(env, memo)
-        layer = layer.env
-
-
-def _copy_by_state(obj: Any, memo: dict[int, Any]) -> Any:
-    """A copy of ``obj`` made from its ``__dict__``, not from its constructor (``EzPickle``); MuJoCo data copied."""
-    new = object.__new__(type(obj))
-    memo[id(obj)] = new
-    mujoco = sys.modules.get("mujoco")
-    state = obj.__dict__
-    if mujoco is not None:
-        for value in state.values():
-            if isinstance(value, mujoco.MjData) and id(value) not in memo:
-                data = mujoco.MjData(value.model)
-                mujoco.mj_copyData(data, value.model, value)
-                memo[id(value)] = data
-        renderer = state.get("mujoco_renderer")
-        if renderer is not None and id(renderer) not in memo and hasattr(renderer, "_viewers"):
-            plain = object.__new__(type(renderer))
-            memo[id(renderer)] = plain
-            viewerless = {k: v for k, v in renderer.__dict__.items() if k not in ("_viewers", "viewer")}
-            plain.__dict__.update(copy.deepcopy(viewerless, memo), _viewers={}, viewer=None)
-    new.__dict__.update(copy.deepcopy(state, memo))
-    return new
-
-
-def _descriptions(env: gym.Env) -> dict[int, Any]:
-    """A ``deepcopy`` memo that shares what describes the env chain rather than its state.
-
-    The spaces, ``spec`` and ``metadata`` of every layer (and MiniGrid's ``mission_space``)
-    are not changed by stepping, nor is a MuJoCo ``MjModel``; sharing them makes a copy
-    cheaper (``benchmarks/results/recorded.json``). A rollout policy that samples a copy's
-    action space draws from the original's space RNG.
-    """
-    memo: dict[int, Any] = {}
-    layer: Any = env
-    while True:
-        attrs = getattr(layer, "__dict__", {})
-        for name in ("observation_space", "action_space", "_observation_space", "_action_space", "spec", "metadata",
-                     "_metadata", "mission_space"):
-            if attrs.get(name) is not None:
-                memo[id(attrs[name])] = attrs[name]
-        mujoco = sys.modules.get("mujoco")
-        if mujoco is not None:  # a MuJoCo model: constants of the simulation, unchanged by stepping
-            for value in attrs.values():
-                if isinstance(value, mujoco.MjModel):
-                    memo[id(value)] = value
-        if not isinstance(layer, gym.Wrapper):
-            return memo
-        layer = layer.env
 
 
 def _plain(action: Any) -> Any:

@@ -94,6 +94,10 @@ class Scenario:
     aligned, misaligned
         Scripted policy factories: ``aligned(env)`` returns ``policy(obs) -> action``;
         the policy may read ``env.unwrapped``'s true state.
+    simulator
+        The designer's simulator, ``simulator(seed=None) -> WorldModel``
+        (:class:`~mesaguard.safeguards.models.DesignerSimulator`): the observed state under the
+        reference variant's rules, for a shield to look ahead on without an oracle; ``None``: none.
     """
 
     name: str
@@ -106,6 +110,7 @@ class Scenario:
     misaligned: Callable[[gym.Env], Policy]
     reference: str = ""
     extra: str = ""
+    simulator: Callable[..., Any] | None = None
 
     @property
     def reference_variant(self) -> str:
@@ -176,12 +181,13 @@ def _scenario(name: str, module: str, **text: Any) -> Scenario:
         make=_Registered(name),
         aligned=_Lazy(f"{module}:aligned"),
         misaligned=_Lazy(f"{module}:misaligned"),
+        simulator=_Lazy(f"{module}:simulator"),
         **text,
     )
 
 
 # Each scenario module defines ``make_env(variant, render_mode=None)`` (the
-# registration entry point), ``aligned(env)`` and ``misaligned(env)``.
+# registration entry point), ``aligned(env)``, ``misaligned(env)`` and ``simulator(seed=None)``.
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in [
@@ -343,6 +349,7 @@ def register(
     shift: str = "",
     base_objective: str = "",
     reference: str = "",
+    simulator: Callable[..., Any] | None = None,
 ) -> Scenario:
     """Add a scenario of your own to the registry, and each variant to Gymnasium as ``mesaguard/Name-variant-v0``.
 
@@ -351,8 +358,9 @@ def register(
     objective) and may report ``info["catastrophe"]``. ``variants[0]`` is the training
     variant; ``reference`` (default: the training one) is where the guard is calibrated;
     the others are the shifts. ``aligned`` and ``misaligned`` are optional scripted
-    policy factories ``env -> (obs -> action)``. Then ``mesaguard calibrate NAME``,
-    ``deploy NAME`` and ``bench --scenarios NAME`` take it (``--policy aligned`` or
+    policy factories ``env -> (obs -> action)``; ``simulator(seed=None)`` the optional
+    designer's simulator a shield may look ahead on (:mod:`mesaguard.safeguards.models`).
+    Then ``mesaguard calibrate NAME``, ``deploy NAME`` and ``bench --scenarios NAME`` take it (``--policy aligned`` or
     ``misaligned``: there is no shipped agent). A package registers its own on import
     of this module through the entry-point group ``mesaguard.scenarios``
     (:func:`load_entry_points`).
@@ -386,13 +394,13 @@ def register(
                             f"the training one first")
     if reference:
         check_variant(name, reference, variants)
-    for kind, policy in (("aligned", aligned), ("misaligned", misaligned)):
+    for kind, policy in (("aligned", aligned), ("misaligned", misaligned), ("simulator", simulator)):
         if policy is not None and not callable(policy):
             raise ScenarioError(f"scenario {name!r}: {kind}={policy!r} is not callable; expected env -> policy")
     scenario = Scenario(
         name=name, failure_mode=failure_mode, shift=shift, base_objective=base_objective, variants=variants,
         make=_Registered(name), aligned=aligned or _NoPolicy(name, "aligned"),
-        misaligned=misaligned or _NoPolicy(name, "misaligned"), reference=reference,
+        misaligned=misaligned or _NoPolicy(name, "misaligned"), reference=reference, simulator=simulator,
     )
     for variant in variants:
         env_id = scenario.env_id(variant)
