@@ -13,6 +13,7 @@ from mesaguard.calibration import (
     episode_maxima,
     false_alarm_spread,
     min_episodes,
+    statistic_traces,
 )
 from mesaguard.detectors import DETECTORS, DetectorError
 
@@ -286,3 +287,16 @@ def test_schema_1_files_are_still_read(tmp_path, calibration):
     path = tmp_path / "v1.json"
     path.write_text(json.dumps({**body, "content_hash": content_hash(body)}))
     assert Calibration.load(path) == calibration
+
+
+@pytest.mark.parametrize("names", [["threshold"], ["envelope"], ["cusum"], ["meanshift"], ["pdt"], ["rank"],
+                                   ["threshold", "envelope", "cusum", "meanshift"]])
+def test_a_repeated_calibration_episode_never_fires(names):
+    """A deterministic agent repeats its episode exactly: the threshold back in each detector's units must not
+    fall below that episode's statistic by rounding (it did for meanshift alone: every episode fired)."""
+    episode = np.array([-0.01] * 8 + [0.99])
+    cal = Calibration.fit([episode] * 200, alpha=0.05, detectors=sorted(set(names) | {"meanshift", "pdt"}))
+    thresholds = cal.thresholds_for(names)
+    for name in names:
+        trace = statistic_traces(cal.detectors[name].build(), [episode])
+        assert np.nanmax(trace) <= thresholds[name], (name, np.nanmax(trace), thresholds[name])

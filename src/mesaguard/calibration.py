@@ -377,11 +377,24 @@ class Calibration:
         their standardized statistics; the one conformal rule applies to it, so the
         chance that *any* of them fires on a new in-distribution episode is at most
         ``alpha``. Alone, a detector gets its own conformal threshold.
+
+        Back in a detector's own units a threshold is ``location + scale * tau``, in
+        floating point; it is raised, where rounding put it below, to the largest
+        held-out maximum of that detector on an episode the joint rule counted as not
+        exceeding ``tau``. So rounding never makes a statistic equal to a calibration
+        episode's fire (deterministic agents repeat episodes exactly), and a threshold
+        is only ever raised, never lowered, which keeps the guarantee.
         """
         alpha = self.alpha if alpha is None else check_alpha(alpha)
         k = conformal_rank(self.n_cal, alpha)
-        tau = float(np.sort(self.joint_maxima(names))[k - 1])
-        return {n: self.detectors[n].location + self.detectors[n].scale * tau for n in names}
+        joint = self.joint_maxima(names)
+        tau = float(np.sort(joint)[k - 1])
+        quiet = joint <= tau
+        out = {}
+        for n in names:
+            d = self.detectors[n]
+            out[n] = max(d.location + d.scale * tau, float(np.max(np.asarray(d.maxima)[quiet])))
+        return out
 
     def joint_maxima(self, names: Sequence[str]) -> np.ndarray:
         """Per held-out episode, the largest standardized maximum of detectors ``names``.
