@@ -29,7 +29,6 @@ signature when given ``verify_key=``, and every value for what it means
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -39,19 +38,26 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from scipy import stats
 
 from mesaguard.artifacts import (
-    ArtifactError,
     Fields,
     Kind,
     VerifyKeys,
     pack_arrays,
     read_sidecar,
-    unpack_arrays,
     write_sidecar,
 )
-from mesaguard.detectors import DEFAULT, Detector, DetectorError, detector_class
+from mesaguard.conformal import (
+    CalibrationError,
+    check_alpha,
+    conformal_rank,
+    episodes_for_tolerance,
+    episodes_needed,
+    false_alarm_spread,
+    fit_split,
+    min_episodes,
+)
+from mesaguard.detectors import DEFAULT, Detector, detector_class
 from mesaguard.detectors.base import check_episodes, padded
 from mesaguard.files import read_json, write_atomic
 from mesaguard.objective import Objective, Transition, make_objective
@@ -61,8 +67,6 @@ __all__ = [
     "Calibration",
     "CalibrationError",
     "check_alpha",
-    "read_conformal",
-    "read_threshold",
     "DetectorCalibration",
     "conformal_rank",
     "episode_maxima",
@@ -80,104 +84,8 @@ SIDECAR_MIN = 1024  # numbers in one parameter array from which :meth:`Calibrati
 MAX_SIDECAR_BYTES = 1 << 31  # a sidecar larger than this is refused before it is read
 
 
-class CalibrationError(ArtifactError):
-    """Too few episodes for alpha, a corrupt, foreign or unsigned file, or a calibration for another env."""
-
-
 KIND = Kind("calibration", FORMAT, SCHEMA_VERSION, CalibrationError,
             "Fit it again with this version (mesaguard calibrate).", older=frozenset({1}))
-
-
-def check_alpha(alpha: float) -> float:
-    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
-        raise CalibrationError(f"alpha={alpha!r}; expected a false-alarm rate strictly between 0 and 1")
-    return float(alpha)
-
-
-def min_episodes(alpha: float) -> int:
-    """Fewest calibration episodes for which the conformal rank exists: ``(1 - alpha) / alpha``.
-
-    >>> min_episodes(0.05), min_episodes(0.1), min_episodes(0.01)
-    (19, 9, 99)
-    """
-    alpha = check_alpha(alpha)
-    n = max(1, math.floor((1.0 - alpha) / alpha) - 1)
-    while math.ceil((n + 1) * (1.0 - alpha) - 1e-12) > n:
-        n += 1
-    return n
-
-
-def fit_split(n: int, fit_fraction: float = 0.5) -> int:
-    """How many of ``n`` calibration episodes fit the detectors (two folds of at least 2); the rest set thresholds."""
-    return max(4, int(n * fit_fraction))
-
-
-def episodes_needed(alpha: float, fit_fraction: float = 0.5) -> int:
-    """Fewest episodes :meth:`Calibration.fit` accepts at ``alpha``: enough held out after the fit split.
-
-    >>> episodes_needed(0.05), episodes_needed(0.1)
-    (37, 17)
-    """
-    held = min_episodes(alpha)
-    return next(n for n in range(held, 10**7) if n - fit_split(n, fit_fraction) >= held)
-
-
-def conformal_rank(n: int, alpha: float) -> int:
-    """The rank ``k = ceil((n + 1)(1 - alpha))`` of the threshold among ``n`` sorted maxima.
-
-    >>> conformal_rank(100, 0.05)
-    96
-    >>> conformal_rank(10, 0.05)  # doctest: +NORMALIZE_WHITESPACE
-    Traceback (most recent call last):
-    ...
-    mesaguard.calibration.CalibrationError: 10 calibration episodes are too few for alpha=0.05: the conformal rank would
-    be 11 > 10; use at least 19 episodes or a larger alpha
-    """
-    alpha = check_alpha(alpha)
-    # The small epsilon keeps (n+1)(1-alpha) that is an integer in exact arithmetic from rounding up.
-    k = math.ceil((n + 1) * (1.0 - alpha) - 1e-12)
-    if k > n:
-        raise CalibrationError(
-            f"{n} calibration episodes are too few for alpha={alpha}: the conformal rank would be {k} > {n}; "
-            f"use at least {min_episodes(alpha)} episodes or a larger alpha"
-        )
-    return max(k, 1)
-
-
-def false_alarm_spread(n: int, k: int) -> dict[str, float]:
-    """Law of the realized false-alarm rate given the calibration set: ``Beta(n + 1 - k, k)``.
-
-    >>> s = false_alarm_spread(100, 96)
-    >>> round(s["mean"], 4), round(s["q05"], 4), round(s["q95"], 4)
-    (0.0495, 0.0199, 0.0892)
-    """
-    law = stats.beta(n + 1 - k, k)
-    return {
-        "beta_a": float(n + 1 - k),
-        "beta_b": float(k),
-        "mean": float(law.mean()),
-        "q05": float(law.ppf(0.05)),
-        "q50": float(law.ppf(0.5)),
-        "q95": float(law.ppf(0.95)),
-    }
-
-
-def episodes_for_tolerance(alpha: float, tolerance: float, confidence: float = 0.9) -> int:
-    """Fewest calibration episodes so that the realized false-alarm rate lies within
-    ``alpha +- tolerance`` with probability ``confidence`` (too low a rate costs power).
-
-    >>> episodes_for_tolerance(0.05, 0.02), episodes_for_tolerance(0.05, 0.01)
-    (305, 1270)
-    """
-    alpha = check_alpha(alpha)
-    if not 0 < tolerance < min(alpha, 1 - alpha):
-        raise CalibrationError(f"tolerance={tolerance}; expected a number in (0, {min(alpha, 1 - alpha)})")
-    for n in range(min_episodes(alpha), 10**6):  # the quantile is not monotone in n (rank rounding): scan
-        k = conformal_rank(n, alpha)
-        law = stats.beta(n + 1 - k, k)
-        if law.cdf(alpha + tolerance) - law.cdf(alpha - tolerance) >= confidence:
-            return n
-    raise CalibrationError(f"tolerance={tolerance} needs more than a million episodes at alpha={alpha}")
 
 
 def statistic_traces(detector: Detector, episodes: Sequence[np.ndarray]) -> np.ndarray:
@@ -513,113 +421,7 @@ class Calibration:
 
     @classmethod
     def _checked(cls, data: dict[str, Any], source: str, arrays: Mapping[str, np.ndarray]) -> Calibration:
-        """The calibration in ``data``, whose header is checked, every value checked (see :meth:`from_dict`);
-        ``arrays`` are its sidecar's, each referenced exactly once."""
-        f = Fields(data, source, CalibrationError)
-        alpha, n_cal, rank = read_conformal(f)
-        n_fit = f.integer("n_fit", minimum=1)
-        shape = f.shape("obs_shape", optional=True, scalar=True)
-        metadata = f.get("metadata") if "metadata" in data else {}
-        if not isinstance(metadata, dict):
-            f.fail("metadata", metadata, "a JSON object")
-        entries = f.object("detectors")
-        detectors: dict[str, DetectorCalibration] = {}
-        used: set[str] = set()
-        for name in entries.data:
-            d = entries.object(name)
-            threshold, maxima = read_threshold(d, alpha, n_cal, rank)
-            raw = d.object("params")
-            params = {key: unpack_arrays(raw, key, arrays, used) for key in raw.data}
-            _check_params(d, "params", params)
-            cal = DetectorCalibration(name, params, threshold, d.number("location"), d.number("scale", positive=True),
-                                      maxima)
-            try:
-                cal.build()  # unknown names and malformed parameters fail here, on load
-            except (DetectorError, TypeError, ValueError) as exc:
-                raise CalibrationError(f"{source}: field {d.where('params')}: {exc}") from None
-            detectors[name] = cal
-        if set(arrays) != used:
-            raise CalibrationError(
-                f"{source}: its arrays file holds {sorted(set(arrays) - used)}, which no field references; "
-                f"expected only the arrays of its detectors' parameters"
-            )
-        objective = f.get("objective") if "objective" in data else None
-        if objective is not None and not (isinstance(objective, str) and objective):
-            f.fail("objective", objective, "the name of a base objective, or null")
-        lengths = f.get("lengths") if "lengths" in data else None
-        if lengths is not None:
-            ok = isinstance(lengths, list) and len(lengths) == 2 and all(type(n) is int and n >= 1 for n in lengths)
-            if not ok or lengths[0] > lengths[1]:
-                f.fail("lengths", lengths, "[shortest, longest] episode lengths, positive integers, or null")
-        return cls(
-            scenario=f.text("scenario"),
-            obs_shape=shape,
-            alpha=alpha,
-            n_fit=n_fit,
-            n_cal=n_cal,
-            detectors=detectors,
-            metadata=metadata,
-            objective=objective,
-            lengths=None if lengths is None else (lengths[0], lengths[1]),
-        )
+        """The calibration in ``data``, its header checked, every value checked (see :meth:`from_dict`)."""
+        from mesaguard.calibration_file import read_calibration
 
-
-def read_conformal(f: Fields) -> tuple[float, int, int]:
-    """``alpha``, ``n_cal`` and ``rank`` of a calibration or scope file, checked: ``alpha`` in (0, 1), ``n_cal``
-    enough for it, and ``rank`` and the ``false_alarm`` spread the ones they give (to 1e-9, across SciPy versions)."""
-    alpha = f.number("alpha", lo=0.0, hi=1.0)
-    n_cal = f.integer("n_cal", minimum=min_episodes(alpha), because=f" (the fewest for alpha={alpha})")
-    rank = conformal_rank(n_cal, alpha)
-    if f.get("rank") != rank:
-        f.fail("rank", f.get("rank"), f"{rank}, the conformal rank of n_cal={n_cal} at alpha={alpha}")
-    spread = f.object("false_alarm")
-    for key, value in false_alarm_spread(n_cal, rank).items():
-        stored = spread.number(key)
-        if not math.isclose(stored, value, rel_tol=1e-9, abs_tol=1e-12):
-            spread.fail(key, stored, f"{value!r}, from the Beta law of the false-alarm rate at n_cal and alpha")
-    return alpha, n_cal, rank
-
-
-def read_threshold(f: Fields, alpha: float, n_cal: int, rank: int) -> tuple[float, list[float]]:
-    """``threshold`` and ``maxima`` of a file, checked: ``n_cal`` finite maxima, and the threshold their
-    conformal quantile (the ``rank``-th smallest), recomputed and compared exactly."""
-    maxima = f.numbers("maxima", length=n_cal, because=" (n_cal, the held-out episodes)")
-    threshold = f.number("threshold")
-    expected = sorted(maxima)[rank - 1]
-    if threshold != expected:
-        f.fail("threshold", threshold,
-               f"{expected!r}, the {rank}-th smallest of the {n_cal} stored maxima (alpha={alpha})")
-    return threshold, maxima
-
-
-SPREADS = frozenset({"std", "sd", "sigma", "scale"})  # parameter names whose every number is a spread: > 0
-
-
-def _check_params(f: Fields, key: str | int, value: Any, spread: bool = False) -> None:
-    """Detector parameters are JSON objects, lists, finite numbers, and strings that are not numbers;
-    every number under a name in :data:`SPREADS` is > 0."""
-    if isinstance(value, dict):
-        inner = Fields(value, f.source, f.error, f.where(key))
-        for k, v in value.items():
-            _check_params(inner, k, v, k in SPREADS)
-    elif isinstance(value, np.ndarray):
-        if spread and not (value > 0).all():  # from the sidecar: float64 and finite (unpack_arrays)
-            i = int(np.argmin(value > 0))
-            Fields({}, f.source, f.error, f.where(key)).fail(i, float(value.flat[i]), "a spread, a number > 0")
-    elif isinstance(value, list):
-        numbers = all(type(v) is float or type(v) is int for v in value)
-        if numbers and not (spread and any(v <= 0 for v in value)):
-            return  # finite: the header refuses NaN and infinities anywhere in the file
-        inner = Fields({}, f.source, f.error, f.where(key))
-        for i, v in enumerate(value):
-            _check_params(inner, i, v, spread)
-    elif spread and (type(value) is float or type(value) is int) and value <= 0:
-        f.fail(key, value, "a spread, a number > 0")
-    elif isinstance(value, str):
-        try:
-            float(value)
-        except ValueError:
-            return
-        f.fail(key, value, "a JSON number, not a number written as a string")
-    elif value is not None and not isinstance(value, (bool, int, float)):
-        f.fail(key, value, "a JSON value")
+        return read_calibration(data, source, arrays)

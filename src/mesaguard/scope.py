@@ -71,9 +71,8 @@ from mesaguard.calibration import (
     false_alarm_spread,
     fit_split,
     min_episodes,
-    read_conformal,
-    read_threshold,
 )
+from mesaguard.calibration_file import read_conformal, read_threshold
 from mesaguard.detectors.base import DetectorError
 from mesaguard.detectors.scope import ScopeDetector, StateEvidence, check_states
 from mesaguard.detectors.scorers import METHODS, StateScorer, check_k
