@@ -304,3 +304,17 @@ def test_cusum_chooses_per_step_references_only_where_the_spread_changes_by_orde
     assert Cusum.fit(profiled).mean.size == 60 and Cusum.fit(profiled, reference="pooled").mean.size == 1
     with pytest.raises(DetectorError, match="reference='daily'"):
         Cusum.fit(even, reference="daily")
+
+
+def test_rank_where_every_reference_agreed_uses_the_unseen_event_floor():
+    """A deterministic agent repeats its episode: the reference scores agree exactly at every step. A score a
+    hair below them is not astronomically unusual (it was 2e6 with the resolution as the range, 1e16 in a
+    gridworld, and it set every joint threshold)."""
+    episode = np.array([0.0, 0.0, 1.0])
+    det = detector_class("rank").fit([episode] * 100)
+    assert det.params()["floor"] == pytest.approx(np.std(np.tile(episode, 100), ddof=1) / np.sqrt(101))
+    stat = statistic_traces(det, [episode - np.array([0.0, 0.0, 1e-9])])
+    K = det.quantiles.shape[1]
+    assert np.nanmax(stat) < np.log(K + 1) + 1e-6
+    again = detector_class("rank")(**det.params())
+    assert again.params() == det.params()

@@ -9,6 +9,7 @@ from typing import Any, Self
 import numpy as np
 
 from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes, padded
+from mesaguard.detectors.reference import unseen_event
 
 __all__ = ["ScoreRank"]
 
@@ -29,10 +30,20 @@ class ScoreRank(Detector):
     in-distribution episode reaches at some step, and no threshold could be
     passed. Past the longest reference episode the last step's quantiles are used.
 
+    Where every reference score agreed exactly at a step (a deterministic agent
+    repeats its episodes), the range is zero; it is then ``floor``, the size of an
+    event none of the ``n`` reference episodes showed there
+    (:func:`~mesaguard.detectors.reference.unseen_event` over ``sqrt(n + 1)``, the
+    rule of the time-indexed references), not the resolution of the numbers, or a
+    score a hair below would look astronomically unusual and set every joint
+    threshold (a statistic of ``1e16`` on a repeated gridworld episode did).
+
     Parameters
     ----------
     quantiles
         ``(T, K)``: per step, ``K`` quantiles of the reference scores, ascending.
+    floor
+        The range at steps where all ``K`` quantiles agree; ``0``: the resolution of the numbers.
 
     >>> det = ScoreRank(quantiles=[[0.0, 1.0, 2.0], [1.0, 2.0, 3.0]])
     >>> [round(det.update_scalar(u), 3) for u in [1.5, 1.0]]  # 1.5 beats two of three; 2.5 beats two of three
@@ -44,17 +55,23 @@ class ScoreRank(Detector):
     name = "rank"
     QUANTILES = 32  # per step: the test's resolution is 1 / (K + 1)
 
-    def __init__(self, quantiles: Sequence[Sequence[float]] | np.ndarray, n_envs: int = 1) -> None:
+    def __init__(
+        self, quantiles: Sequence[Sequence[float]] | np.ndarray, floor: float = 0.0, n_envs: int = 1
+    ) -> None:
         super().__init__(n_envs)
         self.quantiles = np.asarray(quantiles, dtype=np.float64)
         if self.quantiles.ndim != 2 or 0 in self.quantiles.shape:
             raise DetectorError(f"rank quantiles {self.quantiles.shape}: expected a non-empty (T, K) array")
         if not np.isfinite(self.quantiles).all() or (np.diff(self.quantiles, axis=1) < 0).any():
             raise DetectorError("rank quantiles must be finite and ascending at every step")
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= floor < np.inf:
+            raise DetectorError(f"rank floor={floor!r}: expected a finite number >= 0")
+        self.floor = float(floor)
         K = self.quantiles.shape[1]
         self._log = np.log(K + 1) - np.log(np.arange(1, K + 2))  # -log((1 + below) / (K + 1)) by count below
         self._low = self.quantiles[:, 0]
-        self._range = np.maximum(self.quantiles[:, -1] - self.quantiles[:, 0], np.spacing(1.0 + np.abs(self._low)))
+        width = self.quantiles[:, -1] - self.quantiles[:, 0]
+        self._range = np.maximum(np.where(width > 0, width, self.floor), np.spacing(1.0 + np.abs(self._low)))
         self.score = np.zeros(self.n_envs)
         self.t = np.zeros(self.n_envs, dtype=np.int64)
 
@@ -65,10 +82,11 @@ class ScoreRank(Detector):
         scores = np.cumsum(increments, axis=1)  # zero increments after the end: final score carried on
         K = int(options.pop("k", cls.QUANTILES))
         levels = (np.arange(1, K + 1) - 0.5) / K
-        return cls(quantiles=np.quantile(scores, levels, axis=0).T, **options)
+        floor = unseen_event(episodes) / np.sqrt(len(episodes) + 1.0)
+        return cls(quantiles=np.quantile(scores, levels, axis=0).T, floor=floor, **options)
 
     def params(self) -> dict[str, Any]:
-        return {"quantiles": self.quantiles.tolist()}
+        return {"quantiles": self.quantiles.tolist(), "floor": self.floor}
 
     def reset(self, mask: np.ndarray | None = None) -> None:
         m = self._mask(mask)
