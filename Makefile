@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/deployment.py
 	$(BIN)/python benchmarks/deployment_cheetah.py
 	$(BIN)/python benchmarks/greenberg_mannor.py
+	$(BIN)/python benchmarks/mapie_martingales.py
 
 # Long: the shield (~25 min, the cheetah's ~6 more), the quantilizer's q-curve (~12 min), 15 PPO trainings for the
 # impact penalty (~40 min), every safeguard's cost (~8 min).

@@ -378,6 +378,19 @@ def late_change() -> str:
     return table(["mode", "shift (sd)", *(f"change at {k}" for k in starts), "late / early"], rows)
 
 
+def mapie_martingales() -> str:
+    r = results("mapie_martingales")
+    shifts = [str(x) for x in r["config"]["shifts"]]
+    rows = []
+    for row in r["rows"]:
+        fa = row["false_alarms"]
+        cells = [f"{f(row['delays'][s]['median'], '.0f')} ({row['delays'][s]['missed']} missed)" for s in shifts]
+        rows.append([row["method"], str(row["deployments"]), *cells,
+                     f"{fa['rate']:.3f} {ci(fa['low'], fa['high'])} in {fa['episodes']:,}"])
+    return table(["method", "deployments", *(f"{s} sd: median episodes" for s in shifts),
+                  "P(any false alarm) [95%]"], rows)
+
+
 def own_task() -> str:
     r = results("example_own_task")
     rows = []
@@ -407,7 +420,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "guard_overhead": guard_overhead, "guard_vector": guard_vector, "calibration_files": calibration_files,
     "cusum_delay": cusum_delay, "detector_delay": detector_delay, "false_alarms": false_alarms,
     "greenberg_mannor": greenberg_mannor, "greenberg_mannor_cheetah": greenberg_mannor_cheetah,
-    "late_change": late_change, "own_task": own_task, "quantilizer_bases": quantilizer_bases,
+    "late_change": late_change, "mapie_martingales": mapie_martingales, "own_task": own_task,
+    "quantilizer_bases": quantilizer_bases,
     "deployment_null": deployment_null, "deployment_gaussian": deployment_gaussian,
     "deployment_pendulum": deployment_pendulum, "deployment_cheetah": deployment_cheetah,
     "cheetah_scores": cheetah_scores,
