@@ -33,9 +33,13 @@ Per scenario and detector (alone at its own threshold, and two joint sets at
 the detected share of shifted episodes, the mean step of the first alarm, and
 the per-episode false-alarm rate on fresh in-distribution episodes with its
 Clopper-Pearson 95% upper bound. Beside them, the paper's reference tests,
-computed from the same whitened block deficits (see ``reference_tests``): Mean
-(the standardized deficit of the score so far), Hotelling (``(|e|^2 - j) /
-sqrt(2 j)`` over the ``j`` blocks so far, two-sided) and UDT (mesaguard's
+computed at the same block resolution (see ``reference_tests``): Mean
+(the standardized deficit of the score so far), CUSUM (the paper's baseline:
+Page's one-sided CUSUM on each block's deficit standardized by that block's own
+in-distribution spread, ``C_b = max(0, C_{b-1} + (mu_b - x_b) / sd_b - K)`` with
+the paper's reference value ``K = 0.5``; mesaguard's ``cusum`` is the project's
+own, with its own slack and time-indexed references), Hotelling (``(|e|^2 - j) /
+sqrt(2 j)`` over the ``j`` whitened blocks so far, two-sided) and UDT (mesaguard's
 ``meanshift`` is that test). Every test is thresholded by the same conformal
 rule on the same held-out calibration episodes.
 
@@ -166,15 +170,40 @@ def check_cost_shift(steps: int) -> float:
     return gap
 
 
+PAPER_CUSUM_K = 0.5  # the paper's CUSUM reference value, in units of each block's spread
+
+
+def paper_cusum(x: np.ndarray, mu: np.ndarray, sd: np.ndarray, k: float = PAPER_CUSUM_K) -> np.ndarray:
+    """The paper's CUSUM after each block: ``C_b = max(0, C_{b-1} + (mu_b - x_b) / sd_b - k)``, ``C_0 = 0``.
+
+    ``x`` are one episode's block sums, ``mu`` and ``sd`` the in-distribution mean and
+    spread of each block sum (Greenberg and Mannor, ICML 2021, their CUSUM baseline:
+    Page's CUSUM standardized per time step, for a drop).
+
+    >>> paper_cusum(np.array([0.0, 0.0, 2.0]), np.array([1.0, 2.0, 2.0]), np.ones(3)).tolist()
+    [0.5, 2.0, 1.5]
+    """
+    out = np.empty(x.size)
+    c = 0.0
+    for b, z in enumerate((mu[: x.size] - x) / sd[: x.size]):
+        c = out[b] = max(0.0, c + float(z) - k)
+    return out
+
+
 def reference_tests(cal_fit: list[np.ndarray], runs: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """The paper's Mean and Hotelling statistics per step, from a UDT fitted on ``cal_fit`` (traces ``(n, T)``)."""
+    """The paper's Mean, CUSUM and Hotelling statistics per step, at the block resolution of a UDT fitted on
+    ``cal_fit`` (traces ``(n, T)``)."""
     udt = MeanShift.fit(cal_fit)
     T = max(r.size for r in runs)
     e = np.zeros((len(runs), udt.mu.size))
     mean_test = np.zeros((len(runs), T))
+    cusum = np.zeros((len(runs), T))
     hotelling = np.zeros((len(runs), T))
     ref = np.cumsum(np.stack(cal_fit), axis=1)
     mu_s, sd_s = ref.mean(axis=0), np.maximum(ref.std(axis=0, ddof=1), 1e-12)
+    starts = np.arange(0, len(cal_fit[0]), udt.block)
+    block_sums = np.stack([np.add.reduceat(r, starts) for r in cal_fit])
+    mu_b, sd_b = block_sums.mean(axis=0), np.maximum(block_sums.std(axis=0, ddof=1), 1e-12)
     for i, r in enumerate(runs):
         x = np.add.reduceat(r, np.arange(0, r.size, udt.block))
         d = udt.mu[: x.size] - x
@@ -183,8 +212,9 @@ def reference_tests(cal_fit: list[np.ndarray], runs: list[np.ndarray]) -> dict[s
         j = np.minimum(np.arange(T) // udt.block, x.size)  # complete blocks after each step
         sq = np.concatenate([[0.0], np.cumsum(e_i**2)])
         hotelling[i] = np.where(j > 0, (sq[j] - j) / np.sqrt(2 * np.maximum(j, 1)), 0.0)
+        cusum[i] = np.concatenate([[0.0], paper_cusum(x, mu_b, sd_b)])[j]
         mean_test[i] = (mu_s - np.cumsum(r)) / sd_s
-    return {"paper Mean": mean_test, "paper Hotelling": hotelling}
+    return {"paper Mean": mean_test, "paper CUSUM": cusum, "paper Hotelling": hotelling}
 
 
 def _row(fired: np.ndarray, first: np.ndarray) -> dict[str, float | None]:
@@ -213,7 +243,7 @@ def evaluate(
 
     held_traces = traces(held)
     thresholds = {name: cal.thresholds[name] for name in DETECTORS}
-    for name in ("paper Mean", "paper Hotelling"):
+    for name in ("paper Mean", "paper CUSUM", "paper Hotelling"):
         thresholds[name] = float(np.sort(held_traces[name].max(axis=1))[k - 1])
     joints = {"joint: " + "+".join(names): cal.thresholds_for(list(names)) for names in cfg.joints}
 

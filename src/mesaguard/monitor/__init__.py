@@ -24,8 +24,10 @@ the evidence flows:
   :func:`log_threshold`, :func:`horizon_threshold`);
 - :mod:`~.offline`: the monitor's offline twins over recorded episodes
   (:func:`log_wealth_path`, :func:`first_deployment_alarm`, :func:`replay`);
+- :mod:`~.stops`: the key each episode is ranked by, which makes episodes stopped by
+  the per-episode alarm evidence (:data:`CROSSED`, :func:`reference_keys`);
 - :mod:`~.online`: :class:`DeploymentMonitor`, episodes as they run, mid-episode
-  alarms, vector envs and censored episodes;
+  alarms, vector envs, stopped and censored episodes;
 - :mod:`~.errors`: :class:`MonitorError`.
 
 Episode numbers: deployment episodes are numbered **1, 2, 3, ...** in the order they
@@ -47,8 +49,10 @@ from mesaguard.monitor.offline import DeploymentAlarm, first_deployment_alarm, l
 from mesaguard.monitor.offline import episode_statistics as episode_statistics
 from mesaguard.monitor.online import DeploymentMonitor
 from mesaguard.monitor.pvalues import sequential_pvalues
+from mesaguard.monitor.stops import CROSSED, key_traces, reference_keys
 
 __all__ = [
+    "CROSSED",
     "MODES",
     "SHIFTS",
     "DeploymentAlarm",
@@ -57,8 +61,10 @@ __all__ = [
     "check_mode",
     "first_deployment_alarm",
     "horizon_threshold",
+    "key_traces",
     "log_threshold",
     "log_wealth_path",
+    "reference_keys",
     "replay",
     "sequential_pvalues",
 ]
