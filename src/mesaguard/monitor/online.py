@@ -235,7 +235,7 @@ class DeploymentMonitor:
             )
         self._rule(rule)
 
-    def guarded_by(self, names: Sequence[str], thresholds: Sequence[float], protocol: object) -> None:
+    def guarded_by(self, names: Sequence[str], thresholds: Sequence[float] | np.ndarray, protocol: object) -> None:
         """Called by the guard this monitor sits in: its per-episode alarm becomes the rule if ``protocol`` cuts
         episodes short at it (stops, or takes over); under an alert only, episodes run on and are ranked in full."""
         if cuts_short(protocol):
