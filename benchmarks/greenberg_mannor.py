@@ -52,8 +52,11 @@ small shift here. The cheetah agent is PPO, not the paper's agent. The paper's
 bootstrap thresholds are replaced by the conformal rule (an exact finite-sample
 guarantee instead of an approximate one).
 
-Sequentially (HalfCheetah only): the deployment monitor in anytime mode
-(``P(ever a false alarm) <= alpha``) over the default joint set, replayed offline
+Sequentially: the deployment monitor in anytime mode (``P(ever a false alarm) <=
+alpha``) over the default joint set (HalfCheetah), and with each per-episode statistic
+of ``STATISTICS`` (``DeploymentMonitor(detectors=...)``: the default joint maximum, the
+episode's UDT, its return rank, CUSUM) on Pendulum ``cost1.3`` and HalfCheetah
+``ccost1.3``, both uniform drops, replayed offline
 (:func:`~mesaguard.monitor.first_deployment_alarm`, the online monitor's twin): the
 share of deployments that alarm within the first ``within`` episodes, each deployment
 a random order of the ``ccost1.3`` episodes; and the share of deployments that ever
@@ -273,18 +276,26 @@ def evaluate(
     return {"false_alarms": false_alarms, "shifts": {name: measure(runs) for name, runs in shifted.items()}}, cal
 
 
+STATISTICS = {  # the deployment monitor's per-episode statistic: DeploymentMonitor(detectors=...)
+    "joint (default)": DEFAULT,
+    "udt": ("meanshift",),
+    "rank": ("rank",),
+    "cusum": ("cusum",),
+}
+
+
 def sequential(
-    cal: Calibration, null: list[np.ndarray], shifted: list[np.ndarray], cfg: Config
+    cal: Calibration, null: list[np.ndarray], shifted: list[np.ndarray], cfg: Config,
+    names: tuple[str, ...] = DEFAULT,
 ) -> dict[str, object]:
-    """The anytime deployment monitor over the default joint set: detection within ``cfg.within`` episodes of
-    ``shifted`` and any false alarm over all of ``null``, each over ``cfg.deployments`` random orders."""
-    names = list(DEFAULT)
-    reference = cal.joint_maxima(names)
+    """The anytime deployment monitor with per-episode statistic ``names``: detection within ``cfg.within``
+    episodes of ``shifted`` and any false alarm over all of ``null``, each over ``cfg.deployments`` random orders."""
+    reference = cal.joint_maxima(list(names))
     log_c = log_threshold("anytime", cfg.alpha)
     rng = np.random.default_rng(0)
 
     def first_alarms(runs: list[np.ndarray], length: int) -> list[int | None]:
-        stats_ = episode_statistics(cal, names, runs)
+        stats_ = episode_statistics(cal, list(names), runs)
         hits = []
         for d in range(cfg.deployments):
             order = rng.permutation(len(stats_))[:length]
@@ -296,7 +307,7 @@ def sequential(
     false = [h for h in first_alarms(null, len(null)) if h is not None]
     return {
         "mode": "anytime",
-        "detectors": names,
+        "detectors": list(names),
         "deployments": cfg.deployments,
         "within": cfg.within,
         "detected_within": len(detected) / cfg.deployments,
@@ -304,6 +315,13 @@ def sequential(
         "null_episodes": len(null),
         "any_false_alarm": len(false) / cfg.deployments,
     }
+
+
+def statistics_compared(
+    cal: Calibration, null: list[np.ndarray], shifted: list[np.ndarray], cfg: Config
+) -> dict[str, dict[str, object]]:
+    """:func:`sequential` for every per-episode statistic of :data:`STATISTICS` (detectors run to each end)."""
+    return {label: sequential(cal, null, shifted, cfg, names) for label, names in STATISTICS.items()}
 
 
 def print_table(console: Console, title: str, section: dict[str, Any]) -> None:
@@ -331,8 +349,9 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "greenberg_mannor.j
     cal_eps = episodes(cfg.calibration, 1)
     null = episodes(cfg.episodes, 2)
     shifted = {name: episodes(cfg.episodes, 3 + i, **kw) for i, (name, kw) in enumerate(SHIFTS.items())}
-    pendulum, _ = evaluate(cal_eps, null, shifted, cfg, "pendulum")
+    pendulum, cal_p = evaluate(cal_eps, null, shifted, cfg, "pendulum")
     results: dict[str, Any] = {"config": asdict(cfg), **pendulum}
+    results["statistics"] = statistics_compared(cal_p, null, shifted["cost1.3"], cfg)
     console.print(f"Pendulum done ({time.perf_counter() - start:.0f} s)")
 
     gap = check_cost_shift(cfg.cheetah_steps)
@@ -345,6 +364,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "greenberg_mannor.j
     console.print(f"HalfCheetah rolled out ({time.perf_counter() - start:.0f} s)")
     cheetah, cal = evaluate(cal_c, null_c, shifted_c, cfg, "HalfCheetah-v5")
     seq = cheetah["sequential"] = sequential(cal, null_c, shifted_c["ccost1.3"], cfg)
+    cheetah["statistics"] = statistics_compared(cal, null_c, shifted_c["ccost1.3"], cfg)
     cheetah["recomputed_reward_gap"] = gap
     results["cheetah"] = cheetah
     results["seconds"] = round(time.perf_counter() - start, 1)
@@ -356,6 +376,11 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "greenberg_mannor.j
     console.print(f"anytime monitor ({'+'.join(DEFAULT)}): ccost1.3 detected within {cfg.within} episodes in "
                   f"{seq['detected_within']:.3f} of {cfg.deployments} orders (median {seq['median_episodes']}); "
                   f"any false alarm over {len(null_c)} in-distribution episodes: {seq['any_false_alarm']:.3f}")
+    for title, section in (("Pendulum cost1.3", results), ("HalfCheetah ccost1.3", cheetah)):
+        for label, row in section["statistics"].items():
+            console.print(f"{title}, monitor statistic {label}: detected within {cfg.within} in "
+                          f"{row['detected_within']:.3f} (median {row['median_episodes']}); "
+                          f"any false alarm over {row['null_episodes']}: {row['any_false_alarm']:.3f}")
     console.print(f"wrote {harness.write(out, results)}")
 
 

@@ -10,10 +10,14 @@ all holding while the agent is as good as in calibration (:mod:`~.modes` states 
 ``"change"`` (``arl=c``), an average run length to a false alarm of at least ``c``
 episodes, with a delay that does not grow with the time already spent in distribution.
 
-Each episode gets one statistic, the one the per-episode guard already uses: the
-largest standardized statistic of the chosen detectors over the episode
-(:meth:`Calibration.joint_maxima`). The calibration file holds it for ``n`` held-out
-in-distribution episodes: the reference bag. One concept per module, in the order
+Each episode gets one statistic: the largest standardized statistic over the episode
+of the detectors chosen (``detectors=``; by default every calibrated detector, the
+joint maximum the per-episode guard thresholds; one detector gives its own, e.g.
+``["meanshift"]`` the episode's UDT statistic, ``["rank"]`` its score's rank), see
+:meth:`Calibration.joint_maxima`. The calibration file holds it for ``n`` held-out
+in-distribution episodes: the reference bag. Where the guard stops or takes over
+episodes at its own alarm, an episode is ranked by its key instead (:mod:`~.stops`):
+stopped episodes are evidence. One concept per module, in the order
 the evidence flows:
 
 - :mod:`~.pvalues`: sequential conformal p-values, exactly i.i.d. uniform in

@@ -326,8 +326,13 @@ class DeploymentMonitor:
         if not math.isfinite(u):
             episode.censored = True  # the episode's statistic can no longer be computed
             raise DetectorError(f"increment {u} is not finite")
-        values = [det.update(u) for det in self._scalar]
-        x = max((v - loc) / scale for v, (loc, scale) in zip(values, self._standard))
+        cross = False
+        if self._scalar_stops:  # the rule's detectors may be more than the statistic's: keep their values
+            values = [det.update(u) for det in self._scalar]
+            x = max((v - loc) / scale for v, (loc, scale) in zip(values, self._standard))
+            cross = any(values[r] > t for r, t in self._scalar_stops)
+        else:
+            x = max((det.update(u) - loc) / scale for det, (loc, scale) in zip(self._scalar, self._standard))
         if not math.isfinite(x):
             episode.censored = True
             raise MonitorError(f"the joint statistic is {x} after increment {u}; expected a finite number")
@@ -337,7 +342,7 @@ class DeploymentMonitor:
         episode.steps += 1
         if episode.censored or episode.value == CROSSED:
             return self.evidence
-        if self._scalar_stops and any(values[r] > t for r, t in self._scalar_stops):
+        if cross:
             x = CROSSED
             self.crossings += 1
         if x > episode.value:
