@@ -33,9 +33,13 @@ Per scenario and detector (alone at its own threshold, and two joint sets at
 the detected share of shifted episodes, the mean step of the first alarm, and
 the per-episode false-alarm rate on fresh in-distribution episodes with its
 Clopper-Pearson 95% upper bound. Beside them, the paper's reference tests,
-computed from the same whitened block deficits (see ``reference_tests``): Mean
-(the standardized deficit of the score so far), Hotelling (``(|e|^2 - j) /
-sqrt(2 j)`` over the ``j`` blocks so far, two-sided) and UDT (mesaguard's
+computed at the same block resolution (see ``reference_tests``): Mean
+(the standardized deficit of the score so far), CUSUM (the paper's baseline:
+Page's one-sided CUSUM on each block's deficit standardized by that block's own
+in-distribution spread, ``C_b = max(0, C_{b-1} + (mu_b - x_b) / sd_b - K)`` with
+the paper's reference value ``K = 0.5``; mesaguard's ``cusum`` is the project's
+own, with its own slack and time-indexed references), Hotelling (``(|e|^2 - j) /
+sqrt(2 j)`` over the ``j`` whitened blocks so far, two-sided) and UDT (mesaguard's
 ``meanshift`` is that test). Every test is thresholded by the same conformal
 rule on the same held-out calibration episodes.
 
@@ -48,8 +52,11 @@ small shift here. The cheetah agent is PPO, not the paper's agent. The paper's
 bootstrap thresholds are replaced by the conformal rule (an exact finite-sample
 guarantee instead of an approximate one).
 
-Sequentially (HalfCheetah only): the deployment monitor in anytime mode
-(``P(ever a false alarm) <= alpha``) over the default joint set, replayed offline
+Sequentially: the deployment monitor in anytime mode (``P(ever a false alarm) <=
+alpha``) over the default joint set (HalfCheetah), and with each per-episode statistic
+of ``STATISTICS`` (``DeploymentMonitor(detectors=...)``: the default joint maximum, the
+episode's UDT, its return rank, CUSUM) on Pendulum ``cost1.3`` and HalfCheetah
+``ccost1.3``, both uniform drops, replayed offline
 (:func:`~mesaguard.monitor.first_deployment_alarm`, the online monitor's twin): the
 share of deployments that alarm within the first ``within`` episodes, each deployment
 a random order of the ``ccost1.3`` episodes; and the share of deployments that ever
@@ -166,15 +173,40 @@ def check_cost_shift(steps: int) -> float:
     return gap
 
 
+PAPER_CUSUM_K = 0.5  # the paper's CUSUM reference value, in units of each block's spread
+
+
+def paper_cusum(x: np.ndarray, mu: np.ndarray, sd: np.ndarray, k: float = PAPER_CUSUM_K) -> np.ndarray:
+    """The paper's CUSUM after each block: ``C_b = max(0, C_{b-1} + (mu_b - x_b) / sd_b - k)``, ``C_0 = 0``.
+
+    ``x`` are one episode's block sums, ``mu`` and ``sd`` the in-distribution mean and
+    spread of each block sum (Greenberg and Mannor, ICML 2021, their CUSUM baseline:
+    Page's CUSUM standardized per time step, for a drop).
+
+    >>> paper_cusum(np.array([0.0, 0.0, 2.0]), np.array([1.0, 2.0, 2.0]), np.ones(3)).tolist()
+    [0.5, 2.0, 1.5]
+    """
+    out = np.empty(x.size)
+    c = 0.0
+    for b, z in enumerate((mu[: x.size] - x) / sd[: x.size]):
+        c = out[b] = max(0.0, c + float(z) - k)
+    return out
+
+
 def reference_tests(cal_fit: list[np.ndarray], runs: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """The paper's Mean and Hotelling statistics per step, from a UDT fitted on ``cal_fit`` (traces ``(n, T)``)."""
+    """The paper's Mean, CUSUM and Hotelling statistics per step, at the block resolution of a UDT fitted on
+    ``cal_fit`` (traces ``(n, T)``)."""
     udt = MeanShift.fit(cal_fit)
     T = max(r.size for r in runs)
     e = np.zeros((len(runs), udt.mu.size))
     mean_test = np.zeros((len(runs), T))
+    cusum = np.zeros((len(runs), T))
     hotelling = np.zeros((len(runs), T))
     ref = np.cumsum(np.stack(cal_fit), axis=1)
     mu_s, sd_s = ref.mean(axis=0), np.maximum(ref.std(axis=0, ddof=1), 1e-12)
+    starts = np.arange(0, len(cal_fit[0]), udt.block)
+    block_sums = np.stack([np.add.reduceat(r, starts) for r in cal_fit])
+    mu_b, sd_b = block_sums.mean(axis=0), np.maximum(block_sums.std(axis=0, ddof=1), 1e-12)
     for i, r in enumerate(runs):
         x = np.add.reduceat(r, np.arange(0, r.size, udt.block))
         d = udt.mu[: x.size] - x
@@ -183,8 +215,9 @@ def reference_tests(cal_fit: list[np.ndarray], runs: list[np.ndarray]) -> dict[s
         j = np.minimum(np.arange(T) // udt.block, x.size)  # complete blocks after each step
         sq = np.concatenate([[0.0], np.cumsum(e_i**2)])
         hotelling[i] = np.where(j > 0, (sq[j] - j) / np.sqrt(2 * np.maximum(j, 1)), 0.0)
+        cusum[i] = np.concatenate([[0.0], paper_cusum(x, mu_b, sd_b)])[j]
         mean_test[i] = (mu_s - np.cumsum(r)) / sd_s
-    return {"paper Mean": mean_test, "paper Hotelling": hotelling}
+    return {"paper Mean": mean_test, "paper CUSUM": cusum, "paper Hotelling": hotelling}
 
 
 def _row(fired: np.ndarray, first: np.ndarray) -> dict[str, float | None]:
@@ -213,7 +246,7 @@ def evaluate(
 
     held_traces = traces(held)
     thresholds = {name: cal.thresholds[name] for name in DETECTORS}
-    for name in ("paper Mean", "paper Hotelling"):
+    for name in ("paper Mean", "paper CUSUM", "paper Hotelling"):
         thresholds[name] = float(np.sort(held_traces[name].max(axis=1))[k - 1])
     joints = {"joint: " + "+".join(names): cal.thresholds_for(list(names)) for names in cfg.joints}
 
@@ -243,18 +276,26 @@ def evaluate(
     return {"false_alarms": false_alarms, "shifts": {name: measure(runs) for name, runs in shifted.items()}}, cal
 
 
+STATISTICS = {  # the deployment monitor's per-episode statistic: DeploymentMonitor(detectors=...)
+    "joint (default)": DEFAULT,
+    "udt": ("meanshift",),
+    "rank": ("rank",),
+    "cusum": ("cusum",),
+}
+
+
 def sequential(
-    cal: Calibration, null: list[np.ndarray], shifted: list[np.ndarray], cfg: Config
+    cal: Calibration, null: list[np.ndarray], shifted: list[np.ndarray], cfg: Config,
+    names: tuple[str, ...] = DEFAULT,
 ) -> dict[str, object]:
-    """The anytime deployment monitor over the default joint set: detection within ``cfg.within`` episodes of
-    ``shifted`` and any false alarm over all of ``null``, each over ``cfg.deployments`` random orders."""
-    names = list(DEFAULT)
-    reference = cal.joint_maxima(names)
+    """The anytime deployment monitor with per-episode statistic ``names``: detection within ``cfg.within``
+    episodes of ``shifted`` and any false alarm over all of ``null``, each over ``cfg.deployments`` random orders."""
+    reference = cal.joint_maxima(list(names))
     log_c = log_threshold("anytime", cfg.alpha)
     rng = np.random.default_rng(0)
 
     def first_alarms(runs: list[np.ndarray], length: int) -> list[int | None]:
-        stats_ = episode_statistics(cal, names, runs)
+        stats_ = episode_statistics(cal, list(names), runs)
         hits = []
         for d in range(cfg.deployments):
             order = rng.permutation(len(stats_))[:length]
@@ -266,7 +307,7 @@ def sequential(
     false = [h for h in first_alarms(null, len(null)) if h is not None]
     return {
         "mode": "anytime",
-        "detectors": names,
+        "detectors": list(names),
         "deployments": cfg.deployments,
         "within": cfg.within,
         "detected_within": len(detected) / cfg.deployments,
@@ -274,6 +315,13 @@ def sequential(
         "null_episodes": len(null),
         "any_false_alarm": len(false) / cfg.deployments,
     }
+
+
+def statistics_compared(
+    cal: Calibration, null: list[np.ndarray], shifted: list[np.ndarray], cfg: Config
+) -> dict[str, dict[str, object]]:
+    """:func:`sequential` for every per-episode statistic of :data:`STATISTICS` (detectors run to each end)."""
+    return {label: sequential(cal, null, shifted, cfg, names) for label, names in STATISTICS.items()}
 
 
 def print_table(console: Console, title: str, section: dict[str, Any]) -> None:
@@ -301,8 +349,9 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "greenberg_mannor.j
     cal_eps = episodes(cfg.calibration, 1)
     null = episodes(cfg.episodes, 2)
     shifted = {name: episodes(cfg.episodes, 3 + i, **kw) for i, (name, kw) in enumerate(SHIFTS.items())}
-    pendulum, _ = evaluate(cal_eps, null, shifted, cfg, "pendulum")
+    pendulum, cal_p = evaluate(cal_eps, null, shifted, cfg, "pendulum")
     results: dict[str, Any] = {"config": asdict(cfg), **pendulum}
+    results["statistics"] = statistics_compared(cal_p, null, shifted["cost1.3"], cfg)
     console.print(f"Pendulum done ({time.perf_counter() - start:.0f} s)")
 
     gap = check_cost_shift(cfg.cheetah_steps)
@@ -315,6 +364,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "greenberg_mannor.j
     console.print(f"HalfCheetah rolled out ({time.perf_counter() - start:.0f} s)")
     cheetah, cal = evaluate(cal_c, null_c, shifted_c, cfg, "HalfCheetah-v5")
     seq = cheetah["sequential"] = sequential(cal, null_c, shifted_c["ccost1.3"], cfg)
+    cheetah["statistics"] = statistics_compared(cal, null_c, shifted_c["ccost1.3"], cfg)
     cheetah["recomputed_reward_gap"] = gap
     results["cheetah"] = cheetah
     results["seconds"] = round(time.perf_counter() - start, 1)
@@ -326,6 +376,11 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "greenberg_mannor.j
     console.print(f"anytime monitor ({'+'.join(DEFAULT)}): ccost1.3 detected within {cfg.within} episodes in "
                   f"{seq['detected_within']:.3f} of {cfg.deployments} orders (median {seq['median_episodes']}); "
                   f"any false alarm over {len(null_c)} in-distribution episodes: {seq['any_false_alarm']:.3f}")
+    for title, section in (("Pendulum cost1.3", results), ("HalfCheetah ccost1.3", cheetah)):
+        for label, row in section["statistics"].items():
+            console.print(f"{title}, monitor statistic {label}: detected within {cfg.within} in "
+                          f"{row['detected_within']:.3f} (median {row['median_episodes']}); "
+                          f"any false alarm over {row['null_episodes']}: {row['any_false_alarm']:.3f}")
     console.print(f"wrote {harness.write(out, results)}")
 
 

@@ -415,13 +415,25 @@ def quantilizer_bases() -> str:
     return table(["scenario", "variant", "base", "catastrophes with / without", "prevented", "score kept"], rows)
 
 
+def monitor_statistics() -> str:
+    """The deployment monitor's per-episode statistic on the two uniform drops of greenberg_mannor.json."""
+    r = results("greenberg_mannor")
+    sections = {"Pendulum cost1.3": r["statistics"], "HalfCheetah ccost1.3": r["cheetah"]["statistics"]}
+    rows = [[f"{title}: {label}", ", ".join(row["detectors"]),
+             f"{row['detected_within']:.1%} (median {f(row['median_episodes'], '.0f')})",
+             f"{row['any_false_alarm']:.1%} over {row['null_episodes']:,}"]
+            for title, section in sections.items() for label, row in section.items()]
+    within = r["statistics"]["joint (default)"]["within"]
+    return table(["shift: statistic", "detectors=", f"detected within {within} episodes", "any false alarm"], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "scenarios": scenarios, "scenario_speed": scenario_speed, "agents": agents,
     "guard_overhead": guard_overhead, "guard_vector": guard_vector, "calibration_files": calibration_files,
     "cusum_delay": cusum_delay, "detector_delay": detector_delay, "false_alarms": false_alarms,
     "greenberg_mannor": greenberg_mannor, "greenberg_mannor_cheetah": greenberg_mannor_cheetah,
     "late_change": late_change, "mapie_martingales": mapie_martingales, "own_task": own_task,
-    "quantilizer_bases": quantilizer_bases,
+    "quantilizer_bases": quantilizer_bases, "monitor_statistics": monitor_statistics,
     "deployment_null": deployment_null, "deployment_gaussian": deployment_gaussian,
     "deployment_pendulum": deployment_pendulum, "deployment_cheetah": deployment_cheetah,
     "cheetah_scores": cheetah_scores,

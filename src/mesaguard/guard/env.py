@@ -111,6 +111,8 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.protocol = compose(Stop() if protocol is None else protocol)
         self.objective = guard_objective(calibration, objective, allow_other_objective)
         self.monitor = monitor
+        if monitor is not None:  # episodes its protocol stops at their alarm are evidence for the monitor
+            monitor.guarded_by(self.guard.names, self.guard.thresholds, self.protocol)
         self.scope = None if scope is None else scope.detector(1).scalar()
         self.scope_threshold = math.inf if scope is None else scope.threshold  # the detector knows no threshold
         self._obs: Any = None

@@ -153,6 +153,8 @@ class GuardedVectorEnv(VectorWrapper):
         self.protocol = compose(Stop() if protocol is None else protocol)
         self.objective = guard_objective(calibration, objective, allow_other_objective)
         self.monitor = monitor
+        if monitor is not None:  # episodes its protocol stops at their alarm are evidence for the monitor
+            monitor.guarded_by(self.guard.names, self.guard.thresholds, self.protocol)
         self._obs: Any = None
         self._restarting = np.zeros(n, dtype=bool)  # next-step autoreset: these sub-envs reset at the next step
         self._errors: list[str | None] = [None] * n

@@ -10,10 +10,14 @@ all holding while the agent is as good as in calibration (:mod:`~.modes` states 
 ``"change"`` (``arl=c``), an average run length to a false alarm of at least ``c``
 episodes, with a delay that does not grow with the time already spent in distribution.
 
-Each episode gets one statistic, the one the per-episode guard already uses: the
-largest standardized statistic of the chosen detectors over the episode
-(:meth:`Calibration.joint_maxima`). The calibration file holds it for ``n`` held-out
-in-distribution episodes: the reference bag. One concept per module, in the order
+Each episode gets one statistic: the largest standardized statistic over the episode
+of the detectors chosen (``detectors=``; by default every calibrated detector, the
+joint maximum the per-episode guard thresholds; one detector gives its own, e.g.
+``["meanshift"]`` the episode's UDT statistic, ``["rank"]`` its score's rank), see
+:meth:`Calibration.joint_maxima`. The calibration file holds it for ``n`` held-out
+in-distribution episodes: the reference bag. Where the guard stops or takes over
+episodes at its own alarm, an episode is ranked by its key instead (:mod:`~.stops`):
+stopped episodes are evidence. One concept per module, in the order
 the evidence flows:
 
 - :mod:`~.pvalues`: sequential conformal p-values, exactly i.i.d. uniform in
@@ -24,8 +28,10 @@ the evidence flows:
   :func:`log_threshold`, :func:`horizon_threshold`);
 - :mod:`~.offline`: the monitor's offline twins over recorded episodes
   (:func:`log_wealth_path`, :func:`first_deployment_alarm`, :func:`replay`);
+- :mod:`~.stops`: the key each episode is ranked by, which makes episodes stopped by
+  the per-episode alarm evidence (:data:`CROSSED`, :func:`reference_keys`);
 - :mod:`~.online`: :class:`DeploymentMonitor`, episodes as they run, mid-episode
-  alarms, vector envs and censored episodes;
+  alarms, vector envs, stopped and censored episodes;
 - :mod:`~.errors`: :class:`MonitorError`.
 
 Episode numbers: deployment episodes are numbered **1, 2, 3, ...** in the order they
@@ -47,8 +53,10 @@ from mesaguard.monitor.offline import DeploymentAlarm, first_deployment_alarm, l
 from mesaguard.monitor.offline import episode_statistics as episode_statistics
 from mesaguard.monitor.online import DeploymentMonitor
 from mesaguard.monitor.pvalues import sequential_pvalues
+from mesaguard.monitor.stops import CROSSED, key_traces, reference_keys
 
 __all__ = [
+    "CROSSED",
     "MODES",
     "SHIFTS",
     "DeploymentAlarm",
@@ -57,8 +65,10 @@ __all__ = [
     "check_mode",
     "first_deployment_alarm",
     "horizon_threshold",
+    "key_traces",
     "log_threshold",
     "log_wealth_path",
+    "reference_keys",
     "replay",
     "sequential_pvalues",
 ]

@@ -32,6 +32,7 @@ from mesaguard.monitor.errors import MonitorError
 from mesaguard.monitor.evidence import SHIFTS, _advance, _components, _log_mean, _scores, _start
 from mesaguard.monitor.modes import check_mode, log_threshold
 from mesaguard.monitor.pvalues import sequential_pvalues
+from mesaguard.monitor.stops import key_traces, reference_keys
 
 __all__ = ["DeploymentAlarm", "episode_statistics", "first_deployment_alarm", "log_wealth_path", "replay"]
 
@@ -132,21 +133,24 @@ def replay(
     seed: int = 0,
     mode: str | None = None,
     arl: float | None = None,
+    stops: dict[str, float] | None = None,
 ) -> DeploymentAlarm | None:
     """Run a one-env monitor offline over recorded episodes of increments, in order.
 
-    The deployment-level view of the bench and of ``mesaguard deploy``: the episodes
-    run to their end (no per-episode protocol), the monitor watches them all. Arguments
-    as :class:`DeploymentMonitor`'s; the alarm's episode and step are 1-based.
+    The deployment-level view of the bench and of ``mesaguard deploy``: the monitor
+    watches every recorded episode as it was recorded; with ``stops`` (the per-episode
+    alarm rule) an episode is ranked by its key, as online
+    (:mod:`~mesaguard.monitor.stops`). Arguments as :class:`DeploymentMonitor`'s; the
+    alarm's episode and step are 1-based.
     """
     mode = check_mode(mode, horizon, arl)
     log_c = log_threshold(mode, alpha, horizon, arl)
     names = list(calibration.detectors) if detectors is None else list(detectors)
-    reference = calibration.joint_maxima(names)
+    reference = reference_keys(calibration, names, stops)
     if len(episodes) == 0:
         return None
     lengths = [len(e) for e in episodes]
-    statistics = episode_statistics(calibration, names, episodes)
+    statistics = key_traces(calibration, stops, episodes, episode_statistics(calibration, names, episodes))
     if horizon is not None:
         statistics = statistics[:horizon]
     hit = first_deployment_alarm(reference, statistics, log_c, seed=seed, mode=mode)

@@ -17,10 +17,16 @@ monitor keeps that guarantee while episodes overlap, run, and end early:
    the later one's bag as ``+inf`` (an upper bound on its p-value), so evidence is
    available at every step, never an overstatement. The chain of lower bounds stops at
    an episode that has not stepped yet: it may be replaced and never bet on.
-3. **Censored episodes.** An episode cut short (stopped by the guard, handed to a
-   fallback, reset early) has an unknown statistic at least its running maximum: it
-   is bet on with that maximum and enters later bags as ``+inf``. Both only lower
-   the evidence.
+3. **Stopped episodes.** With ``stops`` (the per-episode alarm of the guard it sits
+   in: a guard whose protocol stops or takes over tells the monitor, see
+   :meth:`~DeploymentMonitor.stop_at`), each episode is ranked by its key
+   (:mod:`~mesaguard.monitor.stops`): an episode in which that alarm fired has the
+   exact key ``CROSSED``, known at the alarm's step, so an episode stopped there is
+   evidence, bet on and ranked in later bags with the guarantee unchanged.
+4. **Censored episodes.** An episode cut short before any such alarm (handed to a
+   fallback after a deployment alarm, reset early, an error) has an unknown key at
+   least its running maximum: it is bet on with that maximum and enters later bags
+   as ``+inf``. Both only lower the evidence.
 
 The alarm stands until :meth:`DeploymentMonitor.clear`, which starts a new test
 (evidence reset, the bag kept): each test between clears has its own guarantee.
@@ -69,6 +75,7 @@ from mesaguard.monitor.errors import MonitorError
 from mesaguard.monitor.evidence import SHIFTS, _advance, _log_mean_exp, _scores, _start
 from mesaguard.monitor.modes import check_mode, log_threshold
 from mesaguard.monitor.pvalues import _counts, _pvalue
+from mesaguard.monitor.stops import CROSSED, check_stops, cuts_short, reference_keys
 
 __all__ = ["DeploymentMonitor"]
 
@@ -83,7 +90,7 @@ class _Episode:
 
     id: int
     u: float = 0.0  # smoothing uniform, drawn at the episode's first step (episodes replaced before it draw none)
-    value: float = -math.inf  # running maximum of the episode statistic
+    value: float = -math.inf  # running maximum of the episode statistic; CROSSED once the per-episode alarm fired
     steps: int = 0
     done: bool = False
     censored: bool = False  # cut short or taken over: its true statistic is only known to be >= value
@@ -91,8 +98,9 @@ class _Episode:
 
     @property
     def in_bag(self) -> float:
-        """What later episodes are ranked against: the value, or +inf while unknown."""
-        return self.value if self.done and not self.censored else math.inf
+        """What later episodes are ranked against: the key, or +inf while unknown."""
+        known = self.done and (not self.censored or self.value == CROSSED)  # a crossed key is exact, stopped or not
+        return self.value if known else math.inf
 
 
 class DeploymentMonitor:
@@ -123,6 +131,12 @@ class DeploymentMonitor:
     arl
         Change mode: the average run length to a false alarm, in episodes (``1000 / r``
         for at most ``r`` false alarms per 1,000 episodes on average).
+    stops
+        The per-episode alarm that cuts episodes short, ``{detector: threshold}`` (a
+        guard's ``dict(zip(guard.names, guard.thresholds))``); episodes in which it
+        fires are ranked as evidence (:mod:`~mesaguard.monitor.stops`). None: no such
+        alarm, every episode's statistic is ranked in full. A guard sets it
+        (:meth:`stop_at`) when its protocol stops or takes over.
 
     Feed it like a detector: :meth:`start` episodes, :meth:`update` with each step's
     increments (or :meth:`observe` with precomputed joint statistics), :meth:`finish`
@@ -144,14 +158,16 @@ class DeploymentMonitor:
         shifts: Sequence[float] = SHIFTS,
         mode: str | None = None,
         arl: float | None = None,
+        stops: dict[str, float] | None = None,
     ) -> None:
         self.mode = check_mode(mode, horizon, arl)
         self.alpha = check_alpha(alpha)
         calibration.check(scenario=scenario)
+        self.calibration = calibration
         self.names = list(calibration.detectors) if detectors is None else list(detectors)
         for name in self.names:
             detector_class(name)  # unknown names: the error lists every detector
-        reference = calibration.joint_maxima(self.names)
+        calibration.joint_maxima(self.names)  # names the detectors missing from the calibration
         if isinstance(n_envs, bool) or not isinstance(n_envs, (int, np.integer)) or n_envs < 1:
             raise MonitorError(f"n_envs={n_envs!r}; expected a positive integer")
         self.shifts = np.asarray(tuple(shifts), dtype=np.float64)
@@ -161,17 +177,9 @@ class DeploymentMonitor:
         self.arl = None if arl is None else float(arl)
         self.log_threshold = log_threshold(self.mode, self.alpha, self.horizon, self.arl, tuple(self.shifts.tolist()))
         self.n_envs = int(n_envs)
-        cals = [calibration.detectors[n] for n in self.names]
-        self.detectors = [c.build(self.n_envs) for c in cals]
-        # One env: the detectors' plain-float forms and (location, scale) pairs, the hot path of GuardedEnv.
-        self._scalar = [c.build(1).scalar() for c in cals] if self.n_envs == 1 else []
-        self._standard = [(c.location, c.scale) for c in cals]
-        self._location = np.array([c.location for c in cals])[:, None]
-        self._scale = np.array([c.scale for c in cals])[:, None]
-        self.reference = np.asarray(reference, dtype=np.float64)
         self._half_sq = self.shifts**2 / 2
         self._rng = np.random.default_rng(seed)
-        self._bag = sorted(self.reference.tolist())
+        self._rule(check_stops(calibration, stops))
         self._open: list[_Episode] = []  # started, not yet bet on; ascending ids
         self._running: list[_Episode | None] = [None] * self.n_envs
         self._has = np.zeros(self.n_envs, dtype=bool)  # envs with a running episode (checked at every call)
@@ -183,10 +191,55 @@ class DeploymentMonitor:
         self.episodes = 0  # episodes bet on in this test
         self.finished = 0  # episodes finished since the monitor was made
         self.steps = 0  # env steps seen since the monitor was made
+        self.crossings = 0  # episodes in which the per-episode alarm (``stops``) fired: ranked as evidence
         self.log_evidence = _log_mean_exp(self._log_wealth)
         self.alarm = False
         self.alarm_episode: int | None = None  # 1-based number (start order) of the episode that raised the alarm
         self.alarm_steps: int | None = None  # steps seen when the alarm fired
+
+    def _rule(self, stops: dict[str, float]) -> None:
+        """Detectors, reference keys and bag for the per-episode alarm rule ``stops`` (empty: none)."""
+        cal = self.calibration
+        k = len(self.names)
+        extra = [n for n in stops if n not in self.names]
+        cals = [cal.detectors[n] for n in self.names + extra]  # the statistic's rows first, then the rule's own
+        self.stops = dict(stops)
+        self.detectors = [c.build(self.n_envs) for c in cals]
+        # One env: the detectors' plain-float forms and (location, scale) pairs, the hot path of GuardedEnv.
+        self._scalar = [c.build(1).scalar() for c in cals] if self.n_envs == 1 else []
+        self._standard = [(c.location, c.scale) for c in cals[:k]]
+        self._location = np.array([c.location for c in cals[:k]])[:, None]
+        self._scale = np.array([c.scale for c in cals[:k]])[:, None]
+        self._k = k
+        rows = [(self.names + extra).index(n) for n in stops]
+        self._stop_rows = rows
+        self._stop_thresholds = np.array([stops[n] for n in stops])[:, None]
+        self._scalar_stops = list(zip(rows, [stops[n] for n in stops]))
+        self.reference = reference_keys(cal, self.names, stops)
+        self._bag = sorted(self.reference.tolist())
+
+    def stop_at(self, stops: dict[str, float] | None) -> None:
+        """Set the per-episode alarm rule (``stops``, as the constructor's) before the first episode starts.
+
+        A guard calls it with its own detectors and thresholds when its protocol cuts
+        episodes short at their alarm; after an episode has started the rule can no
+        longer change (the reference keys must not depend on what the deployment showed).
+        """
+        rule = check_stops(self.calibration, stops)
+        if rule == self.stops:
+            return
+        if self._next_id:
+            raise MonitorError(
+                f"stop_at({rule}) after {self._next_id} episodes started; set the per-episode alarm rule "
+                "before the first episode (the guard does so when it is made)"
+            )
+        self._rule(rule)
+
+    def guarded_by(self, names: Sequence[str], thresholds: Sequence[float] | np.ndarray, protocol: object) -> None:
+        """Called by the guard this monitor sits in: its per-episode alarm becomes the rule if ``protocol`` cuts
+        episodes short at it (stops, or takes over); under an alert only, episodes run on and are ranked in full."""
+        if cuts_short(protocol):
+            self.stop_at({str(n): float(t) for n, t in zip(names, thresholds)})
 
     # -- what users read ----------------------------------------------------
 
@@ -273,7 +326,13 @@ class DeploymentMonitor:
         if not math.isfinite(u):
             episode.censored = True  # the episode's statistic can no longer be computed
             raise DetectorError(f"increment {u} is not finite")
-        x = max((det.update(u) - loc) / scale for det, (loc, scale) in zip(self._scalar, self._standard))
+        cross = False
+        if self._scalar_stops:  # the rule's detectors may be more than the statistic's: keep their values
+            values = [det.update(u) for det in self._scalar]
+            x = max((v - loc) / scale for v, (loc, scale) in zip(values, self._standard))
+            cross = any(values[r] > t for r, t in self._scalar_stops)
+        else:
+            x = max((det.update(u) - loc) / scale for det, (loc, scale) in zip(self._scalar, self._standard))
         if not math.isfinite(x):
             episode.censored = True
             raise MonitorError(f"the joint statistic is {x} after increment {u}; expected a finite number")
@@ -281,7 +340,12 @@ class DeploymentMonitor:
         if episode.steps == 0:
             episode.u = float(self._rng.random())
         episode.steps += 1
-        if not episode.censored and x > episode.value:
+        if episode.censored or episode.value == CROSSED:
+            return self.evidence
+        if cross:
+            x = CROSSED
+            self.crossings += 1
+        if x > episode.value:
             episode.value = x
             self._refresh()
         return self.evidence
@@ -303,21 +367,36 @@ class DeploymentMonitor:
                 self._censor(~np.isfinite(u))  # those episodes' statistics can no longer be computed
             raise
         stats = np.array([det._update(u) for det in self.detectors])
-        return self._observe(((stats - self._location) / self._scale).max(axis=0), m)
+        x = ((stats[: self._k] - self._location) / self._scale).max(axis=0)
+        crossed: np.ndarray | None = None
+        if self._stop_rows:
+            crossed = np.asarray((stats[self._stop_rows] > self._stop_thresholds).any(axis=0))
+        return self._observe(x, m, crossed)
 
-    def observe(self, statistic: np.ndarray, live: np.ndarray | None = None) -> float:
+    def observe(
+        self, statistic: np.ndarray, live: np.ndarray | None = None, crossed: np.ndarray | None = None
+    ) -> float:
         """Feed one joint standardized statistic per env directly; return the evidence.
 
-        Every live env needs a started episode; the statistics of the other envs are not read.
+        Every live env needs a started episode; the statistics of the other envs are not
+        read. With a per-episode alarm rule (``stops``), ``crossed`` says per env whether
+        that alarm fires at this step (required then: without it the key is unknown).
         """
         m = self._mask(live, "live")
         statistic = np.asarray(statistic, dtype=np.float64)
         if statistic.shape != (self.n_envs,):
             raise MonitorError(f"statistics of shape {statistic.shape}; expected ({self.n_envs},), one per env")
+        if self.stops and crossed is None:
+            raise MonitorError(
+                f"observe() without crossed= on a monitor with stops={self.stops}: pass, per env, whether "
+                "the per-episode alarm fires at this step"
+            )
+        if crossed is not None:
+            crossed = self._mask(crossed, "crossed")
         self._require_running("observe()", m)
-        return self._observe(statistic, m)
+        return self._observe(statistic, m, crossed)
 
-    def _observe(self, statistic: np.ndarray, m: np.ndarray) -> float:
+    def _observe(self, statistic: np.ndarray, m: np.ndarray, crossed: np.ndarray | None = None) -> float:
         """:meth:`observe` once its arguments are checked: ``m`` the live envs, each with a running episode."""
         finite = np.isfinite(statistic)
         bad = None if finite.all() else m & ~finite
@@ -334,8 +413,14 @@ class DeploymentMonitor:
             if episode.steps == 0:
                 episode.u = float(self._rng.random())
             episode.steps += 1
-            if not episode.censored and statistic[i] > episode.value:
-                episode.value = float(statistic[i])
+            if episode.censored or episode.value == CROSSED:
+                continue
+            x = float(statistic[i])
+            if crossed is not None and crossed[i]:
+                x = CROSSED
+                self.crossings += 1
+            if x > episode.value:
+                episode.value = x
                 changed = True
         if changed:
             self._refresh()
