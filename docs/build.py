@@ -303,6 +303,37 @@ def shield_cheetah() -> str:
                   "episodes stopped", "steps/s vs unshielded"], rows)
 
 
+def learned_model_error() -> str:
+    rows = []
+    for scenario, s in results("learned_model")["scenarios"].items():
+        for variant, e in s["one_step"].items():
+            where = "reference" if variant == s["reference_variant"] else "shifted"
+            share = e["catastrophes_predicted"]
+            caught = "-" if share is None else f"{round(share * e['catastrophes'])} of {e['catastrophes']}"
+            rows.append([scenario, f"{variant} ({where})", f"{e['next_obs_rmse']:.4f}", f"{e['increment_mae']:.4f}",
+                         caught, " / ".join(f"{e['harm_share'][k]:.3f}" for k in ("catastrophe", "disagreement",
+                                                                                    "out_of_scope"))])
+    return table(["scenario", "variant", "next observation RMSE", "increment MAE", "catastrophes predicted",
+                  "steps judged harm: catastrophe / disagreement / out of scope"], rows)
+
+
+def learned_model() -> str:
+    rows = []
+    for scenario, s in results("learned_model")["scenarios"].items():
+        for variant, v in s["variants"].items():
+            where = "reference" if variant == s["reference_variant"] else "shifted"
+            for key in ("learned", "model only"):
+                r = v[key]
+                rows.append([scenario, f"{variant} ({where})", key,
+                             _catastrophes({"none": v["none"], key: r}, ("none", key), " -> "),
+                             f"{v['none']['score']:+.2f} -> {r['score']:+.2f}", f(r["score_kept"], ".2f"),
+                             f"{r['replaced_per_1000_steps']:.0f}", f"{r['episodes_intervened']:.2f}",
+                             f"{r['episodes_stopped']:.2f}", f"{r['steps_per_s_ratio_to_none']:.2f}"])
+    return table(["scenario", "variant", "model", "catastrophes per 1,000 episodes, none -> shielded",
+                  "base objective, none -> shielded", "score kept", "replaced per 1,000 steps",
+                  "episodes intervened on", "episodes stopped", "steps/s vs unshielded"], rows)
+
+
 QS = {"q=1": "1 (the base)", "q=1e-09": "-> 0 (the agent's argmax)", "adaptive": "adaptive (0.05 to 1)"}
 
 
@@ -438,7 +469,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "deployment_pendulum": deployment_pendulum, "deployment_cheetah": deployment_cheetah,
     "cheetah_scores": cheetah_scores,
     "safeguard_cost": safeguard_cost, "scope": scope, "shield": shield, "headline": headline,
-    "shield_cheetah": shield_cheetah,
+    "shield_cheetah": shield_cheetah, "learned_model": learned_model, "learned_model_error": learned_model_error,
     "quantilizer": quantilizer, "quantilizer_bare": quantilizer_bare, "impact": impact, "recorded": recorded,
 }
 
