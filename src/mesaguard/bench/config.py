@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import InitVar, asdict, dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -84,19 +84,22 @@ class BenchConfig:
     alpha: float = 0.05
     policy: str = "agent"
     safeguards: tuple[str, ...] = ()  # preventive safeguards run next to the detectors (arms.SAFEGUARDS, arms.LEARNING)
+    registry: InitVar[bool] = True  # False: a stored run read for its results, its scenarios possibly not registered
 
-    def __post_init__(self) -> None:
-        from mesaguard.experiment import policy_factory
-
-        for s in self.scenarios:
+    def __post_init__(self, registry: bool) -> None:
+        for s in self.scenarios if registry else ():
             get(s)  # unknown scenarios: the error lists the valid ones
         for d in self.detectors:
             detector_class(d)
-        self._check_safeguards()
+        if registry:
+            self._check_safeguards()
         if not self.scenarios or not self.detectors or not self.seeds:
             raise BenchError(f"empty grid: scenarios={self.scenarios}, detectors={self.detectors}, seeds={self.seeds}")
         self._check_sizes()
-        policy_factory(self.scenarios[0], self.policy)  # unknown policies: a clear error
+        if registry:
+            from mesaguard.experiment import policy_factory
+
+            policy_factory(self.scenarios[0], self.policy)  # unknown policies: a clear error
 
     def _check_safeguards(self) -> None:
         """Known safeguards, each on scenarios and a policy it can run with."""
@@ -145,8 +148,9 @@ class BenchConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BenchConfig:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    def from_dict(cls, d: dict[str, Any], registry: bool = True) -> BenchConfig:
+        """The configuration of ``as_dict``; ``registry=False`` skips the checks that need the scenario registry."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}, registry=registry)
 
     def run_id(self) -> str:
         """A name derived from the config, so the same command resumes the same run."""

@@ -39,7 +39,6 @@ from mesaguard.bench.config import SAFEGUARD, BenchConfig, BenchError, config_na
 from mesaguard.bench.replay import first_alarms
 from mesaguard.calibration import Calibration, conformal_rank
 from mesaguard.rollout import Episode
-from mesaguard.scenarios import get
 from mesaguard.store import Store
 
 __all__ = [
@@ -163,18 +162,32 @@ class StoredJob:
     ``evaluation[variant]`` and ``safeguarded[(safeguard, variant)]`` hold
     ``(index in the job, episode)`` pairs in seed order (the index is what stored
     alarms refer to); ``calibration_scores`` the calibration episodes' final scores.
+    The variants are those stored (no scenario registry needed): ``reference``, the
+    calibration episodes' variant, and the evaluation variants in the order they ran.
     """
 
     calibration: Calibration
     floor: float  # the alpha-quantile of the calibration scores: below it a run misbehaved
+    reference: str = ""  # the variant of the calibration episodes
+    calibration_runs: list[np.ndarray] = field(default_factory=list)  # their increments
     evaluation: dict[str, list[tuple[int, Episode]]] = field(default_factory=lambda: defaultdict(list))
     calibration_scores: list[float] = field(default_factory=list)
     safeguarded: dict[tuple[str, str], list[tuple[int, Episode]]] = field(default_factory=lambda: defaultdict(list))
 
+    @property
+    def variants(self) -> list[str]:
+        """The evaluation variants, in the order the job ran them."""
+        return list(self.evaluation)
+
+    @property
+    def shifted_variants(self) -> list[str]:
+        """The evaluation variants other than the reference."""
+        return [v for v in self.evaluation if v != self.reference]
+
 
 def load_run(store: Store, run_id: str) -> tuple[BenchConfig, dict[JobKey, StoredJob]]:
     """The configuration of ``run_id`` and its committed jobs, by (scenario, seed)."""
-    config = BenchConfig.from_dict(store.run_config(run_id))
+    config = BenchConfig.from_dict(store.run_config(run_id), registry=False)  # its scenarios may not be registered here
     jobs = {
         (j["scenario"], j["seed"]): StoredJob(Calibration.from_dict(j["calibration"]), j["score_floor"])
         for j in store.jobs(run_id)
@@ -191,6 +204,8 @@ def load_run(store: Store, run_id: str) -> tuple[BenchConfig, dict[JobKey, Store
             jobs[e.job].safeguarded[key].append((idx, Episode(e.seed, e.increments, e.catastrophes)))
         else:
             jobs[e.job].calibration_scores.append(float(e.increments.sum()))
+            jobs[e.job].calibration_runs.append(e.increments)
+            jobs[e.job].reference = e.variant
     return config, jobs
 
 
@@ -208,8 +223,8 @@ AlarmsOf = Callable[[JobKey, StoredJob, tuple[str, ...], str], dict[int, tuple[i
 def _rows(config: BenchConfig, jobs: dict[JobKey, StoredJob], alarms_of: AlarmsOf, alpha: float) -> list[BenchRow]:
     rows = []
     for scenario, keys in stored_scenarios(config, jobs):
-        reference = get(scenario).reference_variant
-        for deploy in get(scenario).shifted_variants:
+        reference = jobs[keys[0]].reference
+        for deploy in jobs[keys[0]].shifted_variants:
             for names in [*detector_configs(config.detectors), *((g,) for g in config.safeguards)]:
                 safeguard = names[0] if names[0] in config.safeguards else None
                 runs: dict[str, tuple[list[Episode], list[Episode], list[float]]] = {}
@@ -322,13 +337,14 @@ def tradeoff(store: Store, run_id: str, alphas: Iterable[float]) -> list[BenchRo
             conformal_rank(n_cal, alpha)
         except ValueError:
             continue
-        rows += _rows(dataclasses.replace(config, safeguards=()), jobs, _replayed(alpha), alpha)  # detectors only
+        detectors_only = dataclasses.replace(config, safeguards=(), registry=False)
+        rows += _rows(detectors_only, jobs, _replayed(alpha), alpha)
     return rows
 
 
 def run_summary(store: Store, run_id: str) -> dict[str, Any]:
     """Config, jobs done and pending, and total job time of a run (for the CLI and the report)."""
-    config = BenchConfig.from_dict(store.run_config(run_id))
+    config = BenchConfig.from_dict(store.run_config(run_id), registry=False)
     jobs = store.jobs(run_id)
     return {
         "run": run_id,
