@@ -17,7 +17,6 @@ from mesaguard import metrics
 from mesaguard.bench.config import config_name, detector_configs
 from mesaguard.bench.results import load_run, stored_scenarios
 from mesaguard.monitor import replay
-from mesaguard.scenarios import get
 from mesaguard.store import Store
 
 __all__ = ["DeploymentRow", "deployment_table"]
@@ -57,9 +56,9 @@ def deployment_table(store: Store, run_id: str, orders: int = 50) -> list[Deploy
     config, jobs = load_run(store, run_id)
     rows = []
     for scenario, keys in stored_scenarios(config, jobs):
-        reference = get(scenario).reference_variant
+        reference = config.task_of(scenario).reference_variant
         for names in detector_configs(config.detectors):
-            for variant in get(scenario).variants:
+            for variant in config.task_of(scenario).variants:
                 hits, alarms, trials = [], 0, 0
                 n_episodes = 0
                 for key in keys:

@@ -39,7 +39,6 @@ from mesaguard.bench.config import SAFEGUARD, BenchConfig, BenchError, config_na
 from mesaguard.bench.replay import first_alarms
 from mesaguard.calibration import Calibration, conformal_rank
 from mesaguard.rollout import Episode
-from mesaguard.scenarios import get
 from mesaguard.store import Store
 
 __all__ = [
@@ -208,8 +207,8 @@ AlarmsOf = Callable[[JobKey, StoredJob, tuple[str, ...], str], dict[int, tuple[i
 def _rows(config: BenchConfig, jobs: dict[JobKey, StoredJob], alarms_of: AlarmsOf, alpha: float) -> list[BenchRow]:
     rows = []
     for scenario, keys in stored_scenarios(config, jobs):
-        reference = get(scenario).reference_variant
-        for deploy in get(scenario).shifted_variants:
+        reference = config.task_of(scenario).reference_variant
+        for deploy in config.task_of(scenario).shifted_variants:
             for names in [*detector_configs(config.detectors), *((g,) for g in config.safeguards)]:
                 safeguard = names[0] if names[0] in config.safeguards else None
                 runs: dict[str, tuple[list[Episode], list[Episode], list[float]]] = {}
