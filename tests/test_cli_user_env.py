@@ -335,7 +335,7 @@ def test_bench_on_a_users_task_is_stored_and_read_back_without_the_registry_or_t
                               policy=f"{MODULE}:controller",
                               task=UserTask(f"{MODULE}:make_env", {}, None, json.loads(SHIFT), f"{MODULE}:margin"))
     run_id = task_config.run_id()
-    assert f"stored in {db} as run {run_id}" in " ".join(printed.split())
+    assert f"as run {run_id}" in " ".join(printed.split())
 
     # Read back elsewhere, the user's module forgotten: the store holds all a run needs.
     sys.modules.pop(MODULE, None)
@@ -365,7 +365,10 @@ def test_bench_on_a_users_task_is_stored_and_read_back_without_the_registry_or_t
 def test_report_on_a_users_bench_run(task, monkeypatch, capsys):
     db = task / "b.sqlite"
     assert run(monkeypatch, *BENCH, "--seeds", "1", "--db", str(db)) == 0
-    run_id = " ".join(capsys.readouterr().out.split()).split(" as run ")[1].split(";")[0]
+    from mesaguard.store import Store
+
+    with Store(db) as store:
+        (run_id,) = store.runs()
     sys.modules.pop(MODULE, None)
     assert run(monkeypatch, "report", run_id, "--db", str(db), "-o", str(task / "report.html")) == 0
     assert MODULE not in sys.modules

@@ -245,7 +245,7 @@ class BenchConfig:
         task = d.get("task")
         if task is not None and not isinstance(task, dict):
             raise BenchError(f"stored run config field 'task' is {task!r}; expected a JSON object")
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "task"}
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "task"}
         return cls(**fields, task=None if task is None else _user_task(task))
 
     def run_id(self) -> str:

@@ -119,9 +119,9 @@ def _markdown(view: View) -> None:
 
 
 def _rich(view: View) -> None:
-    table = Table(title=view.title, caption=view.caption or None, box=box.SIMPLE_HEAD, padding=(0, 1),
-                  pad_edge=False, collapse_padding=True, title_justify="left", caption_justify="left",
-                  min_width=min(len(view.title), output().width))  # a narrow table keeps its title on one line
+    table = Table(caption=view.caption or None, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
+                  collapse_padding=True, caption_justify="left")
+    output().print(Text(view.title, style="italic"))  # above the table, wrapped to the console, not to the table
     for j, header in enumerate(view.headers):
         if j in view.wrap:
             table.add_column(header, overflow="fold")
