@@ -44,8 +44,8 @@ def _row(false_alarms_k):
     )
 
 
-def test_one_definition_of_the_results_columns_serves_the_terminal_and_the_page(monkeypatch):
-    from mesaguard.cli import _show_bench, console
+def test_one_definition_of_the_results_columns_serves_the_terminal_and_the_page():
+    from mesaguard.cli.tables import bench_views
     from mesaguard.report import _results_table
 
     rows = [_row(1), _row(12)]  # 12 of 40: the interval lies above alpha
@@ -55,13 +55,10 @@ def test_one_definition_of_the_results_columns_serves_the_terminal_and_the_page(
     assert cells[0][2:4] == ["all, jointly", "0.025 [0.001, 0.132] (1/40)"]
     assert cells[0][6:9] == ["1.000 (27/27)", "2.2/-", "0.00/0.68"]
     assert '<span class="over">0.300' in cells[1][3] and "over" not in cells[0][3]
-    monkeypatch.setattr(console, "_width", 250)  # one line per row, as on a wide terminal
-    with console.capture() as captured:
-        _show_bench(rows, "t")
-    text = captured.get()
-    for col in RESULT_COLUMNS:
-        assert col.header in text
-    assert "0.025 [0.001, 0.132]" in text and "2.2/-" in text and "(1/40)" not in text
+    # The terminal's 80-column table: a subset of the same cells, a cell's parts on lines of their own.
+    (terminal, _) = bench_views(rows, [], "t")
+    assert terminal.rows[0][2:5] == ["0.025\n[0.001, 0.132]", "1.000\n(27/27)", "2.2/-"]
+    assert terminal.warn[1][2] and not terminal.warn[0][2]
 
 
 def test_a_safeguard_without_its_fitted_part_is_an_error_not_a_bare_run():

@@ -7,6 +7,7 @@ argument, a hand-written PD controller, a safety margin as the base objective) a
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import textwrap
@@ -311,3 +312,149 @@ def test_a_policy_saved_with_save_policy_from_a_users_own_sb3_model(task, monkey
     line = capsys.readouterr().err.strip()
     assert "\n" not in line and "pendulum" in line and "first observation" in line
     assert not (task / "no.json").exists()
+
+
+# -- mesaguard bench and report on a user's task ----------------------------------------------------------------
+
+BENCH = ["bench", "--env", f"{MODULE}:make_env", "--shifted-kwargs", SHIFT, "--policy", f"{MODULE}:controller",
+         "--objective", f"{MODULE}:margin", "--seeds", "2", "--episodes", str(EPISODES), "--calibration-episodes",
+         str(CAL_EPISODES), "--alpha", str(ALPHA), "--detectors", "envelope,cusum"]
+
+
+def test_bench_on_a_users_task_is_stored_and_read_back_without_the_registry_or_the_users_code(task, monkeypatch,
+                                                                                            capsys):
+    from mesaguard.bench import BenchConfig, deployment_table, load_run, table
+    from mesaguard.bench.config import UserTask
+    from mesaguard.store import Store
+
+    db = task / "b.sqlite"
+    assert run(monkeypatch, *BENCH, "--db", str(db)) == 0
+    printed = capsys.readouterr().out
+    task_config = BenchConfig(scenarios=(f"{MODULE}:make_env",), detectors=("envelope", "cusum"), seeds=(0, 1),
+                              episodes=EPISODES, calibration_episodes=CAL_EPISODES, alpha=ALPHA,
+                              policy=f"{MODULE}:controller",
+                              task=UserTask(f"{MODULE}:make_env", {}, None, json.loads(SHIFT), f"{MODULE}:margin"))
+    run_id = task_config.run_id()
+    assert f"as run {run_id}" in " ".join(printed.split())
+
+    # Read back elsewhere, the user's module forgotten: the store holds all a run needs.
+    sys.modules.pop(MODULE, None)
+    monkeypatch.chdir(task.parent)
+    with Store(db) as store:
+        config, jobs = load_run(store, run_id)
+        rows, deployments = table(store, run_id), deployment_table(store, run_id)
+    assert MODULE not in sys.modules
+    assert config == task_config and sorted(jobs) == [(f"{MODULE}:make_env", 0), (f"{MODULE}:make_env", 1)]
+    assert [(r.variant, r.detectors) for r in rows] == [("shifted", "envelope"), ("shifted", "cusum"),
+                                                       ("shifted", "envelope+cusum")]
+    assert {(r.variant, r.detectors) for r in deployments} == {(v, d) for v in ("reference", "shifted")
+                                                               for d in ("envelope", "cusum", "envelope+cusum")}
+    job = jobs[(f"{MODULE}:make_env", 0)]
+    assert job.calibration.objective == "margin" and job.calibration.n_fit + job.calibration.n_cal == CAL_EPISODES
+    assert all(r.false_alarms.n == 2 * EPISODES and r.seeds == 2 for r in rows)
+
+    # Seed 0's calibration is the one `mesaguard calibrate --env` fits on the same seeds: one way to calibrate.
+    monkeypatch.chdir(task)
+    assert calibrate(monkeypatch, task / "cal.json") == 0
+    alone = Calibration.load(task / "cal.json")
+    assert alone.thresholds_for(["envelope", "cusum"]) == job.calibration.thresholds_for(["envelope", "cusum"])
+
+
+def test_report_on_a_users_bench_run(task, monkeypatch, capsys):
+    db = task / "b.sqlite"
+    assert run(monkeypatch, *BENCH, "--seeds", "1", "--db", str(db)) == 0
+    from mesaguard.store import Store
+
+    with Store(db) as store:
+        (run_id,) = store.runs()
+    sys.modules.pop(MODULE, None)
+    assert run(monkeypatch, "report", run_id, "--db", str(db), "-o", str(task / "report.html")) == 0
+    assert MODULE not in sys.modules
+    page = (task / "report.html").read_text()
+    assert f"{MODULE}:make_env" in page and "shifted" in page
+
+
+BENCH_BAD = {
+    "scenarios and --env": (["--scenarios", "strawberry"], "both --scenarios 'strawberry' and --env"),
+    "safeguards": (["--safeguards", "shield"], "--safeguards 'shield' is for a scenario"),
+    "no shift": (None, "needs the shifted env"),
+    "shifted kwargs on a scenario": (["--scenarios", "strawberry", "--shifted-kwargs", "{}"], "is for --env"),
+}
+
+
+@pytest.mark.parametrize("extra,message", BENCH_BAD.values(), ids=list(BENCH_BAD))
+def test_bench_refuses_options_of_the_other_kind_of_task(extra, message, task, monkeypatch, capsys):
+    if extra is None:
+        argv = [a for a in BENCH if a not in ("--shifted-kwargs", SHIFT)]
+    elif extra[0] == "--scenarios" and len(extra) > 2:
+        argv = ["bench", *extra]
+    else:
+        argv = [*BENCH, *extra]
+    assert run(monkeypatch, *argv, "--db", str(task / "b.sqlite")) == 2
+    err = capsys.readouterr().err
+    assert message in " ".join(err.split()) and len(err.strip().splitlines()) == 1
+    assert not (task / "b.sqlite").exists()
+
+
+# -- what the commands print: 80 columns, and --format for scripts ----------------------------------------------
+
+def _commands(task: Path) -> dict[str, list[str]]:
+    cal = str(task / "cal.json")
+    return {
+        "calibrate": ["calibrate", "--env", f"{MODULE}:make_env", "--policy", f"{MODULE}:controller", "--objective",
+                      f"{MODULE}:margin", "--episodes", str(CAL_EPISODES), "--alpha", str(ALPHA), "-o", cal],
+        "deploy": ["deploy", "--env", f"{MODULE}:make_env", "--shifted-kwargs", SHIFT, "--policy",
+                   f"{MODULE}:controller", "--objective", f"{MODULE}:margin", "--calibration", cal, "--episodes",
+                   "10", "-o", str(task / "deploy.json")],
+        "bench": [*BENCH, "--seeds", "1", "--db", str(task / "b.sqlite")],
+        "scenarios": ["scenarios"],
+    }
+
+
+def test_every_table_fits_80_columns_and_no_name_is_cut(task, monkeypatch, capsys):
+    from mesaguard.cli.base import console
+
+    monkeypatch.setenv("COLUMNS", "80")  # a CI log: not a terminal, 80 columns
+    monkeypatch.setattr(console, "_width", None)  # read COLUMNS now, whatever it was at import
+    for name, argv in _commands(task).items():
+        assert run(monkeypatch, *argv) == 0, name
+        out = capsys.readouterr().out
+        lines = out.splitlines()
+        assert max(len(line) for line in lines) <= 80, (name, out)
+        assert "…" not in out, (name, out)
+        if name in ("deploy", "bench"):
+            assert " joint " in out and "envelope+cusum" not in out, out  # one name for the joint set
+
+
+def _markdown(text: str) -> list[list[str]]:
+    """The rows (header first) of the first pipe table in ``text``."""
+    lines = list(itertools.takewhile(lambda line: line.startswith("|"),
+                                     itertools.dropwhile(lambda line: not line.startswith("|"), text.splitlines())))
+    assert set(lines[1].replace("|", "").split()) == {"---"}
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[:1] + lines[2:]]
+
+
+@pytest.mark.parametrize("command,rows", [("calibrate", 4), ("deploy", 5), ("bench", 3), ("scenarios", None)])
+def test_each_format_parses_back_to_the_same_rows(command, rows, task, monkeypatch, capsys):
+    import csv
+    import io
+
+    argv = _commands(task)[command]
+    if command in ("deploy", "bench"):  # deploy needs the calibration; the bench's run is then resumed
+        assert run(monkeypatch, *_commands(task)["calibrate"]) == 0
+    out = {}
+    for fmt in ("json", "csv", "markdown"):
+        capsys.readouterr()
+        assert run(monkeypatch, *argv, "--format", fmt) == 0, fmt
+        out[fmt] = capsys.readouterr().out
+    records = json.loads(out["json"])  # stdout holds the table alone: progress and messages went to stderr
+    assert isinstance(records, list) and all(isinstance(r, dict) for r in records)
+    if rows is not None:
+        assert len(records) == rows
+    as_text = [{k: "" if v is None else str(v) for k, v in r.items()} for r in records]
+    assert list(csv.DictReader(io.StringIO(out["csv"]))) == as_text
+    table = _markdown(out["markdown"])
+    assert len(table) == 1 + len(records) and len({len(r) for r in table}) == 1
+    if command == "bench":
+        assert [r["detectors"] for r in records] == ["envelope", "cusum", "envelope+cusum"]  # exact, for scripts
+        assert [r[1] for r in table[1:]][-1] == "joint" and records[0]["false_alarms_n"] == EPISODES

@@ -10,6 +10,7 @@ jobs of one configuration, stored job by job and resumable. One module per conce
 :mod:`.arms`            the safeguard arms: :func:`calibrate`, :func:`fit_safeguards`
                         (a :class:`FittedSafeguards`), :data:`SAFEGUARDS`, :data:`LEARNING`
 :mod:`.job`             :func:`run_job`: one (scenario, seed) job
+:mod:`.userjob`         one seed of a user's own task (``mesaguard bench --env``, :class:`.config.UserTask`)
 :mod:`.backends`        this process, local worker processes (they die with it), Ray tasks
 :mod:`.lock`            one bench at a time per run of a store
 :mod:`.run`             :func:`run_bench`: the jobs the store lacks, committed one by one

@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import InitVar, asdict, dataclass
-from typing import Any
+from dataclasses import InitVar, asdict, dataclass, field
+from typing import Any, ClassVar
 
 import gymnasium as gym
 
@@ -30,7 +30,16 @@ from mesaguard.calibration import episodes_needed, fit_split, min_episodes
 from mesaguard.detectors import detector_class
 from mesaguard.scenarios import get
 
-__all__ = ["SAFEGUARD", "SEED_STRIDE", "BenchConfig", "BenchError", "JobSpec", "config_name", "detector_configs"]
+__all__ = [
+    "SAFEGUARD",
+    "SEED_STRIDE",
+    "BenchConfig",
+    "BenchError",
+    "JobSpec",
+    "UserTask",
+    "config_name",
+    "detector_configs",
+]
 
 SEED_STRIDE = 1_000_000  # job seed s uses episode seeds s * SEED_STRIDE + (CALIBRATION_SEED | EVALUATION_SEED) + i
 SAFEGUARD = "safeguard:"  # the role prefix of a safeguarded run's episodes in the store
@@ -59,6 +68,61 @@ def config_name(names: Sequence[str]) -> str:
     return "+".join(names)
 
 
+@dataclass(frozen=True)
+class UserTask:
+    """A user's own task in a bench run (``mesaguard bench --env``): the env as given is the reference variant,
+    the shifted env the one deployed. Text only, as typed on the command line: a run read back from the store
+    (``mesaguard report``) needs neither the scenario registry nor the user's code.
+
+    It answers what a run asks of a :class:`~mesaguard.scenarios.Scenario` (its variants, failure mode, shift).
+
+    >>> task = UserTask("mytask:make_env", {"length": 0.5}, shifted_kwargs={"length": 1.5})
+    >>> task.variants, task.shift
+    (('reference', 'shifted'), 'shifted: --shifted-kwargs {"length": 1.5}')
+    >>> UserTask("CartPole-v1", objective=3)
+    Traceback (most recent call last):
+    ...
+    mesaguard.bench.config.BenchError: user task field 'objective' is 3 (int); expected text
+    """
+
+    env: str  # a Gymnasium id or module:factory
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    shifted_env: str | None = None  # None: ``env`` made with ``env_kwargs`` updated by ``shifted_kwargs``
+    shifted_kwargs: dict[str, Any] = field(default_factory=dict)
+    objective: str = "reward"  # reward, info:KEY or module:callable
+
+    reference_variant: ClassVar[str] = "reference"
+    shifted_variants: ClassVar[tuple[str, ...]] = ("shifted",)
+    variants: ClassVar[tuple[str, ...]] = ("reference", "shifted")
+    failure_mode: ClassVar[str] = "your own task"
+
+    def __post_init__(self) -> None:
+        for name in ("env", "shifted_env", "objective"):
+            value = getattr(self, name)
+            if not isinstance(value, str) and not (name == "shifted_env" and value is None):
+                raise BenchError(f"user task field {name!r} is {value!r} ({type(value).__name__}); expected text")
+        for name in ("env_kwargs", "shifted_kwargs"):
+            value = getattr(self, name)
+            if not isinstance(value, dict):
+                raise BenchError(f"user task field {name!r} is {value!r} ({type(value).__name__}); expected a JSON "
+                                 f"object")
+
+    @property
+    def shift(self) -> str:
+        """The shift, as the command line gave it."""
+        if self.shifted_env is not None:
+            return f"shifted: --shifted-env {self.shifted_env}"
+        return f"shifted: --shifted-kwargs {json.dumps(self.shifted_kwargs)}"
+
+
+def _user_task(stored: dict[str, Any]) -> UserTask:
+    """A user task read back from a store: its known fields, else a :class:`BenchError` naming the others."""
+    known = set(UserTask.__dataclass_fields__)
+    if not {"env"} <= set(stored) <= known:
+        raise BenchError(f"stored user task has fields {sorted(stored)}; expected env and any of {sorted(known)}")
+    return UserTask(**stored)
+
+
 def _seed_offsets() -> tuple[int, int]:
     """The experiment's (calibration, evaluation) seed offsets (read here: the experiment loads guard and monitor)."""
     from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED
@@ -84,9 +148,13 @@ class BenchConfig:
     alpha: float = 0.05
     policy: str = "agent"
     safeguards: tuple[str, ...] = ()  # preventive safeguards run next to the detectors (arms.SAFEGUARDS, arms.LEARNING)
+    task: UserTask | None = None  # a user's own task: then ``scenarios`` is its env alone, ``policy`` the user's
     registry: InitVar[bool] = True  # False: a stored run read for its results, its scenarios possibly not registered
 
     def __post_init__(self, registry: bool) -> None:
+        if self.task is not None:
+            self._check_task()
+            return
         for s in self.scenarios if registry else ():
             get(s)  # unknown scenarios: the error lists the valid ones
         for d in self.detectors:
@@ -100,6 +168,24 @@ class BenchConfig:
             from mesaguard.experiment import policy_factory
 
             policy_factory(self.scenarios[0], self.policy)  # unknown policies: a clear error
+
+    def _check_task(self) -> None:
+        """A user's task: its env is the one scenario, no safeguards (they run on registered scenarios), sizes as
+        any run's. Nothing is imported: the CLI checks the user's env, policy and objective before a run starts."""
+        assert self.task is not None
+        if self.scenarios != (self.task.env,):
+            raise BenchError(f"a run on the user task {self.task.env!r} has scenarios {list(self.scenarios)}; "
+                             f"expected [{self.task.env!r}]")
+        if self.safeguards:
+            raise BenchError(f"safeguards {list(self.safeguards)} run on registered scenarios; with the user task "
+                             f"{self.task.env!r} expected none")
+        if not isinstance(self.policy, str) or not self.policy:
+            raise BenchError(f"policy {self.policy!r}; expected module:callable or a saved policy's stem")
+        if not self.detectors or not self.seeds:
+            raise BenchError(f"empty grid: detectors={self.detectors}, seeds={self.seeds}")
+        for d in self.detectors:
+            detector_class(d)
+        self._check_sizes()
 
     def _check_safeguards(self) -> None:
         """Known safeguards, each on scenarios and a policy it can run with."""
@@ -145,12 +231,21 @@ class BenchConfig:
             )
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """The configuration as JSON values; ``task`` only when there is one (a scenario run's identity is as
+        before user tasks existed, so its stored runs resume)."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if d["task"] is None:
+            del d["task"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], registry: bool = True) -> BenchConfig:
         """The configuration of ``as_dict``; ``registry=False`` skips the checks that need the scenario registry."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}, registry=registry)
+        task = d.get("task")
+        if task is not None and not isinstance(task, dict):
+            raise BenchError(f"stored run config field 'task' is {task!r}; expected a JSON object")
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "task"}
+        return cls(**fields, task=None if task is None else _user_task(task), registry=registry)
 
     def run_id(self) -> str:
         """A name derived from the config, so the same command resumes the same run."""
@@ -160,7 +255,7 @@ class BenchConfig:
     def jobs(self) -> list[JobSpec]:
         return [
             JobSpec(s, seed, self.policy, self.episodes, self.calibration_episodes, self.alpha, self.detectors,
-                    self.safeguards)
+                    self.safeguards, self.task)
             for s in self.scenarios
             for seed in self.seeds
         ]
@@ -178,6 +273,7 @@ class JobSpec:
     alpha: float
     detectors: tuple[str, ...]
     safeguards: tuple[str, ...] = ()
+    task: UserTask | None = None  # a user's own task (then ``scenario`` is its env)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -185,7 +281,8 @@ class JobSpec:
 
     @property
     def total_episodes(self) -> int:
-        return self.calibration_episodes + self.episodes * len(get(self.scenario).variants) * (1 + len(self.safeguards))
+        variants = (self.task or get(self.scenario)).variants
+        return self.calibration_episodes + self.episodes * len(variants) * (1 + len(self.safeguards))
 
     def seeds(self, role: str) -> range:
         """The episode seeds of ``role`` (``"calibration"``, else evaluation) in this job (the module's scheme)."""

@@ -26,12 +26,13 @@ from mesaguard import metrics
 from mesaguard.bench.arms import LEARNING, SAFEGUARDS, SCOPED, calibrate, fit_safeguards
 from mesaguard.bench.config import SAFEGUARD, JobSpec, config_name, detector_configs
 from mesaguard.bench.replay import first_alarms
+from mesaguard.calibration import Calibration
 from mesaguard.experiment import OBJECTIVE, plain_env, policy_factory
 from mesaguard.rollout import Episode, rollout
 from mesaguard.scenarios import get
 from mesaguard.store import AlarmRecord, EpisodeRecord, JobRecord
 
-__all__ = ["ProgressSink", "run_job"]
+__all__ = ["ProgressSink", "Ticker", "evaluated", "run_job"]
 
 
 class ProgressSink(Protocol):
@@ -41,7 +42,14 @@ class ProgressSink(Protocol):
 
 
 def run_job(spec: JobSpec, progress: ProgressSink | None = None) -> JobRecord:
-    """Roll out, calibrate and replay one (scenario, seed) job; ``progress.put((key, n))`` counts episodes."""
+    """Roll out, calibrate and replay one (scenario, seed) job; ``progress.put((key, n))`` counts episodes.
+
+    A user's own task (``spec.task``) runs :func:`mesaguard.bench.userjob.run_user_job`.
+    """
+    if spec.task is not None:
+        from mesaguard.bench.userjob import run_user_job
+
+        return run_user_job(spec, progress)
     start = time.perf_counter()
     if spec.policy == "agent":  # a trained agent runs torch: one thread per worker process
         import torch
@@ -50,7 +58,7 @@ def run_job(spec: JobSpec, progress: ProgressSink | None = None) -> JobRecord:
     scenario = get(spec.scenario)
     train = scenario.reference_variant  # calibrate where the agent's behaviour was checked
     make_policy = policy_factory(spec.scenario, spec.policy)
-    tick = _Ticker(spec.key, progress)
+    tick = Ticker(spec.key, progress)
 
     def run(variant: str, role: str) -> list[Episode]:
         make_env = functools.partial(plain_env, spec.scenario, variant)
@@ -62,14 +70,7 @@ def run_job(spec: JobSpec, progress: ProgressSink | None = None) -> JobRecord:
     records = [EpisodeRecord("calibration", train, e.seed, e.increments, e.catastrophes) for e in cal_runs]
     alarms: list[AlarmRecord] = []
     for variant in scenario.variants:
-        runs = run(variant, "evaluation")
-        first = len(records)
-        records += [EpisodeRecord("evaluation", variant, e.seed, e.increments, e.catastrophes) for e in runs]
-        traces: dict[str, np.ndarray] = {}
-        for names in detector_configs(spec.detectors):
-            for i, hit in enumerate(first_alarms(calibration, names, [e.increments for e in runs], traces=traces)):
-                if hit is not None:
-                    alarms.append(AlarmRecord(config_name(names), first + i, hit[0], hit[1]))
+        evaluated(calibration, spec.detectors, variant, run(variant, "evaluation"), records, alarms)
     fitted = fit_safeguards(spec, cal_runs)
     for name in spec.safeguards:  # real runs: a safeguard changes what happens, so nothing is replayed
         for variant in scenario.variants:
@@ -94,7 +95,20 @@ def run_job(spec: JobSpec, progress: ProgressSink | None = None) -> JobRecord:
     )
 
 
-class _Ticker:
+def evaluated(calibration: Calibration, detectors: tuple[str, ...], variant: str, runs: list[Episode],
+              records: list[EpisodeRecord], alarms: list[AlarmRecord]) -> None:
+    """Append the evaluation ``runs`` of ``variant`` to ``records``, and to ``alarms`` where each detector
+    configuration (:func:`~mesaguard.bench.config.detector_configs`) would first have fired on them (replayed)."""
+    first = len(records)
+    records += [EpisodeRecord("evaluation", variant, e.seed, e.increments, e.catastrophes) for e in runs]
+    traces: dict[str, np.ndarray] = {}
+    for names in detector_configs(detectors):
+        for i, hit in enumerate(first_alarms(calibration, names, [e.increments for e in runs], traces=traces)):
+            if hit is not None:
+                alarms.append(AlarmRecord(config_name(names), first + i, hit[0], hit[1]))
+
+
+class Ticker:
     """Counts finished episodes and sends them in batches (at most ten messages a second)."""
 
     def __init__(self, key: tuple[str, int], sink: ProgressSink | None) -> None:

@@ -18,7 +18,6 @@ import sqlite3
 from rich.markup import escape
 
 from mesaguard.cli.base import OptionError, app, console, errors
-from mesaguard.cli.tables import _show_bench  # noqa: F401  (re-exported for tests)
 
 # isort: off
 from mesaguard.cli import tasks  # noqa: F401  (importing registers the commands on app, in this order)

@@ -29,6 +29,51 @@ console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # one unbroken line per error, greppable
 
 
+class _Shown:
+    """The ``--format`` of the command running: ``table`` shows progress and messages on stdout with the tables;
+    any other keeps stdout for the table alone and sends them to stderr."""
+
+    format = "table"
+
+
+def set_format(fmt: str) -> str:
+    """Check ``--format`` (an :class:`OptionError` otherwise) and route what the command prints by it."""
+    _Shown.format = _choice("--format", fmt, ("table", "csv", "json", "markdown"))
+    return fmt
+
+
+def shown_format() -> str:
+    """The ``--format`` of the command running."""
+    return _Shown.format
+
+
+def output() -> Console:
+    """Where tables go: stdout."""
+    return console
+
+
+def messages() -> Console:
+    """Where progress and messages go: stdout with ``--format table``, else stderr."""
+    return console if _Shown.format == "table" else _notes
+
+
+_notes = Console(stderr=True)
+
+
+@app.callback()
+def _each_command() -> None:
+    """Before every command: tables and messages on stdout until the command's ``--format`` says otherwise."""
+    _Shown.format = "table"
+
+
+FormatOption = Annotated[
+    str,
+    typer.Option("--format", help="table (for people; fits 80 columns), csv or json (the main table for scripts, "
+                                  "every value at full precision; json: a list of row objects) or markdown (a pipe "
+                                  "table). With csv, json and markdown, progress and messages go to stderr."),
+]
+
+
 ALL = "threshold,envelope,cusum,meanshift"
 
 
@@ -150,7 +195,7 @@ def _names(detectors: str) -> list[str]:
 @contextmanager
 def _progress(description: str, total: int) -> Iterator[Any]:
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=messages(), transient=False) as bar:
         task = bar.add_task(description, total=total)
         yield lambda _episode: bar.advance(task)
 
@@ -159,3 +204,95 @@ Store = Annotated[Path, typer.Option("--db", help="The bench's SQLite store.")]
 
 
 DEFAULT_DB = Path("runs/bench.sqlite")
+
+
+# -- a user's own task (--env): the options that name it, and their checks ------------------------------------
+
+
+EnvOption = Annotated[
+    str | None,
+    typer.Option("--env", help="Your own env instead of SCENARIO: a Gymnasium id (CartPole-v1) or module:factory "
+                               "(a callable returning an env, imported from the current directory or the path)."),
+]
+
+
+EnvKwargs = Annotated[
+    str | None, typer.Option(help="JSON object of keyword arguments for --env (gymnasium.make's or the factory's).")
+]
+
+
+ObjectiveOption = Annotated[
+    str | None,
+    typer.Option(help="With --env: the base objective, reward (default), info:KEY or module:callable (a function "
+                      "of the Transition). deploy defaults to the calibration's recorded one."),
+]
+
+
+ShiftedKwargs = Annotated[
+    str | None, typer.Option(help="With --env: the shifted env is --env made with these JSON kwargs "
+                                  "(over --env-kwargs).")
+]
+
+
+ShiftedEnv = Annotated[
+    str | None, typer.Option(help="With --env: the shifted env, a Gymnasium id or module:factory.")
+]
+
+
+POLICY_HELP = ("SCENARIO: agent, aligned or misaligned. With --env: module:callable (obs -> action; a callable whose "
+               "first parameter is named env is a factory env -> policy; an SB3 model's predict is used) or the "
+               "stem of a policy saved with mesaguard.policies.save_policy (STEM.json + STEM.safetensors; "
+               "save_policy(model, STEM) works for your own SB3 PPO model).")
+
+
+def _target(scenario: str | None, env: str | None) -> tuple[str | None, str | None]:
+    """(scenario, user env): exactly one of SCENARIO and --env; ``--env NAME`` of a registered scenario is SCENARIO."""
+    from mesaguard.scenarios import SCENARIOS
+
+    if scenario is not None and env is not None:
+        raise OptionError(f"both SCENARIO {scenario!r} and --env {env!r}; expected one of them")
+    if scenario is None and env is None:
+        raise OptionError("no SCENARIO and no --env; expected a scenario name (mesaguard scenarios) or --env ENV")
+    if env is not None and env in SCENARIOS:
+        return env, None
+    return scenario, env
+
+
+def _user_only(scenario: str, **given: Any) -> None:
+    """Options that only ``--env`` takes, refused with a scenario."""
+    for option, value in given.items():
+        if value is not None:
+            raise OptionError(f"{option} {value!r} is for --env; scenario {scenario!r} fixes its env and objective")
+
+
+def _scenario_only(env: str, **given: Any) -> None:
+    """Options that only a scenario takes, refused with ``--env``."""
+    for option, value in given.items():
+        if value:
+            raise OptionError(f"{option} {value!r} is for a scenario; with --env {env!r} expected it unset")
+
+
+def _user_task(env: str, env_kwargs: str | None, policy: str | None, objective: str | None) -> tuple[Any, Any, Any]:
+    """The user's env maker, policy maker and objective, each checked (no rollout yet)."""
+    from mesaguard import userenv
+
+    if policy is None:
+        raise OptionError(f"--env {env!r} needs --policy; expected module:callable or a saved policy's stem")
+    maker = userenv.env_maker("--env", env, userenv.json_kwargs("--env-kwargs", env_kwargs))
+    agent = userenv.policy_maker("--policy", policy)
+    base = userenv.objective_of("--objective", objective) if objective is not None else None
+    return maker, agent, base
+
+
+def _shifted(env: str, maker: Any, shifted_kwargs: str | None, shifted_env: str | None) -> tuple[Any, dict[str, Any]]:
+    """The shifted env's maker (checked) and the kwargs that shift it: exactly one of ``--shifted-kwargs`` and
+    ``--shifted-env``."""
+    from mesaguard import userenv
+
+    if (shifted_kwargs is None) == (shifted_env is None):
+        raise OptionError(f"--env {env!r} needs the shifted env: expected one of --shifted-kwargs JSON and "
+                          f"--shifted-env ENV")
+    if shifted_env is not None:
+        return userenv.env_maker("--shifted-env", shifted_env, {}), {}
+    more = userenv.json_kwargs("--shifted-kwargs", shifted_kwargs)
+    return userenv.env_maker("--env", env, {**maker.kwargs, **more}, "--shifted-kwargs"), more

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 if TYPE_CHECKING:
 
@@ -17,10 +16,17 @@ if TYPE_CHECKING:
 from mesaguard.cli.base import (
     ALL,
     POLICIES,
+    POLICY_HELP,
     PROTOCOLS,
     Detectors,
+    EnvKwargs,
+    EnvOption,
     Episodes,
+    FormatOption,
+    ObjectiveOption,
     OptionError,
+    ShiftedEnv,
+    ShiftedKwargs,
     Workers,
     _choice,
     _enough_episodes,
@@ -28,10 +34,17 @@ from mesaguard.cli.base import (
     _output,
     _progress,
     _scenario,
+    _scenario_only,
+    _shifted,
+    _target,
+    _user_only,
+    _user_task,
     app,
     console,
+    messages,
+    set_format,
 )
-from mesaguard.cli.tables import _report, _report_user, _show_calibration
+from mesaguard.cli.tables import calibration_view, deploy_view, scenarios_view, show, user_deploy_view
 
 
 @app.command()
@@ -61,58 +74,6 @@ def train(
     console.print(f"saved the policy to [bold]{path}[/]")
 
 
-EnvOption = Annotated[
-    str | None,
-    typer.Option("--env", help="Your own env instead of SCENARIO: a Gymnasium id (CartPole-v1) or module:factory "
-                               "(a callable returning an env, imported from the current directory or the path)."),
-]
-
-
-EnvKwargs = Annotated[
-    str | None, typer.Option(help="JSON object of keyword arguments for --env (gymnasium.make's or the factory's).")
-]
-
-
-ObjectiveOption = Annotated[
-    str | None,
-    typer.Option(help="With --env: the base objective, reward (default), info:KEY or module:callable (a function "
-                      "of the Transition). deploy defaults to the calibration's recorded one."),
-]
-
-
-POLICY_HELP = ("SCENARIO: agent, aligned or misaligned. With --env: module:callable (obs -> action; a callable whose "
-               "first parameter is named env is a factory env -> policy; an SB3 model's predict is used) or the "
-               "stem of a policy saved with mesaguard.policies.save_policy (STEM.json + STEM.safetensors; "
-               "save_policy(model, STEM) works for your own SB3 PPO model).")
-
-
-def _target(scenario: str | None, env: str | None) -> tuple[str | None, str | None]:
-    """(scenario, user env): exactly one of SCENARIO and --env; ``--env NAME`` of a registered scenario is SCENARIO."""
-    from mesaguard.scenarios import SCENARIOS
-
-    if scenario is not None and env is not None:
-        raise OptionError(f"both SCENARIO {scenario!r} and --env {env!r}; expected one of them")
-    if scenario is None and env is None:
-        raise OptionError("no SCENARIO and no --env; expected a scenario name (mesaguard scenarios) or --env ENV")
-    if env is not None and env in SCENARIOS:
-        return env, None
-    return scenario, env
-
-
-def _scenario_only(env: str, **given: Any) -> None:
-    """Options that only a scenario takes, refused with ``--env``."""
-    for option, value in given.items():
-        if value:
-            raise OptionError(f"{option} {value!r} is for a scenario; with --env {env!r} expected it unset")
-
-
-def _user_only(scenario: str, **given: Any) -> None:
-    """Options that only ``--env`` takes, refused with a scenario."""
-    for option, value in given.items():
-        if value is not None:
-            raise OptionError(f"{option} {value!r} is for --env; scenario {scenario!r} fixes its env and objective")
-
-
 @app.command()
 def calibrate(
     scenario: Annotated[str | None, typer.Argument(help="A registered scenario (or use --env).")] = None,
@@ -128,12 +89,14 @@ def calibrate(
     env: EnvOption = None,
     env_kwargs: EnvKwargs = None,
     objective: ObjectiveOption = None,
+    format: FormatOption = "table",
 ) -> None:
     """Fit thresholds on held-out in-distribution episodes of the agent; save them as JSON.
 
     SCENARIO, or your own env: mesaguard calibrate --env mytask:make_env --policy mytask:pd
     --objective mytask:margin -o cal.json
     """
+    set_format(format)
     scenario, user_env = _target(scenario, env)
     if user_env is not None:
         _calibrate_user(user_env, env_kwargs, policy, objective, episodes, alpha, detectors, out, workers, sign_key)
@@ -149,8 +112,8 @@ def calibrate(
     signing_key = _signing_key(sign_key)
     cal = _calibrate(scenario, episodes, alpha, names, policy, workers)
     path = cal.save(target, signing_key=signing_key)
-    _show_calibration(cal)
-    console.print(f"saved the calibration to [bold]{path}[/]")
+    show([calibration_view(cal)])
+    messages().print(f"saved the calibration to [bold]{path}[/]")
 
 
 def _signing_key(path: Path | None) -> Any:
@@ -160,18 +123,6 @@ def _signing_key(path: Path | None) -> Any:
     from mesaguard.signing import load_signing_key
 
     return load_signing_key(path)
-
-
-def _user_task(env: str, env_kwargs: str | None, policy: str | None, objective: str | None) -> tuple[Any, Any, Any]:
-    """The user's env maker, policy maker and objective, each checked (no rollout yet)."""
-    from mesaguard import userenv
-
-    if policy is None:
-        raise OptionError(f"--env {env!r} needs --policy; expected module:callable or a saved policy's stem")
-    maker = userenv.env_maker("--env", env, userenv.json_kwargs("--env-kwargs", env_kwargs))
-    agent = userenv.policy_maker("--policy", policy)
-    base = userenv.objective_of("--objective", objective) if objective is not None else None
-    return maker, agent, base
 
 
 def _calibrate_user(env: str, env_kwargs: str | None, policy: str | None, objective: str | None, episodes: int,
@@ -192,8 +143,8 @@ def _calibrate_user(env: str, env_kwargs: str | None, policy: str | None, object
         cal = userenv.calibrate(maker, agent, base, episodes=episodes, alpha=alpha, detectors=names, workers=workers,
                                 on_episode=advance, metadata=metadata)
     path = cal.save(target, signing_key=signing_key)
-    _show_calibration(cal)
-    console.print(f"saved the calibration to [bold]{path}[/] (objective {cal.objective!r})")
+    show([calibration_view(cal)])
+    messages().print(f"saved the calibration to [bold]{path}[/] (objective {cal.objective!r})")
 
 
 def _calibrate(scenario: str, episodes: int, alpha: float, names: list[str], policy: str, workers: int):
@@ -244,14 +195,10 @@ def deploy(
     ] = None,
     env: EnvOption = None,
     env_kwargs: EnvKwargs = None,
-    shifted_kwargs: Annotated[
-        str | None, typer.Option(help="With --env: the shifted env is --env made with these JSON kwargs "
-                                      "(over --env-kwargs).")
-    ] = None,
-    shifted_env: Annotated[
-        str | None, typer.Option(help="With --env: the shifted env, a Gymnasium id or module:factory.")
-    ] = None,
+    shifted_kwargs: ShiftedKwargs = None,
+    shifted_env: ShiftedEnv = None,
     objective: ObjectiveOption = None,
+    format: FormatOption = "table",
 ) -> None:
     """Deploy the agent with the guard, in-distribution and shifted; print and save the table.
 
@@ -261,6 +208,7 @@ def deploy(
     from mesaguard.calibration import Calibration
     from mesaguard.signing import load_verify_key
 
+    set_format(format)
     scenario, user_env = _target(scenario, env)
     if user_env is not None:
         _scenario_only(user_env, **{"--variant": variant, "--protocol": "" if protocol == "stop" else protocol})
@@ -284,7 +232,18 @@ def deploy(
     cal.joint_maxima(names)  # a detector it lacks: likewise
     configs = [[n] for n in names] + ([names] if len(names) > 1 else [])
     rows = _deploy(scenario, cal, configs, variant, policy, protocol, episodes, workers)
-    _report(scenario, rows, target)
+    show([deploy_view(scenario, rows)])
+    _save(target, {"scenario": scenario, "rows": [r.as_dict() for r in rows]})
+
+
+def _save(path: Path, table: dict[str, Any]) -> None:
+    """Write a deployment's table as JSON (atomically) and say where."""
+    import json
+
+    from mesaguard.files import write_atomic
+
+    write_atomic(path, json.dumps(table, indent=1))
+    messages().print(f"saved the table to [bold]{path}[/]")
 
 
 def _deploy_objective(cal: Any, calibration: Path, objective: str | None) -> Any:
@@ -311,15 +270,8 @@ def _deploy_user(env: str, env_kwargs: str | None, shifted_kwargs: str | None, s
     from mesaguard.calibration import Calibration
     from mesaguard.signing import load_verify_key
 
-    if (shifted_kwargs is None) == (shifted_env is None):
-        raise OptionError(f"--env {env!r} needs the shifted env: expected one of --shifted-kwargs JSON and "
-                          f"--shifted-env ENV")
     maker, agent, _ = _user_task(env, env_kwargs, policy, None)
-    if shifted_env is not None:
-        shifted = userenv.env_maker("--shifted-env", shifted_env, {})
-    else:
-        more = userenv.json_kwargs("--shifted-kwargs", shifted_kwargs)
-        shifted = userenv.env_maker("--env", env, {**maker.kwargs, **more}, "--shifted-kwargs")
+    shifted, _ = _shifted(env, maker, shifted_kwargs, shifted_env)
     names = _names(detectors)
     target = _output("--out", out or calibration.parent / "deploy.json")
     keys = [load_verify_key(k) for k in verify_key] if verify_key else None
@@ -336,7 +288,10 @@ def _deploy_user(env: str, env_kwargs: str | None, shifted_kwargs: str | None, s
     with _progress(f"deploying {env}", episodes * 2 * (len(configs) + 1)) as advance:
         rows = userenv.deploy(maker, shifted, agent, base, cal, configs, episodes=episodes, catastrophes=catastrophes,
                               workers=workers, on_episode=advance)
-    _report_user(env, shifted_env or f"--shifted-kwargs {shifted_kwargs}", rows, target)
+    shift = f"shifted: {shifted_env}" if shifted_env else f"shifted: --shifted-kwargs {shifted_kwargs}"
+    show([user_deploy_view(env, shift, rows)])
+    _save(target, {"env": env, "shifted": shifted_env or f"--shifted-kwargs {shifted_kwargs}",
+                   "rows": [r.as_dict() for r in rows]})
 
 
 def _deploy(scenario, cal, configs, variant, policy, protocol, episodes, workers) -> list[Row]:
@@ -357,27 +312,25 @@ def demo(
     alpha: float = 0.05,
     workers: Workers = 1,
     out: Annotated[Path, typer.Option("-o", "--out")] = Path("runs/demo"),
+    format: FormatOption = "table",
 ) -> None:
     """The shipped agent end to end: calibrate at alpha, deploy with every detector, show the table."""
+    set_format(format)
     _scenario(scenario)
     _enough_episodes(episodes, alpha)
     _output("--out", out, folder=True)
     names = _names(ALL)
     cal = _calibrate(scenario, episodes, alpha, names, "agent", workers)
     cal.save(out / "calibration.json")
-    _show_calibration(cal)
     rows = _deploy(scenario, cal, [[n] for n in names] + [names], None, "agent", "stop", episodes, workers)
-    _report(scenario, rows, out / "deploy.json")
+    show([calibration_view(cal, main=False), deploy_view(scenario, rows)])
+    _save(out / "deploy.json", {"scenario": scenario, "rows": [r.as_dict() for r in rows]})
 
 
 @app.command()
-def scenarios() -> None:
+def scenarios(format: FormatOption = "table") -> None:
     """List the failure-mode scenarios."""
     from mesaguard.scenarios import SCENARIOS
 
-    table = Table(title="scenarios")
-    for col in ("name", "failure mode", "shift", "base objective", "variants"):
-        table.add_column(col)
-    for s in SCENARIOS.values():
-        table.add_row(s.name, s.failure_mode, s.shift, s.base_objective, ", ".join(s.variants))
-    console.print(table)
+    set_format(format)
+    show([scenarios_view(list(SCENARIOS.values()))])
