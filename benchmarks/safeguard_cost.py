@@ -40,7 +40,7 @@ from mesaguard.rollout import run_episode
 from mesaguard.scenarios import get
 
 SCENARIOS = ("lava", "side-effects", "strawberry", "goodhart", "driving", "cheetah")
-NAMES = ("scope", "shield", "quantilizer", "combined")
+NAMES = ("scope", "shield[simulator]", "shield[learned]", "shield[copy]", "quantilizer", "combined[copy]")
 COLUMNS = (*NAMES, "continual")
 ROUNDS, EPISODES = 3, 30
 

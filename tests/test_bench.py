@@ -347,7 +347,7 @@ def test_cli_bench_then_export(tmp_path):
 def test_safeguards_run_next_to_the_detectors(tmp_path):
     """Scope and shield, run for real (not replayed), prevent the lava steps the score detectors only see."""
     cfg = BenchConfig(scenarios=("lava",), detectors=("cusum",), seeds=(0,), episodes=20, calibration_episodes=40,
-                      alpha=0.2, safeguards=("scope", "shield"))
+                      alpha=0.2, safeguards=("scope", "shield[copy]"))
     with Store(tmp_path / "b.sqlite") as store:
         rows = {(r.variant, r.detectors): r for r in table(store, run_bench(cfg, store))}
     for variant in ("deploy", "deploy-lake"):
@@ -355,8 +355,8 @@ def test_safeguards_run_next_to_the_detectors(tmp_path):
         assert cusum.catastrophes_free == scope.catastrophes_free > 0
         assert cusum.catastrophes_guarded == cusum.catastrophes_free  # the score only drops on the lava step
         assert scope.catastrophes_guarded <= 0.2 * scope.catastrophes_free and scope.detection.mean_delay < 0
-        assert rows[(variant, "shield")].catastrophes_guarded == 0  # a one-step lookahead sees every lava step
-    assert rows[("deploy", "shield")].score_kept == pytest.approx(1.0)  # nothing to replace in distribution
+        assert rows[(variant, "shield[copy]")].catastrophes_guarded == 0  # a one-step lookahead sees every lava step
+    assert rows[("deploy", "shield[copy]")].score_kept == pytest.approx(1.0)  # nothing to replace in distribution
     with pytest.raises(BenchError, match="unknown safeguard 'nope'"):
         BenchConfig(**{**SMALL, "seeds": (0,), "safeguards": ("nope",)})
     with pytest.raises(BenchError, match=r"scenario 'cheetah' acts in Box.*run it with the other safeguards"):
@@ -390,7 +390,28 @@ def test_impact_and_continual_run_the_shipped_agent_trained_again(tmp_path):
 
 def test_the_combination_alone_fits_its_own_scope_and_bound(tmp_path):
     cfg = BenchConfig(scenarios=("lava",), detectors=("cusum",), seeds=(0,), episodes=10, calibration_episodes=40,
-                      alpha=0.2, safeguards=("combined",))
+                      alpha=0.2, safeguards=("combined[copy]",))
     with Store(tmp_path / "b.sqlite") as store:
         rows = {(r.variant, r.detectors): r for r in table(store, run_bench(cfg, store))}
-    assert rows[("deploy", "combined")].catastrophes_free > 0 == rows[("deploy", "combined")].catastrophes_guarded
+    combined = rows[("deploy", "combined[copy]")]
+    assert combined.catastrophes_free > 0 == combined.catastrophes_guarded
+
+
+def test_the_shield_runs_on_each_model_kind_and_the_oracle_row_comes_last(tmp_path):
+    """``shield[learned]`` decides on the shipped learned model (its bound on the model's own increments),
+    ``shield[copy]`` on a copy of the deployed env: the oracle, listed last and labelled so."""
+    cfg = BenchConfig(scenarios=("lava",), detectors=("cusum",), seeds=(0,), episodes=10, calibration_episodes=40,
+                      alpha=0.2, safeguards=("shield[copy]", "shield[learned]"))
+    with Store(tmp_path / "b.sqlite") as store:
+        rows = [r for r in table(store, run_bench(cfg, store)) if r.variant == "deploy"]
+    assert [r.detectors for r in rows] == ["cusum", "shield[learned]", "shield[copy]"]
+    learned, oracle = rows[1], rows[2]
+    assert learned.catastrophes_free == oracle.catastrophes_free > 0  # the same seeds, paired
+    # The learned model never saw lava on its reference data: deploy inputs are out of its scope, so it stops.
+    assert learned.catastrophes_guarded == 0 == oracle.catastrophes_guarded
+    from mesaguard.cli.tables import bench_views
+
+    (terminal, _) = bench_views(rows, [], "t")
+    assert terminal.rows[-1][1] == "shield[copy] (oracle)"
+    with pytest.raises(BenchError, match="unknown safeguard 'shield'"):
+        BenchConfig(**{**SMALL, "seeds": (0,), "safeguards": ("shield",)})

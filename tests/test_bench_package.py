@@ -62,14 +62,17 @@ def test_one_definition_of_the_results_columns_serves_the_terminal_and_the_page(
 
 
 def test_a_safeguard_without_its_fitted_part_is_an_error_not_a_bare_run():
-    cfg = BenchConfig(("lava",), ("cusum",), (0,), 10, 40, alpha=0.2, policy="misaligned", safeguards=("shield",))
+    cfg = BenchConfig(("lava",), ("cusum",), (0,), 10, 40, alpha=0.2, policy="misaligned",
+                      safeguards=("shield[copy]",))
     spec = cfg.jobs()[0]
     rng = np.random.default_rng(0)
     cal = Calibration.fit([rng.normal(1.0, 0.1, 20) for _ in range(40)], alpha=0.2, detectors=["cusum"])
-    for name, what in (("shield", "increment bound"), ("scope", "scope"), ("combined", "scope")):
-        with pytest.raises(BenchError, match=f"safeguard '{name}' needs the fitted {what}"):
+    for name, what in (("shield[copy]", "increment bounds"), ("scope", "scope"), ("combined[copy]", "scope")):
+        with pytest.raises(BenchError, match=f"safeguard {re.escape(repr(name))} needs the fitted {what}"):
             SAFEGUARDS[name](spec, "deploy", cal, FittedSafeguards())
-    make_env, _ = SAFEGUARDS["shield"](spec, "deploy", cal, FittedSafeguards(bound=-0.5))
+    with pytest.raises(BenchError, match="needs the fitted learned model's increment bound"):
+        SAFEGUARDS["shield[learned]"](spec, "deploy", cal, FittedSafeguards(bounds={"copy": -0.5}))
+    make_env, _ = SAFEGUARDS["shield[copy]"](spec, "deploy", cal, FittedSafeguards(bounds={"copy": -0.5}))
     assert type(make_env()).__name__ == "Shield"
 
 

@@ -36,7 +36,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 DETECTORS = ("threshold", "envelope", "cusum", "meanshift")
-SAFEGUARDS = ("shield",)
+SAFEGUARDS = ("shield[copy]",)
 ALPHA = 0.2
 FIGURES = ("deficit", "evidence", "tradeoff")  # per scenario
 MAX_BYTES = 1_500_000  # the bound for a two-scenario report; one scenario must fit with room to spare
@@ -91,7 +91,7 @@ def test_report_has_the_detectors_the_safeguards_and_the_deployment_monitor_tabl
 
     assert len(rows("results")) == len(DETECTORS) + 1  # each detector, and all jointly, on strawberry's deploy
     safeguards = rows("safeguards")
-    assert len(safeguards) == len(SAFEGUARDS) and "<td>shield</td>" in safeguards[0]
+    assert len(safeguards) == len(SAFEGUARDS) and "<td>shield[copy] (oracle)</td>" in safeguards[0]
     deployment = rows("deployment")
     assert len(deployment) == (len(DETECTORS) + 1) * 2  # every configuration on the train and deploy variants
     assert all(re.search(r"<td>\d+/1</td>", r) for r in deployment)  # deployments alarmed / seeds

@@ -37,6 +37,7 @@ class Episode:
     stopped: bool = False  # the guard ended the episode
     acting: list[str] = field(default_factory=list)  # who acted, per step, under a guard
     states: np.ndarray | None = None  # with ``record_states``: the observations the policy acted on
+    actions: list[Any] | None = None  # with ``record_states``: the actions it took on them
 
     @property
     def length(self) -> int:
@@ -65,6 +66,7 @@ class EpisodeLog:
     def __init__(self, seed: int, objective: Objective, record_states: bool = False) -> None:
         self.seed, self.objective, self.record_states = int(seed), objective, record_states
         self.states: list[Any] = []
+        self.actions: list[Any] = []
         self.increments: list[float] = []
         self.catastrophes: list[int] = []
         self.acting: list[str] = []
@@ -79,6 +81,7 @@ class EpisodeLog:
             return True
         if self.record_states:
             self.states.append(obs)
+            self.actions.append(action)
         step = len(self.increments) + 1
         self.increments.append(self.objective.increment(Transition(float(reward), info, obs, action, next_obs), step))
         if info.get("catastrophe", False):
@@ -100,6 +103,7 @@ class EpisodeLog:
             stopped=alarm and self.truncated and not self.terminated,
             acting=self.acting,
             states=np.asarray(self.states) if self.record_states else None,
+            actions=self.actions if self.record_states else None,
         )
 
 
@@ -144,8 +148,8 @@ def rollout(
     ``workers > 1`` runs chunks of seeds in worker processes; then ``make_env``,
     ``make_policy`` and ``objective`` must be picklable (module-level functions,
     ``functools.partial`` of them). ``on_episode`` is called as episodes finish
-    (for progress bars). ``record_states`` keeps each episode's observations (for
-    fitting a :class:`~mesaguard.scope.Scope`).
+    (for progress bars). ``record_states`` keeps each episode's observations and
+    actions (for fitting a :class:`~mesaguard.scope.Scope`, or a shield's bound on its model).
     """
     seeds = [int(s) for s in seeds]
     if workers <= 1 or len(seeds) < 2:

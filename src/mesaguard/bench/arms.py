@@ -7,8 +7,9 @@ safeguards need (:func:`fit_safeguards`, a :class:`FittedSafeguards`):
 
 * ``scope`` and ``combined``: a Mahalanobis :class:`~mesaguard.scope.Scope`
   of the calibration runs' states, at the job's alpha;
-* ``shield`` and ``combined``: the calibrated floor on one step's increment
-  (:func:`~mesaguard.safeguards.shield.increment_bound`);
+* ``shield[KIND]`` and ``combined[KIND]``: the calibrated floor on one step's increment as the shield's
+  model of kind ``KIND`` predicts it (:mod:`mesaguard.safeguards.model_kinds`: ``simulator``, ``learned``,
+  or ``copy``, the oracle), from the calibration runs' states;
 * ``continual``: the calibration of the shipped agent as it acts while it learns
   (sampling its actions).
 
@@ -26,10 +27,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import gymnasium as gym
 import numpy as np
 
-from mesaguard.bench.config import BenchError, JobSpec
+from mesaguard.bench.config import BenchError, JobSpec, model_kind, modelled
 from mesaguard.calibration import Calibration
 from mesaguard.experiment import OBJECTIVE, plain_env, policy_factory
 from mesaguard.rollout import Episode, Policy, rollout
+from mesaguard.safeguards.model_kinds import MODEL_KINDS
 from mesaguard.scenarios import get
 
 if TYPE_CHECKING:
@@ -44,10 +46,10 @@ __all__ = [
     "SafeguardRun",
     "calibrate",
     "fit_safeguards",
+    "needs_states",
 ]
 
-SCOPED = frozenset({"scope", "combined"})  # safeguards that fit a scope on the calibration runs' states
-_BOUNDED = frozenset({"shield", "combined"})  # safeguards that fit a one-step increment bound
+SCOPED = frozenset({"scope", *(modelled("combined", k) for k in MODEL_KINDS)})  # fit a scope on the runs' states
 
 T = TypeVar("T")
 
@@ -57,7 +59,7 @@ class FittedSafeguards:
     """What a job's safeguards learned from its calibration runs; None where none of them needs it."""
 
     scope: Scope | None = None  # the calibration runs' states (scope, combined)
-    bound: float | None = None  # the calibrated floor on one step's increment (shield, combined)
+    bounds: dict[str, float] | None = None  # per model kind, the floor on one step's predicted increment
     sampling: Calibration | None = None  # the shipped agent's calibration while it samples its actions (continual)
 
 
@@ -91,24 +93,42 @@ def calibrate(
     return runs, calibration
 
 
-def fit_safeguards(spec: JobSpec, cal_runs: list[Episode]) -> FittedSafeguards:
-    """What the job's safeguards learn from its calibration runs: the scope their states, the shield a bound.
+def needs_states(safeguards: tuple[str, ...]) -> bool:
+    """Whether the calibration runs must record their states: for a scope, or a model's bound."""
+    return bool(SCOPED & set(safeguards)) or any(model_kind(g) is not None for g in safeguards)
 
-    The scope needs the runs' states: roll them out with ``record_states=True`` when
-    ``SCOPED & set(spec.safeguards)``.
+
+def fit_safeguards(spec: JobSpec, cal_runs: list[Episode]) -> FittedSafeguards:
+    """What the job's safeguards learn from its calibration runs: the scope their states, each shield a bound.
+
+    The scope and the models' bounds need the runs' states: roll them out with ``record_states=True`` when
+    :func:`needs_states`.
     """
-    scope, bound, sampling = None, None, None
+    scope, sampling = None, None
     if SCOPED & set(spec.safeguards):
         from mesaguard.scope import Scope
 
         scope = Scope.fit([e.states for e in cal_runs], method="mahalanobis", alpha=spec.alpha, scenario=spec.scenario)
-    if _BOUNDED & set(spec.safeguards):
-        from mesaguard.safeguards.shield import increment_bound
-
-        bound = increment_bound([e.increments for e in cal_runs], spec.alpha)
+    kinds = sorted({k for k in map(model_kind, spec.safeguards) if k is not None}, key=MODEL_KINDS.index)
+    bounds = {kind: _model_bound(spec, kind, cal_runs) for kind in kinds} or None
     if "continual" in spec.safeguards:
         sampling = _sampling_calibration(spec)
-    return FittedSafeguards(scope=scope, bound=bound, sampling=sampling)
+    return FittedSafeguards(scope=scope, bounds=bounds, sampling=sampling)
+
+
+def _model_bound(spec: JobSpec, kind: str, cal_runs: list[Episode]) -> float:
+    """The floor on one step's increment as the model of ``kind`` predicts it on the calibration runs' steps
+    (:mod:`mesaguard.safeguards.model_kinds`); for the oracle copy, the real increments."""
+    from mesaguard.safeguards.model_kinds import model_increments, scenario_model
+    from mesaguard.safeguards.shield import increment_bound
+
+    model = scenario_model(spec.scenario, kind, seed=spec.seed)
+    if isinstance(model, str):  # the copy: its predictions are the real increments
+        return increment_bound([e.increments for e in cal_runs], spec.alpha)
+    steps = [(_needed(e.states, "calibration runs' states", modelled("shield", kind)),
+              _needed(e.actions, "calibration runs' actions", modelled("shield", kind))) for e in cal_runs]
+    predicted = model_increments(model, steps, OBJECTIVE, seeds=[e.seed for e in cal_runs])
+    return increment_bound(predicted, spec.alpha)
 
 
 def _sampling_calibration(spec: JobSpec) -> Calibration:
@@ -133,16 +153,19 @@ def _safeguarded_env(
     calibration: Calibration,
     detectors: tuple[str, ...],
     scope: Scope | None,
-    bound: float | None,
+    shield: tuple[str, float, int] | None,
 ) -> gym.Env:
-    """The deploy env under a ``Stop`` guard (``detectors``, ``scope``), with a one-step shield inside if ``bound``."""
+    """The deploy env under a ``Stop`` guard (``detectors``, ``scope``), with a one-step shield inside if
+    ``shield`` (its model kind, bound and seed)."""
     from mesaguard.guard import GuardedEnv
     from mesaguard.protocols import Stop
+    from mesaguard.safeguards.model_kinds import scenario_model
     from mesaguard.safeguards.shield import Shield
 
     env = plain_env(scenario, variant)
-    if bound is not None:
-        env = Shield(env, model="copy", horizon=1, bound=bound)
+    if shield is not None:
+        kind, bound, seed = shield
+        env = Shield(env, model=scenario_model(scenario, kind, seed=seed), horizon=1, bound=bound, seed=seed)
     if not detectors and scope is None:
         return env
     return GuardedEnv(env, calibration, detectors=list(detectors), protocol=Stop(), objective=OBJECTIVE,
@@ -162,12 +185,18 @@ def _scope_run(
     return env, policy_factory(spec.scenario, spec.policy)
 
 
+def _shield(fitted: FittedSafeguards, kind: str, spec: JobSpec, safeguard: str) -> tuple[str, float, int]:
+    bounds = _needed(fitted.bounds, "increment bounds", safeguard)
+    return kind, _needed(bounds.get(kind), f"{kind} model's increment bound", safeguard), spec.seed
+
+
 def _shield_run(
-    spec: JobSpec, variant: str, calibration: Calibration, fitted: FittedSafeguards
+    spec: JobSpec, variant: str, calibration: Calibration, fitted: FittedSafeguards, kind: str = "copy"
 ) -> tuple[MakeEnv, MakePolicy]:
-    """The agent behind a one-step lookahead shield (catastrophes and increments below the calibrated bound)."""
-    bound = _needed(fitted.bound, "increment bound", "shield")
-    env = functools.partial(_safeguarded_env, spec.scenario, variant, calibration, (), None, bound)
+    """The agent behind a one-step lookahead shield on a model of ``kind`` (catastrophes and increments below
+    the bound, as the model sees them)."""
+    shield = _shield(fitted, kind, spec, modelled("shield", kind))
+    env = functools.partial(_safeguarded_env, spec.scenario, variant, calibration, (), None, shield)
     return env, policy_factory(spec.scenario, spec.policy)
 
 
@@ -224,12 +253,14 @@ def _impact_agent(scenario: str, env: gym.Env) -> Policy:
 
 
 def _combined_run(
-    spec: JobSpec, variant: str, calibration: Calibration, fitted: FittedSafeguards
+    spec: JobSpec, variant: str, calibration: Calibration, fitted: FittedSafeguards, kind: str = "copy"
 ) -> tuple[MakeEnv, MakePolicy]:
-    """Shield inside, then scope and every detector jointly under ``Stop``: all the run-time safeguards at once."""
-    scope = _needed(fitted.scope, "scope", "combined")
-    bound = _needed(fitted.bound, "increment bound", "combined")
-    env = functools.partial(_safeguarded_env, spec.scenario, variant, calibration, spec.detectors, scope, bound)
+    """Shield on a model of ``kind`` inside, then scope and every detector jointly under ``Stop``: all the
+    run-time safeguards at once."""
+    name = modelled("combined", kind)
+    scope = _needed(fitted.scope, "scope", name)
+    shield = _shield(fitted, kind, spec, name)
+    env = functools.partial(_safeguarded_env, spec.scenario, variant, calibration, spec.detectors, scope, shield)
     return env, policy_factory(spec.scenario, spec.policy)
 
 
@@ -260,14 +291,16 @@ def _continual_run(
 SafeguardRun = Callable[[JobSpec, str, Calibration, FittedSafeguards], tuple[MakeEnv, MakePolicy]]
 SAFEGUARDS: dict[str, SafeguardRun] = {
     "scope": _scope_run,
-    "shield": _shield_run,
+    **{modelled("shield", k): functools.partial(_shield_run, kind=k) for k in MODEL_KINDS},
     "quantilizer": _quantilizer_run,
     "quantilizer-bc": functools.partial(_quantilizer_run, cloned=True),
-    "combined": _combined_run,
+    **{modelled("combined", k): functools.partial(_combined_run, kind=k) for k in MODEL_KINDS},
     "impact": _impact_run,
 }
 """Preventive safeguards the bench can run, by name: ``(spec, variant, calibration, fitted) ->
-(make_env, make_policy)`` for the safeguarded runs of one variant."""
+(make_env, make_policy)`` for the safeguarded runs of one variant. The shield and the combination are named
+with their model's kind (:func:`modelled`): ``shield[simulator]``, ``shield[learned]``, ``shield[copy]`` (the
+oracle, :func:`is_oracle`)."""
 
 LearningRun = Callable[[JobSpec, str, FittedSafeguards, Callable[[Episode], None] | None], list[Episode]]
 LEARNING: dict[str, LearningRun] = {"continual": _continual_run}

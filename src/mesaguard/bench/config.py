@@ -28,6 +28,7 @@ import gymnasium as gym
 
 from mesaguard.calibration import episodes_needed, fit_split, min_episodes
 from mesaguard.detectors import detector_class
+from mesaguard.safeguards.model_kinds import ORACLE_KINDS
 from mesaguard.scenarios import get
 
 __all__ = [
@@ -39,10 +40,56 @@ __all__ = [
     "UserTask",
     "config_name",
     "detector_configs",
+    "is_oracle",
+    "model_kind",
+    "modelled",
+    "oracle_label",
 ]
 
 SEED_STRIDE = 1_000_000  # job seed s uses episode seeds s * SEED_STRIDE + (CALIBRATION_SEED | EVALUATION_SEED) + i
 SAFEGUARD = "safeguard:"  # the role prefix of a safeguarded run's episodes in the store
+
+
+MODELLED = ("shield", "combined")  # safeguards that look ahead on a world model: named ``shield[KIND]``
+
+
+def modelled(safeguard: str, kind: str) -> str:
+    """The name of ``safeguard`` (``shield`` or ``combined``) on a model of ``kind``.
+
+    >>> modelled("shield", "simulator")
+    'shield[simulator]'
+    """
+    return f"{safeguard}[{kind}]"
+
+
+def model_kind(safeguard: str) -> str | None:
+    """The model kind of a modelled safeguard's name, else None.
+
+    >>> model_kind("combined[learned]"), model_kind("scope")
+    ('learned', None)
+    """
+    head, _, rest = safeguard.partition("[")
+    return rest[:-1] if head in MODELLED and rest.endswith("]") else None
+
+
+def is_oracle(safeguard: str) -> bool:
+    """Whether a safeguard decides from what no deployed system has: a shield on a copy of the deployed env, or
+    the quantilizer whose base is the scripted aligned policy (it reads the deployed env's hidden layout).
+
+    >>> is_oracle("shield[copy]"), is_oracle("shield[simulator]"), is_oracle("quantilizer"), is_oracle("quantilizer-bc")
+    (True, False, True, False)
+    """
+    kind = model_kind(safeguard)
+    return safeguard == "quantilizer" or (kind is not None and kind in ORACLE_KINDS)
+
+
+def oracle_label(name: str) -> str:
+    """A safeguard's name as tables show it: an oracle's labelled so (other names as they are).
+
+    >>> oracle_label("shield[copy]"), oracle_label("shield[learned]")
+    ('shield[copy] (oracle)', 'shield[learned]')
+    """
+    return f"{name} (oracle)" if is_oracle(name) else name
 
 
 class BenchError(ValueError):
@@ -201,6 +248,13 @@ class BenchConfig:
                     f"the quantilizer ranks a trusted base distribution over discrete actions; scenario {s!r} acts "
                     f"in {space}: run it with the other safeguards"
                 )
+        if any(g.startswith("shield[learned]") or g == "combined[learned]" for g in self.safeguards):
+            from mesaguard.safeguards.learned import shipped_models
+
+            missing = [s for s in self.scenarios if s not in shipped_models()]
+            if missing:
+                raise BenchError(f"a shield on the learned model needs a fitted model; scenarios {missing} have none "
+                                 f"(shipped for: {', '.join(shipped_models())})")
         learned = sorted(set(self.safeguards) & {"impact", "continual"})
         if learned and self.policy != "agent":
             raise BenchError(f"safeguards {learned} train the shipped agent; policy={self.policy!r}; expected 'agent'")

@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from mesaguard import metrics
-from mesaguard.bench.arms import LEARNING, SAFEGUARDS, SCOPED, calibrate, fit_safeguards
+from mesaguard.bench.arms import LEARNING, SAFEGUARDS, calibrate, fit_safeguards, needs_states
 from mesaguard.bench.config import SAFEGUARD, JobSpec, config_name, detector_configs
 from mesaguard.bench.replay import first_alarms
 from mesaguard.calibration import Calibration
@@ -65,7 +65,7 @@ def run_job(spec: JobSpec, progress: ProgressSink | None = None) -> JobRecord:
         return rollout(make_env, make_policy, spec.seeds(role), objective=OBJECTIVE, on_episode=tick)
 
     cal_runs, calibration = calibrate(
-        spec, make_policy, spec.policy, on_episode=tick, record_states=bool(SCOPED & set(spec.safeguards))
+        spec, make_policy, spec.policy, on_episode=tick, record_states=needs_states(spec.safeguards)
     )
     records = [EpisodeRecord("calibration", train, e.seed, e.increments, e.catastrophes) for e in cal_runs]
     alarms: list[AlarmRecord] = []

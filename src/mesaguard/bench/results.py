@@ -35,7 +35,15 @@ from typing import Any
 import numpy as np
 
 from mesaguard import metrics
-from mesaguard.bench.config import SAFEGUARD, BenchConfig, BenchError, config_name, detector_configs
+from mesaguard.bench.config import (
+    SAFEGUARD,
+    BenchConfig,
+    BenchError,
+    config_name,
+    detector_configs,
+    is_oracle,
+    oracle_label,
+)
 from mesaguard.bench.replay import first_alarms
 from mesaguard.calibration import Calibration, conformal_rank
 from mesaguard.rollout import Episode
@@ -130,7 +138,7 @@ class Column:
 RESULT_COLUMNS: tuple[Column, ...] = (
     Column("scenario", "scenario", lambda r: r.scenario),
     Column("deploy", "deploy", lambda r: r.variant),
-    Column("detectors", "detectors", lambda r: "all, jointly" if "+" in r.detectors else r.detectors),
+    Column("detectors", "detectors", lambda r: "all, jointly" if "+" in r.detectors else oracle_label(r.detectors)),
     Column("FA [95% CI]", "false alarms in-dist. [95% CI]",
            lambda r: f"{r.false_alarms.rate:.3f} [{r.false_alarms.low:.3f}, {r.false_alarms.high:.3f}]",
            lambda r: _counts(r.false_alarms), lambda r: r.too_many_false_alarms),
@@ -224,8 +232,9 @@ def _rows(config: BenchConfig, jobs: dict[JobKey, StoredJob], alarms_of: AlarmsO
     rows = []
     for scenario, keys in stored_scenarios(config, jobs):
         reference = jobs[keys[0]].reference
+        safeguards = sorted(config.safeguards, key=is_oracle)  # the oracles' rows last
         for deploy in jobs[keys[0]].shifted_variants:
-            for names in [*detector_configs(config.detectors), *((g,) for g in config.safeguards)]:
+            for names in [*detector_configs(config.detectors), *((g,) for g in safeguards)]:
                 safeguard = names[0] if names[0] in config.safeguards else None
                 runs: dict[str, tuple[list[Episode], list[Episode], list[float]]] = {}
                 for variant in (reference, deploy):

@@ -84,10 +84,16 @@ def bench(
     policy: Annotated[str | None, typer.Option(help=POLICY_HELP + " Default with scenarios: agent.")] = None,
     safeguards: Annotated[
         str, typer.Option(help="Comma-separated preventive safeguards run next to the detectors: "
-                                 "scope, shield, quantilizer, combined, impact (the agent trained with an impact "
-                                 "penalty), continual (the agent keeps learning, rolled back on alarm). "
-                                 "Scenarios only.")
+                                 "scope, shield, quantilizer (its base the scripted aligned policy: an oracle), "
+                                 "quantilizer-bc (its base cloned from reference demonstrations), combined, impact "
+                                 "(the agent trained with an impact penalty), continual (the agent keeps learning, "
+                                 "rolled back on alarm). Scenarios only.")
     ] = "",
+    shield_model: Annotated[
+        str, typer.Option(help="Comma-separated models the shield and combined look ahead on, each its own row: "
+                                 "simulator (the scenario's designer's simulator), learned (the shipped learned "
+                                 "model), copy (a copy of the deployed env: the oracle, an upper bound).")
+    ] = "simulator,learned,copy",
     workers: Annotated[int, typer.Option(min=1, help="Local worker processes (1: in this process).")] = 1,
     backend: Annotated[str, typer.Option(help="local (worker processes) or ray (Ray tasks).")] = "local",
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster address (default: ray.init()'s).")] = None,
@@ -121,9 +127,23 @@ def bench(
         _scenario_only(user_env, **{"--safeguards": safeguards})
         config = _user_config(user_env, env_kwargs, shifted_kwargs, shifted_env, policy, objective, sizes)
     else:
-        config = _scenario_config(scenario, policy, safeguards, sizes, env_kwargs=env_kwargs,
+        config = _scenario_config(scenario, policy, _modelled(safeguards, shield_model), sizes, env_kwargs=env_kwargs,
                                   shifted_kwargs=shifted_kwargs, shifted_env=shifted_env, objective=objective)
     _run(config, run, backend, workers, ray_address, db)
+
+
+def _modelled(safeguards: str, shield_models: str) -> str:
+    """``--safeguards`` with ``shield`` and ``combined`` expanded to one name per ``--shield-model``."""
+    from mesaguard.bench.config import MODELLED, modelled
+    from mesaguard.safeguards.model_kinds import MODEL_KINDS
+
+    kinds = [k.strip() for k in shield_models.split(",") if k.strip()]
+    for k in kinds:
+        _choice("--shield-model", k, MODEL_KINDS)
+    if not kinds:
+        raise OptionError(f"--shield-model {shield_models!r}; expected one or more of {', '.join(MODEL_KINDS)}")
+    names = [g.strip() for g in safeguards.split(",") if g.strip()]
+    return ",".join(n for g in names for n in ([modelled(g, k) for k in kinds] if g in MODELLED else [g]))
 
 
 def _scenario_config(scenarios: str | None, policy: str | None, safeguards: str, sizes: dict[str, Any],

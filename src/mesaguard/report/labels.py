@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from mesaguard.bench.config import oracle_label
+
 __all__ = ["alpha_label", "detectors_label"]
 
 
@@ -18,4 +20,4 @@ def alpha_label(alpha: float) -> str:
 
 def detectors_label(config: str) -> str:
     """A stored detector configuration's name as the results tables show it (a joint set: ``all, jointly``)."""
-    return "all, jointly" if "+" in config else config
+    return "all, jointly" if "+" in config else oracle_label(config)
