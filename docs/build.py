@@ -24,7 +24,7 @@ import json
 import re
 import sys
 from collections.abc import Callable, Sequence
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -277,18 +277,46 @@ def shield() -> str:
                   "score kept on the reference variant (H=1)", "steps/s vs unshielded, H=1 / H=3"], rows)
 
 
-def headline() -> str:
+def _prevention_row(scenario: str, name: str, d: dict[str, Any], free: dict[str, Any], best: str | None) -> list[str]:
+    s = d["summary"]
+    label = f"{name} (oracle)" if d["oracle"] else name
+    if name == best:
+        label = f"**{label}**"
+    judged = free["summary"]["catastrophes_per_1000"] > 0
+    harm = (f"{free['summary']['catastrophes_per_1000']:.0f} -> {s['catastrophes_per_1000']:.0f}" if judged
+            else f"{free['summary']['deploy_score']:+.1f} -> {s['deploy_score']:+.1f}")
+    far = "-" if s["intervened"] is None else f"{s['intervened']:.2f} {ci(*s['intervened_ci'], '.2f')}"
+    return [scenario, label, harm, f(s["prevented"], ".2f"), far, f(s["score_kept"], ".2f"),
+            f(s["steps_per_s_ratio"], ".2f")]
+
+
+PREVENTION_HEADER = ["scenario", "safeguard", "deploy: catastrophes per 1,000 episodes (cheetah: base objective), "
+                     "alone -> guarded", "prevented", "reference: episodes intervened [95% CI]", "reference score kept",
+                     "steps/s x alone"]
+
+
+def prevention(every: bool = False) -> str:
+    """The prevention table: per scenario the realistic rows first (the best in bold), the oracle last.
+
+    The README's (``every=False``): the shield on each model kind and the best non-oracle row; every row in
+    the docs."""
     rows = []
-    for scenario, s in results("shield")["scenarios"].items():
-        if scenario == "cheetah":
-            continue
-        dep, ref = s["variants"]["deploy"], s["variants"][s["reference_variant"]]
-        rows.append([scenario, _catastrophes(dep, ("none", "H=1"), " -> "),
-                     f"{dep['none']['score']:+.2f} -> {dep['H=1']['score']:+.2f}",
-                     f"{ref['H=1']['replaced_per_1000_steps']:.0f}", f"{dep['H=1']['steps_per_s_ratio_to_none']:.2f}"])
-    return table(["scenario", "catastrophes per 1,000 deploy episodes, agent alone -> shielded",
-                  "deploy base objective, alone -> shielded", "actions replaced per 1,000 reference steps",
-                  "steps/s, shielded / alone"], rows)
+    for scenario, r in results("prevention")["scenarios"].items():
+        best = r["best"]["row"]
+        names = [n for n in r["rows"] if n != "none"]
+        if not every:
+            names = [n for n in names if n.startswith("shield[") or n == best]
+        rows += [_prevention_row(scenario, n, r["rows"][n], r["rows"]["none"], best) for n in names]
+    return table(PREVENTION_HEADER, rows)
+
+
+def prevention_targets() -> str:
+    """Per scenario: the best non-oracle row and whether it meets the headline's target."""
+    rows = []
+    for scenario, r in results("prevention")["scenarios"].items():
+        b = r["best"]
+        rows.append([scenario, b["row"] or "-", b.get("judged_on", "-"), "yes" if b["meets_target"] else "no"])
+    return table(["scenario", "best non-oracle safeguard", "judged on", "meets the target"], rows)
 
 
 def shield_cheetah() -> str:
@@ -468,7 +496,9 @@ TABLES: dict[str, Callable[[], str]] = {
     "deployment_null": deployment_null, "deployment_gaussian": deployment_gaussian,
     "deployment_pendulum": deployment_pendulum, "deployment_cheetah": deployment_cheetah,
     "cheetah_scores": cheetah_scores,
-    "safeguard_cost": safeguard_cost, "scope": scope, "shield": shield, "headline": headline,
+    "safeguard_cost": safeguard_cost, "scope": scope, "shield": shield,
+    "prevention": prevention, "prevention_every": partial(prevention, every=True),
+    "prevention_targets": prevention_targets,
     "shield_cheetah": shield_cheetah, "learned_model": learned_model, "learned_model_error": learned_model_error,
     "quantilizer": quantilizer, "quantilizer_bare": quantilizer_bare, "impact": impact, "recorded": recorded,
 }
