@@ -192,6 +192,20 @@ def test_driving_simulator_moves_the_ego_as_the_real_env_on_the_reference(drivin
     assert truncated  # 20 decisions an episode, the clock set from the step count
 
 
+def test_driving_simulator_draws_the_unobserved_from_its_own_seed(driving):
+    """The other drivers' IDM exponent (what the observation does not show) comes from the model's Generator."""
+    obs, _ = driving.make_env("train").reset(seed=0)
+
+    def drawn(seed: int, episode: int) -> list[float]:
+        model = driving.simulator(seed=seed)
+        model.reset(seed=episode)
+        return [v.DELTA for v in model.fork(obs, 0).unwrapped.road.vehicles[1:]]
+
+    assert len(drawn(0, 1)) == 4
+    assert drawn(0, 1) == drawn(0, 1) != drawn(0, 2)
+    assert drawn(0, 1) != drawn(1, 1)
+
+
 def test_driving_simulator_rejects_bad_arguments(driving):
     with pytest.raises(ModelError, match="25\\s+finite numbers"):
         driving.simulator().fork(np.zeros(24), 0)
