@@ -20,12 +20,20 @@ shipped trained agent:
 * the cost of one update on one env, in microseconds (best of 5 rounds, one BLAS
   thread), for a state already scored (cache hit: the scalar form a one-env guard
   runs, and the vector form at ``n_envs=1``), a new one (cache miss: one
-  scikit-learn query), and a stream of 100 fresh in-distribution episodes in order
+  distance query), and a stream of 100 fresh in-distribution episodes in order
   from an empty cache (the hit rate they really have), each against one
   ``env.step`` of the same scenario measured in the same process.
 
 The states are the observations the agent acted on: the one after ``reset`` and
 after every step but the last.
+
+Continuous observations (``--continuous``): on CartPole-v1, where no state repeats and the cache never
+hits, a scope (each method, CUSUM aggregate) fitted on ``continuous_episodes`` episodes of a seeded
+random policy, carried by a ``GuardedEnv`` (one ``cusum`` detector on a user objective, the pole's
+angle; an ``Alert`` protocol, so every variant steps the same trajectory), against the bare env and the
+guard without a scope: time per ``env.step`` of each, interleaved in blocks of ``block`` steps, a fresh
+seeded order per round, the median over ``rounds`` rounds, and each as a ratio to the bare env's step.
+Written under ``continuous`` in the same results file (the scenarios' rows are kept).
 
 Reading the false-alarm column: the guarantee is P(false alarm) <= alpha; the
 Beta law is the realized rate's exact spread for *continuous* statistics. Gridworld
@@ -39,11 +47,16 @@ Results: printed as a table and written to ``benchmarks/results/scope.json``.
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 import timeit
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import gymnasium as gym
 import harness
 import numpy as np
 import torch
@@ -53,7 +66,10 @@ from scipy.stats import binomtest
 from threadpoolctl import threadpool_limits
 
 from mesaguard import scenarios
+from mesaguard.calibration import Calibration
 from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED, agent
+from mesaguard.guard import GuardedEnv
+from mesaguard.protocols import Alert
 from mesaguard.scope import Scope
 
 
@@ -119,7 +135,7 @@ def update_cost_us(scope: Scope, episodes: list[np.ndarray], n: int) -> dict[str
 
     ``scalar_hit``/``vector_hit``: a state already scored (the scalar form a one-env
     guard runs, and the vector form at ``n_envs=1``); ``scalar_miss``: a state never
-    seen (one scikit-learn query); ``stream``: fresh in-distribution episodes in order
+    seen (one distance query); ``stream``: fresh in-distribution episodes in order
     from an empty cache, with the hit rate they really have.
     """
     states = np.concatenate(episodes)
@@ -250,6 +266,90 @@ def main(cfg: Config = CONFIG, out_file: Path = harness.RESULTS / "scope.json") 
     console.print(f"written to {harness.write(out_file, results)}")
 
 
+@dataclass(frozen=True)
+class ContinuousConfig:
+    episodes: int = 200  # random-policy CartPole episodes the scope and the calibration are fitted on
+    steps: int = 4000  # timed steps per variant and round
+    block: int = 200
+    rounds: int = 7
+    alpha: float = 0.05
+    seed: int = 0
+
+
+CONTINUOUS = ContinuousConfig()
+CONTINUOUS_QUICK = ContinuousConfig(episodes=40, steps=400, rounds=1)
+
+
+def _angle(transition: Any) -> float:
+    """A user's objective on CartPole: minus the pole's angle after the step."""
+    return -abs(float(transition.next_obs[2]))
+
+
+def continuous_cost(cfg: ContinuousConfig) -> dict[str, Any]:
+    """Per-step time of the bare env, the guard, and the guard with a scope of each method (module docstring)."""
+    rng = np.random.default_rng(cfg.seed)
+    env = gym.make("CartPole-v1")
+    states, increments = [], []
+    for seed in range(cfg.episodes):
+        obs, _ = env.reset(seed=seed)
+        seen, u, done = [obs], [], False
+        while not done:
+            obs, _, terminated, truncated, _ = env.step(int(rng.integers(2)))
+            done = terminated or truncated
+            u.append(-abs(float(obs[2])))
+            if not done:
+                seen.append(obs)
+        states.append(np.array(seen))
+        increments.append(np.array(u))
+    cal = Calibration.fit(increments, alpha=cfg.alpha, detectors=["cusum"])
+    scopes = {m: Scope.fit(states, method=m, alpha=cfg.alpha) for m in ("mahalanobis", "knn")}
+
+    def guarded(scope: Scope | None) -> gym.Env:
+        return GuardedEnv(gym.make("CartPole-v1"), cal, detectors=["cusum"], protocol=Alert(lambda alarm: None),
+                          objective=_angle, allow_other_objective=True, scope=scope)
+
+    actions = rng.integers(2, size=cfg.steps)
+    makers = {"bare": lambda: gym.make("CartPole-v1"), "guard": lambda: guarded(None),
+              **{f"guard + scope ({m})": functools.partial(guarded, sc) for m, sc in scopes.items()}}
+    per_round: dict[str, list[float]] = {name: [] for name in makers}
+    order_rng = np.random.default_rng(cfg.seed)
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random CartPole episodes outlast the calibration's longest: not timed here
+        for _ in range(cfg.rounds):
+            envs = {name: make() for name, make in makers.items()}
+            for e in envs.values():
+                e.reset(seed=cfg.seed)
+            blocks: dict[str, list[float]] = {name: [] for name in makers}
+            for start in range(0, cfg.steps, cfg.block):
+                for name in [str(n) for n in order_rng.permutation(list(makers))]:
+                    e = envs[name]
+                    t0 = time.perf_counter()
+                    for a in actions[start : start + cfg.block]:
+                        _, _, terminated, truncated, _ = e.step(int(a))
+                        if terminated or truncated:
+                            e.reset()
+                    blocks[name].append((time.perf_counter() - t0) / len(actions[start : start + cfg.block]))
+            for name, times in blocks.items():
+                per_round[name].append(float(np.median(times)) * 1e6)
+    step_us = {name: float(np.median(v)) for name, v in per_round.items()}
+    return {"env": "CartPole-v1", "config": asdict(cfg), "step_us": step_us,
+            "ratio_to_bare": harness.ratios(step_us, "bare"), "target_ratio_max": 3.0}
+
+
+def main_continuous(cfg: ContinuousConfig, out_file: Path) -> None:
+    r = continuous_cost(cfg)
+    for name, us in r["step_us"].items():
+        print(f"{name:28s} {us:7.2f} µs/step  x{r['ratio_to_bare'][name]:.2f} of the bare step")
+    data = json.loads(out_file.read_text()) if out_file.exists() else {"benchmark": "scope"}
+    data["continuous"] = {**r, "machine": harness.machine()}
+    print(f"written to {harness.write(out_file, data)}")
+
+
 if __name__ == "__main__":
-    args = harness.parser(__doc__).parse_args()
+    parser = harness.parser(__doc__)
+    parser.add_argument("--continuous", action="store_true", help="the CartPole cost rows alone, merged in")
+    args = parser.parse_args()
+    if args.continuous:
+        main_continuous(CONTINUOUS_QUICK if args.quick else CONTINUOUS, harness.out_path("scope", args))
+        raise SystemExit
     main(QUICK if args.quick else CONFIG, harness.out_path("scope", args))

@@ -257,6 +257,12 @@ def scope() -> str:
                   "catastrophes prevented", "us per state, seen / new"], rows)
 
 
+def scope_continuous() -> str:
+    r = results("scope")["continuous"]
+    rows = [[name, f"{us:.2f}", f"{r['ratio_to_bare'][name]:.2f}"] for name, us in r["step_us"].items()]
+    return table([f"{r['env']}: one env.step", "µs", "x the bare step"], rows)
+
+
 def _catastrophes(variant: dict[str, Any], shields: Sequence[str], sep: str) -> str:
     return sep.join(f"{variant[k]['catastrophes_per_1000_episodes']:.0f}" for k in shields)
 
@@ -528,7 +534,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "deployment_null": deployment_null, "deployment_gaussian": deployment_gaussian,
     "deployment_pendulum": deployment_pendulum, "deployment_cheetah": deployment_cheetah,
     "cheetah_scores": cheetah_scores,
-    "safeguard_cost": safeguard_cost, "scope": scope, "shield": shield,
+    "safeguard_cost": safeguard_cost, "scope": scope, "scope_continuous": scope_continuous, "shield": shield,
     "prevention": prevention, "prevention_every": partial(prevention, every=True),
     "prevention_targets": prevention_targets,
     "shield_cheetah": shield_cheetah, "learned_model": learned_model, "learned_model_error": learned_model_error,

@@ -301,3 +301,26 @@ def test_input_errors(gaussian_scope: Scope) -> None:
     with pytest.raises(ScopeError, match="n_envs=0"):
         gaussian_scope.detector(0)
 
+
+
+@pytest.mark.parametrize("dims", [4, 40])  # a k-d tree at 4 dimensions, scikit-learn's scan at 40
+def test_scorers_match_scikit_learn(dims: int) -> None:
+    """The scorers skip scikit-learn's per-call validation; their distances are scikit-learn's."""
+    from sklearn.covariance import LedoitWolf
+    from sklearn.neighbors import NearestNeighbors
+
+    from mesaguard.detectors.scorers import StateScorer
+
+    rng = np.random.default_rng(dims)
+    fit, query = rng.normal(size=(300, dims)), rng.normal(scale=2.0, size=(50, dims))
+    unique, counts = np.unique(fit, axis=0, return_counts=True)
+    for method, k in (("mahalanobis", 1), ("knn", 1), ("knn", 3)):
+        scorer = StateScorer(method, k, StateScorer.arrays(method, unique, counts))
+        if method == "knn":
+            expected = NearestNeighbors(n_neighbors=k).fit(unique).kneighbors(query)[0][:, k - 1]
+        else:
+            expected = LedoitWolf().fit(fit).mahalanobis(query)
+        np.testing.assert_allclose(scorer(query), expected, rtol=1e-9, atol=1e-12)
+        if method == "knn" and dims <= 16:  # a k-d tree scores a state alone as in a batch, to the bit
+            one = [scorer(query[i : i + 1])[0] for i in range(len(query))]
+            assert one == scorer(query).tolist()

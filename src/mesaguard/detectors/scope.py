@@ -21,7 +21,7 @@ maxima leave the threshold at that ceiling, where only the CUSUM can pass it.
 
 Within an env, states repeat (gridworlds above all): the evidence remembers the score
 of each distinct state it has seen (:data:`CACHE_SIZE` of them), so a repeated state
-costs a dict lookup, not a scikit-learn query. Observations are compared as given;
+costs a dict lookup, not a distance query. Observations are compared as given;
 to watch the policy's features instead, map observations to features before
 fitting and before each update.
 
@@ -39,6 +39,7 @@ True
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from typing import Any, Self
@@ -80,6 +81,7 @@ class StateEvidence:
     def __init__(self, scorer: StateScorer, reference: np.ndarray) -> None:
         self.scorer, self.reference = scorer, np.asarray(reference, dtype=np.float64)
         self.tail = score_scale(self.reference)
+        self._sorted: list[float] = self.reference.tolist()
         self.cache: dict[bytes, tuple[float, float, float]] = {}
 
     @classmethod
@@ -117,16 +119,23 @@ class StateEvidence:
         whatever the tail's shape.
         """
         s = np.asarray(scores, dtype=np.float64)
-        ref = self.reference
-        n = ref.size
-        below = np.searchsorted(ref, s, side="left")  # reference scores < s
-        lo = ref[np.clip(below - 1, 0, n - 1)]
-        hi = ref[np.clip(below, 0, n - 1)]
+        return np.array([self.row(float(v))[2] for v in s.ravel()]).reshape(s.shape)
+
+    def row(self, score: float) -> tuple[float, float, float]:
+        """``(score, p, -log p~)`` of one score in plain floats: every form of the detector computes them here,
+        so they agree to the bit (:meth:`p_values_of_scores`, :meth:`evidence_of_scores`)."""
+        ref = self._sorted
+        n = len(ref)
+        below = bisect.bisect_left(ref, score)  # reference scores < score
+        p = (1.0 + (n - below)) / (n + 1.0)
+        if below == 0:
+            return score, p, 0.0
+        if below == n:  # in log space: no underflow to p = 0
+            return score, p, math.log(n + 1.0) + (score - ref[-1]) / self.tail
+        lo, hi = ref[below - 1], ref[below]
         gap = hi - lo
-        frac = np.divide(s - lo, gap, out=np.ones_like(s), where=gap > 0)  # position between neighbours, (0, 1]
-        inside = -np.log((n + 2.0 - below - frac) / (n + 1.0))
-        beyond = math.log(n + 1.0) + (s - ref[-1]) / self.tail  # in log space: no underflow to p = 0
-        return np.where(below == 0, 0.0, np.where(below == n, beyond, inside))
+        frac = (score - lo) / gap if gap > 0 else 1.0  # position between neighbours, (0, 1]
+        return score, p, -math.log((n + 2.0 - below - frac) / (n + 1.0))
 
     def lookup(self, x: np.ndarray) -> np.ndarray:
         """``(n, 3)``: score, conformal p-value and evidence of each row of ``x``, through the cache.
@@ -145,13 +154,22 @@ class StateEvidence:
             else:
                 out[i] = hit
         if missing:
-            scores = self.scorer(x[missing])
-            fresh = np.column_stack([scores, self.p_values_of_scores(scores), self.evidence_of_scores(scores)])
+            fresh = [self.row(s) for s in self.scorer(x[missing]).tolist()]
             out[missing] = fresh
             if len(cache) + len(missing) > CACHE_SIZE:
                 cache.clear()
-            cache.update(zip((keys[i] for i in missing), map(tuple, fresh.tolist())))
+            cache.update(zip((keys[i] for i in missing), fresh))
         return out
+
+    def one(self, x: np.ndarray, key: bytes) -> tuple[float, float, float]:
+        """:meth:`lookup` of one checked state ``x`` of shape ``(1, d)`` whose bytes are ``key``."""
+        hit = self.cache.get(key)
+        if hit is None:
+            hit = self.row(float(self.scorer(x)[0]))
+            if len(self.cache) >= CACHE_SIZE:
+                self.cache.clear()
+            self.cache[key] = hit
+        return hit
 
 
 class ScopeDetector(Detector):
@@ -266,9 +284,10 @@ class ScalarScopeDetector(ScalarDetector):
         x = np.asarray(obs, dtype=np.float64)
         if x.shape != self.obs_shape:
             raise DetectorError(f"observation has shape {x.shape}; expected {self.obs_shape}")
-        hit = self.evidence.cache.get(x.tobytes())  # only finite states are ever cached
+        key = x.tobytes()
+        hit = self.evidence.cache.get(key)  # only finite states are ever cached
         if hit is None:
-            hit = self.evidence.lookup(check_states(x[None], self.obs_shape, "observation"))[0].tolist()
+            hit = self.evidence.one(check_states(x[None], self.obs_shape, "observation"), key)
         score, p, e = hit
         if self._slack is None:
             stat = e

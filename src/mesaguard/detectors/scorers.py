@@ -1,11 +1,18 @@
 """What a scope measures a state by: its nonconformity to the reference states (scikit-learn).
 
 ``method="knn"``: the Euclidean distance to the k-th nearest *distinct* fit state
-(``NearestNeighbors``; gridworld states repeat a lot, so they are deduplicated and a
-state seen in the fit fold scores 0 at ``k=1``). ``method="mahalanobis"``: the
-squared Mahalanobis distance under ``LedoitWolf``'s covariance (the shrinkage keeps
+(gridworld states repeat a lot, so they are deduplicated and a state seen in the fit
+fold scores 0 at ``k=1``): SciPy's ``cKDTree`` up to :data:`KD_TREE_DIMS` dimensions
+(a classic-control state), scikit-learn's brute-force ``NearestNeighbors`` above (a
+k-d tree degrades to a scan there). ``method="mahalanobis"``: the squared Mahalanobis
+distance ``(x - m)' P (x - m)`` under ``LedoitWolf``'s covariance (the shrinkage keeps
 it defined when features are constant in training: such features, say where the lava
-lies, are exactly what a shift moves, and they get the largest weight).
+lies, are exactly what a shift moves, and they get the largest weight), computed with
+one ``einsum`` from the stored location and precision.
+
+The Mahalanobis and k-d tree queries skip scikit-learn's input validation: the scope has
+already checked the states (finite, of the fitted shape), and on a single low-dimensional
+state that validation costs far more than the distance itself.
 
 A scorer is built from its stored arrays only, the same way at fit time and at load
 time, so a loaded scope scores every state exactly as the fitted one did.
@@ -23,14 +30,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from scipy.spatial import cKDTree
 from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import NearestNeighbors
 
 from mesaguard.detectors.base import DetectorError
 
-__all__ = ["METHODS", "StateScorer", "check_k", "score_scale"]
+__all__ = ["KD_TREE_DIMS", "METHODS", "StateScorer", "check_k", "score_scale"]
 
 METHODS = ("knn", "mahalanobis")
+KD_TREE_DIMS = 16  # at most this many state dimensions: a k-d tree; more: a brute-force scan
 
 
 def check_k(k: Any) -> int:
@@ -52,13 +61,12 @@ class StateScorer:
             states = arrays["states"]
             if not 1 <= k <= states.shape[0]:
                 raise DetectorError(f"k={k}; expected 1 <= k <= {states.shape[0]}, the number of distinct fit states")
-            self.model: Any = NearestNeighbors(n_neighbors=k).fit(states)
+            small = states.shape[1] <= KD_TREE_DIMS
+            self.tree: Any = cKDTree(states) if small else None
+            self.brute: Any = None if small else NearestNeighbors(n_neighbors=k, algorithm="brute").fit(states)
         else:
-            cov = LedoitWolf()  # fitted state set from the stored estimate, as ``fit`` would leave it
-            cov.location_ = arrays["location"]
-            cov.precision_ = arrays["precision"]  # all ``mahalanobis`` reads (the covariance is not kept)
-            cov.n_features_in_ = int(arrays["location"].shape[0])
-            self.model = cov
+            self.location = np.asarray(arrays["location"], dtype=np.float64)
+            self.precision = np.asarray(arrays["precision"], dtype=np.float64)
 
     @staticmethod
     def arrays(method: str, unique: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
@@ -68,11 +76,15 @@ class StateScorer:
         return {"location": lw.location_, "precision": lw.get_precision()}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Each row's nonconformity (larger = further from the fit states)."""
-        if self.method == "knn":
-            scores: np.ndarray = self.model.kneighbors(x)[0][:, self.k - 1]
+        """Each row's nonconformity (larger = further from the fit states); ``x`` is ``(n, d)``, finite."""
+        if self.method == "mahalanobis":
+            d = x - self.location
+            scores: np.ndarray = np.einsum("ij,jk,ik->i", d, self.precision, d)
+        elif self.tree is not None:
+            dist = self.tree.query(x, k=[self.k])[0]
+            scores = dist[:, 0]
         else:
-            scores = self.model.mahalanobis(x)
+            scores = self.brute.kneighbors(x)[0][:, self.k - 1]
         return scores
 
 
