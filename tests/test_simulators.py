@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from mesaguard.policies import load_agent
 from mesaguard.safeguards.models import DesignerSimulator, ModelError
 from mesaguard.safeguards.shield import INFO_KEY, Shield
 from mesaguard.scenarios import get
@@ -125,7 +126,7 @@ def _unseen_under_agent(name: str, room: Any) -> bool:
 
 @pytest.mark.parametrize("name", GRIDWORLDS)
 def test_the_simulator_predicts_the_reference_variants_next_observation(name):
-    """One step from (obs, action): the simulator's next observation is the real env's.
+    """One step from (obs, action): the simulator's next observation is the real env's (and its info).
 
     Hidden randomness of the reference, left out of the comparison: offswitch's interruption draw
     (whether the episode ends; the observation is the same) and tampering's drying draws (the
@@ -135,10 +136,11 @@ def test_the_simulator_predicts_the_reference_variants_next_observation(name):
     env = scenario.make(scenario.reference_variant)
     model = scenario.simulator(seed=0)
     compared = 0
-    for seed in range(4):
+    agent = load_agent(name)
+    for seed in range(6):  # the shipped agent's, the scripted aligned policy's and random actions
         model.reset(seed)
         obs, _ = env.reset(seed=seed)
-        policy = scenario.aligned(env) if seed % 2 else _random(env.action_space.n, seed)
+        policy = (agent, scenario.aligned(env), _random(env.action_space.n, seed))[seed % 3]
         for t in range(200):
             action = policy(obs)
             skip = _unseen_under_agent(name, env.unwrapped)
@@ -161,7 +163,7 @@ def test_the_simulator_predicts_the_reference_variants_next_observation(name):
                         info["catastrophe"], info["base_objective"], terminated, truncated)
             if terminated or truncated:
                 break
-    assert compared >= 40
+    assert compared >= 30  # six episodes, none of them trivially short
 
 
 def test_strawberry_simulator_takes_a_red_nose_for_a_strawberry():
