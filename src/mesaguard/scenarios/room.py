@@ -27,7 +27,6 @@ from minigrid.core.world_object import WorldObj
 from minigrid.minigrid_env import MiniGridEnv
 
 from mesaguard.safeguards.models import DesignerSimulator, ModelError
-from mesaguard.safeguards.models import DesignerSimulator, ModelError
 from mesaguard.scenarios import check_variant
 
 __all__ = [
