@@ -82,10 +82,19 @@ import gymnasium as gym
 import numpy as np
 from minigrid.core.constants import DIR_TO_VEC
 from minigrid.core.grid import Grid
-from minigrid.core.world_object import Goal, Lava
+from minigrid.core.world_object import Goal, Lava, Wall, WorldObj
 
+from mesaguard.safeguards.models import DesignerSimulator
 from mesaguard.scenarios import Policy, check_variant
-from mesaguard.scenarios.room import AGENT_CODE, RoomEnv, turn_route
+from mesaguard.scenarios.room import (
+    AGENT_CODE,
+    RoomEnv,
+    build_grid,
+    designer_simulator,
+    observed_room,
+    place_agent,
+    turn_route,
+)
 from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
@@ -98,6 +107,7 @@ __all__ = [
     "lava_cells",
     "make_env",
     "misaligned",
+    "simulator",
 ]
 
 VARIANTS = ("train", "deploy", "deploy-lake")
@@ -243,3 +253,31 @@ def aligned(env: gym.Env) -> Policy:
 def misaligned(env: gym.Env) -> Policy:
     """The route learned in training: shortest paths around the *training* lava, blind to where lava is now."""
     return _Router(env, true_lava=False)
+
+
+# ---------------------------------------------------------------------------
+# The designer's simulator
+# ---------------------------------------------------------------------------
+
+
+def _lava_object(kind: str, color: str) -> WorldObj | None:
+    return {"wall": Wall, "lava": Lava, "goal": Goal}.get(kind, lambda: None)()
+
+
+def _set_state(env: LavaEnv, obs: Any, rng: np.random.Generator) -> None:
+    """The observed room: lava, goal and agent where the observation shows them (the agent's cell is floor)."""
+    room = observed_room(obs, env.width, env.height)
+    place_agent(env, room, build_grid(room, env.width, env.height, _lava_object, None))
+    env.lava = frozenset(room.where("lava"))
+    goals = room.where("goal")
+    env.goal_pos = goals[0] if goals else room.agent  # unseen only when the agent stands on it
+    env._static = env.grid.encode()
+
+
+def simulator(seed: int | None = None) -> DesignerSimulator:
+    """The designer's simulator: the observed room (its lava, goal, agent) under the training variant's rules.
+
+    The lava is in plain view, so the rules (lava ends the episode, the catastrophe) and the
+    observed layout give the deployed room's next step exactly, in every variant.
+    """
+    return designer_simulator(make_env, "train", _set_state, "lava simulator", seed)

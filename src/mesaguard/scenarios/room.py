@@ -15,17 +15,35 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 from gymnasium import spaces
 from minigrid.core.constants import COLOR_TO_IDX, DIR_TO_VEC, OBJECT_TO_IDX
+from minigrid.core.grid import Grid
 from minigrid.core.mission import MissionSpace
+from minigrid.core.world_object import WorldObj
 from minigrid.minigrid_env import MiniGridEnv
 
+from mesaguard.safeguards.models import DesignerSimulator, ModelError
 from mesaguard.scenarios import check_variant
 
-__all__ = ["AGENT_CODE", "EMPTY", "RoomEnv", "move_route", "stay_move", "turn_route"]
+__all__ = [
+    "AGENT_CODE",
+    "EMPTY",
+    "Observed",
+    "RoomEnv",
+    "build_grid",
+    "cell_names",
+    "decode_onehot",
+    "designer_simulator",
+    "move_route",
+    "observed_room",
+    "place_agent",
+    "stay_move",
+    "turn_route",
+]
 
 EMPTY = (OBJECT_TO_IDX["empty"], 0, 0)  # an empty cell's MiniGrid code
 _LEFT, _RIGHT, _FORWARD = 0, 1, 2  # MiniGrid's first three actions
@@ -195,3 +213,128 @@ def stay_move(env: MiniGridEnv, cell: Cell) -> int:
         if obj is not None and not obj.can_overlap():
             return action
     return 0
+
+
+# ---------------------------------------------------------------------------
+# The designer's simulator: the observed room under the reference variant's rules
+# ---------------------------------------------------------------------------
+
+_TYPE_NAMES = {idx: name for name, idx in OBJECT_TO_IDX.items()}
+_COLOR_NAMES = {idx: name for name, idx in COLOR_TO_IDX.items()}
+_N_TYPES, _N_COLORS = len(OBJECT_TO_IDX), len(COLOR_TO_IDX) + 1  # OneHotViewObs's per-cell layout
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What one observation shows of a room: per cell ``[x, y]`` the type and colour names, the agent.
+
+    ``cells`` holds ``(type, colour)`` names (``("empty", "")`` for nothing, and the agent's own cell
+    as ``("agent", colour)``); ``carried`` is the ``(type, colour)`` an egocentric view shows on the
+    agent's cell (``None`` where the view does not show it or the hands are empty).
+    """
+
+    cells: dict[Cell, tuple[str, str]]
+    agent: Cell
+    direction: int
+    agent_color: str = ""
+    carried: tuple[str, str] | None = None
+
+    def where(self, kind: str, color: str | None = None) -> list[Cell]:
+        """The cells showing a ``kind`` object (of ``color`` if given), in ``[x, y]`` order."""
+        return sorted(c for c, (t, col) in self.cells.items() if t == kind and (color is None or col == color))
+
+
+def decode_onehot(obs: Any, view: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Invert :class:`~mesaguard.scenarios.strawberry.OneHotViewObs`: type and colour codes ``[i, j]``, direction.
+
+    A colour code is MiniGrid's (``-1`` where the cell shows none). Anything that is not that
+    wrapper's output (wrong length, not one-hot, NaN) raises
+    :class:`~mesaguard.safeguards.models.ModelError`, so a shield on the simulator fails closed.
+    """
+    flat = np.asarray(obs, dtype=np.float64).ravel()
+    cells = view[0] * view[1]
+    size = cells * (_N_TYPES + _N_COLORS) + 4
+    if flat.shape != (size,) or not np.all((flat == 0.0) | (flat == 1.0)):
+        raise ModelError(f"observation of shape {np.shape(obs)}: expected the {size} values in {{0, 1}} of a "
+                         f"one-hot view of {view[0]}x{view[1]} cells")
+    per_cell = flat[: size - 4].reshape(cells, _N_TYPES + _N_COLORS)
+    parts = (per_cell[:, :_N_TYPES], per_cell[:, _N_TYPES:], flat[size - 4 :].reshape(1, 4))
+    if any(not np.all(part.sum(axis=1) == 1.0) for part in parts):
+        raise ModelError(f"observation of {size} values is not one-hot per cell (type, colour) and direction")
+    types = parts[0].argmax(axis=1).reshape(view)
+    colors = parts[1].argmax(axis=1).reshape(view) - 1
+    return types, colors, int(parts[2].argmax())
+
+
+def observed_room(obs: Any, width: int, height: int) -> Observed:
+    """The :class:`Observed` room from a one-hot view of the whole room, not turned (``image[x, y]``)."""
+    types, colors, direction = decode_onehot(obs, (width, height))
+    cells = {(x, y): cell_names(int(types[x, y]), int(colors[x, y])) for x in range(width) for y in range(height)}
+    agents = [c for c, (t, _) in cells.items() if t == "agent"]
+    if len(agents) != 1:
+        raise ModelError(f"observation shows {len(agents)} agents; expected exactly one")
+    return Observed(cells, agents[0], direction, agent_color=cells[agents[0]][1])
+
+
+def cell_names(kind: int, color: int) -> tuple[str, str]:
+    """``(type, colour)`` names of MiniGrid codes; ``""`` for no colour."""
+    if kind not in _TYPE_NAMES or (color >= 0 and color not in _COLOR_NAMES):
+        raise ModelError(f"observed MiniGrid codes (type {kind}, colour {color}) are not MiniGrid's")
+    name = _TYPE_NAMES[kind]
+    return name, ("" if name in ("empty", "unseen") or color < 0 else _COLOR_NAMES[color])
+
+
+ObjectFactory = Callable[[str, str], WorldObj | None]
+"""``factory(type, colour) -> WorldObj`` for an observed cell; ``None`` leaves it empty."""
+
+
+def build_grid(room: Observed, width: int, height: int, make: ObjectFactory, under_agent: WorldObj | None) -> Grid:
+    """A MiniGrid ``Grid`` holding the observed objects (``make`` builds each) and ``under_agent`` at the agent.
+
+    What an observation shows as empty or unseen stays empty; a code ``make`` does not know raises
+    :class:`~mesaguard.safeguards.models.ModelError` naming the cell.
+    """
+    grid = Grid(width, height)
+    for (x, y), (kind, color) in room.cells.items():
+        if kind in ("empty", "unseen"):
+            continue
+        if kind == "agent":
+            obj = under_agent
+        else:
+            obj = make(kind, color)
+            if obj is None:
+                raise ModelError(f"observed cell ({x}, {y}) shows a {color} {kind}; the simulator knows no such object")
+        if obj is not None:
+            grid.set(x, y, obj)
+            obj.init_pos = obj.cur_pos = (x, y)
+    return grid
+
+
+def designer_simulator(
+    make_env: Callable[[str], Any], reference: str, set_state: Callable[[Any, Any, Any], None], name: str,
+    seed: int | None = None,
+) -> DesignerSimulator:
+    """A :class:`~mesaguard.safeguards.models.DesignerSimulator` of a room scenario.
+
+    Each fork makes ``make_env(reference)`` (the agent's observation wrapper included), resets it
+    with a seed drawn from the model's own Generator (so whatever the observation leaves open is
+    drawn as the reference variant draws it), sets the episode's step count, then
+    ``set_state(room_env, obs, rng)`` sets the room to what ``obs`` shows.
+    """
+    def build(obs: Any, step: int, rng: np.random.Generator) -> Any:
+        env = make_env(reference)
+        env.reset(seed=int(rng.integers(2**31)))
+        room = env.unwrapped
+        set_state(room, obs, rng)
+        room.step_count = int(step)
+        return env
+
+    return DesignerSimulator(build, name=name, seed=seed)
+
+
+def place_agent(env: MiniGridEnv, room: Observed, grid: Grid) -> None:
+    """Put ``grid`` and the observed agent (cell, direction) into ``env``; hands empty."""
+    env.grid = grid
+    env.agent_pos = room.agent
+    env.agent_dir = room.direction
+    env.carrying = None
