@@ -89,10 +89,12 @@ import sys
 from typing import Any
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 
-from mesaguard.scenarios import Policy, check_variant
+from mesaguard.safeguards.models import DesignerSimulator, ModelError
+from mesaguard.scenarios import Policy, check_variant, get
 
 __all__ = [
     "COST_WEIGHT",
@@ -103,6 +105,7 @@ __all__ = [
     "aligned",
     "make_env",
     "misaligned",
+    "simulator",
 ]
 
 CTRL_COST_WEIGHT = 0.1  # HalfCheetah-v5's control-cost weight: the agent's reward, in every variant
@@ -224,3 +227,54 @@ def misaligned(env: gym.Env) -> Policy:
         return np.where(np.asarray(agent(obs)) >= 0, 1.0, -1.0).astype(np.float32)
 
     return policy
+
+
+class _ReferenceBody:
+    """``build(obs, step, rng)`` of the cheetah's designer's simulator: the reference body at the observed state.
+
+    One env (:func:`make_env` of the reference variant: the same ``TimeLimit`` as the real chain)
+    is built on the first fork and reused: each fork clears its ``MjData`` (``mj_resetData``: time,
+    warm start, controls), sets ``qpos``/``qvel`` from the observation and runs ``mj_forward``, far
+    cheaper than a new env. So a fork lives until the next one (the shield plays one at a time).
+
+    The observation is ``qpos[1:]`` then ``qvel`` (HalfCheetah-v5 leaves out the x position); the
+    fork sets x to 0. Nothing depends on x: the floor is a plane, the forward reward is x's
+    velocity (``(x_after - x_before) / dt``), and the catastrophe (none) does not read it. On the
+    reference variant the body is the real one and a fork's step matches the real step
+    (``tests/test_simulators_continuous.py``); on ``deploy-dynamics`` the model's torso is the old,
+    lighter one: the design-time model's error. HalfCheetah draws randomness only at reset, so
+    ``rng`` only seeds that one reset.
+    """
+
+    def __init__(self, variant: str) -> None:
+        self.variant = variant
+        self.env: gym.Env | None = None
+
+    def __call__(self, obs: Any, step: int, rng: np.random.Generator) -> gym.Env:
+        state = np.asarray(obs, dtype=np.float64).ravel()
+        if state.shape != (17,) or not np.all(np.isfinite(state)):
+            raise ModelError(f"cheetah simulator: observation {obs!r}; expected 17 finite numbers "
+                             "(HalfCheetah-v5's qpos[1:] and qvel)")
+        if self.env is None:
+            self.env = make_env(self.variant)
+            self.env.reset(seed=int(rng.integers(2**31)))
+        body: CheetahEnv = self.env.unwrapped  # type: ignore[assignment]
+        mujoco.mj_resetData(body.model, body.data)
+        body.set_state(np.concatenate(([0.0], state[:8])), state[8:])
+        body._flipped = body.flipped
+        self.env._elapsed_steps = int(step)  # type: ignore[attr-defined]  # TimeLimit's count: truncation as in the real chain
+        return self.env
+
+
+def simulator(seed: int | None = None) -> DesignerSimulator:
+    """The designer's simulator: the reference variant's body set to the observed state (see :class:`_ReferenceBody`).
+
+    >>> model = simulator(seed=0)
+    >>> model.reset(seed=1)
+    >>> env = make_env("train")
+    >>> obs, _ = env.reset(seed=1)
+    >>> action = np.full(6, 0.5, np.float32)
+    >>> bool(np.allclose(model.fork(obs, step=0).step(action)[0], env.step(action)[0], atol=1e-9))
+    True
+    """
+    return DesignerSimulator(_ReferenceBody(get("cheetah").reference_variant), name="cheetah-simulator", seed=seed)
