@@ -340,6 +340,38 @@ def learned_model() -> str:
                   "episodes intervened on", "episodes stopped", "steps/s vs unshielded"], rows)
 
 
+def shield_simulators_error() -> str:
+    rows = []
+    for scenario, s in results("shield_simulators")["scenarios"].items():
+        for label, m in s["models"].items():
+            for variant, e in m["one_step"].items():
+                where = "reference" if variant == s["reference_variant"] else "shifted"
+                foreseen = f"{e['catastrophes_foreseen']} of {e['catastrophes']}" if scenario == "driving" else "-"
+                false = f"{e['false_catastrophes_per_1000_forks']:.1f}" if scenario == "driving" else "-"
+                rows.append([scenario, label, f"{variant} ({where})", f"{e['next_obs_rmse']:.2g}",
+                             f"{e['increment_mae']:.2g}", foreseen, false])
+    return table(["scenario", "model", "variant", "next observation RMSE", "increment MAE", "collisions foreseen",
+                  "false collisions per 1,000 forks"], rows)
+
+
+def shield_simulators() -> str:
+    rows = []
+    for scenario, s in results("shield_simulators")["scenarios"].items():
+        for variant, v in s["variants"].items():
+            where = "reference" if variant == s["reference_variant"] else "shifted"
+            for key, r in v.items():
+                if key == "none":
+                    continue
+                rows.append([scenario, f"{variant} ({where})", key,
+                             _catastrophes({"none": v["none"], key: r}, ("none", key), " -> "),
+                             f"{v['none']['score']:+.2f} -> {r['score']:+.2f}", f(r["score_kept"], ".2f"),
+                             f"{r['replaced_per_1000_steps']:.0f}", f"{r['episodes_intervened']:.2f}",
+                             f"{r['episodes_stopped']:.2f}", f"{r['steps_per_s_ratio_to_none']:.2f}"])
+    return table(["scenario", "variant", "model", "catastrophes per 1,000 episodes, none -> shielded",
+                  "base objective, none -> shielded", "score kept", "replaced per 1,000 steps",
+                  "episodes intervened on", "episodes stopped", "steps/s vs unshielded"], rows)
+
+
 QS = {"q=1": "1 (the base)", "q=1e-09": "-> 0 (the agent's argmax)", "adaptive": "adaptive (0.05 to 1)"}
 
 
@@ -477,6 +509,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "safeguard_cost": safeguard_cost, "scope": scope, "scope_continuous": scope_continuous,
     "shield": shield, "headline": headline,
     "shield_cheetah": shield_cheetah, "learned_model": learned_model, "learned_model_error": learned_model_error,
+    "shield_simulators": shield_simulators, "shield_simulators_error": shield_simulators_error,
     "quantilizer": quantilizer, "quantilizer_bare": quantilizer_bare, "impact": impact, "recorded": recorded,
 }
 
