@@ -56,10 +56,13 @@ SPREAD_FLOOR = 1e-6  # a dimension the model predicts exactly on the fit fold st
 
 
 class OneStepModel(Protocol):
-    """What the detector needs of a model: its spaces and a batched mean one-step prediction."""
+    """What the detector needs of a model: its spaces (read only) and a batched mean one-step prediction."""
 
-    observation_space: spaces.Space[Any]
-    action_space: spaces.Space[Any]
+    @property
+    def observation_space(self) -> spaces.Space[Any]: ...
+
+    @property
+    def action_space(self) -> spaces.Space[Any]: ...
 
     def predict(self, obs: Any, action: Any) -> np.ndarray: ...
 
