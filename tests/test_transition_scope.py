@@ -21,7 +21,7 @@ from scipy import stats
 from mesaguard.calibration import Calibration
 from mesaguard.detectors.base import DetectorError
 from mesaguard.guard import ERROR, TRANSITION, GuardedEnv, GuardedVectorEnv
-from mesaguard.protocols import Alert, Stop
+from mesaguard.protocols import Alert, Fallback, Stop
 from mesaguard.safeguards.learned import LearnedModel
 from mesaguard.safeguards.learned_fit import FitConfig, collect_env, fit_env
 from mesaguard.transition_scope import TransitionScope, TransitionScopeError
@@ -147,6 +147,25 @@ def test_file_round_trip_and_foreign_or_crafted_files(tmp_path, tscope: Transiti
     (tmp_path / "ts.safetensors").write_bytes(bytes(sidecar))
     with pytest.raises(TransitionScopeError, match="ts.safetensors"):
         TransitionScope.load(path, model)
+
+
+def test_guard_fires_on_the_transition_and_the_fallback_takes_over(tscope: TransitionScope,
+                                                                   calibration: Calibration) -> None:
+    seen: list[Any] = []
+    env = GuardedEnv(cartpole(1.0), calibration, detectors=[], protocol=[Alert(seen.append), Fallback(policy)],
+                     transition_scope=tscope)
+    obs, info = env.reset(seed=3)
+    reports = []
+    for _ in range(STEPS):
+        obs, _, terminated, truncated, info = env.step(policy(obs))
+        reports.append(info["mesaguard"])
+        if terminated or truncated:
+            break
+    fired = next(r for r in reports if r["alarm"])
+    assert fired["detector"] == TRANSITION and fired["statistics"][TRANSITION] > tscope.threshold
+    assert all(r["statistics"][TRANSITION] <= tscope.threshold for r in reports[: fired["step"] - 1])
+    assert [a.detector for a in seen] == [TRANSITION] and seen[0].step == fired["alarm_step"] == fired["step"]
+    assert reports[fired["step"]]["acting"] == "protocol"
 
 
 def test_env_of_another_shape_is_refused(tscope: TransitionScope, calibration: Calibration) -> None:
