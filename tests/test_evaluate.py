@@ -1,0 +1,150 @@
+"""The one-call API: calibrate from an env factory and a policy, evaluate a guard in one env or a vector env."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from scipy import stats
+
+import mesaguard
+from mesaguard import Calibration, calibrate, evaluate
+from mesaguard.calibration import CalibrationError
+from mesaguard.conformal import conformal_rank
+from mesaguard.evaluation import Evaluation, delay
+
+ANGLE_LIMIT = 12 * 2 * math.pi / 360  # CartPole-v1 fails an episode past 12 degrees
+
+
+def lean(obs):
+    """A scripted policy: push towards the lean (balances the stock pole)."""
+    return int(obs[2] + 0.5 * obs[3] > 0)
+
+
+def margin(t):
+    """The user's base objective: 1 with the pole upright, 0 at the failing angle."""
+    return 1.0 - abs(float(t.next_obs[2])) / ANGLE_LIMIT
+
+
+class Falls(gym.Wrapper):
+    """Reports the pole's fall as ``info["catastrophe"]``."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, {**info, "catastrophe": bool(terminated)}
+
+
+def make_env(length: float = 0.5, falls: bool = False) -> gym.Env:
+    env = gym.make("CartPole-v1", max_episode_steps=100)
+    cartpole = env.unwrapped
+    cartpole.length, cartpole.polemass_length = length, cartpole.masspole * length
+    return Falls(env) if falls else env
+
+
+SHIFTED = functools.partial(make_env, 0.05, True)  # a pole a tenth as long: the PD push overshoots and it falls
+CAL_EPISODES = 200
+
+
+@pytest.fixture(scope="module")
+def cal() -> Calibration:
+    return calibrate(make_env, lean, episodes=CAL_EPISODES, objective=margin, detectors=["envelope", "meanshift"],
+                     progress=False)
+
+
+def test_calibrate_records_what_it_fitted(cal):
+    assert isinstance(cal, Calibration)
+    assert cal.objective == "margin" and cal.scenario == "CartPole-v1" and cal.alpha == 0.05
+    assert cal.n_fit + cal.n_cal == CAL_EPISODES and sorted(cal.detectors) == ["envelope", "meanshift"]
+    assert cal.metadata["seeds"][1] - cal.metadata["seeds"][0] == CAL_EPISODES
+
+
+def test_false_alarms_stay_within_the_binomial_bound_of_alpha(cal):
+    ev = evaluate(make_env, lean, cal, objective=margin, episodes=300, progress=False)
+    # given one calibration the per-episode false-alarm rate is Beta(n + 1 - k, k) (mean <= alpha): its 0.999
+    # quantile, then the binomial 0.999 quantile over the evaluation episodes
+    k = conformal_rank(cal.n_cal, cal.alpha)
+    ceiling = stats.binom.ppf(0.999, 300, stats.beta.ppf(0.999, cal.n_cal + 1 - k, k))
+    assert ev.false_alarm_rate.n == 300 and ev.false_alarm_rate.k <= ceiling
+    assert ev.false_alarm_rate.low <= ev.false_alarm_rate.rate <= ev.false_alarm_rate.high
+    assert ev.catastrophes is None  # the stock env does not report info["catastrophe"]
+
+
+def test_a_shifted_env_is_detected_before_the_fall_and_stopped(cal):
+    free = evaluate(SHIFTED, lean, cal, objective=margin, detectors=[], episodes=40, progress=False)
+    assert free.catastrophes == 40  # unguarded, every episode falls
+    ev = evaluate(SHIFTED, lean, cal, objective=margin, episodes=40, progress=False)
+    assert ev.detection_rate.k == 40 and ev.detection_rate.low > 0.9
+    falls = {e.seed: e.length for e in free.episodes}
+    assert all(e.alarm_step < falls[e.seed] for e in ev.episodes)  # every alarm came before the fall ...
+    assert ev.catastrophes == 0  # ... and Stop prevented it
+    d = ev.delay
+    assert d.n == 40 and d.low <= d.median <= d.high and d.mean == np.mean([e.alarm_step for e in ev.episodes])
+    summary = ev.as_dict()
+    assert summary["alarms"]["k"] == 40 and summary["catastrophes"] == 0 and summary["delay"]["n"] == 40
+    assert repr(ev).startswith("Evaluation(episodes=40, alarms=1.000") and "\n" not in repr(ev)
+
+
+@pytest.mark.parametrize("env", [make_env, SHIFTED], ids=["in-distribution", "shifted"])
+def test_vector_env_gives_the_same_verdicts_episode_by_episode(cal, env):
+    single = evaluate(env, lean, cal, objective=margin, episodes=24, progress=False)
+    vector = evaluate(env, lean, cal, objective=margin, episodes=24, num_envs=5, progress=False)
+    assert vector.num_envs == 5
+    assert vector.verdicts() == single.verdicts()
+    assert [e.length for e in vector.episodes] == [e.length for e in single.episodes]
+    for a, b in zip(single.episodes, vector.episodes):
+        np.testing.assert_allclose(a.increments, b.increments)
+    assert vector.catastrophes == single.catastrophes
+
+
+def test_an_sb3_style_model_is_taken_as_it_is(cal):
+    class Model:  # Stable-Baselines3's predict: (action, state)
+        def predict(self, obs, deterministic=True):
+            return np.asarray(lean(obs)), None
+
+    by_model = evaluate(make_env, Model(), cal, objective=margin, episodes=10, progress=False)
+    by_callable = evaluate(make_env, lean, cal, objective=margin, episodes=10, progress=False)
+    assert by_model.verdicts() == by_callable.verdicts()
+
+
+def test_a_different_objective_than_the_calibrated_one_is_an_error(cal):
+    with pytest.raises(CalibrationError, match="margin"):
+        evaluate(make_env, lean, cal, episodes=2, progress=False)  # the reward is not the calibrated objective
+
+
+@pytest.mark.parametrize(
+    ("call", "words"),
+    [
+        (lambda c: calibrate(make_env, lean, episodes=1, progress=False), ["episodes=1", ">= 2"]),
+        (lambda c: calibrate(make_env(), lean, progress=False), ["make_env=", "callable of no arguments"]),
+        (lambda c: calibrate(make_env, 3, progress=False), ["policy=3", "callable obs -> action"]),
+        (lambda c: evaluate(make_env, lean, "cal.json", progress=False), ["calibration='cal.json'", "Calibration"]),
+        (lambda c: evaluate(make_env, lean, c, objective=margin, episodes=0, progress=False), ["episodes=0", ">= 1"]),
+        (lambda c: evaluate(make_env, lean, c, objective=margin, num_envs=2.5, progress=False),
+         ["num_envs=2.5", "whole number"]),
+        (lambda c: evaluate(make_env, lean, c, objective=margin, num_envs=2, workers=2, progress=False),
+         ["num_envs=2", "workers=2"]),
+    ],
+    ids=["episodes", "env", "policy", "calibration", "eval-episodes", "num_envs", "both"],
+)
+def test_bad_arguments_name_the_argument_the_value_and_what_was_expected(cal, call, words):
+    with pytest.raises((TypeError, ValueError)) as info:
+        call(cal)
+    assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_delay_interval_is_an_order_statistic_interval_for_the_median():
+    d = delay(list(range(1, 101)))
+    assert (d.n, d.median) == (100, 50.5)
+    # the interval [x_(j), x_(n+1-j)] with j the binomial (1 - 0.95)/2 quantile covers the median
+    j = int(stats.binom.ppf(0.025, 100, 0.5))
+    assert (d.low, d.high) == (j, 101 - j)
+    assert stats.binom.cdf(100 - j, 100, 0.5) - stats.binom.cdf(j - 1, 100, 0.5) >= 0.95
+    assert delay([]).n == 0 and math.isnan(delay([]).median)
+
+
+def test_the_package_exports_the_one_call_api():
+    assert mesaguard.calibrate is calibrate and mesaguard.Evaluation is Evaluation
+    assert {"calibrate", "evaluate", "Evaluation"} <= set(dir(mesaguard))
