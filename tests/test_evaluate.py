@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import io
 import math
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -148,3 +150,30 @@ def test_delay_interval_is_an_order_statistic_interval_for_the_median():
 def test_the_package_exports_the_one_call_api():
     assert mesaguard.calibrate is calibrate and mesaguard.Evaluation is Evaluation
     assert {"calibrate", "evaluate", "Evaluation"} <= set(dir(mesaguard))
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_are_drawn_on_a_terminal_only(monkeypatch, capsys):
+    calibrate(make_env, lean, episodes=40, alpha=0.1, objective=margin, detectors=["envelope"])
+    assert capsys.readouterr().err == ""  # progress=True, but stderr is not a terminal: nothing drawn
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    calibrate(make_env, lean, episodes=40, alpha=0.1, objective=margin, detectors=["envelope"])
+    drawn = terminal.getvalue()
+    assert "calibration episodes" in drawn and "fitting detectors" in drawn
+    terminal.seek(0)
+    terminal.truncate()
+    calibrate(make_env, lean, episodes=40, alpha=0.1, objective=margin, detectors=["envelope"], progress=False)
+    assert terminal.getvalue() == ""
+
+
+def test_a_long_fit_reports_each_detector_as_it_is_fitted():
+    rng = np.random.default_rng(0)
+    episodes = [rng.normal(1.0, 0.1, 500) for _ in range(60)]  # long episodes: a detector's pass is the unit of work
+    seen: list[str] = []
+    Calibration.fit(episodes, alpha=0.1, detectors=["cusum", "envelope"], on_detector=seen.append)
+    assert seen == ["cusum", "envelope"]
