@@ -94,6 +94,7 @@ def test_vector_env_gives_the_same_verdicts_episode_by_episode(cal, env):
     single = evaluate(env, lean, cal, objective=margin, episodes=24, progress=False)
     vector = evaluate(env, lean, cal, objective=margin, episodes=24, num_envs=5, progress=False)
     assert vector.num_envs == 5
+    assert evaluate(env, lean, cal, objective=margin, episodes=3, num_envs=8, progress=False).num_envs == 3
     assert vector.verdicts() == single.verdicts()
     assert [e.length for e in vector.episodes] == [e.length for e in single.episodes]
     for a, b in zip(single.episodes, vector.episodes):

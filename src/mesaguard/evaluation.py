@@ -379,6 +379,7 @@ def evaluate(
     names = None if detectors is None else list(detectors)
     base = guard_objective(calibration, objective)  # a mismatch with the recorded one fails here, before any run
     seeds = list(range(int(seed), int(seed) + episodes))
+    num_envs = min(num_envs, episodes)  # more envs than episodes would idle
     shown_names = tuple(calibration.detectors) if names is None else tuple(names)
     with bar("guarded episodes", episodes, progress) as advance:
         def tick(episode: Episode) -> None:
@@ -387,8 +388,8 @@ def evaluate(
                 on_episode(episode)
 
         if num_envs > 1:
-            runs = _vector_episodes(make_env, policy, calibration, seeds, min(num_envs, episodes), names,
-                                              protocol, objective, monitor, tick)
+            runs = _vector_episodes(make_env, policy, calibration, seeds, num_envs, names, protocol, objective,
+                                    monitor, tick)
         else:
             make = functools.partial(_guarded, make_env, calibration, names, protocol, objective, monitor)
             runs = rollout(make, functools.partial(policy_for, policy), seeds, objective=base, workers=workers,
