@@ -167,7 +167,7 @@ def rollout(
     make_policy: PolicyFactory,
     seeds: Iterable[int],
     *,
-    objective: str | Objective | Callable[[Transition], float] | None = "info:base_objective",
+    objective: str | Objective | Callable[[Transition], float] | None = None,
     workers: int = 1,
     on_episode: Callable[[Episode], None] | None = None,
     record_states: bool = False,
@@ -178,7 +178,9 @@ def rollout(
     ``make_policy`` and ``objective`` must be picklable (module-level functions,
     ``functools.partial`` of them). ``on_episode`` is called as episodes finish
     (for progress bars). ``record_states`` keeps each episode's observations (for
-    fitting a :class:`~mesaguard.scope.Scope`).
+    fitting a :class:`~mesaguard.scope.Scope`). ``objective`` defaults to the reward,
+    as everywhere in the library (:func:`mesaguard.objective.make_objective`); the
+    scenarios report theirs as ``"info:base_objective"``.
     """
     seeds = [int(s) for s in seeds]
     if workers <= 1 or len(seeds) < 2:
