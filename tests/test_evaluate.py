@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 import mesaguard
-from mesaguard import Calibration, calibrate, evaluate
+from mesaguard import Alert, Calibration, Fallback, calibrate, evaluate
 from mesaguard.calibration import CalibrationError
 from mesaguard.conformal import conformal_rank
 from mesaguard.evaluation import Evaluation, delay
@@ -89,16 +89,28 @@ def test_a_shifted_env_is_detected_before_the_fall_and_stopped(cal):
     assert repr(ev).startswith("Evaluation(episodes=40, alarms=1.000") and "\n" not in repr(ev)
 
 
+PROTOCOLS = {
+    "stop": lambda: None,
+    "fallback": lambda: Fallback(lambda obs: 0),
+    "alert": lambda: [Alert(lambda alarm: None)],
+}
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
 @pytest.mark.parametrize("env", [make_env, SHIFTED], ids=["in-distribution", "shifted"])
-def test_vector_env_gives_the_same_verdicts_episode_by_episode(cal, env):
-    single = evaluate(env, lean, cal, objective=margin, episodes=24, progress=False)
-    vector = evaluate(env, lean, cal, objective=margin, episodes=24, num_envs=5, progress=False)
+def test_vector_env_gives_the_same_verdicts_episode_by_episode(cal, env, protocol):
+    single = evaluate(env, lean, cal, objective=margin, protocol=PROTOCOLS[protocol](), episodes=24, progress=False)
+    vector = evaluate(env, lean, cal, objective=margin, protocol=PROTOCOLS[protocol](), episodes=24, num_envs=5,
+                      progress=False)
     assert vector.num_envs == 5
     assert evaluate(env, lean, cal, objective=margin, episodes=3, num_envs=8, progress=False).num_envs == 3
     assert vector.verdicts() == single.verdicts()
     assert [e.length for e in vector.episodes] == [e.length for e in single.episodes]
     for a, b in zip(single.episodes, vector.episodes):
         np.testing.assert_allclose(a.increments, b.increments)
+        assert a.acting == b.acting  # who acted at each step: the agent, or the fallback after the alarm
+    if protocol == "fallback" and env is SHIFTED:  # the fallback did take over: the comparison above has teeth
+        assert all("protocol" in e.acting for e in single.episodes)
     assert vector.catastrophes == single.catastrophes
 
 
@@ -178,3 +190,4 @@ def test_a_long_fit_reports_each_detector_as_it_is_fitted():
     seen: list[str] = []
     Calibration.fit(episodes, alpha=0.1, detectors=["cusum", "envelope"], on_detector=seen.append)
     assert seen == ["cusum", "envelope"]
+
