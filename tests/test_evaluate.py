@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 import mesaguard
-from mesaguard import Alert, Calibration, Fallback, calibrate, evaluate
+from mesaguard import Alert, Calibration, Fallback, calibrate, evaluate, evaluation
 from mesaguard.calibration import CalibrationError
 from mesaguard.conformal import conformal_rank
 from mesaguard.evaluation import Evaluation, delay
@@ -133,6 +133,9 @@ def test_a_different_objective_than_the_calibrated_one_is_an_error(cal):
     ("call", "words"),
     [
         (lambda c: calibrate(make_env, lean, episodes=1, progress=False), ["episodes=1", ">= 2"]),
+        (lambda c: calibrate(make_env, lean, alpha=1.5, progress=False), ["alpha=1.5", "between 0 and 1"]),
+        (lambda c: calibrate(make_env, lean, episodes=10, progress=False), ["episodes=10", "alpha=0.05", "least 37"]),
+        (lambda c: calibrate(make_env, lean, detectors=["nope"], progress=False), ["'nope'", "expected one of"]),
         (lambda c: calibrate(make_env(), lean, progress=False), ["make_env=", "callable of no arguments"]),
         (lambda c: calibrate(make_env, 3, progress=False), ["policy=3", "callable obs -> action"]),
         (lambda c: evaluate(make_env, lean, "cal.json", progress=False), ["calibration='cal.json'", "Calibration"]),
@@ -142,9 +145,11 @@ def test_a_different_objective_than_the_calibrated_one_is_an_error(cal):
         (lambda c: evaluate(make_env, lean, c, objective=margin, num_envs=2, workers=2, progress=False),
          ["num_envs=2", "workers=2"]),
     ],
-    ids=["episodes", "env", "policy", "calibration", "eval-episodes", "num_envs", "both"],
+    ids=["episodes", "alpha", "too-few", "detector", "env", "policy", "calibration", "eval-episodes", "num_envs",
+         "both"],
 )
-def test_bad_arguments_name_the_argument_the_value_and_what_was_expected(cal, call, words):
+def test_bad_arguments_name_the_argument_the_value_and_what_was_expected(cal, call, words, monkeypatch):
+    monkeypatch.setattr(evaluation, "rollout", None)  # every argument is checked before any episode is played
     with pytest.raises((TypeError, ValueError)) as info:
         call(cal)
     assert all(w in str(info.value) for w in words), str(info.value)

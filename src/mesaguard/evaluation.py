@@ -41,8 +41,9 @@ import numpy as np
 from scipy import stats
 
 from mesaguard import metrics
-from mesaguard.calibration import Calibration
-from mesaguard.detectors import DEFAULT
+from mesaguard.calibration import Calibration, CalibrationError
+from mesaguard.conformal import check_alpha, episodes_needed
+from mesaguard.detectors import DEFAULT, detector_class
 from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED
 from mesaguard.objective import Objective, Transition, make_objective
 from mesaguard.progress import bar
@@ -115,6 +116,13 @@ def calibrate(
     """
     make_env, policy = _env_factory(make_env), _checked_policy(policy)
     episodes, workers = _count("episodes", episodes, 2), _count("workers", workers, 1)
+    alpha = check_alpha(alpha)
+    if episodes < episodes_needed(alpha):  # checked before any rollout, not after the last one
+        raise CalibrationError(f"episodes={episodes}: too few for alpha={alpha:g}; expected at least "
+                               f"{episodes_needed(alpha)} (half fit the detectors, half set their thresholds)")
+    names = list(DEFAULT) if detectors is None else list(detectors)
+    for name in names:
+        detector_class(name)  # an unknown name: an error listing the known ones, before any rollout
     base = make_objective(objective)
     env_id, shape = _probe(make_env)
     seeds = range(int(seed), int(seed) + episodes)
@@ -126,8 +134,7 @@ def calibrate(
 
         runs = rollout(make_env, functools.partial(policy_for, policy), seeds, objective=base, workers=workers,
                        on_episode=tick)
-    names = None if detectors is None else list(detectors)
-    with bar("fitting detectors", len(DEFAULT if names is None else names), progress) as fitted:
+    with bar("fitting detectors", len(names), progress) as fitted:
         return Calibration.fit(
             [e.increments for e in runs], alpha=alpha, detectors=names,
             scenario=env_id if scenario is None else scenario, obs_shape=shape, objective=base,
