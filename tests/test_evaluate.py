@@ -196,3 +196,19 @@ def test_a_long_fit_reports_each_detector_as_it_is_fitted():
     Calibration.fit(episodes, alpha=0.1, detectors=["cusum", "envelope"], on_detector=seen.append)
     assert seen == ["cusum", "envelope"]
 
+
+
+class FallsOnly(gym.Wrapper):
+    """Puts ``info["catastrophe"]`` only on the step of the fall (no key otherwise)."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, {**info, "catastrophe": True} if terminated else info
+
+
+def test_catastrophes_count_where_the_env_reports_them_only_when_they_happen(cal):
+    shifted = evaluate(lambda: FallsOnly(make_env(0.05)), lean, cal, objective=margin, detectors=[], episodes=5,
+                       progress=False)
+    assert shifted.catastrophes == 5
+    assert evaluate(lambda: FallsOnly(make_env()), lean, cal, objective=margin, episodes=5,
+                    progress=False).catastrophes is None  # none happened, and one step does not show the key

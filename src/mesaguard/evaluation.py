@@ -401,12 +401,14 @@ def evaluate(
             make = functools.partial(_guarded, make_env, calibration, names, protocol, objective, monitor)
             runs = rollout(make, functools.partial(policy_for, policy), seeds, objective=base, workers=workers,
                            on_episode=tick)
-    return Evaluation(tuple(runs), shown_names, calibration.alpha, num_envs, _reports_catastrophes(make_env))
+    reported = any(e.catastrophes.size for e in runs) or _reports_catastrophes(make_env)
+    return Evaluation(tuple(runs), shown_names, calibration.alpha, num_envs, reported)
 
 
 def _reports_catastrophes(make_env: EnvFactory) -> bool:
-    """Whether the env reports ``info["catastrophe"]``: asked of one step of a fresh env (seeded, action 0 of a
-    seeded sample)."""
+    """Whether the env reports ``info["catastrophe"]`` where no episode had one: asked of one step of a fresh env
+    (seeded, a seeded sample of the action space). An env that puts the key in ``info`` only on the step of a
+    catastrophe reads as not reporting, unless an episode had one."""
     env = make_env()
     try:
         env.reset(seed=0)
