@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import math
 import sys
 
@@ -87,6 +88,9 @@ def test_a_shifted_env_is_detected_before_the_fall_and_stopped(cal):
     summary = ev.as_dict()
     assert summary["alarms"]["k"] == 40 and summary["catastrophes"] == 0 and summary["delay"]["n"] == 40
     assert repr(ev).startswith("Evaluation(episodes=40, alarms=1.000") and "\n" not in repr(ev)
+    assert json.loads(json.dumps(summary)) == summary  # plain JSON values
+    table = ev.table()
+    assert "40 of 40" in table and "catastrophes" in table and str(d) in table
 
 
 PROTOCOLS = {
