@@ -148,9 +148,13 @@ def test_a_different_objective_than_the_calibrated_one_is_an_error(cal):
          ["num_envs=2.5", "whole number"]),
         (lambda c: evaluate(make_env, lean, c, objective=margin, num_envs=2, workers=2, progress=False),
          ["num_envs=2", "workers=2"]),
+        (lambda c: calibrate(lambda: make_env(), lean, workers=2, progress=False),
+         ["make_env=<function", "workers=2", "module-level function"]),
+        (lambda c: evaluate(make_env, lambda obs: 0, c, objective=margin, workers=2, progress=False),
+         ["policy=<function", "workers=2", "module-level function"]),
     ],
     ids=["episodes", "alpha", "too-few", "detector", "env", "policy", "calibration", "eval-episodes", "num_envs",
-         "both"],
+         "both", "workers-env", "workers-policy"],
 )
 def test_bad_arguments_name_the_argument_the_value_and_what_was_expected(cal, call, words, monkeypatch):
     monkeypatch.setattr(evaluation, "rollout", None)  # every argument is checked before any episode is played

@@ -32,6 +32,7 @@ the calibration recorded. Calibration and evaluation seeds are disjoint by defau
 from __future__ import annotations
 
 import functools
+import pickle  # only to check that callables can reach worker processes; no files
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -79,6 +80,20 @@ def _checked_policy(policy: Any) -> Any:
     return policy
 
 
+def _for_workers(workers: int, **values: Any) -> None:
+    """With ``workers > 1`` every value goes to worker processes: each must pickle (module-level functions,
+    ``functools.partial`` of them; not lambdas or local functions). Checked before any episode is played."""
+    if workers <= 1:
+        return
+    for name, value in values.items():
+        try:
+            pickle.dumps(value)
+        except Exception as exc:  # PicklingError, AttributeError, TypeError: whatever stops it reaching a worker
+            raise ValueError(f"{name}={value!r} with workers={workers}: it cannot be sent to a worker process "
+                             f"({type(exc).__name__}: {exc}); expected a module-level function (or a "
+                             f"functools.partial of one), or workers=1") from exc
+
+
 def _probe(make_env: EnvFactory) -> tuple[str, tuple[int, ...] | None]:
     """The env's Gymnasium id (``""`` if unregistered) and observation shape, from one env made and closed."""
     env = make_env()
@@ -124,6 +139,7 @@ def calibrate(
     for name in names:
         detector_class(name)  # an unknown name: an error listing the known ones, before any rollout
     base = make_objective(objective)
+    _for_workers(workers, make_env=make_env, policy=policy, objective=objective)
     env_id, shape = _probe(make_env)
     seeds = range(int(seed), int(seed) + episodes)
     with bar("calibration episodes", episodes, progress) as advance:
@@ -385,6 +401,7 @@ def evaluate(
         raise ValueError(f"num_envs={num_envs} with workers={workers}; expected one of them > 1, not both")
     names = None if detectors is None else list(detectors)
     base = guard_objective(calibration, objective)  # a mismatch with the recorded one fails here, before any run
+    _for_workers(workers, make_env=make_env, policy=policy, objective=objective, protocol=protocol)
     seeds = list(range(int(seed), int(seed) + episodes))
     num_envs = min(num_envs, episodes)  # more envs than episodes would idle
     shown_names = tuple(calibration.detectors) if names is None else tuple(names)
