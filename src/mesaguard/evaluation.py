@@ -293,13 +293,18 @@ class _GuardIncrement(Objective):
 _REPORT = ("increment", "alarm", "alarm_step", "detector", "acting", "refused")
 
 
-def _own_info(info: dict[str, Any], i: int) -> dict[str, Any]:
-    """Sub-env ``i``'s share of a guarded vector env's info: its guard report and its catastrophe flag."""
+def _own_infos(info: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """Each sub-env's share of a guarded vector env's info: its guard report and its catastrophe flag (the
+    arrays turned to Python values once per step, not once per sub-env)."""
     report = info["mesaguard"]
-    own: dict[str, Any] = {"mesaguard": {k: report[k][i].item() if hasattr(report[k][i], "item") else report[k][i]
-                                         for k in _REPORT}}
-    if "catastrophe" in info and bool(np.asarray(info.get("_catastrophe", np.ones(len(report["alarm"]))))[i]):
-        own["catastrophe"] = bool(info["catastrophe"][i])
+    columns = {k: report[k].tolist() if hasattr(report[k], "tolist") else list(report[k]) for k in _REPORT}
+    own: list[dict[str, Any]] = [{"mesaguard": {k: columns[k][i] for k in _REPORT}} for i in range(n)]
+    if "catastrophe" in info:
+        flags = np.asarray(info["catastrophe"]).tolist()
+        present = np.asarray(info.get("_catastrophe", np.ones(n, dtype=bool))).tolist()
+        for i in range(n):
+            if present[i]:
+                own[i]["catastrophe"] = bool(flags[i])
     return own
 
 
@@ -340,12 +345,13 @@ def _vector_episodes(
             actions = concatenate(space, [p(o) for p, o in zip(policies, iterate(env.single_observation_space, obs))],
                                   buffer)
             next_obs, rewards, terminated, truncated, info = env.step(actions)
+            infos = _own_infos(info, num_envs)
             ended = np.zeros(num_envs, dtype=bool)
             for i, log in enumerate(logs):
                 if log is None:
                     continue
                 if log.step(None, None, float(rewards[i]), None, bool(terminated[i]), bool(truncated[i]),
-                            _own_info(info, i)):
+                            infos[i]):
                     done.append(log.episode())
                     on_episode(done[-1])
                     logs[i] = None
