@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 import mesaguard
-from mesaguard import Alert, Calibration, Fallback, calibrate, evaluate, evaluation
+from mesaguard import Alert, Calibration, DeploymentMonitor, Fallback, calibrate, evaluate, evaluation
 from mesaguard.calibration import CalibrationError
 from mesaguard.conformal import conformal_rank
 from mesaguard.evaluation import Evaluation, delay
@@ -220,3 +220,17 @@ def test_catastrophes_count_where_the_env_reports_them_only_when_they_happen(cal
     assert shifted.catastrophes == 5
     assert evaluate(lambda: FallsOnly(make_env()), lean, cal, objective=margin, episodes=5,
                     progress=False).catastrophes is None  # none happened, and one step does not show the key
+
+
+@pytest.mark.parametrize("num_envs", [1, 4])
+def test_episodes_a_monitor_refused_after_stopping_the_deployment_are_not_counted(cal, num_envs):
+    monitor = DeploymentMonitor(cal, n_envs=num_envs)
+    ev = evaluate(SHIFTED, lean, cal, objective=margin, episodes=20, num_envs=num_envs, monitor=monitor,
+                  progress=False)
+    assert ev.not_played > 0  # the monitor stopped the deployment: later episodes were refused from the start
+    assert len(ev.episodes) + ev.not_played == 20 and all(e.length > 0 for e in ev.episodes)
+    assert ev.detection_rate.n == len(ev.episodes) and ev.detection_rate.k == len(ev.episodes)  # each one alarmed
+    assert f"not_played={ev.not_played}" in repr(ev) and ev.as_dict()["not_played"] == ev.not_played
+    taken_over = evaluate(SHIFTED, lean, cal, objective=margin, episodes=20, num_envs=num_envs, progress=False,
+                          monitor=DeploymentMonitor(cal, n_envs=num_envs), protocol=Fallback(lambda obs: 0))
+    assert taken_over.not_played == 0 and len(taken_over.episodes) == 20  # a fallback plays every episode out

@@ -198,6 +198,11 @@ class Evaluation:
     ``alarms`` is the share of episodes with an alarm (Clopper-Pearson interval). On an
     in-distribution env every alarm is false: :attr:`false_alarm_rate` (compare with
     the calibration's ``alpha``); on a shifted env it is :attr:`detection_rate`.
+
+    ``episodes`` are the episodes played out. Once a monitor has stopped the deployment
+    (its alarm, under a protocol that stops) the guard ends or refuses every episode
+    still running or yet to start: the episodes it cut without an alarm of their own
+    are not counted in any rate, and their number is ``not_played``.
     """
 
     episodes: tuple[Episode, ...]
@@ -205,6 +210,7 @@ class Evaluation:
     alpha: float
     num_envs: int
     reports_catastrophes: bool
+    not_played: int = 0
 
     @property
     def alarms(self) -> metrics.Rate:
@@ -248,7 +254,7 @@ class Evaluation:
             "alarms": {"k": self.alarms.k, "n": self.alarms.n, "rate": self.alarms.rate, "low": self.alarms.low,
                        "high": self.alarms.high},
             "delay": {"n": d.n, "mean": d.mean, "median": d.median, "low": d.low, "high": d.high},
-            "catastrophes": self.catastrophes, "score": self.score,
+            "catastrophes": self.catastrophes, "score": self.score, "not_played": self.not_played,
         }
 
     def table(self) -> str:
@@ -260,14 +266,16 @@ class Evaluation:
             ("steps to alarm", str(self.delay)),
             ("catastrophes", "not reported" if self.catastrophes is None else str(self.catastrophes)),
             ("mean score", f"{self.score:.4g}"),
+            *([("not played", f"{self.not_played} (the monitor stopped the deployment)")] if self.not_played else []),
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
     def __repr__(self) -> str:
         cat = "" if self.catastrophes is None else f", catastrophes={self.catastrophes}"
+        cut = f", not_played={self.not_played}" if self.not_played else ""
         return (f"Evaluation(episodes={len(self.episodes)}, alarms={self.alarms}, alpha={self.alpha:g}, "
-                f"delay={self.delay}{cat})")
+                f"delay={self.delay}{cat}{cut})")
 
 
 def _guarded(
@@ -388,11 +396,13 @@ def evaluate(
     (default: the calibration's recorded one) and ``monitor`` are :class:`~mesaguard.guard.GuardedEnv`'s.
     ``num_envs > 1`` runs a :class:`~mesaguard.guard.GuardedVectorEnv` over a ``SyncVectorEnv``
     of that many envs, each episode started with its own seed: the same verdicts,
-    episode by episode, as one env (for a policy that depends only on the observation).
+    episode by episode, as one env (for a policy that depends only on the observation;
+    without a ``monitor``, which sees concurrent episodes in another order).
     ``workers > 1`` runs single envs in processes (no ``monitor`` then: it would watch
     a copy). ``progress`` shows a bar on a terminal.
     """
     from mesaguard.guard.core import guard_objective
+    from mesaguard.protocols import compose
 
     make_env, policy = _env_factory(make_env), _checked_policy(policy)
     if not isinstance(calibration, Calibration):
@@ -411,8 +421,12 @@ def evaluate(
     seeds = list(range(int(seed), int(seed) + episodes))
     num_envs = min(num_envs, episodes)  # more envs than episodes would idle
     shown_names = tuple(calibration.detectors) if names is None else tuple(names)
+    deployment_stops = monitor is not None and (protocol is None or compose(protocol).stops)
+    cut: set[int] = set()  # seeds of the episodes a stopped deployment ended without an alarm of their own
     with bar("guarded episodes", episodes, progress) as advance:
         def tick(episode: Episode) -> None:
+            if deployment_stops and monitor is not None and monitor.alarm and episode.alarm_step is None:
+                cut.add(episode.seed)
             advance()
             if on_episode is not None:
                 on_episode(episode)
@@ -424,8 +438,9 @@ def evaluate(
             make = functools.partial(_guarded, make_env, calibration, names, protocol, objective, monitor)
             runs = rollout(make, functools.partial(policy_for, policy), seeds, objective=base, workers=workers,
                            on_episode=tick)
-    reported = any(e.catastrophes.size for e in runs) or _reports_catastrophes(make_env)
-    return Evaluation(tuple(runs), shown_names, calibration.alpha, num_envs, reported)
+    played = [e for e in runs if e.seed not in cut]
+    reported = any(e.catastrophes.size for e in played) or _reports_catastrophes(make_env)
+    return Evaluation(tuple(played), shown_names, calibration.alpha, num_envs, reported, len(runs) - len(played))
 
 
 def _reports_catastrophes(make_env: EnvFactory) -> bool:
