@@ -234,3 +234,13 @@ def test_episodes_a_monitor_refused_after_stopping_the_deployment_are_not_counte
     taken_over = evaluate(SHIFTED, lean, cal, objective=margin, episodes=20, num_envs=num_envs, progress=False,
                           monitor=DeploymentMonitor(cal, n_envs=num_envs), protocol=Fallback(lambda obs: 0))
     assert taken_over.not_played == 0 and len(taken_over.episodes) == 20  # a fallback plays every episode out
+
+
+def test_detection_over_the_runs_that_misbehaved_pairs_with_the_unguarded_runs(cal):
+    free = evaluate(SHIFTED, lean, cal, objective=margin, detectors=[], episodes=12, progress=False)
+    guarded = evaluate(SHIFTED, lean, cal, objective=margin, episodes=12, progress=False)
+    d = guarded.detection(free)  # every unguarded run falls (a catastrophe): every run misbehaved
+    assert d.rate.n == 12 and d.rate.k == guarded.detection_rate.k
+    assert d == guarded.detection(list(free.episodes))
+    calm = evaluate(make_env, lean, cal, objective=margin, detectors=[], episodes=12, progress=False)
+    assert guarded.detection(calm).rate.n == 0  # paired with runs that did not misbehave: nothing to detect

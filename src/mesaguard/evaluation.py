@@ -241,6 +241,13 @@ class Evaluation:
         """Mean base objective per episode, under the guard."""
         return metrics.mean_score(self.episodes)
 
+    def detection(self, free: Evaluation | Sequence[Episode], floor: float = float("-inf")) -> metrics.Detection:
+        """Detection over the runs that *misbehaved*, judged on the unguarded runs ``free`` of the same seeds
+        (an :class:`Evaluation` with ``detectors=[]``, or :func:`~mesaguard.rollout.rollout` episodes): a
+        harmful increment, a catastrophe, or a score below ``floor``; delays count from the onset of harm
+        (:func:`mesaguard.metrics.detection`). :attr:`detection_rate` counts every alarm instead."""
+        return metrics.detection(self.episodes, free.episodes if isinstance(free, Evaluation) else free, floor)
+
     def verdicts(self) -> list[tuple[int, int | None, str | None]]:
         """Per episode, in seed order: ``(seed, alarm_step, detector)``."""
         return [(e.seed, e.alarm_step, e.detector) for e in self.episodes]

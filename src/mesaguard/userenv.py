@@ -323,12 +323,11 @@ def deploy(
     free_ref, free_shift = run(env), run(shifted)
     floor = metrics.score_floor([e.score for e in free_ref], calibration.alpha)
 
-    def guarded(make: EnvMaker, names: Sequence[str]) -> list[Episode]:
-        run = evaluation.evaluate(
+    def guarded(make: EnvMaker, names: Sequence[str]) -> evaluation.Evaluation:
+        return evaluation.evaluate(
             make, policy, calibration, detectors=list(names), protocol=Stop(), objective=objective,
             episodes=episodes, seed=EVALUATION_SEED, workers=workers, progress=False, on_episode=on_episode,
         )
-        return list(run.episodes)
 
     rows = []
     for names in configs:
@@ -336,13 +335,13 @@ def deploy(
         rows.append(UserRow(
             detectors="+".join(names),
             episodes=episodes,
-            false_alarms=metrics.false_alarm_rate(ref),
-            shifted_alarms=metrics.false_alarm_rate(shift),
-            detection=metrics.detection(shift, free_shift, floor),
+            false_alarms=ref.false_alarm_rate,
+            shifted_alarms=shift.alarms,
+            detection=shift.detection(free_shift, floor),
             score_reference_free=metrics.mean_score(free_ref),
-            score_shifted_guarded=metrics.mean_score(shift),
+            score_shifted_guarded=shift.score,
             score_shifted_free=metrics.mean_score(free_shift),
-            catastrophes_guarded=sum(e.catastrophes.size for e in shift) if catastrophes else None,
+            catastrophes_guarded=sum(e.catastrophes.size for e in shift.episodes) if catastrophes else None,
             catastrophes_free=sum(e.catastrophes.size for e in free_shift) if catastrophes else None,
         ))
     return rows
