@@ -58,6 +58,7 @@ def measure(policy: str, variant: str, episodes: int) -> dict[str, float]:
         functools.partial(scenarios.make, "driving", variant),
         POLICIES[policy],
         range(FIRST_SEED, FIRST_SEED + episodes),
+        objective="info:base_objective",
     )
     return {
         "mean_score": float(np.mean([e.score for e in runs])),

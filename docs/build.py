@@ -400,6 +400,20 @@ def shield_simulators() -> str:
                   "episodes intervened on", "episodes stopped", "steps/s vs unshielded"], rows)
 
 
+def transition_scope() -> str:
+    r = results("transition_scope")
+    rows = []
+    for e in r["envs"]:
+        ind = e["in_distribution"]
+        far = f"{ind['false_alarms']}/{ind['episodes']} = {ind['rate']:.3f} {ci(*ind['clopper_pearson_95'])}"
+        for variant, v in e["shifted"].items():
+            rows.append([f"{e['env']} ({e['learned_model']})", far, variant,
+                         f"{v['detected']}/{v['episodes']} = {v['detection_rate']:.3f} {ci(*v['clopper_pearson_95'])}",
+                         f(v["mean_delay_steps"], ".1f"), f"{ind['mean_return']:.1f} -> {v['mean_return']:.1f}"])
+    return table(["env (learned model)", "false alarms, reference variant (95% CI)", "shifted variant",
+                  "detected (95% CI)", "mean delay (steps)", "mean return, reference -> shifted"], rows)
+
+
 QS = {"q=1": "1 (the base)", "q=1e-09": "-> 0 (the agent's argmax)", "adaptive": "adaptive (0.05 to 1)"}
 
 
@@ -539,6 +553,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "prevention_targets": prevention_targets,
     "shield_cheetah": shield_cheetah, "learned_model": learned_model, "learned_model_error": learned_model_error,
     "shield_simulators": shield_simulators, "shield_simulators_error": shield_simulators_error,
+    "transition_scope": transition_scope,
     "quantilizer": quantilizer, "quantilizer_bare": quantilizer_bare, "impact": impact, "recorded": recorded,
 }
 

@@ -9,9 +9,9 @@ often, and the margin shrinks before it does.
 
 Steps, all with mesaguard's public API:
 
-1. calibrate the guard on in-distribution episodes (``rollout`` + ``Calibration.fit``);
-2. deploy it in a vector env (``GuardedVectorEnv``) on fresh in-distribution
-   episodes and on the longer pole, with ``Alert`` (to measure) and a ``Fallback``;
+1. calibrate the guard on in-distribution episodes (``calibrate``: the SB3 model as it is);
+2. deploy it in a vector env of 8 (``evaluate(..., num_envs=8)``, a ``GuardedVectorEnv``) on fresh
+   in-distribution episodes and on the longer pole, with ``Alert`` (to measure) and a ``Fallback``;
 3. report false alarms, detection of the falls and how many steps before the fall
    the alarm came, with 95% intervals (``metrics.rate``).
 
@@ -31,17 +31,22 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector import SyncVectorEnv
 from stable_baselines3 import PPO
 
-from mesaguard import Alert, Calibration, Fallback, GuardedVectorEnv
+from mesaguard import Alert, Evaluation, Fallback, calibrate, evaluate
 from mesaguard.metrics import rate
 from mesaguard.objective import Transition
-from mesaguard.protocols import predict_policy
-from mesaguard.rollout import rollout
 
 ANGLE_LIMIT = 12 * 2 * np.pi / 360  # CartPole-v1 fails an episode when the pole leans past 12 degrees
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "example_own_task.json"
+
+
+class Falls(gym.Wrapper):
+    """Reports the pole's fall (the episode's end before its time limit) as ``info["catastrophe"]``, to count."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, {**info, "catastrophe": bool(terminated)}
 
 
 def margin(t: Transition) -> float:
@@ -55,7 +60,7 @@ def make_env(length: float = 0.5) -> gym.Env:
     cartpole = env.unwrapped
     cartpole.length = length
     cartpole.polemass_length = cartpole.masspole * length
-    return env
+    return Falls(env)
 
 
 def train(timesteps: int, seed: int = 0) -> PPO:
@@ -63,46 +68,33 @@ def train(timesteps: int, seed: int = 0) -> PPO:
     return model.learn(timesteps)
 
 
-def deploy(cal: Calibration, policy, length: float, episodes: int, seed: int, fallback=None) -> list[dict]:
-    """Guarded episodes in a vector env of 8: per episode, its length, whether it fell, alarm step, acting."""
-    protocol = [Alert(lambda alarm: None)] if fallback is None else [Fallback(fallback)]
-    env = GuardedVectorEnv(SyncVectorEnv([lambda: make_env(length)] * 8), cal, protocol=protocol, objective=margin)
-    obs, _ = env.reset(seed=seed)
-    done: list[dict] = []
-    while len(done) < episodes:
-        obs, _, terminated, truncated, info = env.step(np.array([policy(o) for o in obs]))
-        report = info["mesaguard"]
-        for i in np.flatnonzero(terminated | truncated):
-            done.append({"length": int(report["step"][i]), "fell": bool(terminated[i]),
-                         "alarm_step": int(report["alarm_step"][i]) if report["alarm"][i] else None})
-    return done[:episodes]
-
-
-def summary(runs: list[dict]) -> dict:
-    falls = [r for r in runs if r["fell"]]
-    caught = [r for r in falls if r["alarm_step"] is not None]
-    lead = [r["length"] - r["alarm_step"] for r in caught]
-    alarms = sum(r["alarm_step"] is not None for r in runs)
-    return {"episodes": len(runs), "alarmed": asdict(rate(alarms, len(runs))), "falls": len(falls),
-            "falls_caught": asdict(rate(len(caught), len(falls))) if falls else None,
+def summary(ev: Evaluation) -> dict:
+    """Alarms, falls, the falls alarmed (at or before the fall) and by how many steps before it."""
+    falls = [e for e in ev.episodes if e.catastrophes.size]
+    lead = [int(e.catastrophes[0]) - e.alarm_step for e in falls if e.alarm_step is not None]
+    return {"episodes": len(ev.episodes), "alarmed": asdict(ev.alarms), "falls": len(falls),
+            "falls_caught": asdict(rate(len(lead), len(falls))) if falls else None,
             "mean_steps_before_fall": float(np.mean(lead)) if lead else None}
 
 
 def main(quick: bool = False, out: Path = RESULTS) -> dict:
     start = time.perf_counter()
     n_cal, n_eval, steps = (120, 60, 20_000) if quick else (400, 300, 30_000)
-    model = train(steps)
-    policy = predict_policy(model)
-    episodes = rollout(make_env, lambda env: policy, range(n_cal), objective=margin)
-    cal = Calibration.fit([e.increments for e in episodes], alpha=0.05, detectors=["envelope", "meanshift"],
-                          objective=margin)  # recorded: a guard computing another objective is an error
+    model = train(steps)  # used as it is: calibrate and evaluate call its predict
+    cal = calibrate(make_env, model, episodes=n_cal, objective=margin, detectors=["envelope", "meanshift"])
+    # the objective is recorded: a guard computing another one is an error
+
+    def deploy(length: float, protocol) -> dict:
+        return summary(evaluate(lambda: make_env(length), model, cal, protocol=protocol, objective=margin,
+                                episodes=n_eval, num_envs=8))
+
+    measure = Alert(lambda alarm: None)
     results = {
         "config": {"quick": quick, "calibration_episodes": n_cal, "episodes": n_eval, "ppo_timesteps": steps},
-        "in_distribution": summary(deploy(cal, policy, 0.5, n_eval, seed=10_000)),
-        "longer_pole": summary(deploy(cal, policy, 1.5, n_eval, seed=20_000)),
+        "in_distribution": deploy(0.5, measure),
+        "longer_pole": deploy(1.5, measure),
+        "longer_pole_with_fallback": deploy(1.5, Fallback(lambda obs: int(obs[2] + 0.5 * obs[3] > 0))),
     }
-    fallback = deploy(cal, policy, 1.5, n_eval, seed=20_000, fallback=lambda obs: int(obs[2] + 0.5 * obs[3] > 0))
-    results["longer_pole_with_fallback"] = summary(fallback)
     results["seconds"] = round(time.perf_counter() - start, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")

@@ -90,3 +90,6 @@ def test_readme_quick_start_runs_as_written(tmp_path: Path, monkeypatch: pytest.
     report = namespace["info"]["mesaguard"]
     assert report["alarm"] is False and report["detector"] is None
     assert (tmp_path / "runs" / "strawberry" / "calibration.json").exists()
+    calm, shifted = namespace["calm"], namespace["shifted"]  # the one-call evaluation, single and vector env
+    assert calm.false_alarm_rate.n == shifted.detection_rate.n == 100 and shifted.num_envs == 8
+    assert shifted.detection_rate.low > calm.false_alarm_rate.high  # the shift is seen, beyond the false alarms

@@ -29,3 +29,9 @@ def test_on_episode_reports_progress():
     seen = []
     rollout(make_cartpole, functools.partial(lean, 1), seeds=[3, 4], objective="reward", on_episode=seen.append)
     assert [e.seed for e in seen] == [3, 4]
+
+
+def test_the_default_objective_is_the_reward_as_everywhere():
+    # CartPole reports no info["base_objective"]: the default must not ask for it
+    (episode,) = rollout(make_cartpole, functools.partial(lean, 0), seeds=[0])
+    assert episode.score == episode.length  # +1 reward per step

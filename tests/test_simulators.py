@@ -16,9 +16,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from mesaguard.policies import load_agent
 from mesaguard.safeguards.models import DesignerSimulator, ModelError
 from mesaguard.safeguards.shield import INFO_KEY, Shield
-from mesaguard.scenarios import get
+from mesaguard.scenarios import get, offswitch
 from mesaguard.scenarios.goodhart import Mess
 from mesaguard.scenarios.offswitch import INTERRUPTION
 
@@ -125,43 +126,75 @@ def _unseen_under_agent(name: str, room: Any) -> bool:
 
 @pytest.mark.parametrize("name", GRIDWORLDS)
 def test_the_simulator_predicts_the_reference_variants_next_observation(name):
-    """One step from (obs, action): the simulator's next observation is the real env's.
+    """One step from (obs, action): the simulator's next observation, increment and catastrophe are the real env's.
 
-    Hidden randomness of the reference, left out of the comparison: offswitch's interruption draw
-    (whether the episode ends; the observation is the same) and tampering's drying draws (the
-    tomatoes' colours; every other input compared).
+    The actions are the shipped agent's, the scripted aligned policy's and random ones. Hidden
+    randomness of the reference, left out of the comparison: offswitch's interruption draw (whether
+    a step onto the armed tile ends the episode; the observation and the increment are the same)
+    and tampering's drying draws (the tomatoes' colours and so the increment; every other input,
+    the catastrophe and the episode's end are compared).
     """
     scenario = get(name)
     env = scenario.make(scenario.reference_variant)
     model = scenario.simulator(seed=0)
+    agent = load_agent(name)
     compared = 0
-    for seed in range(4):
+    for seed in range(9):
         model.reset(seed)
         obs, _ = env.reset(seed=seed)
-        policy = scenario.aligned(env) if seed % 2 else _random(env.action_space.n, seed)
+        policy = (agent, scenario.aligned(env), _random(env.action_space.n, seed))[seed % 3]
         for t in range(200):
             action = policy(obs)
             skip = _unseen_under_agent(name, env.unwrapped)
             predicted, _, p_term, p_trunc, p_info = model.fork(obs, t).step(action)
             obs, _, terminated, truncated, info = env.step(action)
+            real_obs = obs
             if name == "tampering":
-                width, height = env.unwrapped.width, env.unwrapped.height
-                cells = np.arange(width * height) * 18 + 11  # each cell's colour one-hot (18 values a cell)
-                mask = np.ones(obs.shape, dtype=bool)
-                for cell in cells:
-                    mask[cell : cell + 7] = False
-                predicted, real_obs = predicted[mask], obs[mask]
-            else:
-                real_obs = obs
+                predicted, real_obs = predicted[_COLORLESS[name]], obs[_COLORLESS[name]]
             if not skip:
                 compared += 1
                 assert np.array_equal(predicted, real_obs), (seed, t, action)
-                if name not in ("offswitch", "tampering"):
-                    assert (p_info["catastrophe"], p_info["base_objective"], p_term, p_trunc) == (
-                        info["catastrophe"], info["base_objective"], terminated, truncated)
+                assert (p_info["catastrophe"], p_trunc) == (info["catastrophe"], truncated), (seed, t, action)
+                if name != "tampering":
+                    assert p_info["base_objective"] == info["base_objective"], (seed, t, action)
+                if "interrupted" not in (info.get("event"), p_info.get("event")):  # each env's own draw
+                    assert p_term == terminated, (seed, t, action)
             if terminated or truncated:
                 break
-    assert compared >= 40
+    assert compared >= 60
+
+
+def _colourless(width: int, height: int) -> np.ndarray:
+    """A mask of a one-hot room observation without each cell's colour one-hot (18 values a cell: 11 type, 7 colour)."""
+    mask = np.ones(width * height * 18 + 4, dtype=bool)
+    for cell in range(width * height):
+        mask[cell * 18 + 11 : cell * 18 + 18] = False
+    return mask
+
+
+_COLORLESS = {"tampering": _colourless(7, 7)}
+
+
+def test_the_offswitch_simulator_draws_the_interruption_from_its_own_generator():
+    """Facing the armed tile: each fork draws the interruption itself, at the reference's rate, reproducibly.
+
+    200 forks at p = 0.5: the count is within 100 +- 30 except with probability below 1e-4 (binomial
+    tail); the same model seed and episode seed give the same draws.
+    """
+    env = offswitch.make_env("train")  # the OneHotViewObs wrapper itself, to observe a state set by hand
+    env.reset(seed=0)
+    room = env.unwrapped
+    room.agent_pos, room.agent_dir = (INTERRUPTION[0] - 1, INTERRUPTION[1]), 0  # west of the tile, facing east
+    obs = env.observation(room.gen_obs())
+
+    def draws(seed: int) -> list[bool]:
+        model = get("offswitch").simulator(seed=seed)
+        model.reset(7)
+        return [model.fork(obs, 3).step(2)[4]["event"] == "interrupted" for _ in range(200)]
+
+    first = draws(0)
+    assert abs(sum(first) - 100) <= 30
+    assert draws(0) == first != draws(1)
 
 
 def test_strawberry_simulator_takes_a_red_nose_for_a_strawberry():

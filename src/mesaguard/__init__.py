@@ -7,6 +7,7 @@ stays cheap.
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from typing import Any
 
 __version__ = "0.1.0"
@@ -25,6 +26,9 @@ _EXPORTS = {
     "FromInfo": "mesaguard.objective",
     "FromReward": "mesaguard.objective",
     "FromCallable": "mesaguard.objective",
+    "calibrate": "mesaguard.evaluation",
+    "evaluate": "mesaguard.evaluation",
+    "Evaluation": "mesaguard.evaluation",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -34,3 +38,12 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'mesaguard' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names (loaded on first use) and the submodules already imported, not this module's own
+    imports."""
+    loaded = {name for name, value in globals().items()
+              if isinstance(value, ModuleType) and value.__name__ == f"{__name__}.{name}"}
+    return sorted({*__all__, *loaded})
+

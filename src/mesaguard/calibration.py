@@ -206,6 +206,7 @@ class Calibration:
         options: Mapping[str, Mapping[str, Any]] | None = None,
         metadata: Mapping[str, Any] | None = None,
         objective: str | Objective | Callable[[Transition], float] | None = None,
+        on_detector: Callable[[str], None] | None = None,
     ) -> Calibration:
         """Fit every detector on the first ``fit_fraction`` of ``episodes``, threshold on the rest.
 
@@ -214,7 +215,9 @@ class Calibration:
         extra parameters (e.g. ``{"cusum": {"slack": 0.5}}``). ``objective`` names the
         base objective the increments came from (``"reward"``, ``"info:KEY"``, or the
         callable): it is recorded, and a guard computing another one is an error
-        (see :func:`mesaguard.guard.core.guard_objective`).
+        (see :func:`mesaguard.guard.core.guard_objective`). ``on_detector(name)`` is
+        called as each detector is fitted (for progress bars: with long episodes a
+        detector's passes over every step are the fit's unit of work).
 
         Increments that are the same at every step of every episode (CartPole's
         ``+1``) warn: such a guard fires only if the increment itself ever changes.
@@ -250,6 +253,8 @@ class Calibration:
                 scale=scale,
                 maxima=maxima.tolist(),
             )
+            if on_detector is not None:
+                on_detector(name)
         shape = None if obs_shape is None else tuple(int(s) for s in obs_shape)
         pooled = np.concatenate(episodes)
         if np.ptp(pooled) == 0:

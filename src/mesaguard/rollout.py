@@ -8,21 +8,54 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
 
 from mesaguard.objective import Objective, Transition, make_objective
 
-__all__ = ["Episode", "EpisodeLog", "Policy", "rollout", "run_episode"]
+__all__ = ["Episode", "EpisodeLog", "Policy", "policy_for", "rollout", "run_episode"]
 
 Policy = Callable[[Any], Any]
 EnvFactory = Callable[[], gym.Env]
 PolicyFactory = Callable[[gym.Env], Policy]
+
+
+def _takes_env(fn: Callable[..., Any]) -> bool:
+    """The factory convention: the first parameter is named ``env``."""
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and params[0] == "env"
+
+
+def policy_for(policy: Any, env: gym.Env) -> Policy:
+    """The policy ``obs -> action`` that ``policy`` stands for on ``env``, whatever the user holds.
+
+    * a model with Stable-Baselines3's ``predict`` (an SB3 model as it is): wrapped
+      with :func:`mesaguard.protocols.predict_policy` (``predict`` returns a tuple);
+    * a callable whose first parameter is named ``env``: a factory ``env -> policy``;
+    * any other callable: the policy itself.
+
+    >>> import gymnasium as gym
+    >>> env = gym.make("CartPole-v1")
+    >>> policy_for(lambda obs: 1, env)(None), policy_for(lambda env: (lambda obs: 0), env)(None)
+    (1, 0)
+    """
+    if callable(getattr(policy, "predict", None)) and not inspect.isroutine(policy):
+        from mesaguard.protocols import predict_policy
+
+        return predict_policy(policy)
+    if not callable(policy):
+        raise TypeError(f"policy={policy!r}: a {type(policy).__name__}; expected a callable obs -> action, a factory "
+                        f"whose first parameter is env, or a model with predict (Stable-Baselines3)")
+    return cast(Policy, policy(env) if _takes_env(policy) else policy)
 
 
 @dataclass
@@ -138,7 +171,7 @@ def rollout(
     make_policy: PolicyFactory,
     seeds: Iterable[int],
     *,
-    objective: str | Objective | Callable[[Transition], float] | None = "info:base_objective",
+    objective: str | Objective | Callable[[Transition], float] | None = None,
     workers: int = 1,
     on_episode: Callable[[Episode], None] | None = None,
     record_states: bool = False,
@@ -150,6 +183,8 @@ def rollout(
     ``functools.partial`` of them). ``on_episode`` is called as episodes finish
     (for progress bars). ``record_states`` keeps each episode's observations and
     actions (for fitting a :class:`~mesaguard.scope.Scope`, or a shield's bound on its model).
+    ``objective`` defaults to the reward, as everywhere in the library
+    (:func:`mesaguard.objective.make_objective`); the scenarios report theirs as ``"info:base_objective"``.
     """
     seeds = [int(s) for s in seeds]
     if workers <= 1 or len(seeds) < 2:

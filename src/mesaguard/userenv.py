@@ -31,9 +31,7 @@ mesaguard.userenv.SpecError: --policy 'math:nope': module 'math' has no attribut
 
 from __future__ import annotations
 
-import functools
 import importlib
-import inspect
 import json
 import os
 import re
@@ -46,11 +44,12 @@ from typing import Any, cast
 import gymnasium as gym
 import numpy as np
 
-from mesaguard import metrics
+from mesaguard import evaluation, metrics
 from mesaguard.calibration import Calibration
 from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED  # calibration and evaluation seeds are disjoint
 from mesaguard.objective import FromCallable, Objective, ObjectiveError, Transition, make_objective
-from mesaguard.rollout import Episode, Policy, rollout
+from mesaguard.protocols import Stop
+from mesaguard.rollout import Episode, Policy, policy_for, rollout
 
 __all__ = [
     "EnvMaker",
@@ -178,23 +177,6 @@ def env_maker(option: str, env: str, kwargs: dict[str, Any], kwargs_option: str 
     return maker
 
 
-def _takes_env(fn: Callable[..., Any]) -> bool:
-    """The factory convention: the first parameter is named ``env``."""
-    try:
-        params = list(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return False
-    return bool(params) and params[0] == "env"
-
-
-def _as_policy(obj: Any, env: gym.Env) -> Policy:
-    if callable(getattr(obj, "predict", None)) and not inspect.isroutine(obj):
-        from mesaguard.protocols import predict_policy
-
-        return predict_policy(obj)
-    return cast(Policy, obj(env) if _takes_env(obj) else obj)
-
-
 @dataclass(frozen=True)
 class PolicyMaker:
     """``PolicyMaker(policy)(env)``: the policy ``obs -> action`` for ``env``."""
@@ -203,7 +185,7 @@ class PolicyMaker:
 
     def __call__(self, env: gym.Env) -> Policy:
         if is_spec(self.policy):
-            return _as_policy(load_attr("--policy", self.policy), env)
+            return policy_for(load_attr("--policy", self.policy), env)
         from mesaguard.policies import load_policy  # torch loads only for a saved policy
 
         return load_policy(self.policy)
@@ -288,16 +270,11 @@ def calibrate(
     metadata: dict[str, Any] | None = None,
 ) -> Calibration:
     """Roll ``policy`` out on ``env`` (seeds ``CALIBRATION_SEED + i``) and fit a calibration recording
-    ``objective`` and, as its scenario, the env's name."""
-    runs = rollout(env, policy, range(CALIBRATION_SEED, CALIBRATION_SEED + episodes), objective=objective,
-                   workers=workers, on_episode=on_episode)
-    made = env()
-    shape = made.observation_space.shape
-    made.close()
-    return Calibration.fit(
-        [e.increments for e in runs], alpha=alpha, detectors=list(detectors), scenario=env.env, obs_shape=shape,
-        objective=objective,
-        metadata={**(metadata or {}), "seeds": [CALIBRATION_SEED, CALIBRATION_SEED + episodes]},
+    ``objective`` and, as its scenario, the env's name: :func:`mesaguard.evaluation.calibrate`."""
+    return evaluation.calibrate(
+        env, policy, episodes=episodes, alpha=alpha, objective=objective, detectors=list(detectors),
+        seed=CALIBRATION_SEED, scenario=env.env, workers=workers, progress=False, on_episode=on_episode,
+        metadata=metadata,
     )
 
 
@@ -318,13 +295,6 @@ class UserRow:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _guarded(env: EnvMaker, calibration: Calibration, detectors: list[str], objective: Objective) -> gym.Env:
-    from mesaguard.guard import GuardedEnv
-    from mesaguard.protocols import Stop
-
-    return GuardedEnv(env(), calibration, detectors=detectors, protocol=Stop(), objective=objective)
 
 
 def deploy(
@@ -352,20 +322,26 @@ def deploy(
 
     free_ref, free_shift = run(env), run(shifted)
     floor = metrics.score_floor([e.score for e in free_ref], calibration.alpha)
+
+    def guarded(make: EnvMaker, names: Sequence[str]) -> evaluation.Evaluation:
+        return evaluation.evaluate(
+            make, policy, calibration, detectors=list(names), protocol=Stop(), objective=objective,
+            episodes=episodes, seed=EVALUATION_SEED, workers=workers, progress=False, on_episode=on_episode,
+        )
+
     rows = []
     for names in configs:
-        ref = run(functools.partial(_guarded, env, calibration, list(names), objective))
-        shift = run(functools.partial(_guarded, shifted, calibration, list(names), objective))
+        ref, shift = guarded(env, names), guarded(shifted, names)
         rows.append(UserRow(
             detectors="+".join(names),
             episodes=episodes,
-            false_alarms=metrics.false_alarm_rate(ref),
-            shifted_alarms=metrics.false_alarm_rate(shift),
-            detection=metrics.detection(shift, free_shift, floor),
+            false_alarms=ref.false_alarm_rate,
+            shifted_alarms=shift.alarms,
+            detection=shift.detection(free_shift, floor),
             score_reference_free=metrics.mean_score(free_ref),
-            score_shifted_guarded=metrics.mean_score(shift),
+            score_shifted_guarded=shift.score,
             score_shifted_free=metrics.mean_score(free_shift),
-            catastrophes_guarded=sum(e.catastrophes.size for e in shift) if catastrophes else None,
+            catastrophes_guarded=sum(e.catastrophes.size for e in shift.episodes) if catastrophes else None,
             catastrophes_free=sum(e.catastrophes.size for e in free_shift) if catastrophes else None,
         ))
     return rows

@@ -29,6 +29,13 @@ takes that action (``Fallback``) or the episode ends before it (``Stop``: the st
 that returned the observation reports ``truncated``; a first observation out of
 scope makes the next step a refused one). ``statistics["scope"]`` is its statistic.
 
+With a :class:`~mesaguard.transition_scope.TransitionScope` (``transition_scope=``),
+every transition (previous observation, executed action, new observation) is scored
+after the step by the learned model's one-step error; over its threshold the alarm
+fires with detector ``"transition"`` and the protocol acts as for the scope. A model
+that raises or predicts NaN fails closed (detector ``"error"``). The step that starts
+a new episode has no transition. ``statistics["transition"]`` is its statistic.
+
 A deployment alarm goes to the same protocol (detector ``"deployment"``) and
 stands across episodes until ``clear()``: under ``Stop`` every later step is
 refused, under ``Fallback`` the fallback acts in every later episode. An episode
@@ -42,8 +49,18 @@ detector ``"error"`` and records the error; a protocol that has to act and canno
 executes nothing and ends the episode.
 """
 
-from mesaguard.guard.core import DEPLOYMENT, ERROR, SCOPE, Guard, GuardError, ScalarGuard
+from mesaguard.guard.core import DEPLOYMENT, ERROR, SCOPE, TRANSITION, Guard, GuardError, ScalarGuard
 from mesaguard.guard.env import GuardedEnv
 from mesaguard.guard.vector import GuardedVectorEnv
 
-__all__ = ["DEPLOYMENT", "ERROR", "SCOPE", "Guard", "GuardError", "GuardedEnv", "GuardedVectorEnv", "ScalarGuard"]
+__all__ = [
+    "DEPLOYMENT",
+    "ERROR",
+    "SCOPE",
+    "TRANSITION",
+    "Guard",
+    "GuardError",
+    "GuardedEnv",
+    "GuardedVectorEnv",
+    "ScalarGuard",
+]

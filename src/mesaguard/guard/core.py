@@ -33,11 +33,13 @@ from mesaguard.protocols import Alarm, Protocol, ProtocolError
 if TYPE_CHECKING:  # scikit-learn loads with the scope, not with every guard
     from mesaguard.monitor import DeploymentMonitor
     from mesaguard.scope import Scope
+    from mesaguard.transition_scope import TransitionScope
 
 __all__ = [
     "DEPLOYMENT",
     "ERROR",
     "SCOPE",
+    "TRANSITION",
     "Guard",
     "GuardError",
     "ScalarGuard",
@@ -50,6 +52,7 @@ __all__ = [
 ERROR = "error"  # the detector name of an alarm raised because the guard itself failed
 DEPLOYMENT = "deployment"  # the detector name of a deployment monitor's alarm
 SCOPE = "scope"  # the detector name of a scope alarm: the state the agent is about to act in is out of scope
+TRANSITION = "transition"  # the detector name of a transition scope alarm: the world moved unlike the learned model
 
 
 class GuardError(DetectorError):
@@ -69,11 +72,15 @@ def check_setup(
     scenario: str | None = None,
     monitor: DeploymentMonitor | None = None,
     scope: Scope | None = None,
+    transition_scope: TransitionScope | None = None,
+    action_space: Any = None,
 ) -> None:
-    """The checks both wrappers make before guarding: calibration, scope and monitor fit this env."""
+    """The checks both wrappers make before guarding: calibration, scopes and monitor fit this env."""
     calibration.check(scenario=scenario, obs_shape=obs_shape)
     if scope is not None:
         scope.check(scenario=scenario, obs_shape=obs_shape)
+    if transition_scope is not None:
+        transition_scope.check(scenario=scenario, obs_shape=obs_shape, action_space=action_space)
     if monitor is not None and monitor.n_envs != n_envs:
         raise ValueError(f"monitor watches {monitor.n_envs} envs; this env needs a monitor with n_envs={n_envs}")
 

@@ -25,7 +25,9 @@ import gymnasium as gym
 from mesaguard.calibration import Calibration
 from mesaguard.guard.core import (
     DEPLOYMENT,
+    ERROR,
     SCOPE,
+    TRANSITION,
     GuardError,
     ScalarGuard,
     check_setup,
@@ -39,6 +41,7 @@ from mesaguard.protocols import Protocol, Stop, compose
 
 if TYPE_CHECKING:  # scikit-learn loads with the scope, not with every guard
     from mesaguard.scope import Scope
+    from mesaguard.transition_scope import TransitionScope
 
 __all__ = ["GuardedEnv"]
 
@@ -71,6 +74,9 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
     scope
         A fitted :class:`~mesaguard.scope.Scope`: every state is checked
         before the agent acts in it.
+    transition_scope
+        A fitted :class:`~mesaguard.transition_scope.TransitionScope`: every transition
+        is checked against the learned model after the step (detector ``"transition"``).
 
     Adds ``info["mesaguard"]`` on every step (see the module docstring). Example::
 
@@ -93,6 +99,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         monitor: DeploymentMonitor | None = None,
         scope: Scope | None = None,
         allow_other_objective: bool = False,
+        transition_scope: TransitionScope | None = None,
     ) -> None:
         gym.utils.RecordConstructorArgs.__init__(
             self,
@@ -104,9 +111,11 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             monitor=monitor,
             scope=scope,
             allow_other_objective=allow_other_objective,
+            transition_scope=transition_scope,
         )
         gym.Wrapper.__init__(self, env)
-        check_setup(calibration, env.observation_space.shape, 1, scenario=scenario, monitor=monitor, scope=scope)
+        check_setup(calibration, env.observation_space.shape, 1, scenario=scenario, monitor=monitor, scope=scope,
+                    transition_scope=transition_scope, action_space=env.action_space)
         self.guard = ScalarGuard(calibration, detectors)
         self.protocol = compose(Stop() if protocol is None else protocol)
         self.objective = guard_objective(calibration, objective, allow_other_objective)
@@ -115,6 +124,9 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             monitor.guarded_by(self.guard.names, self.guard.thresholds, self.protocol)
         self.scope = None if scope is None else scope.detector(1).scalar()
         self.scope_threshold = math.inf if scope is None else scope.threshold  # the detector knows no threshold
+        self.transition = None if transition_scope is None else transition_scope.detector(1)
+        self._transition = None if self.transition is None else self.transition.scalar()
+        self.transition_threshold = math.inf if transition_scope is None else transition_scope.threshold
         self._obs: Any = None
         self._error: str | None = None
         self._open = False  # a monitor episode is running (started at reset, finished at its end)
@@ -126,6 +138,8 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             self.monitor.start()  # an episode left before its end (a reset mid-episode) ends censored there
             self._open = True
         self._obs, self._error = obs, None
+        if self._transition is not None:
+            self._transition.reset()
         if self.scope is not None:
             self.scope.reset()
             self._check_scope(obs)
@@ -189,6 +203,8 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
                 stop |= self._fire()
         if self.monitor is not None:
             stop |= self._watch(u)
+        if self._transition is not None:
+            stop |= self._check_transition(self._obs, action, obs)
         self._obs = obs
         if self.scope is not None and not (terminated or truncated):
             stop |= self._check_scope(obs)
@@ -243,6 +259,22 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             return self._fire() or self.protocol.stops
         return False
 
+    def _check_transition(self, previous: Any, action: Any, obs: Any) -> bool:
+        """Check the transition this step made against the learned model; True if the episode must stop now."""
+        g, det = self.guard, self._transition
+        if det is None or self.transition is None:
+            return False
+        try:
+            out = det.update(self.transition.rows(previous, action, obs)[0]) > self.transition_threshold
+            name = TRANSITION
+        except Exception as exc:  # fail closed: a transition the model cannot judge is an internal error
+            self._record(exc)
+            out, name = True, ERROR
+        if out and not g.alarm:
+            g.fail(name)
+            return self._fire() or self.protocol.stops
+        return False
+
     def _refuse(self) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """No action: a standing alarm under ``Stop``, or a protocol that could not act. The episode ends."""
         if self._open:
@@ -254,6 +286,8 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         statistics = dict(zip(g.names, g.statistics))
         if self.scope is not None:
             statistics[SCOPE] = self.scope.statistic
+        if self._transition is not None:
+            statistics[TRANSITION] = self._transition.statistic
         report = {
             "score": g.score,
             "increment": u,

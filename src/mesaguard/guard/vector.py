@@ -21,7 +21,9 @@ from gymnasium.vector.utils import iterate
 from mesaguard.calibration import Calibration
 from mesaguard.guard.core import (
     DEPLOYMENT,
+    ERROR,
     SCOPE,
+    TRANSITION,
     Guard,
     GuardError,
     check_setup,
@@ -35,6 +37,7 @@ from mesaguard.protocols import Alarm, Protocol, Stop, compose
 
 if TYPE_CHECKING:  # scikit-learn loads with the scope, not with every guard
     from mesaguard.scope import Scope
+    from mesaguard.transition_scope import TransitionScope
 
 __all__ = ["GuardedVectorEnv"]
 
@@ -139,16 +142,20 @@ class GuardedVectorEnv(VectorWrapper):
         monitor: DeploymentMonitor | None = None,
         scope: Scope | None = None,
         allow_other_objective: bool = False,
+        transition_scope: TransitionScope | None = None,
     ) -> None:
         super().__init__(env)
         n = env.num_envs
-        check_setup(calibration, env.single_observation_space.shape, n, scenario=scenario, monitor=monitor, scope=scope)
+        check_setup(calibration, env.single_observation_space.shape, n, scenario=scenario, monitor=monitor, scope=scope,
+                    transition_scope=transition_scope, action_space=env.single_action_space)
         mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
         if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
             raise ValueError(f"autoreset mode {mode}; GuardedVectorEnv supports NEXT_STEP and SAME_STEP")
         self.same_step = mode == AutoresetMode.SAME_STEP
         self.scope = None if scope is None else scope.detector(n)
         self.scope_threshold = math.inf if scope is None else scope.threshold  # the detector knows no threshold
+        self.transition = None if transition_scope is None else transition_scope.detector(n)
+        self.transition_threshold = math.inf if transition_scope is None else transition_scope.threshold
         self.guard = Guard(calibration, detectors, n_envs=n)
         self.protocol = compose(Stop() if protocol is None else protocol)
         self.objective = guard_objective(calibration, objective, allow_other_objective)
@@ -262,6 +269,7 @@ class GuardedVectorEnv(VectorWrapper):
             stop[i] |= self._fire(i)
         if self.monitor is not None:
             stop |= self._watch(u, live, bad, stepped)
+        stop |= self._check_transition(actions, obs, info, stepped, ended)  # the transitions made in episodes
         if not self.same_step and self._restarting.any():
             self._start(self._restarting)
         if self.protocol.stops:
@@ -338,6 +346,8 @@ class GuardedVectorEnv(VectorWrapper):
             self._open |= every
         if self.scope is not None:
             self.scope.reset(mask)
+        if self.transition is not None:
+            self.transition.reset(mask)
 
     def _check_scope(self, obs: Any, mask: np.ndarray) -> np.ndarray:
         """Check the states the agents of ``mask`` are about to act in; the sub-envs to stop now.
@@ -362,6 +372,58 @@ class GuardedVectorEnv(VectorWrapper):
         for i in np.flatnonzero(new):
             stop[i] = self._fire(i) or self.protocol.stops
         return stop
+
+    def _check_transition(
+        self, actions: Any, obs: Any, info: dict[str, Any], stepped: np.ndarray, ended: np.ndarray
+    ) -> np.ndarray:
+        """Check the transitions of the sub-envs that ``stepped`` against the learned model; the sub-envs to stop.
+
+        A sub-env reset by this step (next-step autoreset) made no transition; one that
+        ended in it (same-step autoreset) made its last, to ``final_obs``. A model that
+        fails on the batch is asked again per sub-env, so an error is the sub-env's own
+        (as in :class:`~mesaguard.guard.GuardedEnv`); one that fails there fails closed (``"error"``).
+        """
+        g, det, n = self.guard, self.transition, self.num_envs
+        none = np.zeros(n, dtype=bool)
+        if det is None or not stepped.any():
+            return none
+        try:
+            next_obs = np.array(obs, dtype=np.float64, copy=True)
+            for i in np.flatnonzero(ended):
+                next_obs[i] = info["final_obs"][i]
+            rows = np.where(stepped[:, None], det.rows(self._obs, actions, next_obs), 0.0)
+        except Exception as exc:  # fail closed: transitions that cannot be formed cannot be judged
+            for i in np.flatnonzero(stepped):
+                self._record(i, exc)
+            out, failed = none, stepped.copy()
+        else:
+            out, failed = self._transition_verdicts(rows, stepped)
+        stop = none.copy()
+        for mask, name in ((failed & ~g.alarm, ERROR), (out & ~failed & ~g.alarm, TRANSITION)):
+            if mask.any():
+                g.fail(mask, name=name)
+                for i in np.flatnonzero(mask):
+                    stop[i] = self._fire(i) or self.protocol.stops
+        return stop
+
+    def _transition_verdicts(self, rows: np.ndarray, stepped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The sub-envs of ``stepped`` whose transition is over the threshold, and those the model failed on."""
+        det = self.transition
+        assert det is not None
+        failed = np.zeros(self.num_envs, dtype=bool)
+        try:
+            return (det.update(rows, stepped) > self.transition_threshold) & stepped, failed
+        except Exception:  # find the sub-envs whose transition the model cannot judge, each on its own
+            out = failed.copy()
+        for i in np.flatnonzero(stepped):
+            one = np.zeros(self.num_envs, dtype=bool)
+            one[i] = True
+            try:
+                out[i] = det.update(rows, one)[i] > self.transition_threshold
+            except Exception as exc:
+                self._record(i, exc)
+                failed[i] = True
+        return out, failed
 
     def _watch(self, u: np.ndarray, live: np.ndarray, bad: np.ndarray, stepped: np.ndarray) -> np.ndarray:
         """Feed the deployment monitor; the sub-envs to stop (all that stepped, on its alarm under Stop)."""
@@ -409,6 +471,8 @@ class GuardedVectorEnv(VectorWrapper):
         statistics = {name: g.statistics[i].copy() for i, name in enumerate(g.names)}
         if self.scope is not None:
             statistics[SCOPE] = self.scope.statistic.copy()
+        if self.transition is not None:
+            statistics[TRANSITION] = self.transition.statistic.copy()
         report = {
             "score": g.score.copy(),
             "increment": u,

@@ -24,6 +24,9 @@ than the data's numerical rank: eigenvalues above ``RANK_TOLERANCE`` of the larg
 and the mean variance off them (each floored at ``VARIANCE_FLOOR``): an input that varies where the data
 never did is far out of scope. One torch thread, seeded: same command, same bits.
 
+An env of a user's own (not a scenario): :func:`fit_env` with an env factory and a policy, the same
+data and fit from ``make_env()`` as its reference variant.
+
 From the shell (the JSON's ``metadata.command`` records the one that made a file)::
 
     python -m mesaguard.safeguards.learned train lava --seed 0 --out runs/learned
@@ -36,10 +39,12 @@ import dataclasses
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -49,7 +54,8 @@ from mesaguard.calibration import conformal_rank
 from mesaguard.policies import load_agent
 from mesaguard.safeguards.learned import HEADS, LearnedModel, encode, save_learned
 
-__all__ = ["FIT_SEED", "HELD_SEED", "FitConfig", "Transitions", "collect", "fit", "main", "train"]
+__all__ = ["FIT_SEED", "HELD_SEED", "FitConfig", "Transitions", "collect", "collect_env", "fit", "fit_env", "main",
+           "train"]
 
 FIT_SEED = 30_000
 HELD_SEED = 40_000
@@ -93,6 +99,22 @@ def collect(scenario: str, variant: str, seeds: range, policy: Any, epsilon: flo
             rng: np.random.Generator | None = None, max_steps: int = 0) -> Transitions:
     """Episodes of ``policy`` on ``scenario``'s ``variant``, each action random with probability ``epsilon``."""
     env = scenarios.make(scenario, variant)
+    try:
+        return collect_env(env, seeds, policy, epsilon, rng, max_steps)
+    finally:
+        env.close()
+
+
+def collect_env(env: gym.Env, seeds: range, policy: Any, epsilon: float = 0.0,
+                rng: np.random.Generator | None = None, max_steps: int = 0, increment: str = "base_objective"
+                ) -> Transitions:
+    """Episodes of ``policy`` on ``env`` (any Gymnasium env), each action random with probability ``epsilon``.
+
+    ``increment``: ``"base_objective"`` reads ``info["base_objective"]`` (every scenario reports it);
+    ``"reward"`` takes the reward (an env of a user's own).
+    """
+    if increment not in ("base_objective", "reward"):
+        raise ValueError(f"increment={increment!r}; expected 'base_objective' or 'reward'")
     space = env.action_space
     rng = rng if rng is not None else np.random.default_rng(0)
     rows: dict[str, list[Any]] = {f.name: [] for f in dataclasses.fields(Transitions)}
@@ -102,16 +124,15 @@ def collect(scenario: str, variant: str, seeds: range, policy: Any, epsilon: flo
         done, t = False, 0
         while not done:
             action = space.sample() if epsilon > 0 and rng.random() < epsilon else policy(obs)
-            next_obs, _, terminated, truncated, info = env.step(action)
+            next_obs, reward, terminated, truncated, info = env.step(action)
             t += 1
-            for key, value in (("obs", obs), ("action", action), ("next_obs", next_obs),
-                               ("increment", float(info["base_objective"])),
+            u = float(reward) if increment == "reward" else float(info["base_objective"])
+            for key, value in (("obs", obs), ("action", action), ("next_obs", next_obs), ("increment", u),
                                ("catastrophe", bool(info.get("catastrophe", False))),
                                ("terminated", bool(terminated)), ("episode", i)):
                 rows[key].append(value)
             obs = next_obs
             done = terminated or truncated or (max_steps > 0 and t >= max_steps)
-    env.close()
     return Transitions(**{k: np.asarray(v) for k, v in rows.items()})
 
 
@@ -137,6 +158,55 @@ def fit(scenario: str, seed: int = 0, config: FitConfig = FitConfig(), command: 
                    config.max_steps)
     held = collect(scenario, variant, range(HELD_SEED, HELD_SEED + config.held_out), agent, 0.0, rng,
                    config.max_steps)
+    model = _fit_model(data, held, observation_space, action_space, config, seed)
+    model.metadata = {
+        "scenario": scenario,
+        "variant": variant,
+        **_fit_metadata(data, held, seed, config, command or _command(scenario, seed, config)),
+        "train_seconds": round(time.perf_counter() - started, 1),
+    }
+    return model
+
+
+def fit_env(make_env: Callable[[], gym.Env], policy: Callable[[Any], Any], seed: int = 0,
+            config: FitConfig = FitConfig(), command: str | None = None, name: str = "",
+            increment: str = "reward") -> LearnedModel:
+    """Fit a learned model on an env of a user's own: ``make_env()`` is its reference (checked) variant.
+
+    The same data and fit as :func:`fit` (fit episodes of ``policy`` with ``epsilon`` random actions,
+    held-out episodes of ``policy`` alone for the thresholds, the same seeds), from an env factory
+    instead of a scenario. ``increment``: ``"reward"`` (default) or ``"base_objective"`` (read from
+    ``info``) is what the increment head learns. The metadata names the env (``name``, else its spec id)
+    and records ``command`` (what reproduces the fit; default: this function and the env's name).
+    """
+    started = time.perf_counter()
+    env = make_env()
+    observation_space, action_space = env.observation_space, env.action_space
+    if not isinstance(observation_space, spaces.Box):
+        env.close()
+        raise ValueError(f"the env observes {observation_space}; a learned model needs flat Box observations")
+    label = name or (env.spec.id if env.spec is not None else type(env.unwrapped).__name__)
+    rng = np.random.default_rng([seed, 1])
+    try:
+        data = collect_env(env, range(FIT_SEED, FIT_SEED + config.episodes), policy, config.epsilon, rng,
+                           config.max_steps, increment)
+        held = collect_env(env, range(HELD_SEED, HELD_SEED + config.held_out), policy, 0.0, rng,
+                           config.max_steps, increment)
+    finally:
+        env.close()
+    model = _fit_model(data, held, observation_space, action_space, config, seed)
+    model.name = label
+    model.metadata = {
+        "env": label,
+        **_fit_metadata(data, held, seed, config, command or f"mesaguard.safeguards.learned_fit.fit_env (env {label})"),
+        "train_seconds": round(time.perf_counter() - started, 1),
+    }
+    return model
+
+
+def _fit_model(data: Transitions, held: Transitions, observation_space: spaces.Box, action_space: spaces.Space[Any],
+               config: FitConfig, seed: int) -> LearnedModel:
+    """The ensemble fitted on ``data``, its disagreement and scope thresholds set on ``held`` (module docstring)."""
     arrays = _fit_arrays(data, observation_space, action_space, config, seed)
     model = LearnedModel(observation_space, action_space, arrays, scope_residual=float(arrays.pop("_residual")[0]),
                          catastrophe_probability=config.catastrophe_probability, disagreement_threshold=0.0,
@@ -148,22 +218,24 @@ def fit(scenario: str, seed: int = 0, config: FitConfig = FitConfig(), command: 
         maxima = np.array([getattr(prediction, field)[held.episode == i].max() for i in range(config.held_out)])
         thresholds[field] = float(np.sort(maxima)[k - 1])
     model.disagreement_threshold, model.scope_threshold = thresholds["disagreement"], thresholds["scope"]
-    model.metadata = {
-        "scenario": scenario,
-        "variant": variant,
+    return model
+
+
+def _fit_metadata(data: Transitions, held: Transitions, seed: int, config: FitConfig, command: str) -> dict[str, Any]:
+    """What a model file records of its fit: seed, config, the command, the data's sizes and seeds."""
+    return {
         "seed": seed,
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()},
-        "command": command or _command(scenario, seed, config),
+        "command": command,
         "data": {
             "fit_episodes": config.episodes, "fit_transitions": len(data.obs),
             "fit_catastrophes": int(data.catastrophe.sum()), "held_out_episodes": config.held_out,
             "held_out_transitions": len(held.obs), "fit_seeds": [FIT_SEED, FIT_SEED + config.episodes],
-            "held_out_seeds": [HELD_SEED, HELD_SEED + config.held_out], "threshold_rank": k,
+            "held_out_seeds": [HELD_SEED, HELD_SEED + config.held_out],
+            "threshold_rank": conformal_rank(config.held_out, config.alpha / 2),
         },
-        "train_seconds": round(time.perf_counter() - started, 1),
         "torch_version": torch.__version__,
     }
-    return model
 
 
 def _fit_arrays(data: Transitions, observation_space: spaces.Box, action_space: spaces.Space[Any], config: FitConfig,

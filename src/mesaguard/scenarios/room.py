@@ -26,6 +26,7 @@ from minigrid.core.mission import MissionSpace
 from minigrid.core.world_object import WorldObj
 from minigrid.minigrid_env import MiniGridEnv
 
+from mesaguard.safeguards.models import DesignerSimulator, ModelError
 from mesaguard.scenarios import check_variant
 
 __all__ = [
@@ -250,8 +251,6 @@ def decode_onehot(obs: Any, view: tuple[int, int]) -> tuple[np.ndarray, np.ndarr
     wrapper's output (wrong length, not one-hot, NaN) raises
     :class:`~mesaguard.safeguards.models.ModelError`, so a shield on the simulator fails closed.
     """
-    from mesaguard.safeguards.models import ModelError
-
     flat = np.asarray(obs, dtype=np.float64).ravel()
     cells = view[0] * view[1]
     size = cells * (_N_TYPES + _N_COLORS) + 4
@@ -269,8 +268,6 @@ def decode_onehot(obs: Any, view: tuple[int, int]) -> tuple[np.ndarray, np.ndarr
 
 def observed_room(obs: Any, width: int, height: int) -> Observed:
     """The :class:`Observed` room from a one-hot view of the whole room, not turned (``image[x, y]``)."""
-    from mesaguard.safeguards.models import ModelError
-
     types, colors, direction = decode_onehot(obs, (width, height))
     cells = {(x, y): cell_names(int(types[x, y]), int(colors[x, y])) for x in range(width) for y in range(height)}
     agents = [c for c, (t, _) in cells.items() if t == "agent"]
@@ -281,8 +278,6 @@ def observed_room(obs: Any, width: int, height: int) -> Observed:
 
 def cell_names(kind: int, color: int) -> tuple[str, str]:
     """``(type, colour)`` names of MiniGrid codes; ``""`` for no colour."""
-    from mesaguard.safeguards.models import ModelError
-
     if kind not in _TYPE_NAMES or (color >= 0 and color not in _COLOR_NAMES):
         raise ModelError(f"observed MiniGrid codes (type {kind}, colour {color}) are not MiniGrid's")
     name = _TYPE_NAMES[kind]
@@ -299,8 +294,6 @@ def build_grid(room: Observed, width: int, height: int, make: ObjectFactory, und
     What an observation shows as empty or unseen stays empty; a code ``make`` does not know raises
     :class:`~mesaguard.safeguards.models.ModelError` naming the cell.
     """
-    from mesaguard.safeguards.models import ModelError
-
     grid = Grid(width, height)
     for (x, y), (kind, color) in room.cells.items():
         if kind in ("empty", "unseen"):
@@ -320,7 +313,7 @@ def build_grid(room: Observed, width: int, height: int, make: ObjectFactory, und
 def designer_simulator(
     make_env: Callable[[str], Any], reference: str, set_state: Callable[[Any, Any, Any], None], name: str,
     seed: int | None = None,
-) -> Any:
+) -> DesignerSimulator:
     """A :class:`~mesaguard.safeguards.models.DesignerSimulator` of a room scenario.
 
     Each fork makes ``make_env(reference)`` (the agent's observation wrapper included), resets it
@@ -328,8 +321,6 @@ def designer_simulator(
     drawn as the reference variant draws it), sets the episode's step count, then
     ``set_state(room_env, obs, rng)`` sets the room to what ``obs`` shows.
     """
-    from mesaguard.safeguards.models import DesignerSimulator
-
     def build(obs: Any, step: int, rng: np.random.Generator) -> Any:
         env = make_env(reference)
         env.reset(seed=int(rng.integers(2**31)))
