@@ -46,8 +46,12 @@ bench: $(STAMP)
 # impact penalty (~40 min), every safeguard's cost (~8 min).
 bench-safeguards: $(STAMP)
 	$(BIN)/python benchmarks/scope.py
+	$(BIN)/python benchmarks/scope.py --continuous
 	$(BIN)/python benchmarks/shield.py
 	$(BIN)/python benchmarks/shield.py --cheetah
+	$(BIN)/python benchmarks/prevention.py
+	$(BIN)/python benchmarks/transition_scope.py
+	$(BIN)/python benchmarks/shield_simulators.py
 	$(BIN)/python benchmarks/quantilizer.py
 	$(BIN)/python benchmarks/quantilizer_bases.py
 	$(BIN)/python benchmarks/impact.py

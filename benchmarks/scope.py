@@ -263,6 +263,10 @@ def main(cfg: Config = CONFIG, out_file: Path = harness.RESULTS / "scope.json") 
         results[name] = per_scenario
     console.print(table)
     results["machine"] = harness.machine()
+    if out_file.exists():  # the CartPole rows (``--continuous``) are not rerun here: keep them
+        kept = json.loads(out_file.read_text()).get("continuous")
+        if kept is not None:
+            results["continuous"] = kept
     console.print(f"written to {harness.write(out_file, results)}")
 
 
