@@ -41,14 +41,14 @@ def test_every_table_is_on_a_page_and_every_results_file_is_shown(monkeypatch: p
 
 
 def test_a_changed_result_makes_the_page_stale(monkeypatch: pytest.MonkeyPatch) -> None:
-    shield = json.loads((build.RESULTS / "shield.json").read_text())
-    shield["scenarios"]["lava"]["variants"]["deploy"]["none"]["catastrophes_per_1000_episodes"] = 651.0
+    prevention = json.loads((build.RESULTS / "prevention.json").read_text())
+    prevention["scenarios"]["lava"]["rows"]["shield[copy]"]["summary"]["catastrophes_per_1000"] = 1.0
     real = build.results
-    monkeypatch.setattr(build, "results", lambda name: shield if name == "shield" else real(name))
+    monkeypatch.setattr(build, "results", lambda name: prevention if name == "prevention" else real(name))
     text = (ROOT / "README.md").read_text()
     rendered = build.render(text, "README.md")
     assert rendered != text
-    assert "| lava | 651 -> 0 |" in rendered
+    assert "| lava | shield[copy] (oracle) | 655 -> 1 |" in rendered
 
 
 def test_an_unknown_table_is_an_error_naming_the_page() -> None:
