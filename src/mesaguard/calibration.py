@@ -49,6 +49,7 @@ from mesaguard.artifacts import (
 )
 from mesaguard.conformal import (
     CalibrationError,
+    ConformalThreshold,
     check_alpha,
     conformal_rank,
     episodes_for_tolerance,
@@ -173,7 +174,7 @@ def _tail_scale(
 
 
 @dataclass(frozen=True)
-class Calibration:
+class Calibration(ConformalThreshold):
     """Thresholds at ``alpha`` for a set of detectors, fitted on in-distribution episodes."""
 
     scenario: str
@@ -268,15 +269,6 @@ class Calibration:
         recorded = None if objective is None else make_objective(objective).name
         return cls(scenario, shape, alpha, n_fit, len(held), fitted, dict(metadata or {}), recorded, lengths)
 
-    @property
-    def rank(self) -> int:
-        """The conformal rank of every threshold at this calibration's alpha."""
-        return conformal_rank(self.n_cal, self.alpha)
-
-    @property
-    def false_alarm(self) -> dict[str, float]:
-        """Spread of the realized per-episode false-alarm rate: ``Beta(n + 1 - k, k)``."""
-        return false_alarm_spread(self.n_cal, self.rank)
 
     @property
     def thresholds(self) -> dict[str, float]:

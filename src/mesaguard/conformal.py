@@ -18,6 +18,7 @@ from mesaguard.artifacts import ArtifactError
 
 __all__ = [
     "CalibrationError",
+    "ConformalThreshold",
     "check_alpha",
     "conformal_rank",
     "episodes_for_tolerance",
@@ -33,6 +34,24 @@ class CalibrationError(ArtifactError):
 
 
 CalibrationError.__module__ = "mesaguard.calibration"  # where users import it from, and how tracebacks name it
+
+
+class ConformalThreshold:
+    """What a per-episode threshold set by the conformal rule on ``n_cal`` held-out episodes at ``alpha`` gives:
+    its rank and the spread of its realized false-alarm rate (a calibration, a scope, a transition scope)."""
+
+    n_cal: int
+    alpha: float
+
+    @property
+    def rank(self) -> int:
+        """The conformal rank of the threshold among the ``n_cal`` held-out episode maxima."""
+        return conformal_rank(self.n_cal, self.alpha)
+
+    @property
+    def false_alarm(self) -> dict[str, float]:
+        """Spread of the realized per-episode false-alarm rate: ``Beta(n + 1 - k, k)``."""
+        return false_alarm_spread(self.n_cal, self.rank)
 
 
 def check_alpha(alpha: float) -> float:

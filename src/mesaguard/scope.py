@@ -68,11 +68,11 @@ from mesaguard.calibration import (
     check_alpha,
     conformal_rank,
     episodes_needed,
-    false_alarm_spread,
     fit_split,
     min_episodes,
 )
 from mesaguard.calibration_file import read_conformal, read_threshold
+from mesaguard.conformal import ConformalThreshold
 from mesaguard.detectors.base import DetectorError
 from mesaguard.detectors.scope import ScopeDetector, StateEvidence, check_states
 from mesaguard.detectors.scorers import METHODS, StateScorer, check_k
@@ -132,7 +132,7 @@ def _check_episodes(episodes: Sequence[Any]) -> tuple[list[np.ndarray], tuple[in
 
 
 @dataclass(frozen=True, eq=False)
-class Scope:
+class Scope(ConformalThreshold):
     """A fitted scope: state scorer, per-state p-values, and the episode threshold at ``alpha``.
 
     Build one with :meth:`fit` or :meth:`load`; stream it with :meth:`detector`.
@@ -273,15 +273,6 @@ class Scope:
 
     # -- per episode -------------------------------------------------------------------------
 
-    @property
-    def rank(self) -> int:
-        """The conformal rank of the threshold among the ``n_cal`` held-out maxima."""
-        return conformal_rank(self.n_cal, self.alpha)
-
-    @property
-    def false_alarm(self) -> dict[str, float]:
-        """Spread of the realized per-episode false-alarm rate: ``Beta(n + 1 - k, k)``."""
-        return false_alarm_spread(self.n_cal, self.rank)
 
     def detector(self, n_envs: int = 1) -> ScopeDetector:
         """A streaming detector over ``n_envs`` envs (the alarm: its statistic above :attr:`threshold`)."""

@@ -48,11 +48,11 @@ from mesaguard.calibration import (
     check_alpha,
     conformal_rank,
     episodes_needed,
-    false_alarm_spread,
     fit_split,
     min_episodes,
 )
 from mesaguard.calibration_file import read_conformal, read_threshold
+from mesaguard.conformal import ConformalThreshold
 from mesaguard.detectors.base import DetectorError
 from mesaguard.detectors.transition import (
     TransitionDetector,
@@ -114,7 +114,7 @@ def _rows(model: Any, episodes: Sequence[Episode]) -> list[np.ndarray]:
 
 
 @dataclass(frozen=True, eq=False)
-class TransitionScope:
+class TransitionScope(ConformalThreshold):
     """A fitted transition scope: the model, its error spread, the reference scores and the episode threshold.
 
     Build one with :meth:`fit` or :meth:`load`; stream it with :meth:`detector`.
@@ -183,15 +183,6 @@ class TransitionScope:
 
     # -- streaming ---------------------------------------------------------------------------
 
-    @property
-    def rank(self) -> int:
-        """The conformal rank of the threshold among the ``n_cal`` held-out maxima."""
-        return conformal_rank(self.n_cal, self.alpha)
-
-    @property
-    def false_alarm(self) -> dict[str, float]:
-        """Spread of the realized per-episode false-alarm rate: ``Beta(n + 1 - k, k)``."""
-        return false_alarm_spread(self.n_cal, self.rank)
 
     @property
     def obs_shape(self) -> tuple[int, ...]:
