@@ -49,8 +49,9 @@ How
 
 Target
 ------
-Guard overhead at most 1.5x RecordEpisodeStatistics' overhead per step (part 1).
-Part 2 has no target yet: it records the vector throughput for the README.
+Issue 12's: the default joint set (all four) with a deployment monitor at most 3x RecordEpisodeStatistics'
+overhead per step (part 1; every variant is checked against it); the vector guard with the four at least 10
+million env-steps per second over 1,024 envs (part 2).
 
 Run: ``.venv/bin/python benchmarks/guard_overhead.py [--quick] [--out FILE]`` (about a minute, one core).
 Results: printed as tables and written to ``benchmarks/results/guard_overhead.json``.
@@ -210,11 +211,15 @@ def single_env_overhead(name: str, make_env: Callable[[], gym.Env], steps: int, 
         variants[f"guard: {label}"] = lambda names=names, label=label: GuardedEnv(
             make_env(), cal, detectors=names, protocol=Alert(counter(label))
         )
-    # The deployment monitor on top of the cusum guard: its own detector, and a p-value and bets
-    # whenever the running maximum of the episode's statistic rises.
+    # The deployment monitor on top of the guard: it reads the guard's statistics (reads_from), and
+    # places a p-value and bets whenever the running maximum of the episode's statistic rises.
     variants["guard: cusum + deployment monitor"] = lambda: GuardedEnv(
         make_env(), cal, detectors=["cusum"], protocol=Alert(lambda alarm: None),
         monitor=DeploymentMonitor(cal, detectors=["cusum"]),
+    )
+    variants["guard: all four + deployment monitor"] = lambda: GuardedEnv(
+        make_env(), cal, detectors=DETECTOR_SETS["all four"], protocol=Alert(lambda alarm: None),
+        monitor=DeploymentMonitor(cal, detectors=DETECTOR_SETS["all four"]),
     )
 
     # Fine-grained interleaving: every variant steps the same block of actions in turn
@@ -461,7 +466,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "guard_overhead.jso
             f"{row['page_faults_per_step']:.1f}",
         )
     console.print(table)
-    target = 1.5
+    target = 3.0
     verdict = {
         r["env"]: {
             v.removeprefix("guard: "): row["ratio_to_res"] <= target

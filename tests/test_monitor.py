@@ -375,3 +375,26 @@ def test_scalar_updates_equal_vector_updates(episodes, seed):
             assert scalar.update_scalar(u) == pytest.approx(vector.update(np.array([u])), rel=1e-12)
         scalar.finish(), vector.finish()
     assert scalar.episodes == vector.episodes and scalar.log_evidence == pytest.approx(vector.log_evidence)
+
+
+def test_a_monitor_in_a_guard_reads_the_guards_statistics_and_judges_as_it_would_alone(pendulum):
+    """Sharing the guard's statistics (``reads_from``) leaves every evidence value as the monitor alone computes it."""
+    shared = DeploymentMonitor(pendulum, seed=2)
+    env = GuardedEnv(gym.make("Pendulum-v1"), pendulum, protocol=Alert(lambda a: None), objective=heavier_cost,
+                     monitor=shared)
+    assert shared._shared is not None  # the guard runs every detector the monitor needs, fitted the same
+    alone = DeploymentMonitor(pendulum, seed=2)
+    for seed in range(2000, 2006):
+        obs, _ = env.reset(seed=seed)
+        alone.start()
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(swing_up(obs))
+            done = terminated or truncated
+            alone.update_scalar(info["mesaguard"]["increment"])
+            if done:  # the guard ends the monitor's episode at its last step, before it reports
+                alone.finish()
+            assert alone.evidence == info["mesaguard"]["deployment"]["evidence"]
+    other = Calibration.fit([np.ones(5) + 0.01 * i for i in range(40)], alpha=0.2)
+    assert not DeploymentMonitor(pendulum).reads_from(list(pendulum.detectors), other)  # other fits: its own
+    assert not DeploymentMonitor(pendulum).reads_from(["cusum"], pendulum)  # the guard lacks some: its own

@@ -122,6 +122,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.monitor = monitor
         if monitor is not None:  # episodes its protocol stops at their alarm are evidence for the monitor
             monitor.guarded_by(self.guard.names, self.guard.thresholds, self.protocol)
+            monitor.reads_from(self.guard.names, calibration)  # the guard's statistics, not computed twice
         self.scope = None if scope is None else scope.detector(1).scalar()
         self.scope_threshold = math.inf if scope is None else scope.threshold  # the detector knows no threshold
         self.transition = None if transition_scope is None else transition_scope.detector(1)
@@ -234,7 +235,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             return False
         before = monitor.alarm
         try:
-            monitor.update_scalar(u)
+            monitor.update_scalar(u, self.guard.statistics)
         except Exception as exc:  # fail closed: a monitor that cannot judge raises its alarm
             self._record(exc)
             monitor.fail()  # first: the alarm stands whatever else fails

@@ -176,6 +176,9 @@ class DeploymentMonitor:
         self.horizon = None if horizon is None else int(horizon)
         self.arl = None if arl is None else float(arl)
         self.log_threshold = log_threshold(self.mode, self.alpha, self.horizon, self.arl, tuple(self.shifts.tolist()))
+        self._threshold = math.exp(self.log_threshold)  # what report() shows, every step
+        self._mode_label = {"fixed": f"fixed:{self.horizon}", "change": f"change:{self.arl or 0:g}"}.get(
+            self.mode, self.mode)
         self.n_envs = int(n_envs)
         self._half_sq = self.shifts**2 / 2
         self._rng = np.random.default_rng(seed)
@@ -215,6 +218,8 @@ class DeploymentMonitor:
         self._stop_rows = rows
         self._stop_thresholds = np.array([stops[n] for n in stops])[:, None]
         self._scalar_stops = list(zip(rows, [stops[n] for n in stops]))
+        self._scalar_names = self.names + extra
+        self._shared: list[int] | None = None  # where the guard's statistics hold the scalar detectors' (reads_from)
         self.reference = reference_keys(cal, self.names, stops)
         self._bag = sorted(self.reference.tolist())
 
@@ -241,6 +246,18 @@ class DeploymentMonitor:
         if cuts_short(protocol):
             self.stop_at({str(n): float(t) for n, t in zip(names, thresholds)})
 
+    def reads_from(self, names: Sequence[str], calibration: Calibration) -> bool:
+        """Called by a one-env guard after :meth:`guarded_by`: where the guard runs every detector this monitor
+        needs, fitted the same (equal in ``calibration``), :meth:`update_scalar` takes the guard's statistics of
+        the step instead of computing them a second time. Returns whether it does."""
+        names = list(names)
+        same = self.n_envs == 1 and all(
+            n in names and n in calibration.detectors and calibration.detectors[n] == self.calibration.detectors[n]
+            for n in self._scalar_names
+        )
+        self._shared = [names.index(n) for n in self._scalar_names] if same else None
+        return same
+
     # -- what users read ----------------------------------------------------
 
     @property
@@ -265,14 +282,13 @@ class DeploymentMonitor:
 
     def report(self) -> dict[str, object]:
         """What a guard puts in ``info["mesaguard"]["deployment"]``."""
-        mode = {"fixed": f"fixed:{self.horizon}", "change": f"change:{self.arl or 0:g}"}.get(self.mode, self.mode)
         return {
             "evidence": self.evidence,
-            "threshold": self.threshold,
+            "threshold": self._threshold,
             "alarm": self.alarm,
             "episodes": self.finished,
             "steps": self.steps,
-            "mode": mode,
+            "mode": self._mode_label,
         }
 
     # -- feeding it ---------------------------------------------------------
@@ -316,8 +332,12 @@ class DeploymentMonitor:
         for scalar in self._scalar:
             scalar.reset()
 
-    def update_scalar(self, u: float) -> float:
-        """One env, one increment: :meth:`update` in plain floats (tests hold them equal)."""
+    def update_scalar(self, u: float, statistics: Sequence[float] | None = None) -> float:
+        """One env, one increment: :meth:`update` in plain floats (tests hold them equal).
+
+        ``statistics``: the guard's detector statistics after this same increment, in the order of the names it
+        gave :meth:`reads_from` (read only when it accepted them; the monitor's own detectors then stay idle).
+        """
         if self.n_envs != 1:
             raise MonitorError(f"update_scalar is for one env; this monitor watches {self.n_envs}")
         episode = self._running[0]
@@ -327,7 +347,13 @@ class DeploymentMonitor:
             episode.censored = True  # the episode's statistic can no longer be computed
             raise DetectorError(f"increment {u} is not finite")
         cross = False
-        if self._scalar_stops:  # the rule's detectors may be more than the statistic's: keep their values
+        shared = self._shared if statistics is not None else None
+        if shared is not None:
+            assert statistics is not None
+            values = [statistics[i] for i in shared]
+            x = max((v - loc) / scale for v, (loc, scale) in zip(values, self._standard))
+            cross = any(values[r] > t for r, t in self._scalar_stops)
+        elif self._scalar_stops:  # the rule's detectors may be more than the statistic's: keep their values
             values = [det.update(u) for det in self._scalar]
             x = max((v - loc) / scale for v, (loc, scale) in zip(values, self._standard))
             cross = any(values[r] > t for r, t in self._scalar_stops)
