@@ -415,3 +415,21 @@ def test_the_shield_runs_on_each_model_kind_and_the_oracle_row_comes_last(tmp_pa
     assert terminal.rows[-1][1] == "shield[copy] (oracle)"
     with pytest.raises(BenchError, match="unknown safeguard 'shield'"):
         BenchConfig(**{**SMALL, "seeds": (0,), "safeguards": ("shield",)})
+
+
+def test_a_shield_on_a_model_the_scenario_lacks_is_refused_before_any_job():
+    """A user's scenario registered without a simulator, and with no learned model fitted, names what is missing."""
+    import gymnasium as gym
+
+    from mesaguard import scenarios
+
+    scenarios.register("bare-pole", lambda variant, render_mode=None: gym.make("CartPole-v1"),
+                       variants=("train", "deploy"), aligned=lambda env: (lambda obs: 0))
+    try:
+        base = {**SMALL, "scenarios": ("bare-pole",), "seeds": (0,), "policy": "aligned"}
+        with pytest.raises(BenchError, match=r"designer's simulator needs one; scenarios \['bare-pole'\]"):
+            BenchConfig(**{**base, "safeguards": ("shield[simulator]",)})
+        with pytest.raises(BenchError, match=r"learned model needs a fitted model; scenarios \['bare-pole'\]"):
+            BenchConfig(**{**base, "safeguards": ("combined[learned]",)})
+    finally:
+        scenarios._unregister("bare-pole")

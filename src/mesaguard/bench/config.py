@@ -248,13 +248,19 @@ class BenchConfig:
                     f"the quantilizer ranks a trusted base distribution over discrete actions; scenario {s!r} acts "
                     f"in {space}: run it with the other safeguards"
                 )
-        if any(g.startswith("shield[learned]") or g == "combined[learned]" for g in self.safeguards):
+        kinds = {model_kind(g) for g in self.safeguards}
+        if "learned" in kinds:
             from mesaguard.safeguards.learned import shipped_models
 
             missing = [s for s in self.scenarios if s not in shipped_models()]
             if missing:
                 raise BenchError(f"a shield on the learned model needs a fitted model; scenarios {missing} have none "
                                  f"(shipped for: {', '.join(shipped_models())})")
+        if "simulator" in kinds:
+            missing = [s for s in self.scenarios if get(s).simulator is None]
+            if missing:
+                raise BenchError(f"a shield on the designer's simulator needs one; scenarios {missing} have none "
+                                 "(register(..., simulator=...))")
         learned = sorted(set(self.safeguards) & {"impact", "continual"})
         if learned and self.policy != "agent":
             raise BenchError(f"safeguards {learned} train the shipped agent; policy={self.policy!r}; expected 'agent'")
