@@ -178,6 +178,15 @@ def test_the_package_exports_the_one_call_api():
     assert {"calibrate", "evaluate", "Evaluation"} <= set(dir(mesaguard))
 
 
+def test_every_exported_name_resolves_and_the_scopes_are_among_them():
+    from mesaguard.scope import Scope
+    from mesaguard.transition_scope import TransitionScope
+
+    assert mesaguard.Scope is Scope and mesaguard.TransitionScope is TransitionScope
+    for name in mesaguard.__all__:
+        assert getattr(mesaguard, name) is not None, name
+
+
 class Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
