@@ -52,7 +52,7 @@ def test_one_definition_of_the_results_columns_serves_the_terminal_and_the_page(
     page = _results_table(rows)
     assert re.findall(r"<th>(.*?)</th>", page) == [c.title for c in RESULT_COLUMNS]
     cells = [re.findall(r"<td>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", page)[1:]]
-    assert cells[0][2:4] == ["all, jointly", "0.025 [0.001, 0.132] (1/40)"]
+    assert cells[0][2:4] == ["joint", "0.025 [0.001, 0.132] (1/40)"]
     assert cells[0][6:9] == ["1.000 (27/27)", "2.2/-", "0.00/0.68"]
     assert '<span class="over">0.300' in cells[1][3] and "over" not in cells[0][3]
     # The terminal's 80-column table: a subset of the same cells, a cell's parts on lines of their own.

@@ -43,7 +43,9 @@ __all__ = [
     "is_oracle",
     "model_kind",
     "modelled",
+    "JOINT",
     "oracle_label",
+    "run_label",
 ]
 
 SEED_STRIDE = 1_000_000  # job seed s uses episode seeds s * SEED_STRIDE + (CALIBRATION_SEED | EVALUATION_SEED) + i
@@ -81,6 +83,19 @@ def is_oracle(safeguard: str) -> bool:
     """
     kind = model_kind(safeguard)
     return safeguard == "quantilizer" or (kind is not None and kind in ORACLE_KINDS)
+
+
+JOINT = "joint"  # the one name, in every table for people, of all the chosen detectors run together
+
+
+def run_label(name: str) -> str:
+    """A stored detector configuration's or safeguard's name as tables show it: a joint set is :data:`JOINT`,
+    an oracle labelled so.
+
+    >>> run_label("cusum+envelope"), run_label("cusum"), run_label("shield[copy]")
+    ('joint', 'cusum', 'shield[copy] (oracle)')
+    """
+    return JOINT if "+" in name else oracle_label(name)
 
 
 def oracle_label(name: str) -> str:

@@ -42,7 +42,7 @@ from mesaguard.bench.config import (
     config_name,
     detector_configs,
     is_oracle,
-    oracle_label,
+    run_label,
 )
 from mesaguard.bench.replay import first_alarms
 from mesaguard.calibration import Calibration, conformal_rank
@@ -138,7 +138,7 @@ class Column:
 RESULT_COLUMNS: tuple[Column, ...] = (
     Column("scenario", "scenario", lambda r: r.scenario),
     Column("deploy", "deploy", lambda r: r.variant),
-    Column("detectors", "detectors", lambda r: "all, jointly" if "+" in r.detectors else oracle_label(r.detectors)),
+    Column("detectors", "detectors", lambda r: run_label(r.detectors)),
     Column("FA [95% CI]", "false alarms in-dist. [95% CI]",
            lambda r: f"{r.false_alarms.rate:.3f} [{r.false_alarms.low:.3f}, {r.false_alarms.high:.3f}]",
            lambda r: _counts(r.false_alarms), lambda r: r.too_many_false_alarms),

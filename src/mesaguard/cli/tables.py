@@ -25,7 +25,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from mesaguard.bench.config import oracle_label
+from mesaguard.bench.config import JOINT, run_label
 from mesaguard.cli.base import messages, output, shown_format
 
 __all__ = ["FORMATS", "JOINT", "View", "bench_views", "calibration_view", "deploy_view", "flat", "scenarios_view",
@@ -33,7 +33,6 @@ __all__ = ["FORMATS", "JOINT", "View", "bench_views", "calibration_view", "deplo
 
 FORMATS = ("table", "csv", "json", "markdown")
 
-JOINT = "joint"
 """The name, in the tables for people, of the detector configuration that runs every chosen detector at once."""
 
 
@@ -143,7 +142,7 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
 
 def _detectors(name: str) -> str:
     """A detector configuration for people: its one detector, or :data:`JOINT`."""
-    return JOINT if "+" in name else oracle_label(name)
+    return run_label(name)
 
 
 def _rate(rate: Any) -> str:

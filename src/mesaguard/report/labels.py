@@ -3,12 +3,12 @@
 >>> alpha_label(0.05), alpha_label(0.1 + 0.2)
 ('α = 0.05', 'α = 0.3')
 >>> detectors_label("cusum"), detectors_label("cusum+envelope")
-('cusum', 'all, jointly')
+('cusum', 'joint')
 """
 
 from __future__ import annotations
 
-from mesaguard.bench.config import oracle_label
+from mesaguard.bench.config import run_label
 
 __all__ = ["alpha_label", "detectors_label"]
 
@@ -19,5 +19,5 @@ def alpha_label(alpha: float) -> str:
 
 
 def detectors_label(config: str) -> str:
-    """A stored detector configuration's name as the results tables show it (a joint set: ``all, jointly``)."""
-    return "all, jointly" if "+" in config else oracle_label(config)
+    """A stored detector configuration's name as the results tables show it (a joint set: ``joint``)."""
+    return run_label(config)
