@@ -286,20 +286,7 @@ class Scope(ConformalThreshold):
         The streaming :meth:`ScopeDetector.update` the guard runs, over all episodes at once.
         """
         states = [_states(e, self.obs_shape, f"episode {i}") for i, e in enumerate(episodes)]
-        if not states:
-            return np.empty((0, 0))
-        lengths = np.array([s.shape[0] for s in states])
-        T, d = int(lengths.max()), states[0].shape[1]
-        padded = np.zeros((len(states), T, d))
-        for i, s in enumerate(states):
-            padded[i, : s.shape[0]] = s
-            padded[i, s.shape[0] :] = s[-1]  # repeats a real state (cached); masked below
-        det = self.detector(len(states))
-        out = np.empty((len(states), T))
-        for t in range(T):
-            out[:, t] = det._update(padded[:, t])
-        out[np.arange(T)[None, :] >= lengths[:, None]] = np.nan
-        return out
+        return self.detector(max(len(states), 1)).traces(states)
 
     def first_alarms(self, episodes: Sequence[Any]) -> list[int | None]:
         """Offline evaluation: per episode of observations, the first step (1-based) the scope fires, or None.

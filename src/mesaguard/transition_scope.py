@@ -200,20 +200,7 @@ class TransitionScope(ConformalThreshold):
         return self._evidence.lookup(det.rows(obs, action, next_obs))[:, 0]  # type: ignore[attr-defined, no-any-return]
 
     def _traces(self, rows: Sequence[np.ndarray]) -> np.ndarray:
-        if not rows:
-            return np.empty((0, 0))
-        lengths = np.array([r.shape[0] for r in rows])
-        T = int(lengths.max())
-        padded = np.zeros((len(rows), T, rows[0].shape[1]))
-        for i, r in enumerate(rows):
-            padded[i, : r.shape[0]] = r
-            padded[i, r.shape[0]:] = r[-1]  # repeats a real transition (cached); masked below
-        det = self.detector(len(rows))
-        out = np.empty((len(rows), T))
-        for t in range(T):
-            out[:, t] = det._update(padded[:, t])
-        out[np.arange(T)[None, :] >= lengths[:, None]] = np.nan
-        return out
+        return self.detector(max(len(rows), 1)).traces(list(rows))
 
     def traces(self, episodes: Sequence[Episode]) -> np.ndarray:
         """The statistic after every transition of whole episodes: ``(n, T_max)``, NaN after each end."""

@@ -255,6 +255,24 @@ class ScopeDetector(Detector):
             self.statistic[m] = np.maximum(e, cusum)
         return self.statistic.copy()
 
+    def traces(self, rows: Sequence[np.ndarray]) -> np.ndarray:
+        """Offline, the streaming statistic after every row of whole episodes at once: ``(n, T_max)``, NaN after
+        each end. ``rows``: per episode, its checked ``(T_i, d)`` rows; this detector must watch ``len(rows)``
+        envs, fresh. An ended episode's last row is repeated (a cache hit) and masked out."""
+        if not rows:
+            return np.empty((0, 0))
+        lengths = np.array([r.shape[0] for r in rows])
+        T = int(lengths.max())
+        padded = np.zeros((len(rows), T, rows[0].shape[1]))
+        for i, r in enumerate(rows):
+            padded[i, : r.shape[0]] = r
+            padded[i, r.shape[0] :] = r[-1]
+        out = np.empty((len(rows), T))
+        for t in range(T):
+            out[:, t] = self._update(padded[:, t])
+        out[np.arange(T)[None, :] >= lengths[:, None]] = np.nan
+        return out
+
     def update_scalar(self, obs: Any) -> float:
         """One env: one observation of ``obs_shape`` in, the statistic out."""
         return float(self.update(np.asarray(obs)[None])[0])
