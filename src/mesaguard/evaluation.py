@@ -39,13 +39,13 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
-from scipy import stats
 
 from mesaguard import metrics
 from mesaguard.calibration import Calibration, CalibrationError
 from mesaguard.conformal import check_alpha, episodes_needed
 from mesaguard.detectors import DEFAULT, detector_class
 from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED
+from mesaguard.metrics import Delay, delay
 from mesaguard.objective import Objective, Transition, make_objective
 from mesaguard.progress import bar
 from mesaguard.rollout import Episode, EpisodeLog, policy_for, rollout
@@ -156,39 +156,6 @@ def calibrate(
             scenario=env_id if scenario is None else scenario, obs_shape=shape, objective=base,
             metadata={**(metadata or {}), "seeds": [seeds.start, seeds.stop]}, on_detector=fitted,
         )
-
-
-@dataclass(frozen=True)
-class Delay:
-    """Steps from an episode's start to its alarm, over the alarmed episodes: mean, median and a
-    distribution-free interval for the median (order statistics; no assumption on the delays' shape)."""
-
-    n: int
-    mean: float
-    median: float
-    low: float
-    high: float
-
-    def __str__(self) -> str:
-        if self.n == 0:
-            return "no alarms"
-        return f"median {self.median:g} [{self.low:g}, {self.high:g}] steps (mean {self.mean:.1f}, n={self.n})"
-
-
-def delay(steps: Sequence[int], confidence: float = 0.95) -> Delay:
-    """:class:`Delay` of ``steps``. The interval ``[x_(j), x_(n+1-j)]`` covers the median with probability at
-    least ``confidence`` (``j`` from the Binomial(n, 1/2) quantile); too few steps for that give the full range.
-
-    >>> str(delay([3, 4, 4, 5, 6, 7, 9, 12, 15, 20]))
-    'median 6.5 [4, 15] steps (mean 8.5, n=10)'
-    """
-    x = np.sort(np.asarray(steps, dtype=np.float64))
-    n = int(x.size)
-    if n == 0:
-        nan = float("nan")
-        return Delay(0, nan, nan, nan, nan)
-    j = max(int(stats.binom.ppf((1 - confidence) / 2, n, 0.5)), 1)
-    return Delay(n, float(x.mean()), float(np.median(x)), float(x[j - 1]), float(x[n - j]))
 
 
 @dataclass(frozen=True)

@@ -48,9 +48,11 @@ from scipy import stats
 from mesaguard.rollout import Episode
 
 __all__ = [
+    "Delay",
     "Detection",
     "Rate",
     "base_objective_lost",
+    "delay",
     "detection",
     "false_alarm_rate",
     "harm_prevented",
@@ -202,3 +204,36 @@ def detection(
         mean_delay=float(np.mean(delays)) if delays else nan,
         median_delay=float(np.median(delays)) if delays else nan,
     )
+
+
+@dataclass(frozen=True)
+class Delay:
+    """Steps from an episode's start to its alarm, over the alarmed episodes: mean, median and a
+    distribution-free interval for the median (order statistics; no assumption on the delays' shape)."""
+
+    n: int
+    mean: float
+    median: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        if self.n == 0:
+            return "no alarms"
+        return f"median {self.median:g} [{self.low:g}, {self.high:g}] steps (mean {self.mean:.1f}, n={self.n})"
+
+
+def delay(steps: Sequence[int], confidence: float = 0.95) -> Delay:
+    """:class:`Delay` of ``steps``. The interval ``[x_(j), x_(n+1-j)]`` covers the median with probability at
+    least ``confidence`` (``j`` from the Binomial(n, 1/2) quantile); too few steps for that give the full range.
+
+    >>> str(delay([3, 4, 4, 5, 6, 7, 9, 12, 15, 20]))
+    'median 6.5 [4, 15] steps (mean 8.5, n=10)'
+    """
+    x = np.sort(np.asarray(steps, dtype=np.float64))
+    n = int(x.size)
+    if n == 0:
+        nan = float("nan")
+        return Delay(0, nan, nan, nan, nan)
+    j = max(int(stats.binom.ppf((1 - confidence) / 2, n, 0.5)), 1)
+    return Delay(n, float(x.mean()), float(np.median(x)), float(x[j - 1]), float(x[n - j]))
