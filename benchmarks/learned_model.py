@@ -39,7 +39,7 @@ import gymnasium as gym
 import harness
 import numpy as np
 import torch
-from shield import play
+from shield import against_none, play
 
 from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED, agent, plain_env
 from mesaguard.safeguards.learned import load_learned, shipped_models
@@ -128,10 +128,7 @@ def scenario_rows(name: str, cfg: Config) -> dict[str, Any]:
                                        candidates=cfg.candidates, seed=0))
             rows[label] = play(env, policy, seeds)
             rows[label]["episodes_intervened"] = env.intervened / env.episodes
-        free = rows["none"]["score"]
-        for row in rows.values():
-            row["steps_per_s_ratio_to_none"] = row["steps_per_s"] / rows["none"]["steps_per_s"]
-            row["score_kept"] = row["score"] / free if free > 0 else None
+        against_none(rows)
         out["variants"][variant] = rows
     return out
 

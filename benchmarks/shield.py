@@ -199,6 +199,15 @@ def play(env: Any, policy: Any, seeds: range) -> dict[str, Any]:
     }
 
 
+def against_none(rows: dict[str, Any]) -> None:
+    """Each row's steps per second as a share of the unshielded row's (``"none"``), and its score kept over the
+    unshielded score where that is positive (else None)."""
+    free = rows["none"]["score"]
+    for row in rows.values():
+        row["steps_per_s_ratio_to_none"] = row["steps_per_s"] / rows["none"]["steps_per_s"]
+        row["score_kept"] = row["score"] / free if free > 0 else None
+
+
 def scenario_rows(name: str, cfg: Config) -> dict[str, Any]:
     s = get(name)
     reference = s.reference_variant

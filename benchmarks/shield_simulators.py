@@ -40,7 +40,7 @@ import harness
 import numpy as np
 import torch
 from learned_model import Interventions
-from shield import play
+from shield import against_none, play
 
 from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED, agent, plain_env
 from mesaguard.safeguards.shield import INFO_KEY, Shield, increment_bound
@@ -152,10 +152,7 @@ def scenario_rows(name: str, cfg: Config) -> dict[str, Any]:
             env = Interventions(Shield(plain_env(name, variant), model="copy", horizon=1, bound=bounds["simulator"]))
             rows["copy (oracle)"] = play(env, policy, seeds)
             rows["copy (oracle)"]["episodes_intervened"] = env.intervened / env.episodes
-        free = rows["none"]["score"]
-        for row in rows.values():
-            row["steps_per_s_ratio_to_none"] = row["steps_per_s"] / rows["none"]["steps_per_s"]
-            row["score_kept"] = row["score"] / free if free > 0 else None
+        against_none(rows)
         out["variants"][variant] = rows
     return out
 
