@@ -351,21 +351,28 @@ def learned_model_error() -> str:
                   "steps judged harm: catastrophe / disagreement / out of scope"], rows)
 
 
+SHIELDED_HEADER = ["scenario", "variant", "model", "catastrophes per 1,000 episodes, none -> shielded",
+                   "base objective, none -> shielded", "score kept", "replaced per 1,000 steps",
+                   "episodes intervened on", "episodes stopped", "steps/s vs unshielded"]
+
+
+def _shielded_row(scenario: str, variant: str, key: str, v: dict[str, Any]) -> list[str]:
+    """One shield's row against the unshielded ``v["none"]`` of the same variant."""
+    r = v[key]
+    return [scenario, variant, key, _catastrophes({"none": v["none"], key: r}, ("none", key), " -> "),
+            f"{v['none']['score']:+.2f} -> {r['score']:+.2f}", f(r["score_kept"], ".2f"),
+            f"{r['replaced_per_1000_steps']:.0f}", f"{r['episodes_intervened']:.2f}",
+            f"{r['episodes_stopped']:.2f}", f"{r['steps_per_s_ratio_to_none']:.2f}"]
+
+
 def learned_model() -> str:
     rows = []
     for scenario, s in results("learned_model")["scenarios"].items():
         for variant, v in s["variants"].items():
             where = "reference" if variant == s["reference_variant"] else "shifted"
             for key in ("learned", "model only"):
-                r = v[key]
-                rows.append([scenario, f"{variant} ({where})", key,
-                             _catastrophes({"none": v["none"], key: r}, ("none", key), " -> "),
-                             f"{v['none']['score']:+.2f} -> {r['score']:+.2f}", f(r["score_kept"], ".2f"),
-                             f"{r['replaced_per_1000_steps']:.0f}", f"{r['episodes_intervened']:.2f}",
-                             f"{r['episodes_stopped']:.2f}", f"{r['steps_per_s_ratio_to_none']:.2f}"])
-    return table(["scenario", "variant", "model", "catastrophes per 1,000 episodes, none -> shielded",
-                  "base objective, none -> shielded", "score kept", "replaced per 1,000 steps",
-                  "episodes intervened on", "episodes stopped", "steps/s vs unshielded"], rows)
+                rows.append(_shielded_row(scenario, f"{variant} ({where})", key, v))
+    return table(SHIELDED_HEADER, rows)
 
 
 def shield_simulators_error() -> str:
@@ -387,17 +394,11 @@ def shield_simulators() -> str:
     for scenario, s in results("shield_simulators")["scenarios"].items():
         for variant, v in s["variants"].items():
             where = "reference" if variant == s["reference_variant"] else "shifted"
-            for key, r in v.items():
+            for key in v:
                 if key == "none":
                     continue
-                rows.append([scenario, f"{variant} ({where})", key,
-                             _catastrophes({"none": v["none"], key: r}, ("none", key), " -> "),
-                             f"{v['none']['score']:+.2f} -> {r['score']:+.2f}", f(r["score_kept"], ".2f"),
-                             f"{r['replaced_per_1000_steps']:.0f}", f"{r['episodes_intervened']:.2f}",
-                             f"{r['episodes_stopped']:.2f}", f"{r['steps_per_s_ratio_to_none']:.2f}"])
-    return table(["scenario", "variant", "model", "catastrophes per 1,000 episodes, none -> shielded",
-                  "base objective, none -> shielded", "score kept", "replaced per 1,000 steps",
-                  "episodes intervened on", "episodes stopped", "steps/s vs unshielded"], rows)
+                rows.append(_shielded_row(scenario, f"{variant} ({where})", key, v))
+    return table(SHIELDED_HEADER, rows)
 
 
 def transition_scope() -> str:
