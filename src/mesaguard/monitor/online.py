@@ -347,10 +347,8 @@ class DeploymentMonitor:
             episode.censored = True  # the episode's statistic can no longer be computed
             raise DetectorError(f"increment {u} is not finite")
         cross = False
-        shared = self._shared if statistics is not None else None
-        if shared is not None:
-            assert statistics is not None
-            values = [statistics[i] for i in shared]
+        if statistics is not None and self._shared is not None:
+            values = [statistics[i] for i in self._shared]
             x = max((v - loc) / scale for v, (loc, scale) in zip(values, self._standard))
             cross = any(values[r] > t for r, t in self._scalar_stops)
         elif self._scalar_stops:  # the rule's detectors may be more than the statistic's: keep their values
