@@ -81,7 +81,8 @@ def test_a_stopped_episode_ties_with_the_top_class_instead_of_ranking_below_ever
         assert fired
         monitor.finish(censored=True)
     assert monitor.crossings == 2
-    assert monitor._bag.count(CROSSED) == int((monitor.reference == CROSSED).sum()) + 2 and math.inf not in monitor._bag
+    bag = monitor.ledger.bag
+    assert bag.count(CROSSED) == int((monitor.reference == CROSSED).sum()) + 2 and math.inf not in bag
 
 
 def test_the_rule_is_fixed_before_the_first_episode_and_checked():

@@ -126,10 +126,21 @@ class Objective:
 
     def increment(self, transition: Transition, step: int) -> float:
         """The checked increment ``u_t`` of step ``step`` (1-based within the episode)."""
-        u = float(self.value(transition))
+        return self._checked(float(self.value(transition)), step)
+
+    def _checked(self, u: float, step: int) -> float:
         if not math.isfinite(u):
             raise ObjectiveError.nonfinite(self.name, u, step)
         return u
+
+    def step_increment(
+        self, reward: Any, info: dict[str, Any], obs: Any, action: Any, next_obs: Any, terminated: Any,
+        truncated: Any, step: int,
+    ) -> float:
+        """:meth:`increment` of one env's step given as the fields of its :class:`Transition` (the one-env guard's
+        hot path: objectives that read less than the whole transition skip building it)."""
+        transition = Transition(float(reward), info, obs, action, next_obs, bool(terminated), bool(truncated))
+        return self.increment(transition, step)
 
     def batch_values(self, batch: Batch) -> np.ndarray:
         """Unchecked values of a vector env step, one per sub-env (NaN where unknown; the guard checks).
@@ -151,6 +162,12 @@ class FromReward(Objective):
 
     def value(self, transition: Transition) -> float:
         return transition.reward
+
+    def step_increment(
+        self, reward: Any, info: dict[str, Any], obs: Any, action: Any, next_obs: Any, terminated: Any,
+        truncated: Any, step: int,
+    ) -> float:
+        return self._checked(float(reward), step)
 
     def batch_values(self, batch: Batch) -> np.ndarray:
         return batch.rewards

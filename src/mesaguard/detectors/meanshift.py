@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import mul
 from typing import Any, Self
 
 import numpy as np
@@ -175,18 +176,24 @@ class MeanShift(Detector):
 
 
 class _ScalarMeanShift(ScalarDetector):
-    """One forward-substitution row per block: a dot product over the history so far."""
+    """One forward-substitution row per block: a dot product over the history so far.
+
+    Rows of the first :attr:`LISTED` blocks are Python lists (a short dot product in
+    plain floats costs less than one NumPy call); later rows stay in NumPy.
+    """
+
+    LISTED = 64
 
     def __init__(self, det: MeanShift) -> None:
         self.chol, self.T, self.block = det.chol, det.mu.size, det.block
         self.mu, self.y, self.norm = det.mu.tolist(), det.y.tolist(), det.norm.tolist()
         self.diag = np.diag(det.chol).tolist()
-        self.e = np.zeros(self.T)
+        self.rows = [det.chol[t, :t].tolist() for t in range(min(self.T, self.LISTED))]
+        self.e = [0.0] * self.T
         self.num, self.stat, self.t, self.acc, self.k = 0.0, 0.0, 0, 0.0, 0
 
     def reset(self) -> None:
-        self.e[: self.t] = 0.0
-        self.num, self.stat, self.t, self.acc, self.k = 0.0, 0.0, 0, 0.0, 0
+        self.num, self.stat, self.t, self.acc, self.k = 0.0, 0.0, 0, 0.0, 0  # e[t:] is never read before written
 
     def update(self, u: float) -> float:
         if self.block > 1:
@@ -198,7 +205,10 @@ class _ScalarMeanShift(ScalarDetector):
         t = self.t
         if t >= self.T:
             return self.stat
-        past = float(self.chol[t, :t] @ self.e[:t]) if t else 0.0
+        if t < self.LISTED:
+            past = sum(map(mul, self.rows[t], self.e))
+        else:
+            past = float(self.chol[t, :t] @ np.array(self.e[:t]))
         e = (self.mu[t] - u - past) / self.diag[t]
         self.e[t] = e
         self.num += self.y[t] * e

@@ -196,6 +196,8 @@ class ScalarGuard:
     def __init__(self, calibration: Calibration, detectors: Sequence[str] | None = None, alpha: float | None = None):
         self.names, self.thresholds = _calibrated(calibration, detectors, alpha)
         self.detectors = [calibration.detectors[n].build(1).scalar() for n in self.names]
+        self._updates = [det.update for det in self.detectors]
+        self._checks = list(zip(self.thresholds, self.names))
         self._calibration = calibration
         self._longest = math.inf if calibration.lengths is None else calibration.lengths[1]
         self.reset()
@@ -216,15 +218,13 @@ class ScalarGuard:
         if self.steps > self._longest:  # once per guard: warn, then stop checking
             warnings.warn(past_longest(self._calibration), stacklevel=4)
             self._longest = math.inf
-        stats = self.statistics
-        for i, det in enumerate(self.detectors):
-            stats[i] = det.update(u)
+        self.statistics = stats = [update(u) for update in self._updates]  # a new list: reports keep theirs
         if not math.isfinite(self.score + sum(stats)) and self._nonfinite():  # one cheap check on the hot path
             raise GuardError(self._nonfinite())
         if not self.alarm:
-            for i, threshold in enumerate(self.thresholds):
-                if stats[i] > threshold:
-                    self.fail(self.names[i])
+            for value, (threshold, name) in zip(stats, self._checks):
+                if value > threshold:
+                    self.fail(name)
                     return True
         return False
 

@@ -192,8 +192,8 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         u, stop = 0.0, False
         if self._error is None:
             try:
-                transition = Transition(float(reward), info, self._obs, action, obs, bool(terminated), bool(truncated))
-                u = self.objective.increment(transition, g.steps + 1)
+                u = self.objective.step_increment(reward, info, self._obs, action, obs, terminated, truncated,
+                                                  g.steps + 1)
                 new = g.update(u)
             except Exception as exc:  # fail closed: no verdict is an alarm
                 self._record(exc)

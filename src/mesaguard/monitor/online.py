@@ -61,10 +61,8 @@ mesaguard.monitor.MonitorError: update() in env [0] with no started episode: cal
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -72,9 +70,9 @@ from mesaguard.calibration import Calibration, check_alpha
 from mesaguard.detectors import detector_class
 from mesaguard.detectors.base import DetectorError, as_increments
 from mesaguard.monitor.errors import MonitorError
-from mesaguard.monitor.evidence import SHIFTS, _advance, _log_mean_exp, _scores, _start
+from mesaguard.monitor.evidence import SHIFTS
+from mesaguard.monitor.ledger import Episode, Ledger
 from mesaguard.monitor.modes import check_mode, log_threshold
-from mesaguard.monitor.pvalues import _counts, _pvalue
 from mesaguard.monitor.stops import CROSSED, check_stops, cuts_short, reference_keys
 
 __all__ = ["DeploymentMonitor"]
@@ -82,25 +80,6 @@ __all__ = ["DeploymentMonitor"]
 _ORDER = (
     "call start() when each episode begins (at its reset), update it at each step, and finish() it once at its end"
 )
-
-
-@dataclass
-class _Episode:
-    """One deployment episode, numbered in start order (``id`` 0-based; its number is ``id + 1``)."""
-
-    id: int
-    u: float = 0.0  # smoothing uniform, drawn at the episode's first step (episodes replaced before it draw none)
-    value: float = -math.inf  # running maximum of the episode statistic; CROSSED once the per-episode alarm fired
-    steps: int = 0
-    done: bool = False
-    censored: bool = False  # cut short or taken over: its true statistic is only known to be >= value
-    counts: bool = True  # False for episodes already running when the alarm was cleared
-
-    @property
-    def in_bag(self) -> float:
-        """What later episodes are ranked against: the key, or +inf while unknown."""
-        known = self.done and (not self.censored or self.value == CROSSED)  # a crossed key is exact, stopped or not
-        return self.value if known else math.inf
 
 
 class DeploymentMonitor:
@@ -180,22 +159,19 @@ class DeploymentMonitor:
         self._mode_label = {"fixed": f"fixed:{self.horizon}", "change": f"change:{self.arl or 0:g}"}.get(
             self.mode, self.mode)
         self.n_envs = int(n_envs)
-        self._half_sq = self.shifts**2 / 2
         self._rng = np.random.default_rng(seed)
         self._rule(check_stops(calibration, stops))
-        self._open: list[_Episode] = []  # started, not yet bet on; ascending ids
-        self._running: list[_Episode | None] = [None] * self.n_envs
+        self._open: list[Episode] = []  # started, not yet bet on; ascending ids
+        self._running: list[Episode | None] = [None] * self.n_envs
         self._has = np.zeros(self.n_envs, dtype=bool)  # envs with a running episode (checked at every call)
         self._all = np.ones(self.n_envs, dtype=bool)  # the mask of every env (read only)
+        self._every = list(range(self.n_envs))  # the indices of every env (read only)
+        self._live = 0  # how many envs have a running episode
         self._next_id = 0
-        self._first = 0  # first episode id of the current test (after the last clear)
-        self._log_wealth = _start(self.mode, (self.shifts.size,))  # per shift: log-evidence of the bets made
-        self._last_bet: int | None = None  # id of the last episode bet on in this test
-        self.episodes = 0  # episodes bet on in this test
         self.finished = 0  # episodes finished since the monitor was made
         self.steps = 0  # env steps seen since the monitor was made
         self.crossings = 0  # episodes in which the per-episode alarm (``stops``) fired: ranked as evidence
-        self.log_evidence = _log_mean_exp(self._log_wealth)
+        self.log_evidence = self.ledger.log_evidence  # of this test, mid-episode lower bounds included
         self.alarm = False
         self.alarm_episode: int | None = None  # 1-based number (start order) of the episode that raised the alarm
         self.alarm_steps: int | None = None  # steps seen when the alarm fired
@@ -221,7 +197,7 @@ class DeploymentMonitor:
         self._scalar_names = self.names + extra
         self._shared: list[int] | None = None  # where the guard's statistics hold the scalar detectors' (reads_from)
         self.reference = reference_keys(cal, self.names, stops)
-        self._bag = sorted(self.reference.tolist())
+        self.ledger = Ledger(self.mode, self.shifts, self.log_threshold, self.horizon, self.reference.tolist())
 
     def stop_at(self, stops: dict[str, float] | None) -> None:
         """Set the per-episode alarm rule (``stops``, as the constructor's) before the first episode starts.
@@ -276,6 +252,11 @@ class DeploymentMonitor:
         return self.horizon is not None and self.episodes >= self.horizon
 
     @property
+    def episodes(self) -> int:
+        """Episodes bet on in this test."""
+        return self.ledger.episodes
+
+    @property
     def running(self) -> np.ndarray:
         """Per env, whether an episode is running there (started, not yet finished)."""
         return self._has.copy()
@@ -306,7 +287,7 @@ class DeploymentMonitor:
 
     def _require_running(self, call: str, envs: np.ndarray) -> None:
         """Refuse ``call`` in any env of ``envs`` without a started episode: never drop evidence silently."""
-        if self._has.all():
+        if self._live == self.n_envs:
             return
         missing = envs & ~self._has
         if missing.any():
@@ -318,19 +299,21 @@ class DeploymentMonitor:
         An episode still running in one of them ends first, censored (it was cut short).
         """
         m = self._mask(mask, "mask")
-        ended = m & self._has
-        if ended.any():
-            self.finish(ended, censored=True)
-        for i in np.flatnonzero(m):
-            episode = _Episode(self._next_id)
+        envs = self._every if mask is None else np.flatnonzero(m).tolist()
+        if self._live and any(self._running[i] is not None for i in envs):
+            self.finish(m & self._has, censored=True)
+        for i in envs:
+            episode = Episode(self._next_id)
             self._next_id += 1
             self._running[i] = episode
             self._has[i] = True
             self._open.append(episode)
-        for det in self.detectors:
-            det.reset(None if mask is None else m)
-        for scalar in self._scalar:
-            scalar.reset()
+        self._live += len(envs)
+        if self._shared is None:  # reading a guard's statistics, its own detectors stay idle
+            for det in self.detectors:
+                det.reset(None if mask is None else m)
+            for scalar in self._scalar:
+                scalar.reset()
 
     def update_scalar(self, u: float, statistics: Sequence[float] | None = None) -> float:
         """One env, one increment: :meth:`update` in plain floats (tests hold them equal).
@@ -346,17 +329,19 @@ class DeploymentMonitor:
         if not math.isfinite(u):
             episode.censored = True  # the episode's statistic can no longer be computed
             raise DetectorError(f"increment {u} is not finite")
-        cross = False
-        if statistics is not None and self._shared is not None:
+        if self._shared is not None:
+            if statistics is None:
+                raise MonitorError(
+                    "update_scalar() without statistics on a monitor that reads a guard's (reads_from): the guard "
+                    "feeds it; a monitor fed by hand is made outside a guard"
+                )
             values = [statistics[i] for i in self._shared]
-            x = max((v - loc) / scale for v, (loc, scale) in zip(values, self._standard))
-            cross = any(values[r] > t for r, t in self._scalar_stops)
-        elif self._scalar_stops:  # the rule's detectors may be more than the statistic's: keep their values
+        else:  # the statistic's detectors, then the rule's own
             values = [det.update(u) for det in self._scalar]
-            x = max((v - loc) / scale for v, (loc, scale) in zip(values, self._standard))
-            cross = any(values[r] > t for r, t in self._scalar_stops)
-        else:
-            x = max((det.update(u) - loc) / scale for det, (loc, scale) in zip(self._scalar, self._standard))
+        x = max([(v - loc) / scale for v, (loc, scale) in zip(values, self._standard)])
+        cross = False
+        for r, t in self._scalar_stops:
+            cross = cross or values[r] > t
         if not math.isfinite(x):
             episode.censored = True
             raise MonitorError(f"the joint statistic is {x} after increment {u}; expected a finite number")
@@ -379,6 +364,11 @@ class DeploymentMonitor:
 
         Every live env needs a started episode; the increments of the other envs are not read.
         """
+        if self._shared is not None:
+            raise MonitorError(
+                "update() on a monitor that reads the statistics of the guard it sits in (reads_from): the guard "
+                "feeds it; a monitor fed by hand is made outside a guard"
+            )
         m = self._mask(live, "live")
         self._require_running("update()", m)
         u = np.asarray(u, dtype=np.float64)
@@ -469,18 +459,22 @@ class DeploymentMonitor:
         (then envs without one are skipped: the test is over, nothing can be lost).
         """
         m = self._mask(mask, "mask")
-        try:
-            cut = np.broadcast_to(np.asarray(censored, dtype=bool), (self.n_envs,))
-        except ValueError:
-            raise MonitorError(f"censored={censored!r}; expected a bool or {self.n_envs} booleans") from None
+        if isinstance(censored, bool):
+            cut: np.ndarray | list[bool] = [censored] * self.n_envs
+        else:
+            try:
+                cut = np.broadcast_to(np.asarray(censored, dtype=bool), (self.n_envs,))
+            except ValueError:
+                raise MonitorError(f"censored={censored!r}; expected a bool or {self.n_envs} booleans") from None
         if not self.alarm:  # under a standing alarm no evidence can be lost: a refusing guard may end envs twice
             self._require_running("finish()", m)
-        for i in np.flatnonzero(m):
+        for i in self._every if mask is None else np.flatnonzero(m).tolist():
             episode = self._running[i]
             if episode is None:
                 continue
             self._running[i] = None
             self._has[i] = False
+            self._live -= 1
             if episode.steps == 0:  # replaced before its first step: no outcome, so neither bet nor bag
                 self._open.remove(episode)
                 continue
@@ -488,7 +482,9 @@ class DeploymentMonitor:
             episode.censored |= bool(cut[i])
             self.finished += 1
         while self._open and self._open[0].done:
-            self._commit(self._open.pop(0))
+            crossing = self.ledger.commit(self._open.pop(0))
+            if crossing is not None and not self.alarm:
+                self._fire(crossing)
         self._refresh()
 
     def fail(self) -> None:
@@ -503,57 +499,14 @@ class DeploymentMonitor:
         to clear may depend on what they showed so far.
         """
         self.alarm, self.alarm_episode, self.alarm_steps = False, None, None
-        self._first = self._next_id
         for episode in self._open:
             episode.counts = False
-        self._log_wealth = _start(self.mode, (self.shifts.size,))
-        self._last_bet = None
-        self.episodes = 0
-        self.log_evidence = _log_mean_exp(self._log_wealth)
-
-    # -- the bets -------------------------------------------------------------
-
-    def _counts_bet(self, episode: _Episode) -> bool:
-        return episode.counts and (self.horizon is None or episode.id - self._first < self.horizon)
-
-    def _bet(self, p: float) -> np.ndarray:
-        """Per shift, the log of this p-value's bet."""
-        return self.shifts * float(_scores(p)) - self._half_sq
-
-    def _commit(self, episode: _Episode) -> None:
-        """Bet on a finished episode whose predecessors are all finished, then add it to the bag."""
-        if self._counts_bet(episode):
-            greater, equal = _counts(self._bag, episode.value)
-            p = _pvalue(greater, equal, len(self._bag), episode.u)
-            self._log_wealth = _advance(self.mode, self._log_wealth, self._bet(p))
-            self._last_bet = episode.id
-            self.episodes += 1
-            if not self.alarm and _log_mean_exp(self._log_wealth) >= self.log_threshold:
-                self._fire(episode.id + 1)
-        bisect.insort(self._bag, episode.in_bag)
+        self.ledger.new_test(self._next_id)
+        self.log_evidence = self.ledger.log_evidence
 
     def _refresh(self) -> None:
         """Evidence now: the largest evidence provable from the bets made and lower bounds of pending ones."""
-        log_wealth = self._log_wealth
-        best = _log_mean_exp(log_wealth)
-        crossing = None
-        if best >= self.log_threshold:  # only if the threshold is below a new test's evidence
-            crossing = self._next_id if self._last_bet is None else self._last_bet + 1
-        pending: list[float] = []  # sorted: what the earlier pending episodes add to a later one's bag
-        for episode in self._open:
-            if self._counts_bet(episode):
-                if episode.steps == 0:  # no step yet: it may be replaced and never bet on, so neither may later ones
-                    break
-                greater, equal = _counts(self._bag, episode.value)
-                more, tied = _counts(pending, episode.value)
-                p = _pvalue(greater + more, equal + tied, len(self._bag) + len(pending), episode.u)
-                log_wealth = _advance(self.mode, log_wealth, self._bet(p))
-                level = _log_mean_exp(log_wealth)
-                if crossing is None and level >= self.log_threshold:
-                    crossing = episode.id + 1
-                best = max(best, level)
-            bisect.insort(pending, episode.in_bag)
-        self.log_evidence = best
+        self.log_evidence, crossing = self.ledger.level(self._open, self._next_id)
         if crossing is not None and not self.alarm:
             self._fire(crossing)
 

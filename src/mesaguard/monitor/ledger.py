@@ -1,0 +1,159 @@
+"""The monitor's ledger: the reference bag, the bets placed on finished episodes, the evidence they prove.
+
+Episodes are bet on in the order they start. An episode is *committed* once it and
+every episode started before it have finished: its sequential conformal p-value
+against the bag (:mod:`~mesaguard.monitor.pvalues`), one bet per shift
+(:mod:`~mesaguard.monitor.evidence`), then its key joins the bag. While episodes
+still run, their running maxima bound their p-values from above, so the bets they
+would place bound the evidence from below (:meth:`Ledger.level`): what lets the
+monitor alarm mid-episode with its guarantee unchanged (:mod:`~mesaguard.monitor.online`
+says why each bound holds).
+
+The ledger knows nothing of envs or steps; :class:`~mesaguard.monitor.DeploymentMonitor`
+feeds it and keeps the alarm.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mesaguard.monitor.evidence import _advance, _log_mean_exp, _scores, _start
+from mesaguard.monitor.pvalues import _counts, _pvalue
+from mesaguard.monitor.stops import CROSSED
+
+__all__ = ["Episode", "Ledger"]
+
+
+@dataclass
+class Episode:
+    """One deployment episode, numbered in start order (``id`` 0-based; its number is ``id + 1``)."""
+
+    id: int
+    u: float = 0.0  # smoothing uniform, drawn at the episode's first step (episodes replaced before it draw none)
+    value: float = -math.inf  # running maximum of the episode statistic; CROSSED once the per-episode alarm fired
+    steps: int = 0
+    done: bool = False
+    censored: bool = False  # cut short or taken over: its true statistic is only known to be >= value
+    counts: bool = True  # False for episodes already running when the alarm was cleared
+
+    @property
+    def in_bag(self) -> float:
+        """What later episodes are ranked against: the key, or +inf while unknown."""
+        known = self.done and (not self.censored or self.value == CROSSED)  # a crossed key is exact, stopped or not
+        return self.value if known else math.inf
+
+
+class Ledger:
+    """The bag, the per-shift log-wealth of the bets made in the current test, and the evidence they prove.
+
+    ``mode`` and ``log_threshold`` as the monitor's (:mod:`~mesaguard.monitor.modes`);
+    ``horizon``: fixed mode bets on the first ``horizon`` episodes of a test only.
+    """
+
+    def __init__(
+        self, mode: str, shifts: np.ndarray, log_threshold: float, horizon: int | None, reference: Sequence[float]
+    ) -> None:
+        self.mode, self.shifts, self.log_threshold, self.horizon = mode, shifts, log_threshold, horizon
+        self._half_sq = shifts**2 / 2
+        self._shift_list = shifts.tolist()
+        self.bag = sorted(float(r) for r in reference)
+        self.new_test(0)
+
+    def new_test(self, first: int) -> None:
+        """Start a test whose first episode has id ``first``: wealth reset, the bag kept."""
+        self.first = first
+        self.log_wealth = _start(self.mode, (self.shifts.size,))  # per shift: log-evidence of the bets made
+        self.last_bet: int | None = None  # id of the last episode bet on in this test
+        self.episodes = 0  # episodes bet on in this test
+        self.log_evidence = _log_mean_exp(self.log_wealth)  # of the bets made (a level adds the pending ones)
+        self._seen: tuple[int, int, int] | None = None  # one pending episode: its id and counts at the last level
+        self._base: list[float] | None = None  # per shift, what a next bet adds to: see _one
+
+    def bets_on(self, episode: Episode) -> bool:
+        """Whether ``episode`` is bet on in this test (not running at a clear, within a fixed horizon)."""
+        return episode.counts and (self.horizon is None or episode.id - self.first < self.horizon)
+
+    def _bet(self, p: float) -> np.ndarray:
+        """Per shift, the log of this p-value's bet."""
+        return self.shifts * float(_scores(p)) - self._half_sq
+
+    def commit(self, episode: Episode) -> int | None:
+        """Bet on a finished episode whose predecessors are all committed, then bag its key.
+
+        Returns the episode's number if this bet takes the evidence to the threshold, else None.
+        """
+        crossing = None
+        if self.bets_on(episode):
+            greater, equal = _counts(self.bag, episode.value)
+            p = _pvalue(greater, equal, len(self.bag), episode.u)
+            self.log_wealth = _advance(self.mode, self.log_wealth, self._bet(p))
+            self.last_bet = episode.id
+            self.episodes += 1
+            self.log_evidence = _log_mean_exp(self.log_wealth)
+            if self.log_evidence >= self.log_threshold:
+                crossing = episode.id + 1
+        bisect.insort(self.bag, episode.in_bag)
+        self._seen = self._base = None
+        return crossing
+
+    def level(self, pending: Sequence[Episode], next_id: int) -> tuple[float, int | None]:
+        """The largest evidence provable now, and the number of the first episode at which it reaches the
+        threshold (None if it does not).
+
+        ``pending``: the started episodes not yet committed, in start order (their running
+        maxima as lower bounds); ``next_id``: the id the next episode to start will get.
+        With one pending episode whose p-value has not moved since the last call (one
+        env: its running maximum rose without passing a bag value), nothing has changed
+        and nothing is recomputed.
+        """
+        if len(pending) == 1 and pending[0].steps and self.bets_on(pending[0]):
+            episode = pending[0]
+            greater, equal = _counts(self.bag, episode.value)
+            seen = (episode.id, greater, equal)
+            if seen != self._seen:
+                self._seen, self._last = seen, self._one(episode, greater, equal, next_id)
+            return self._last
+        return self._level(pending, next_id)
+
+    def _one(self, episode: Episode, greater: int, equal: int, next_id: int) -> tuple[float, int | None]:
+        """:meth:`_level` of one pending episode in plain floats (one env's hot path; tests hold them equal)."""
+        best = self.log_evidence
+        crossing = None
+        if best >= self.log_threshold:
+            crossing = next_id if self.last_bet is None else self.last_bet + 1
+        if self._base is None:  # per shift d, the log-evidence after a bet of score z is base_d + d z
+            self._base = _advance(self.mode, self.log_wealth, -self._half_sq).tolist()
+        z = float(_scores(_pvalue(greater, equal, len(self.bag), episode.u)))
+        terms = [b + d * z for b, d in zip(self._base, self._shift_list)]
+        top = max(terms)
+        level = top + math.log(sum([math.exp(t - top) for t in terms]) / len(terms))
+        if crossing is None and level >= self.log_threshold:
+            crossing = episode.id + 1
+        return max(best, level), crossing
+
+    def _level(self, pending: Sequence[Episode], next_id: int) -> tuple[float, int | None]:
+        log_wealth = self.log_wealth
+        best = self.log_evidence
+        crossing = None
+        if best >= self.log_threshold:  # only if the threshold is below a new test's evidence
+            crossing = next_id if self.last_bet is None else self.last_bet + 1
+        bagged: list[float] = []  # sorted: what the earlier pending episodes add to a later one's bag
+        for episode in pending:
+            if self.bets_on(episode):
+                if episode.steps == 0:  # no step yet: it may be replaced and never bet on, so neither may later ones
+                    break
+                greater, equal = _counts(self.bag, episode.value)
+                more, tied = _counts(bagged, episode.value)
+                p = _pvalue(greater + more, equal + tied, len(self.bag) + len(bagged), episode.u)
+                log_wealth = _advance(self.mode, log_wealth, self._bet(p))
+                level = _log_mean_exp(log_wealth)
+                if crossing is None and level >= self.log_threshold:
+                    crossing = episode.id + 1
+                best = max(best, level)
+            bisect.insort(bagged, episode.in_bag)
+        return best, crossing
