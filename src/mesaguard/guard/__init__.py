@@ -3,7 +3,8 @@
 Split the way Gymnasium splits its wrappers: :mod:`~mesaguard.guard.core` is the
 array core (:class:`Guard`, and :class:`ScalarGuard` its one-env hot path; no
 Gymnasium), :mod:`~mesaguard.guard.env` wraps one env (:class:`GuardedEnv`) and
-:mod:`~mesaguard.guard.vector` a vector env (:class:`GuardedVectorEnv`). Both
+:mod:`~mesaguard.guard.vector` a vector env (:class:`GuardedVectorEnv`, with
+:mod:`~mesaguard.guard.autoreset` for its sub-envs' own step around autoreset). Both
 wrappers report in ``info["mesaguard"]``:
 
 ``score``, ``increment``, ``step``

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
-from gymnasium.vector.utils import iterate
 
 from mesaguard.calibration import Calibration
+from mesaguard.guard.autoreset import Items, Swapped, own_step_infos
 from mesaguard.guard.core import (
     DEPLOYMENT,
     ERROR,
@@ -40,74 +40,6 @@ if TYPE_CHECKING:  # scikit-learn loads with the scope, not with every guard
     from mesaguard.transition_scope import TransitionScope
 
 __all__ = ["GuardedVectorEnv"]
-
-_FINAL = ("final_obs", "_final_obs", "final_info", "_final_info")
-
-
-class _Items:
-    """A batched value of ``space`` indexable per sub-env.
-
-    Unbatched on first use: only a callable objective reads it.
-    """
-
-    def __init__(self, space: Any, batch: Any) -> None:
-        self.space, self.batch = space, batch
-        self._items: list[Any] | None = None
-
-    def __getitem__(self, i: int) -> Any:
-        if isinstance(self.batch, np.ndarray):
-            return self.batch[i]
-        if self._items is None:
-            self._items = list(iterate(self.space, self.batch))
-        return self._items[i]
-
-
-class _Swapped:
-    """``items`` with the ended sub-envs' entries taken from ``final`` (same-step autoreset's ``final_obs``)."""
-
-    def __init__(self, items: _Items, final: np.ndarray, ended: np.ndarray) -> None:
-        self.items, self.final, self.ended = items, final, ended
-
-    def __getitem__(self, i: int) -> Any:
-        return self.final[i] if self.ended[i] else self.items[i]
-
-
-def own_step_infos(info: dict[str, Any], ended: np.ndarray) -> dict[str, Any]:
-    """Same-step autoreset: the vector info of the step itself, the ended sub-envs' ``final_info`` put back.
-
-    Gymnasium returns the *reset*'s info for a sub-env that ended in this step and
-    keeps its own step's info under ``final_info``; the objective must read the latter.
-
-    >>> info = {"u": np.array([0.0, 0.0]), "_u": np.array([True, True]),
-    ...         "final_info": {"u": np.array([0.0, -3.0]), "_u": np.array([False, True])},
-    ...         "_final_info": np.array([False, True])}
-    >>> merged = own_step_infos(info, np.array([False, True]))
-    >>> merged["u"].tolist(), merged["_u"].tolist()
-    ([0.0, -3.0], [True, True])
-    """
-    final = info.get("final_info")
-    if not isinstance(final, dict) or not ended.any():
-        return info
-    merged: dict[str, Any] = {}
-    for key, values in info.items():  # the reset's items of the ended sub-envs are not this step's
-        if key in _FINAL or key.startswith("_") or not isinstance(values, np.ndarray):
-            if key not in _FINAL and not key.startswith("_"):
-                merged[key] = values
-            continue
-        merged[key] = values
-        merged["_" + key] = np.asarray(info.get("_" + key, np.ones(len(ended), dtype=bool))) & ~ended
-    for key, values in final.items():
-        if key.startswith("_") or not isinstance(values, np.ndarray):
-            continue
-        mine = np.asarray(final.get("_" + key, np.ones(len(ended), dtype=bool))) & ended
-        if key in merged and merged[key].shape == values.shape:
-            where = mine.reshape(mine.shape + (1,) * (values.ndim - 1))
-            merged[key] = np.where(where, values, merged[key])
-            merged["_" + key] = merged["_" + key] | mine
-        else:
-            merged[key], merged["_" + key] = values, mine
-    return merged
-
 
 class GuardedVectorEnv(VectorWrapper):
     """The guard over a Gymnasium vector env, on whole arrays.
@@ -240,14 +172,14 @@ class GuardedVectorEnv(VectorWrapper):
         if not isinstance(info, dict):
             raise GuardError(f"the vector env's step returned info={info!r}; Gymnasium vector envs return a dict")
         ended = done & stepped if self.same_step else np.zeros(self.num_envs, dtype=bool)
-        next_obs: Any = _Items(self.single_observation_space, obs)
+        next_obs: Any = Items(self.single_observation_space, obs)
         if ended.any() and "final_obs" in info:
-            next_obs = _Swapped(next_obs, info["final_obs"], ended)
+            next_obs = Swapped(next_obs, info["final_obs"], ended)
         batch = Batch(
             np.asarray(rewards, dtype=np.float64),
             own_step_infos(info, ended) if self.same_step else info,
-            _Items(self.single_observation_space, self._obs),
-            _Items(self.single_action_space, actions),
+            Items(self.single_observation_space, self._obs),
+            Items(self.single_action_space, actions),
             next_obs,
             np.asarray(terminated, dtype=bool),
             np.asarray(truncated, dtype=bool),
