@@ -382,7 +382,7 @@ def test_a_monitor_in_a_guard_reads_the_guards_statistics_and_judges_as_it_would
     shared = DeploymentMonitor(pendulum, seed=2)
     env = GuardedEnv(gym.make("Pendulum-v1"), pendulum, protocol=Alert(lambda a: None), objective=heavier_cost,
                      monitor=shared)
-    assert shared._shared is not None  # the guard runs every detector the monitor needs, fitted the same
+    assert shared.statistic.shared is not None  # the guard runs every detector the monitor needs, fitted the same
     alone = DeploymentMonitor(pendulum, seed=2)
     for seed in range(2000, 2006):
         obs, _ = env.reset(seed=seed)

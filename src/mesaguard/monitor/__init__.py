@@ -30,6 +30,8 @@ the evidence flows:
   (:func:`log_wealth_path`, :func:`first_deployment_alarm`, :func:`replay`);
 - :mod:`~.stops`: the key each episode is ranked by, which makes episodes stopped by
   the per-episode alarm evidence (:data:`CROSSED`, :func:`reference_keys`);
+- :mod:`~.statistic`: the statistic ranked, step by step (the joint standardized
+  statistic, and whether the per-episode alarm fires), in arrays or plain floats;
 - :mod:`~.ledger`: the reference bag, the bets placed on finished episodes and the
   evidence they prove, with lower bounds from the episodes still running;
 - :mod:`~.online`: :class:`DeploymentMonitor`, episodes as they run, mid-episode

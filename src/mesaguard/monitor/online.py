@@ -73,6 +73,7 @@ from mesaguard.monitor.errors import MonitorError
 from mesaguard.monitor.evidence import SHIFTS
 from mesaguard.monitor.ledger import Episode, Ledger
 from mesaguard.monitor.modes import check_mode, log_threshold
+from mesaguard.monitor.statistic import StepStatistic
 from mesaguard.monitor.stops import CROSSED, check_stops, cuts_short, reference_keys
 
 __all__ = ["DeploymentMonitor"]
@@ -178,25 +179,9 @@ class DeploymentMonitor:
 
     def _rule(self, stops: dict[str, float]) -> None:
         """Detectors, reference keys and bag for the per-episode alarm rule ``stops`` (empty: none)."""
-        cal = self.calibration
-        k = len(self.names)
-        extra = [n for n in stops if n not in self.names]
-        cals = [cal.detectors[n] for n in self.names + extra]  # the statistic's rows first, then the rule's own
         self.stops = dict(stops)
-        self.detectors = [c.build(self.n_envs) for c in cals]
-        # One env: the detectors' plain-float forms and (location, scale) pairs, the hot path of GuardedEnv.
-        self._scalar = [c.build(1).scalar() for c in cals] if self.n_envs == 1 else []
-        self._standard = [(c.location, c.scale) for c in cals[:k]]
-        self._location = np.array([c.location for c in cals[:k]])[:, None]
-        self._scale = np.array([c.scale for c in cals[:k]])[:, None]
-        self._k = k
-        rows = [(self.names + extra).index(n) for n in stops]
-        self._stop_rows = rows
-        self._stop_thresholds = np.array([stops[n] for n in stops])[:, None]
-        self._scalar_stops = list(zip(rows, [stops[n] for n in stops]))
-        self._scalar_names = self.names + extra
-        self._shared: list[int] | None = None  # where the guard's statistics hold the scalar detectors' (reads_from)
-        self.reference = reference_keys(cal, self.names, stops)
+        self.statistic = StepStatistic(self.calibration, self.names, self.stops, self.n_envs)
+        self.reference = reference_keys(self.calibration, self.names, stops)
         self.ledger = Ledger(self.mode, self.shifts, self.log_threshold, self.horizon, self.reference.tolist())
 
     def stop_at(self, stops: dict[str, float] | None) -> None:
@@ -226,13 +211,7 @@ class DeploymentMonitor:
         """Called by a one-env guard after :meth:`guarded_by`: where the guard runs every detector this monitor
         needs, fitted the same (equal in ``calibration``), :meth:`update_scalar` takes the guard's statistics of
         the step instead of computing them a second time. Returns whether it does."""
-        names = list(names)
-        same = self.n_envs == 1 and all(
-            n in names and n in calibration.detectors and calibration.detectors[n] == self.calibration.detectors[n]
-            for n in self._scalar_names
-        )
-        self._shared = [names.index(n) for n in self._scalar_names] if same else None
-        return same
+        return self.statistic.reads_from(names, calibration)
 
     # -- what users read ----------------------------------------------------
 
@@ -309,11 +288,7 @@ class DeploymentMonitor:
             self._has[i] = True
             self._open.append(episode)
         self._live += len(envs)
-        if self._shared is None:  # reading a guard's statistics, its own detectors stay idle
-            for det in self.detectors:
-                det.reset(None if mask is None else m)
-            for scalar in self._scalar:
-                scalar.reset()
+        self.statistic.reset(None if mask is None else m)
 
     def update_scalar(self, u: float, statistics: Sequence[float] | None = None) -> float:
         """One env, one increment: :meth:`update` in plain floats (tests hold them equal).
@@ -329,19 +304,7 @@ class DeploymentMonitor:
         if not math.isfinite(u):
             episode.censored = True  # the episode's statistic can no longer be computed
             raise DetectorError(f"increment {u} is not finite")
-        if self._shared is not None:
-            if statistics is None:
-                raise MonitorError(
-                    "update_scalar() without statistics on a monitor that reads a guard's (reads_from): the guard "
-                    "feeds it; a monitor fed by hand is made outside a guard"
-                )
-            values = [statistics[i] for i in self._shared]
-        else:  # the statistic's detectors, then the rule's own
-            values = [det.update(u) for det in self._scalar]
-        x = max([(v - loc) / scale for v, (loc, scale) in zip(values, self._standard)])
-        cross = False
-        for r, t in self._scalar_stops:
-            cross = cross or values[r] > t
+        x, cross = self.statistic.step_scalar(u, statistics)
         if not math.isfinite(x):
             episode.censored = True
             raise MonitorError(f"the joint statistic is {x} after increment {u}; expected a finite number")
@@ -364,11 +327,6 @@ class DeploymentMonitor:
 
         Every live env needs a started episode; the increments of the other envs are not read.
         """
-        if self._shared is not None:
-            raise MonitorError(
-                "update() on a monitor that reads the statistics of the guard it sits in (reads_from): the guard "
-                "feeds it; a monitor fed by hand is made outside a guard"
-            )
         m = self._mask(live, "live")
         self._require_running("update()", m)
         u = np.asarray(u, dtype=np.float64)
@@ -380,11 +338,7 @@ class DeploymentMonitor:
             if u.shape == m.shape:
                 self._censor(~np.isfinite(u))  # those episodes' statistics can no longer be computed
             raise
-        stats = np.array([det._update(u) for det in self.detectors])
-        x = ((stats[: self._k] - self._location) / self._scale).max(axis=0)
-        crossed: np.ndarray | None = None
-        if self._stop_rows:
-            crossed = np.asarray((stats[self._stop_rows] > self._stop_thresholds).any(axis=0))
+        x, crossed = self.statistic.step(u)
         return self._observe(x, m, crossed)
 
     def observe(
