@@ -170,7 +170,8 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "false_alarms.json"
     # One calibration per alpha: the same fit (deterministic), so GuardedEnv runs at that alpha
     # and ``cal.false_alarm`` is the Beta law at that alpha.
     cals = {
-        a: Calibration.fit(calibration, alpha=a, scenario="pendulum", obs_shape=env.observation_space.shape)
+        a: Calibration.fit(calibration, alpha=a, scenario="pendulum", obs_shape=env.observation_space.shape,
+                           detectors=DETECTOR_SETS["all four"])
         for a in cfg.alphas
     }
     check = check_guard_matches_offline(cfg, cals, fresh[: cfg.check_episodes])

@@ -97,7 +97,8 @@ class Config:
     calibration: int = 500  # in-distribution episodes for Calibration.fit (half fit, half thresholds)
     episodes: int = 300  # per shift, and fresh in-distribution episodes for the false-alarm rate
     alpha: float = 0.05
-    joints: tuple[tuple[str, ...], ...] = (DEFAULT, ("envelope", "cusum", "meanshift", "pdt", "rank"))
+    joints: tuple[tuple[str, ...], ...] = (  # the default set, the default before it, and five
+        DEFAULT, ("threshold", "envelope", "cusum", "meanshift"), ("envelope", "cusum", "meanshift", "pdt", "rank"))
     cheetah_calibration: int = 500
     cheetah_episodes: int = 300  # per shift: the first of the fresh in-distribution episodes, rewards recomputed
     cheetah_null: int = 1000  # fresh in-distribution episodes: the false-alarm rates and the sequential check
@@ -338,7 +339,8 @@ def print_table(console: Console, title: str, section: dict[str, Any]) -> None:
             delay = "-" if row["delay"] is None else f"{row['delay']:.0f}"
             cells.append(f"{row['detected']:.2f}/{delay}")
         label = name.replace("paper ", "GM ").replace("joint: ", "")
-        label = {"+".join(DEFAULT): "default", "envelope+cusum+meanshift+pdt+rank": "5 jointly"}.get(label, label)
+        label = {"+".join(DEFAULT): "default", "threshold+envelope+cusum+meanshift": "old 4",
+                 "envelope+cusum+meanshift+pdt+rank": "5 jointly"}.get(label, label)
         table.add_row(label[:9], f"{far['rate']:.2f} ({far['upper95']:.2f})", *cells)
     console.print(table)
 

@@ -456,6 +456,23 @@ def recorded() -> str:
     return table(["module", "figure", "value", "how it was measured"], rows)
 
 
+def joint_default() -> str:
+    """Each candidate set and matching rule: its mean and worst-case regret against the best single detector."""
+    r = results("joint_default")
+    rows = [[key.replace("+", ", "), f"{row['mean_regret']:.3f}",
+             f"{row['worst_case']}: {row['worst_case_regret']:.2f}",
+             f"{row['false_alarms_mean']:.3f} / {row['false_alarms_max']:.3f}"]
+            for key, row in sorted(r["summary"].items(), key=lambda kv: kv[1]["mean_regret"])]
+    now = next(row for key, row in r["summary"].items() if key.startswith("default:") and key.endswith("alpha/k"))
+    was = next(row for key, row in r["summary"].items() if key.startswith("before:") and key.endswith("- alpha"))
+    return table(["detectors @ matched at", "mean regret", "worst case: its mean regret",
+                  "false alarms, mean / max over cases"], rows) + (
+        f"\n\nThe default now against the one before: mean regret {now['mean_regret']:.3f} against "
+        f"{was['mean_regret']:.3f}, worst case {now['worst_case_regret']:.2f} ({now['worst_case']}) against "
+        f"{was['worst_case_regret']:.2f} ({was['worst_case']}); {r['config']['draws']} draws "
+        f"({r['config']['cheetah_draws']} for HalfCheetah), {r['seconds']:.0f} s.")
+
+
 def greenberg_mannor(r: dict[str, Any] | None = None) -> str:
     r = results("greenberg_mannor") if r is None else r
     shifts = list(r["shifts"])
@@ -545,6 +562,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "guard_overhead": guard_overhead, "guard_vector": guard_vector, "calibration_files": calibration_files,
     "cusum_delay": cusum_delay, "detector_delay": detector_delay, "false_alarms": false_alarms,
     "greenberg_mannor": greenberg_mannor, "greenberg_mannor_cheetah": greenberg_mannor_cheetah,
+    "joint_default": joint_default,
     "late_change": late_change, "mapie_martingales": mapie_martingales, "own_task": own_task,
     "quantilizer_bases": quantilizer_bases, "monitor_statistics": monitor_statistics,
     "deployment_null": deployment_null, "deployment_gaussian": deployment_gaussian,

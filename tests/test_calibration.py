@@ -15,7 +15,9 @@ from mesaguard.calibration import (
     min_episodes,
     statistic_traces,
 )
-from mesaguard.detectors import DETECTORS, DetectorError
+from mesaguard.detectors import DEFAULT, DETECTORS, DetectorError
+
+FOUR = ["threshold", "envelope", "cusum", "meanshift"]  # the detectors these tests name
 
 
 def ar1_episodes(rng, n, T=15, mean=1.0, rho=0.5, shift=0.0):
@@ -34,7 +36,8 @@ def ar1_episodes(rng, n, T=15, mean=1.0, rho=0.5, shift=0.0):
 
 @pytest.fixture(scope="module")
 def calibration():
-    return Calibration.fit(ar1_episodes(np.random.default_rng(0), 120), alpha=0.1, scenario="ar1", obs_shape=(3,))
+    return Calibration.fit(ar1_episodes(np.random.default_rng(0), 120), alpha=0.1, scenario="ar1", obs_shape=(3,),
+                           detectors=FOUR)
 
 
 def test_rank_and_minimum_episodes():
@@ -67,7 +70,8 @@ def test_beta_spread_matches_order_statistics():
     assert spread["q05"] < 0.05 < spread["q95"]
 
 
-@pytest.mark.parametrize("names", [["threshold"], ["envelope"], ["cusum"], ["meanshift"], sorted(DETECTORS)])
+@pytest.mark.parametrize("names", [["threshold"], ["envelope"], ["cusum"], ["meanshift"], list(DEFAULT),
+                                   sorted(DETECTORS)])
 def test_false_alarm_guarantee_holds_on_fresh_episodes(names):
     """Realized per-episode false-alarm rate, averaged over independent calibrations.
 
@@ -75,8 +79,8 @@ def test_false_alarm_guarantee_holds_on_fresh_episodes(names):
     distributed Beta(5, 96): mean 5/101 = 0.0495, variance 4.6e-4. Measured on M = 500
     fresh episodes it adds binomial variance of at most 0.05 * 0.95 / 500 = 9.5e-5.
     Over R = 40 calibrations the mean has standard deviation sqrt(5.6e-4 / 40) = 0.0037:
-    the mean must lie within 4 standard deviations (0.015) of 0.0495. The joint row runs
-    every detector at once: the union is calibrated as one detector, so the same law holds.
+    the mean must lie within 4 standard deviations (0.015) of 0.0495. The joint rows run
+    the default set and every detector at once: the union is calibrated as one detector, so the same law holds.
     """
     rng = np.random.default_rng(1234)
     rates = []
@@ -200,7 +204,8 @@ def test_saved_file_has_the_usual_permissions(tmp_path, calibration):
 def long_calibration():
     """Episodes of 40 steps: meanshift's 40 x 40 factor (820 numbers in its triangle) and more go to the sidecar."""
     rng = np.random.default_rng(3)
-    return Calibration.fit([rng.normal(1.0, 0.5, size=40) for _ in range(40)], alpha=0.1, scenario="long")
+    return Calibration.fit([rng.normal(1.0, 0.5, size=40) for _ in range(40)], alpha=0.1, scenario="long",
+                           detectors=FOUR)
 
 
 def test_large_arrays_go_to_a_hashed_sidecar_and_come_back_identical(tmp_path, long_calibration):

@@ -38,3 +38,10 @@ def test_calibrate_then_deploy(tmp_path):
     # and the deployment monitor over the 10 deploy runs raises its alarm within them
     assert joint["deployment_alarm"] is not None and 1 <= joint["deployment_alarm"]["episode"] <= 10
 
+
+
+def test_the_commands_default_detectors_are_the_calibrations_default():
+    from mesaguard.cli.base import ALL
+    from mesaguard.detectors import DEFAULT
+
+    assert ALL.split(",") == list(DEFAULT)

@@ -34,6 +34,7 @@ from mesaguard.calibration import (
 from mesaguard.scope import Scope, ScopeError
 from mesaguard.train import PolicyFileError, load_policy, save_policy
 
+FOUR = ["threshold", "envelope", "cusum", "meanshift"]  # the detectors the crafted cases name
 TRUSTED = generate_key()
 OTHER = generate_key()
 
@@ -58,8 +59,10 @@ def fitted() -> dict[str, Any]:
     rng = np.random.default_rng(3)
     policy = ActorCriticPolicy(spaces.Box(0.0, 1.0, (4,)), spaces.Discrete(3), lambda _: 0.0, net_arch=[8, 8])
     return {
-        "calibration": Calibration.fit(ar1_episodes(np.random.default_rng(0), 60), alpha=0.1, scenario="ar1"),
-        "calibration-long": Calibration.fit([rng.normal(1.0, 0.5, size=40) for _ in range(40)], alpha=0.1),
+        "calibration": Calibration.fit(ar1_episodes(np.random.default_rng(0), 60), alpha=0.1, scenario="ar1",
+                                       detectors=FOUR),
+        "calibration-long": Calibration.fit([rng.normal(1.0, 0.5, size=40) for _ in range(40)], alpha=0.1,
+                                            detectors=FOUR),
         "scope": Scope.fit(state_episodes(np.random.default_rng(1), 60), method="knn", k=2, alpha=0.1),
         "scope-m": Scope.fit(state_episodes(np.random.default_rng(2), 60), method="mahalanobis", alpha=0.1),
         "policy": policy,

@@ -116,14 +116,13 @@ class DetectorCalibration:
 
     ``location`` and ``scale`` put detectors on one scale, so that several detectors
     together are calibrated as one (see :meth:`Calibration.thresholds_for`). They are
-    the median of the detector's per-episode maxima and the distance from it to the
-    largest of them, so that detectors meet at the extreme tail where a joint
-    threshold lies (beyond each member's own ``1 - alpha`` quantile: the union of
-    several must fire less often than each), whatever the shape of their
-    distributions. Matched at the ``1 - alpha`` quantile instead, a heavy-tailed
-    member's outliers among the held-out episodes set the joint threshold, and every
-    other member's rises far into its own tail (``benchmarks/joint_default.py``
-    measures both). The maxima are
+    the median of the detector's per-episode maxima and the distance from it to their
+    :func:`tail_level` quantile (``1 - alpha / k`` for the ``k`` detectors of the
+    calibration), so that detectors meet where a joint threshold lies, whatever the
+    shape of their distributions; matched at their own ``1 - alpha`` quantile instead,
+    a heavy-tailed member's outliers among the held-out episodes set the joint
+    threshold and every other member's rises far into its own tail
+    (``benchmarks/joint_default.py`` measures both). The maxima are
     cross-fitted on the fitting split (parameters fitted on one half, maxima taken
     on the other), so a detector that fits its own data closely does not look
     calmer than it will be; and they are fixed before the held-out split is seen,
@@ -160,20 +159,37 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _tail_scale(
-    cls: type[Detector], fitting: list[np.ndarray], options: Mapping[str, Any]
-) -> tuple[float, float]:
-    """Median of cross-fitted per-episode maxima, and the distance from it to the largest of them.
+def crossfit_maxima(cls: type[Detector], fitting: list[np.ndarray], options: Mapping[str, Any]) -> np.ndarray:
+    """Per-episode maxima of ``cls`` on the fitting split, cross-fitted: fitted on one half, taken on the other."""
+    half = len(fitting) // 2
+    a, b = fitting[:half], fitting[half:]
+    return np.concatenate([episode_maxima(cls.fit(a, **options), b), episode_maxima(cls.fit(b, **options), a)])
+
+
+def tail_level(alpha: float, k: int) -> float:
+    """The quantile at which ``k`` detectors calibrated together are matched: ``1 - alpha / k``.
+
+    Their union must fire on at most ``alpha`` of in-distribution episodes, so a joint
+    threshold lies beyond each member's own ``1 - alpha`` quantile, between it and the
+    ``1 - alpha / k`` at which each would sit with an equal share of alpha (members
+    that never fire together); matched there, members meet where their thresholds fall.
+
+    >>> tail_level(0.05, 1), tail_level(0.05, 4)
+    (0.95, 0.9875)
+    """
+    return 1.0 - alpha / max(int(k), 1)
+
+
+def tail_scale(maxima: np.ndarray, level: float) -> tuple[float, float]:
+    """``(location, scale)``: the median of ``maxima`` and the distance from it to their ``level`` quantile.
 
     Where that distance is zero (a detector that hardly moves in distribution) the
     full range stands in, then 1.
+
+    >>> tail_scale(np.arange(101.0), 0.95)
+    (50.0, 45.0)
     """
-    half = len(fitting) // 2
-    a, b = fitting[:half], fitting[half:]
-    maxima = np.concatenate(
-        [episode_maxima(cls.fit(a, **options), b), episode_maxima(cls.fit(b, **options), a)]
-    )
-    location, tail = float(np.median(maxima)), float(np.max(maxima))
+    location, tail = np.quantile(maxima, [0.5, level])
     spread = tail - location if tail > location else float(np.ptp(maxima)) or 1.0
     return float(location), float(spread)
 
@@ -244,12 +260,13 @@ class Calibration(ConformalThreshold):
                 f"pass at least {episodes_needed(alpha, fit_fraction)} episodes or a larger alpha"
             )
         k = conformal_rank(len(held), alpha)
+        level = tail_level(alpha, len(names))  # where these detectors, calibrated together, are matched
         options = dict(options or {})
         fitted = {}
         for name in names:
             cls_ = detector_class(name)
             det = cls_.fit(fitting, **options.get(name, {}))
-            location, scale = _tail_scale(cls_, fitting, options.get(name, {}))
+            location, scale = tail_scale(crossfit_maxima(cls_, fitting, options.get(name, {})), level)
             maxima = episode_maxima(det, held)
             fitted[name] = DetectorCalibration(
                 name=name,

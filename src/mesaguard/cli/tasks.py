@@ -181,7 +181,9 @@ def deploy(
         Path, typer.Option(help="Calibration file (mesaguard calibrate).")
     ] = ...,  # type: ignore[assignment]  # required: typer reads ... as no default
     variant: Annotated[str | None, typer.Option(help="Shifted variant (default: the scenario's deploy).")] = None,
-    detectors: Detectors = ALL,
+    detectors: Annotated[
+        str | None, typer.Option(help="Comma-separated detector names (default: the calibration's).")
+    ] = None,
     protocol: Annotated[
         str, typer.Option(help="stop, or fallback (the scripted aligned policy takes over; not with --env).")
     ] = "stop",
@@ -224,10 +226,11 @@ def deploy(
         spec.env_id(variant)  # unknown variants: the error lists the valid ones
     _choice("--policy", policy, POLICIES)
     _choice("--protocol", protocol, PROTOCOLS)
-    names = _names(detectors)
+    names = None if detectors is None else _names(detectors)
     target = _output("--out", out or calibration.parent / "deploy.json")
     keys = [load_verify_key(k) for k in verify_key] if verify_key else None
     cal = Calibration.load(calibration, verify_key=keys)  # with keys: unsigned or wrongly signed is an error
+    names = list(cal.detectors) if names is None else names
     cal.check(scenario=scenario)  # fitted on another scenario: an error before any rollout
     cal.joint_maxima(names)  # a detector it lacks: likewise
     configs = [[n] for n in names] + ([names] if len(names) > 1 else [])
@@ -264,7 +267,7 @@ def _deploy_objective(cal: Any, calibration: Path, objective: str | None) -> Any
 
 
 def _deploy_user(env: str, env_kwargs: str | None, shifted_kwargs: str | None, shifted_env: str | None,
-                 policy: str | None, objective: str | None, calibration: Path, detectors: str, episodes: int,
+                 policy: str | None, objective: str | None, calibration: Path, detectors: str | None, episodes: int,
                  workers: int, out: Path | None, verify_key: list[Path] | None) -> None:
     from mesaguard import userenv
     from mesaguard.calibration import Calibration
@@ -272,10 +275,11 @@ def _deploy_user(env: str, env_kwargs: str | None, shifted_kwargs: str | None, s
 
     maker, agent, _ = _user_task(env, env_kwargs, policy, None)
     shifted, _ = _shifted(env, maker, shifted_kwargs, shifted_env)
-    names = _names(detectors)
+    names = None if detectors is None else _names(detectors)
     target = _output("--out", out or calibration.parent / "deploy.json")
     keys = [load_verify_key(k) for k in verify_key] if verify_key else None
     cal = Calibration.load(calibration, verify_key=keys)
+    names = list(cal.detectors) if names is None else names
     made = maker()
     shape = made.observation_space.shape
     made.close()
