@@ -318,3 +318,17 @@ def test_rank_where_every_reference_agreed_uses_the_unseen_event_floor():
     assert np.nanmax(stat) < np.log(K + 1) + 1e-6
     again = detector_class("rank")(**det.params())
     assert again.params() == det.params()
+
+
+@given(data=st.data())
+def test_rank_counts_quantiles_below_the_score_as_comparing_with_all_of_them(data):
+    """The vector rank's binary search over rows padded to a power of two, against the plain count, any K, ties."""
+    from mesaguard.detectors.rank import ScoreRank
+
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    T, K, n = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 40)), data.draw(st.integers(1, 30))
+    quantiles = np.sort(np.round(rng.normal(size=(T, K)), 1), axis=1)  # rounded: ties within and across rows
+    det = ScoreRank(quantiles=quantiles, n_envs=n)
+    det.score = np.round(rng.normal(size=n) * 1.5, 1)
+    i = rng.integers(0, T, n)
+    np.testing.assert_array_equal(det._below(i), (quantiles[i] < det.score[:, None]).sum(axis=1))

@@ -83,7 +83,9 @@ class Detector:
 
     @staticmethod
     def _mask(mask: np.ndarray | None) -> slice | np.ndarray:
-        return slice(None) if mask is None else np.asarray(mask, dtype=bool)
+        """The envs of a boolean ``mask`` (all if None), as indices: found once, then every array a reset clears
+        is written at those few places instead of scanned whole again."""
+        return slice(None) if mask is None else np.flatnonzero(np.asarray(mask, dtype=bool))
 
 
 class ScalarDetector:

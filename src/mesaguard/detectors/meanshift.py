@@ -160,10 +160,9 @@ class MeanShift(Detector):
         rows = np.flatnonzero(live)
         ts = self.t[rows]  # each live env's own block index
         # Row ts[i] of the factor for each live env i (entries past ts[i] are zero), in a reused buffer.
-        if self._rows.shape[0] != rows.size:
-            self._rows = np.empty((rows.size, self.mu.size))
-        np.take(self.chol, ts, axis=0, out=self._rows)
-        past = np.einsum("ij,ij->i", self._rows, self.e[rows] if rows.size < self.n_envs else self.e)
+        factor_rows = self._rows[: rows.size]
+        np.take(self.chol, ts, axis=0, out=factor_rows)
+        past = np.einsum("ij,ij->i", factor_rows, self.e[rows] if rows.size < self.n_envs else self.e)
         e = (self.mu[ts] - x[rows] - past) / self.chol[ts, ts]
         self.e[rows, ts] = e
         self.num[rows] += self.y[ts] * e

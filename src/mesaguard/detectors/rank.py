@@ -72,6 +72,10 @@ class ScoreRank(Detector):
         self._low = self.quantiles[:, 0]
         width = self.quantiles[:, -1] - self.quantiles[:, 0]
         self._range = np.maximum(np.where(width > 0, width, self.floor), np.spacing(1.0 + np.abs(self._low)))
+        self._width = 1 << max(K - 1, 1).bit_length()  # K rounded up to a power of two (at least 2)
+        padded = np.full((self.quantiles.shape[0], self._width), np.inf)
+        padded[:, :K] = self.quantiles
+        self._flat = padded.ravel()  # row t at [t * width, (t + 1) * width), +inf past its K quantiles
         self.score = np.zeros(self.n_envs)
         self.t = np.zeros(self.n_envs, dtype=np.int64)
 
@@ -97,10 +101,26 @@ class ScoreRank(Detector):
         self.score += u
         i = np.minimum(self.t, self.quantiles.shape[0] - 1)
         self.t += 1
-        below = (self.quantiles[i] < self.score[:, None]).sum(axis=1)
-        tail = np.maximum(self._low[i] - self.score, 0.0) / self._range[i]
-        stat: np.ndarray = self._log[below] + tail
+        below = self._below(i)
+        stat: np.ndarray = self._log[below]
+        under = below == 0  # below every quantile: the distance below the lowest, in units of the step's range
+        if under.any():
+            j = i[under]
+            stat[under] += np.maximum(self._low[j] - self.score[under], 0.0) / self._range[j]
         return stat
+
+    def _below(self, i: np.ndarray) -> np.ndarray:
+        """Per env, how many of step ``i``'s quantiles lie below its score: a branchless binary search over the
+        sorted rows, padded with ``+inf`` to a power of two (five halvings for 32 quantiles, where comparing with
+        all of them costs more)."""
+        width = self._width
+        found = i * width  # where each env's row starts; moves to the last entry below its score
+        step = width >> 1
+        while step:
+            found += step * (self._flat[found + (step - 1)] < self.score)
+            step >>= 1
+        below: np.ndarray = found - i * width + (self._flat[found] < self.score)
+        return below
 
     def scalar(self) -> _ScalarRank:
         return _ScalarRank(self.quantiles.tolist(), self._log.tolist(), self._range.tolist())

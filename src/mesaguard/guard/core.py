@@ -279,9 +279,9 @@ class Guard:
 
     def reset(self, mask: np.ndarray | None = None) -> None:
         """Start new episodes in the envs of ``mask`` (all if None)."""
-        m: slice | np.ndarray = slice(None) if mask is None else np.asarray(mask, dtype=bool)
+        m: slice | np.ndarray = slice(None) if mask is None else np.flatnonzero(np.asarray(mask, dtype=bool))
         for det in self.detectors:
-            det.reset(None if mask is None else np.asarray(mask, dtype=bool))
+            det.reset(mask)
         self.score[m] = 0.0
         self.steps[m] = 0
         self.alarm[m] = False
@@ -311,13 +311,19 @@ class Guard:
             self._longest = math.inf
         over = self.statistics > self._column_thresholds
         new = over.any(axis=0) & ~self.alarm
-        broken = ~np.isfinite(self.score) | ~np.isfinite(self.statistics).all(axis=0)
         if live is not None:
             new &= live
-            broken &= live
         self.broken = None
         fresh = None
-        if broken.any():  # fail closed: a statistic or score that is not a number is an internal error (ERROR)
+        # One cheap check on the hot path: every value finite leaves both sums finite (a sum that overflows
+        # from finite values only costs the per-env check below).
+        if math.isfinite(float(self.statistics.sum()) + float(self.score.sum())):
+            broken = None
+        else:
+            broken = ~np.isfinite(self.score) | ~np.isfinite(self.statistics).all(axis=0)
+            if live is not None:
+                broken &= live
+        if broken is not None and broken.any():  # fail closed: a statistic or score not a number is an error
             self.broken, fresh = broken, broken & ~self.alarm
             self.fail(fresh)
             new &= ~broken
