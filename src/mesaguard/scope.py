@@ -53,7 +53,6 @@ import io
 import json
 import math
 import os
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +61,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from mesaguard.artifacts import Fields, Kind, VerifyKeys, arrays_hash
+from mesaguard.artifacts import Kind, VerifyKeys, arrays_hash
 from mesaguard.calibration import (
     CalibrationError,
     check_alpha,
@@ -71,12 +70,11 @@ from mesaguard.calibration import (
     fit_split,
     min_episodes,
 )
-from mesaguard.calibration_file import read_conformal, read_threshold
 from mesaguard.conformal import ConformalThreshold
 from mesaguard.detectors.base import DetectorError
 from mesaguard.detectors.scope import ScopeDetector, StateEvidence, check_states
 from mesaguard.detectors.scorers import METHODS, StateScorer, check_k
-from mesaguard.files import read_json, write_atomic
+from mesaguard.files import write_atomic
 
 __all__ = ["METHODS", "SCHEMA_VERSION", "Scope", "ScopeError"]
 
@@ -342,124 +340,14 @@ class Scope(ConformalThreshold):
         if arrays_path == path:
             raise ScopeError(f"scope path {path} would be overwritten by its own arrays; give it a .json name")
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **self.arrays)
+        np.savez_compressed(buffer, allow_pickle=False, **self.arrays)
         write_atomic(arrays_path, buffer.getvalue())
         return write_atomic(path, json.dumps(self.to_dict(arrays_path.name, signing_key), indent=1, allow_nan=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], verify_key: VerifyKeys = None) -> Scope:
-        """Read and verify a scope file and its arrays: header (format, schema version, content hash), the
-        arrays' hash, every value, and, with ``verify_key`` (one Ed25519 public key or several), the signature.
+        """Read and verify a scope file and its arrays (:func:`mesaguard.scope_file.read_scope` says what is
+        checked); with ``verify_key`` (one Ed25519 public key or several), its signature too."""
+        from mesaguard.scope_file import read_scope
 
-        Checked for what they mean: ``method``, ``k``, ``slack``; ``alpha``, ``n_cal``, ``rank`` and
-        ``false_alarm`` consistent; ``n_cal`` finite maxima whose conformal quantile is the threshold; arrays of
-        finite floats, of the shapes ``method`` and ``obs_shape`` give, at most :data:`MAX_ARRAY_BYTES` unpacked.
-        """
-        path = Path(path)
-        source = str(path)
-        data = read_json(
-            path,
-            ScopeError,
-            missing=f"no scope file at {path}; fit one with Scope.fit(...).save(path)",
-            invalid=f"{path} is not a scope file: not valid JSON",
-        )
-        KIND.open(data, source, verify_key)
-        f = Fields(data, source, ScopeError)
-        method = f.text("method")
-        if method not in METHODS:
-            f.fail("method", method, f"one of {list(METHODS)}")
-        k = f.integer("k", minimum=1)
-        slack = None if f.get("slack") is None else f.number("slack", nonnegative=True)
-        alpha, n_cal, rank = read_conformal(f)
-        threshold, maxima = read_threshold(f, alpha, n_cal, rank)
-        obs_shape = f.shape("obs_shape")
-        assert obs_shape is not None
-        metadata = f.get("metadata") if "metadata" in data else {}
-        if not isinstance(metadata, dict):
-            f.fail("metadata", metadata, "a JSON object")
-        files = f.object("arrays")
-        arrays_path = path.with_name(Path(files.text("file")).name)
-        arrays = _read_arrays(arrays_path, source)
-        if arrays_hash(arrays) != files.text("hash"):
-            raise ScopeError(f"{arrays_path} is corrupt or belongs to another scope: its hash does not match {path}")
-        _check_arrays(arrays, method, k, int(np.prod(obs_shape)), f"{arrays_path}")
-        n_fit, n_reference = f.integer("n_fit", minimum=1), f.integer("n_reference", minimum=1)
-        try:
-            return cls(
-                method=method,
-                k=k,
-                slack=slack,
-                alpha=alpha,
-                threshold=threshold,
-                obs_shape=obs_shape,
-                n_fit=n_fit,
-                n_reference=n_reference,
-                n_cal=n_cal,
-                maxima=maxima,
-                arrays=arrays,
-                scenario=f.text("scenario"),
-                metadata=metadata,
-            )
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, ScopeError):
-                raise ScopeError(f"{path}: {exc}") from None
-            raise ScopeError(f"{path} is malformed: {exc!r}") from None
-
-
-MAX_ARRAY_BYTES = 1 << 31  # a scope's arrays, unpacked: refused beyond this before anything is read
-
-
-def _read_arrays(arrays_path: Path, source: str) -> dict[str, np.ndarray]:
-    """The arrays of a scope's ``.npz``, no pickle; one that would unpack beyond :data:`MAX_ARRAY_BYTES` is refused."""
-    try:
-        with zipfile.ZipFile(arrays_path) as archive:
-            unpacked = sum(info.file_size for info in archive.infolist())
-        if unpacked > MAX_ARRAY_BYTES:
-            raise ScopeError(
-                f"{arrays_path}: its arrays unpack to {unpacked} bytes; expected at most {MAX_ARRAY_BYTES} "
-                f"(save the scope again)"
-            )
-        with np.load(arrays_path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except FileNotFoundError:
-        raise ScopeError(f"{source}: its arrays file {arrays_path} is missing; save the scope again") from None
-    except (KeyError, TypeError, OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        if isinstance(exc, ScopeError):
-            raise
-        raise ScopeError(f"{source}: its arrays file cannot be read ({exc!r}); save the scope again") from None
-
-
-def _check_arrays(arrays: Mapping[str, np.ndarray], method: str, k: int, dims: int, source: str) -> None:
-    """The stored arrays are finite floats of the shapes ``method`` and ``dims`` (flat obs size) give."""
-    shapes: dict[str, str] = {"reference_scores": "(n,), n >= 1, sorted, >= 0"}
-    if method == "knn":
-        shapes["states"] = f"(m, {dims}), m >= k={k}"
-    else:
-        shapes.update(location=f"({dims},)", precision=f"({dims}, {dims})")
-    if sorted(arrays) != sorted(shapes):
-        raise ScopeError(f"{source}: holds arrays {sorted(arrays)}; expected {sorted(shapes)} for method {method!r}")
-    for name, a in arrays.items():
-        if a.dtype.kind != "f" or not np.isfinite(a).all():
-            bad = "dtype " + str(a.dtype) if a.dtype.kind != "f" else "a non-finite value"
-            raise ScopeError(f"{source}: array {name} has {bad}; expected finite floats")
-    ref, ok = arrays["reference_scores"], {}
-    ok["reference_scores"] = ref.ndim == 1 and ref.size >= 1 and bool((np.diff(ref) >= 0).all()) and ref[0] >= 0
-    if method == "knn":
-        states = arrays["states"]
-        ok["states"] = states.ndim == 2 and states.shape[1] == dims and states.shape[0] >= k
-    else:
-        ok["location"] = arrays["location"].shape == (dims,)
-        ok["precision"] = arrays["precision"].shape == (dims, dims)
-    for name, good in ok.items():
-        if not good:
-            raise ScopeError(f"{source}: array {name} has shape {arrays[name].shape}; expected {shapes[name]}")
-    if method == "mahalanobis":
-        precision = arrays["precision"]
-        try:
-            np.linalg.cholesky(precision)
-            definite = bool(np.allclose(precision, precision.T))
-        except np.linalg.LinAlgError:
-            definite = False
-        if not definite:
-            raise ScopeError(f"{source}: array precision is not symmetric positive definite; expected a precision "
-                             f"matrix (the inverse of a covariance)")
+        return read_scope(Path(path), verify_key)
