@@ -16,7 +16,7 @@ What the bench and the command line name (``mesaguard bench --shield-model simul
 A shield's increment bound is a floor on one step's increment *as its model predicts it*
 (:func:`model_increments`): on each step of in-distribution reference episodes the model is forked at the
 observation the agent acted on and stepped with the agent's action, and
-:func:`~mesaguard.safeguards.shield.increment_bound` is taken over those predicted increments. A model
+:func:`~mesaguard.safeguards.bound.increment_bound` is taken over those predicted increments. A model
 that predicts the increments with an error then does not fire the bound on in-distribution episodes more
 often than ``alpha`` (exchangeable episodes; the calibration guarantee is about the model's own view, which is
 what the shield compares). For the copy, the predicted increments are the real ones.

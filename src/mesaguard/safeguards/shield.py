@@ -109,7 +109,7 @@ does not see a deterioration spread thinly over every step (the deployment monit
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, SupportsFloat
 
@@ -117,45 +117,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from mesaguard.calibration import conformal_rank
 from mesaguard.objective import FromInfo, Objective, Transition, make_objective
+from mesaguard.safeguards.bound import ShieldError, increment_bound
 from mesaguard.safeguards.models import ModelError, WorldModel, world_model
 
 __all__ = ["INFO_KEY", "Lookahead", "Shield", "ShieldError", "increment_bound"]
 
 INFO_KEY = "mesaguard_shield"
 CATASTROPHE, BOUND = "catastrophe", "bound"
-
-
-class ShieldError(ValueError):
-    """A shield built with arguments it cannot use."""
-
-
-def increment_bound(episodes: Sequence[np.ndarray], alpha: float) -> float:
-    """The calibrated floor on one step's increment: conformal rank of per-episode minima.
-
-    The statistic is ``-u_t`` and an episode's score is its maximum, ``-min(u)``;
-    the threshold is the ``ceil((n + 1)(1 - alpha))``-th smallest of the ``n``
-    maxima, and the bound is minus it. A new in-distribution episode then has an
-    increment strictly below the bound with probability at most ``alpha``.
-
-    >>> episodes = [np.array([0.0, -0.01 * (i % 3), 1.0]) for i in range(40)]
-    >>> increment_bound(episodes, alpha=0.05)
-    -0.02
-    >>> increment_bound(episodes[:5], alpha=0.05)  # doctest: +NORMALIZE_WHITESPACE
-    Traceback (most recent call last):
-    ...
-    mesaguard.calibration.CalibrationError: 5 calibration episodes are too few for alpha=0.05: the conformal rank
-    would be 6 > 5; use at least 19 episodes or a larger alpha
-    """
-    minima = []
-    for i, e in enumerate(episodes):
-        u = np.asarray(e, dtype=np.float64).ravel()
-        if u.size == 0 or not np.all(np.isfinite(u)):
-            raise ShieldError(f"episode {i} has increments {u!r}; expected a non-empty array of finite numbers")
-        minima.append(-float(u.min()))
-    k = conformal_rank(len(minima), alpha)
-    return -float(np.sort(minima)[k - 1])
 
 
 @dataclass
