@@ -119,8 +119,8 @@ def fit_safeguards(spec: JobSpec, cal_runs: list[Episode]) -> FittedSafeguards:
 def _model_bound(spec: JobSpec, kind: str, cal_runs: list[Episode]) -> float:
     """The floor on one step's increment as the model of ``kind`` predicts it on the calibration runs' steps
     (:mod:`mesaguard.safeguards.model_kinds`); for the oracle copy, the real increments."""
-    from mesaguard.safeguards.model_kinds import model_increments, scenario_model
     from mesaguard.safeguards.bound import increment_bound
+    from mesaguard.safeguards.model_kinds import model_increments, scenario_model
 
     model = scenario_model(spec.scenario, kind, seed=spec.seed)
     if isinstance(model, str):  # the copy: its predictions are the real increments
