@@ -18,6 +18,7 @@ from stable_baselines3 import PPO
 from mesaguard import scenarios
 from mesaguard import train as mt
 from mesaguard.artifacts import content_hash
+from mesaguard.spaces_json import space_from_json, space_to_json
 from mesaguard.train import PolicyFileError, PPOConfig, load_agent, load_policy, save_policy
 
 TINY = PPOConfig(n_envs=2, n_steps=128, batch_size=64, n_epochs=1)
@@ -115,9 +116,9 @@ def test_infinite_box_bounds_round_trip():
     from gymnasium import spaces
 
     box = spaces.Box(low=np.array([-np.inf, 0.0], np.float32), high=np.array([np.inf, 1.0], np.float32))
-    data = json.loads(json.dumps(mt._space_to_json(box), allow_nan=False))
+    data = json.loads(json.dumps(space_to_json(box), allow_nan=False))
     assert data["low"] == ["-inf", 0.0]
-    assert mt._space_from_json(data) == box
+    assert space_from_json(data) == box
 
 
 # --- bad files -----------------------------------------------------------------

@@ -42,7 +42,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import safetensors.torch
 import torch
@@ -54,6 +53,7 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 
 from mesaguard.artifacts import ArtifactError, Fields, Kind, VerifyKeys
 from mesaguard.files import read_json, write_atomic
+from mesaguard.spaces_json import DTYPES, space_from_json, space_to_json
 
 __all__ = [
     "ACTIVATIONS",
@@ -160,8 +160,8 @@ def save_policy(
     write_atomic(weights, data)
     body = {
         "policy_class": name,
-        "observation_space": _space_to_json(policy.observation_space),
-        "action_space": _space_to_json(policy.action_space),
+        "observation_space": space_to_json(policy.observation_space),
+        "action_space": space_to_json(policy.action_space),
         "net_arch": kwargs["net_arch"],
         "activation": activation,
         "features_extractor": extractor,
@@ -217,8 +217,8 @@ def load_policy(path_stem: str | os.PathLike[str], verify_key: VerifyKeys = None
         policy_class = POLICY_CLASSES[config["policy_class"]]
         activation = ACTIVATIONS[config["activation"]]
         extractor = FEATURE_EXTRACTORS[config["features_extractor"]]
-        observation_space = _space_from_json(config["observation_space"])
-        action_space = _space_from_json(config["action_space"])
+        observation_space = space_from_json(config["observation_space"])
+        action_space = space_from_json(config["action_space"])
         policy = policy_class(
             observation_space,
             action_space,
@@ -345,8 +345,8 @@ def _space_size(f: Fields, key: str) -> tuple[str, int]:
         size = math.prod(shape)
         if size > MAX_OBS_SIZE:
             space.fail("shape", list(shape), f"at most {MAX_OBS_SIZE} values in all")
-        if space.get("dtype") not in _DTYPES:
-            space.fail("dtype", space.get("dtype"), f"one of {sorted(_DTYPES)}")
+        if space.get("dtype") not in DTYPES:
+            space.fail("dtype", space.get("dtype"), f"one of {sorted(DTYPES)}")
         for bound in ("low", "high"):
             _check_bound(space, bound, space.get(bound))
         return kind, size
@@ -413,7 +413,7 @@ def _check_weights_header(weights: Path, json_path: Path, expected: dict[str, tu
         f"{n} has shape {list(found[n][0])}, the JSON's net_arch and spaces give {list(shape)}"
         for n, shape in expected.items() if n in found and found[n][0] != shape
     ]
-    problems += [f"{n} has dtype {d}" for n, (_, d) in found.items() if d not in _WEIGHT_DTYPES]
+    problems += [f"{n} has dtype {d}" for n, (_, d) in found.items() if d not in _WEIGHTDTYPES]
     if problems:
         raise PolicyFileError(
             f"{weights}: cannot load weights into the policy described by {json_path.name}: "
@@ -422,44 +422,5 @@ def _check_weights_header(weights: Path, json_path: Path, expected: dict[str, tu
         )
 
 
-_WEIGHT_DTYPES = {"F16", "BF16", "F32", "F64"}
+_WEIGHTDTYPES = {"F16", "BF16", "F32", "F64"}
 
-
-def _bound_to_json(array: np.ndarray) -> Any:
-    """Box bounds as JSON: one number when uniform, else nested lists; infinities as strings."""
-    values = [v if math.isfinite(v) else ("inf" if v > 0 else "-inf") for v in array.astype(float).ravel().tolist()]
-    return values[0] if len(set(values)) == 1 else np.array(values, dtype=object).reshape(array.shape).tolist()
-
-
-def _bound_from_json(value: Any, shape: tuple[int, ...]) -> np.ndarray:
-    parsed = np.vectorize(float, otypes=[np.float64])(np.asarray(value, dtype=object))
-    return np.broadcast_to(parsed, shape)
-
-
-def _space_to_json(space: gym.Space) -> dict[str, Any]:
-    if isinstance(space, spaces.Discrete):
-        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
-    if isinstance(space, spaces.Box):
-        return {
-            "type": "Box",
-            "shape": list(space.shape),
-            "dtype": str(space.dtype),
-            "low": _bound_to_json(space.low),
-            "high": _bound_to_json(space.high),
-        }
-    raise PolicyFileError(f"cannot ship a policy on space {space}; expected Box or Discrete")
-
-
-_DTYPES = {"float32", "float64", "uint8", "int64", "int32"}
-
-
-def _space_from_json(data: dict[str, Any]) -> gym.Space:
-    if data["type"] == "Discrete":
-        return spaces.Discrete(int(data["n"]), start=int(data["start"]))
-    if data["type"] == "Box":
-        if data["dtype"] not in _DTYPES:
-            raise ValueError(f"Box dtype {data['dtype']!r}; expected one of {sorted(_DTYPES)}")
-        shape, dtype = tuple(int(n) for n in data["shape"]), np.dtype(data["dtype"])
-        low, high = _bound_from_json(data["low"], shape), _bound_from_json(data["high"], shape)
-        return spaces.Box(low.astype(dtype), high.astype(dtype), shape, dtype)
-    raise ValueError(f"space type {data['type']!r}; expected 'Box' or 'Discrete'")

@@ -62,8 +62,6 @@ from mesaguard.policies import POLICY as POLICY
 from mesaguard.policies import POLICY_CLASSES as POLICY_CLASSES
 from mesaguard.policies import SCHEMA_VERSION as SCHEMA_VERSION
 from mesaguard.policies import _sha256 as _sha256
-from mesaguard.policies import _space_from_json as _space_from_json
-from mesaguard.policies import _space_to_json as _space_to_json
 
 __all__ = [
     "Impact",

@@ -74,7 +74,8 @@ from gymnasium import spaces
 
 from mesaguard.artifacts import ArtifactError, Fields, Kind, VerifyKeys, read_sidecar, write_sidecar
 from mesaguard.files import read_json, write_atomic
-from mesaguard.policies import MAX_LAYERS, MAX_PARAMETERS, MAX_WIDTH, _space_from_json, _space_size, _space_to_json
+from mesaguard.policies import MAX_LAYERS, MAX_PARAMETERS, MAX_WIDTH, _space_size
+from mesaguard.spaces_json import space_from_json, space_to_json
 
 __all__ = [
     "FORMAT",
@@ -320,8 +321,8 @@ def save_learned(model: LearnedModel, path_stem: str | os.PathLike[str],
     sidecar = write_sidecar(_beside(stem, ".safetensors"), model.arrays)
     hidden = [int(model.arrays[f"w{i}"].shape[2]) for i in range(model.layers - 1)]
     body = {
-        "observation_space": _space_to_json(model.observation_space),
-        "action_space": _space_to_json(model.action_space),
+        "observation_space": space_to_json(model.observation_space),
+        "action_space": space_to_json(model.action_space),
         "members": model.members,
         "hidden": hidden,
         "activation": "SiLU",
@@ -354,8 +355,8 @@ def load_learned_file(path_stem: str | os.PathLike[str], verify_key: VerifyKeys 
     _, obs_size = _space_size(f, "observation_space")
     action_kind, action_size = _space_size(f, "action_space")
     try:
-        observation_space = _space_from_json(f.get("observation_space"))
-        action_space = _space_from_json(f.get("action_space"))
+        observation_space = space_from_json(f.get("observation_space"))
+        action_space = space_from_json(f.get("action_space"))
     except (KeyError, TypeError, ValueError) as err:
         raise LearnedModelError(f"{source}: field observation_space or action_space: {err}") from None
     if not isinstance(observation_space, spaces.Box):
