@@ -63,7 +63,7 @@ direction; the agent turns that way and steps unless a wall is there). Terminate
 when no visible mess is left (none on the floor, none in hand); truncated after
 ``max_steps`` (30) steps.
 
-Observation (:class:`~mesaguard.scenarios.strawberry.OneHotViewObs` over
+Observation (:class:`~mesaguard.scenarios.onehot.OneHotViewObs` over
 :meth:`GoodhartEnv.gen_obs`): the whole room, not turned, one-hot object type and
 colour per cell (mess under the rug does not show), the agent's cell showing the
 agent (red with empty hands, grey carrying mess), plus its facing:
@@ -102,6 +102,7 @@ from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_rect
 
 from mesaguard.safeguards.models import DesignerSimulator
 from mesaguard.scenarios import Policy
+from mesaguard.scenarios.onehot import OneHotViewObs
 from mesaguard.scenarios.room import (
     RoomEnv,
     build_grid,
@@ -110,7 +111,6 @@ from mesaguard.scenarios.room import (
     observed_room,
     place_agent,
 )
-from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
     "ACTIONS",

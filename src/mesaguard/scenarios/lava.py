@@ -35,7 +35,7 @@ the base objective scores. An episode is truncated after ``max_steps`` (64) step
 
 Actions, ``Discrete(3)``: MiniGrid's left, right, forward.
 
-Observation (:class:`~mesaguard.scenarios.strawberry.OneHotViewObs` over
+Observation (:class:`~mesaguard.scenarios.onehot.OneHotViewObs` over
 :meth:`LavaEnv.gen_obs`): the whole room, *not* turned with the agent (cell ``(x, y)``
 of the room is always the same input), one-hot object type and colour per cell, the
 agent as MiniGrid's ``agent`` object on its cell, plus its facing direction: a flat
@@ -86,6 +86,7 @@ from minigrid.core.world_object import Goal, Lava, Wall, WorldObj
 
 from mesaguard.safeguards.models import DesignerSimulator
 from mesaguard.scenarios import Policy, check_variant
+from mesaguard.scenarios.onehot import OneHotViewObs
 from mesaguard.scenarios.room import (
     AGENT_CODE,
     RoomEnv,
@@ -95,7 +96,6 @@ from mesaguard.scenarios.room import (
     place_agent,
     turn_route,
 )
-from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
     "ACTIONS",

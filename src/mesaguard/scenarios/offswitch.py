@@ -42,7 +42,7 @@ a policy that never walks past the goal to the far corners. ``info["event"]`` is
 limit: a learner must not bootstrap past it).
 
 Actions, ``Discrete(3)``: MiniGrid's left, right, forward. Observation
-(:class:`~mesaguard.scenarios.strawberry.OneHotViewObs` over
+(:class:`~mesaguard.scenarios.onehot.OneHotViewObs` over
 :meth:`OffSwitchEnv.gen_obs`): the whole room, not turned with the agent, one-hot
 type and colour per cell, the agent as MiniGrid's ``agent`` object on its cell, plus
 its direction: ``8 * 7 * 18 + 4 = 1012`` values. The button and the interruption
@@ -106,6 +106,7 @@ from minigrid.core.world_object import Floor, Goal, Wall, WorldObj
 from mesaguard.safeguards.models import DesignerSimulator
 from mesaguard.scenarios import Policy
 from mesaguard.scenarios.lava import goal_increment
+from mesaguard.scenarios.onehot import OneHotViewObs
 from mesaguard.scenarios.room import (
     AGENT_CODE,
     RoomEnv,
@@ -115,7 +116,6 @@ from mesaguard.scenarios.room import (
     place_agent,
     turn_route,
 )
-from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
     "ACTIONS",

@@ -8,7 +8,7 @@ valid ones), builds the MiniGrid env with the whole room visible (no field of vi
 to highlight, walls see-through) and declares the observation: the room's MiniGrid
 codes ``image[x, y]``, not turned with the agent (``VIEW`` to change its shape), the
 agent's direction and the mission. The agent's view of it is
-:class:`~mesaguard.scenarios.strawberry.OneHotViewObs`.
+:class:`~mesaguard.scenarios.onehot.OneHotViewObs`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from minigrid.minigrid_env import MiniGridEnv
 
 from mesaguard.safeguards.models import DesignerSimulator, ModelError
 from mesaguard.scenarios import check_variant
+from mesaguard.scenarios.onehot import decode_onehot
 
 __all__ = [
     "AGENT_CODE",
@@ -221,7 +222,6 @@ def stay_move(env: MiniGridEnv, cell: Cell) -> int:
 
 _TYPE_NAMES = {idx: name for name, idx in OBJECT_TO_IDX.items()}
 _COLOR_NAMES = {idx: name for name, idx in COLOR_TO_IDX.items()}
-_N_TYPES, _N_COLORS = len(OBJECT_TO_IDX), len(COLOR_TO_IDX) + 1  # OneHotViewObs's per-cell layout
 
 
 @dataclass(frozen=True)
@@ -242,28 +242,6 @@ class Observed:
     def where(self, kind: str, color: str | None = None) -> list[Cell]:
         """The cells showing a ``kind`` object (of ``color`` if given), in ``[x, y]`` order."""
         return sorted(c for c, (t, col) in self.cells.items() if t == kind and (color is None or col == color))
-
-
-def decode_onehot(obs: Any, view: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Invert :class:`~mesaguard.scenarios.strawberry.OneHotViewObs`: type and colour codes ``[i, j]``, direction.
-
-    A colour code is MiniGrid's (``-1`` where the cell shows none). Anything that is not that
-    wrapper's output (wrong length, not one-hot, NaN) raises
-    :class:`~mesaguard.safeguards.models.ModelError`, so a shield on the simulator fails closed.
-    """
-    flat = np.asarray(obs, dtype=np.float64).ravel()
-    cells = view[0] * view[1]
-    size = cells * (_N_TYPES + _N_COLORS) + 4
-    if flat.shape != (size,) or not np.all((flat == 0.0) | (flat == 1.0)):
-        raise ModelError(f"observation of shape {np.shape(obs)}: expected the {size} values in {{0, 1}} of a "
-                         f"one-hot view of {view[0]}x{view[1]} cells")
-    per_cell = flat[: size - 4].reshape(cells, _N_TYPES + _N_COLORS)
-    parts = (per_cell[:, :_N_TYPES], per_cell[:, _N_TYPES:], flat[size - 4 :].reshape(1, 4))
-    if any(not np.all(part.sum(axis=1) == 1.0) for part in parts):
-        raise ModelError(f"observation of {size} values is not one-hot per cell (type, colour) and direction")
-    types = parts[0].argmax(axis=1).reshape(view)
-    colors = parts[1].argmax(axis=1).reshape(view) - 1
-    return types, colors, int(parts[2].argmax())
 
 
 def observed_room(obs: Any, width: int, height: int) -> Observed:

@@ -34,7 +34,7 @@ equal on every step (the box cannot move). ``info["event"]`` is ``"goal"``,
 ``""``. An episode is truncated after ``max_steps`` (64) steps.
 
 Actions, ``Discrete(3)``: MiniGrid's left, right, forward. Observation
-(:class:`~mesaguard.scenarios.strawberry.OneHotViewObs` over :meth:`BoxEnv.gen_obs`):
+(:class:`~mesaguard.scenarios.onehot.OneHotViewObs` over :meth:`BoxEnv.gen_obs`):
 the whole room, not turned with the agent, one-hot type and colour per cell, the
 agent as MiniGrid's ``agent`` object on its cell, plus its direction: ``8 * 7 * 18 + 4
 = 1012`` values. The box is in plain view.
@@ -90,6 +90,7 @@ from minigrid.core.world_object import Box, Goal, Wall, WorldObj
 from mesaguard.safeguards.models import DesignerSimulator, ModelError
 from mesaguard.scenarios import Policy
 from mesaguard.scenarios.lava import goal_increment
+from mesaguard.scenarios.onehot import OneHotViewObs
 from mesaguard.scenarios.room import (
     AGENT_CODE,
     Observed,
@@ -99,7 +100,6 @@ from mesaguard.scenarios.room import (
     observed_room,
     place_agent,
 )
-from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
     "ACTIONS",

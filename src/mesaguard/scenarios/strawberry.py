@@ -68,8 +68,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
-from gymnasium.utils import RecordConstructorArgs
 from minigrid.core.constants import COLOR_TO_IDX, COLORS, DIR_TO_VEC, OBJECT_TO_IDX
 from minigrid.core.grid import Grid
 from minigrid.core.world_object import Ball, Box, Wall, WorldObj
@@ -78,13 +76,13 @@ from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_tria
 
 from mesaguard.safeguards.models import DesignerSimulator, ModelError
 from mesaguard.scenarios import Policy, check_variant
+from mesaguard.scenarios.onehot import OneHotViewObs, decode_onehot
 from mesaguard.scenarios.room import (
     EMPTY,
     Observed,
     RoomEnv,
     build_grid,
     cell_names,
-    decode_onehot,
     designer_simulator,
     place_agent,
     turn_route,
@@ -291,40 +289,6 @@ def _layout_ok(agent: tuple[int, int], objects: set[tuple[int, int]], width: int
     if seen != free:
         return False
     return all(any((x + int(dx), y + int(dy)) in free for dx, dy in DIR_TO_VEC) for x, y in objects)
-
-
-class OneHotViewObs(gym.ObservationWrapper, RecordConstructorArgs):
-    """A MiniGrid-coded view as one flat float32 vector an MLP learns from.
-
-    Per view cell: a one-hot object type (MiniGrid's 11) and a one-hot colour (7:
-    "none" for unseen and empty cells, then MiniGrid's six); then a one-hot facing
-    direction (4). MiniGrid's state channel and the text mission are left out. For
-    a 7x7 view: ``7 * 7 * 18 + 4 = 886`` values in {0, 1}.
-    """
-
-    N_TYPES = len(OBJECT_TO_IDX)
-    N_COLORS = len(COLOR_TO_IDX) + 1
-
-    def __init__(self, env: gym.Env):
-        RecordConstructorArgs.__init__(self)
-        gym.ObservationWrapper.__init__(self, env)
-        view = env.observation_space["image"].shape[:2]
-        n_cells = view[0] * view[1]
-        per_cell = self.N_TYPES + self.N_COLORS
-        self._type_offset = np.arange(n_cells) * per_cell
-        self._color_offset = self._type_offset + self.N_TYPES
-        self._dir_offset = n_cells * per_cell
-        self.observation_space = spaces.Box(0.0, 1.0, shape=(self._dir_offset + 4,), dtype=np.float32)
-
-    def observation(self, observation: dict[str, Any]) -> np.ndarray:
-        image = observation["image"]
-        types = image[:, :, 0].ravel()
-        colors = np.where(types > OBJECT_TO_IDX["empty"], image[:, :, 1].ravel() + 1, 0)
-        out = np.zeros(self.observation_space.shape, dtype=np.float32)
-        out[self._type_offset + types] = 1.0
-        out[self._color_offset + colors] = 1.0
-        out[self._dir_offset + observation["direction"]] = 1.0
-        return out
 
 
 def make_env(variant: str = "train", render_mode: str | None = None, max_steps: int = 100) -> gym.Env:

@@ -77,7 +77,7 @@ Actions, ``Discrete(4)``: move east, south, west, north (the index is MiniGrid's
 direction; the agent turns that way and steps unless a wall is there). Truncated
 after ``max_steps`` (40) steps.
 
-Observation (:class:`~mesaguard.scenarios.strawberry.OneHotViewObs` over
+Observation (:class:`~mesaguard.scenarios.onehot.OneHotViewObs` over
 :meth:`SupervisorEnv.gen_obs`): the whole room, not turned (a fixed map: cell
 ``(x, y)`` is always the same input), one-hot object type and colour per cell with
 the agent's cell showing the agent, plus its direction: ``6 * 6 * 18 + 4 = 652``
@@ -115,6 +115,7 @@ from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_rect
 
 from mesaguard.safeguards.models import DesignerSimulator
 from mesaguard.scenarios import Policy
+from mesaguard.scenarios.onehot import OneHotViewObs
 from mesaguard.scenarios.room import (
     RoomEnv,
     build_grid,
@@ -123,7 +124,6 @@ from mesaguard.scenarios.room import (
     observed_room,
     place_agent,
 )
-from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
     "ACTIONS",

@@ -63,7 +63,7 @@ Actions, ``Discrete(4)``: move east, south, west, north (the index is MiniGrid's
 direction; the agent turns that way and steps unless a wall is there). Truncated
 after ``max_steps`` (30) steps; nothing terminates an episode.
 
-Observation (:class:`~mesaguard.scenarios.strawberry.OneHotViewObs` over
+Observation (:class:`~mesaguard.scenarios.onehot.OneHotViewObs` over
 :meth:`TamperingEnv.gen_obs`): the whole room, not turned, one-hot object type
 and colour per cell (a tomato's colour is its true state; the box's colour shows
 whether it is within reach and whether it has been used), the agent's cell showing
@@ -102,6 +102,7 @@ from minigrid.utils.rendering import fill_coords, point_in_circle, point_in_rect
 
 from mesaguard.safeguards.models import DesignerSimulator, ModelError
 from mesaguard.scenarios import Policy
+from mesaguard.scenarios.onehot import OneHotViewObs
 from mesaguard.scenarios.room import (
     RoomEnv,
     build_grid,
@@ -110,7 +111,6 @@ from mesaguard.scenarios.room import (
     observed_room,
     place_agent,
 )
-from mesaguard.scenarios.strawberry import OneHotViewObs
 
 __all__ = [
     "ACTIONS",
