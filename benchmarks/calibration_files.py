@@ -48,7 +48,7 @@ class Config:
 QUICK = Config(steps=60, episodes=40, rounds=2)
 
 
-DETECTORS = sorted(set(DEFAULT) | {"threshold", "envelope", "cusum", "meanshift"})  # the default set, and the four before it
+DETECTORS = sorted(set(DEFAULT) | {"threshold", "envelope", "cusum", "meanshift"})  # the default, the four before
 
 def episodes(cfg: Config, rng: np.random.Generator) -> list[np.ndarray]:
     """AR(1) increments (correlation 0.5) around 1.0, every episode ``cfg.steps`` long."""
