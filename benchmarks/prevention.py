@@ -51,7 +51,6 @@ import torch
 from mesaguard import metrics
 from mesaguard.bench import SAFEGUARDS, BenchConfig, calibrate, fit_safeguards
 from mesaguard.bench.config import is_oracle, modelled
-from mesaguard.detectors import DEFAULT
 from mesaguard.experiment import OBJECTIVE, plain_env, policy_factory
 from mesaguard.objective import Transition, make_objective
 from mesaguard.safeguards.model_kinds import MODEL_KINDS, scenario_model
@@ -63,6 +62,8 @@ SCENARIOS = ("lava", "side-effects", "strawberry", "supervisor", "offswitch", "g
              "cheetah")
 LONG = frozenset({"driving", "cheetah"})  # slow steps (driving) or long episodes (the cheetah): fewer episodes
 
+
+DETECTORS = ("threshold", "envelope", "cusum", "meanshift")  # the default when the table was measured
 
 @dataclass(frozen=True)
 class Config:
@@ -133,7 +134,7 @@ def scenario_rows(scenario: str, cfg: Config) -> dict[str, Any]:
     s = get(scenario)
     reference = s.reference_variant
     names = rows_of(scenario)
-    spec = BenchConfig((scenario,), DEFAULT, (0,), cfg.long_episodes if scenario in LONG else cfg.episodes,
+    spec = BenchConfig((scenario,), DETECTORS, (0,), cfg.long_episodes if scenario in LONG else cfg.episodes,
                        cfg.calibration_episodes, alpha=cfg.alpha, safeguards=tuple(names)).jobs()[0]
     cal_runs, cal = calibrate(spec, policy_factory(scenario, "agent"), "agent", record_states=True)
     fitted = fit_safeguards(spec, cal_runs)
