@@ -1,4 +1,4 @@
-"""The ledger's one-pending-episode path in plain floats against its general form, and its cache."""
+"""The ledger's one-pending-episode path against its general form, its cache, and both against the offline twin."""
 
 from __future__ import annotations
 
@@ -41,6 +41,19 @@ def test_one_pending_episode_in_floats_equals_the_general_level(mode, reference,
     general = book._level([running], running.id + 1)
     assert fast[1] == general[1] or abs(fast[0] - book.log_threshold) < 1e-9
     assert fast[0] == pytest.approx(general[0], rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@given(reference=st.lists(values, min_size=1, max_size=30), bets=st.lists(values, min_size=1, max_size=10))
+def test_committed_evidence_equals_the_offline_wealth_path(mode, reference, bets):
+    """The ledger's bets in plain floats against evidence.py's NumPy form (what the offline twin computes)."""
+    from mesaguard.monitor.evidence import _components, _log_mean
+    from mesaguard.monitor.pvalues import sequential_pvalues
+
+    book = ledger(mode, reference, bets)
+    p = sequential_pvalues(reference, bets, [0.5] * len(bets))
+    offline = float(_log_mean(_components(p, SHIFTS, mode))[-1])
+    assert book.log_evidence == pytest.approx(offline, rel=1e-9, abs=1e-9)
 
 
 def test_the_level_is_recomputed_when_the_p_value_moves_and_only_then():
