@@ -93,6 +93,7 @@ class MeanShift(Detector):
         self.acc = np.zeros(self.n_envs)  # the current block's increment sum
         self.k = np.zeros(self.n_envs, dtype=np.int64)  # steps into the current block
         self._rows = np.empty((self.n_envs, B))
+        self._every = np.arange(self.n_envs)  # every env's index (read only)
 
     @classmethod
     def fit(cls, episodes: Sequence[np.ndarray], **options: Any) -> Self:
@@ -132,23 +133,21 @@ class MeanShift(Detector):
         if self.block > 1:
             self.acc += u
             self.k += 1
-            done = self.k >= self.block
-            if not done.any():
-                return self.stat.copy()
-            x = np.where(done, self.acc, 0.0)
-            self.acc[done] = 0.0
-            self.k[done] = 0
-            return self._blocks(x, done)
-        return self._blocks(u, None)
+            rows = np.flatnonzero(self.k >= self.block)
+            if rows.size:
+                x = self.acc[rows]
+                self.acc[rows] = 0.0
+                self.k[rows] = 0
+                self._blocks(rows, x)
+        else:
+            self._blocks(self._every, u)
+        return self.stat.copy()
 
-    def _blocks(self, x: np.ndarray, done: np.ndarray | None) -> np.ndarray:
-        """Feed the complete block sums ``x`` of the envs in ``done`` (all if None)."""
-        live = self.t < self.mu.size
-        if done is not None:
-            live &= done
-        if not live.any():
-            return self.stat.copy()
-        if live.all() and (self.t == self.t[0]).all():
+    def _blocks(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Feed the complete block sums ``x`` of the envs ``rows`` (ascending indices); return the envs that took
+        them (those not yet past the last block)."""
+        B = self.mu.size
+        if rows.size == self.n_envs and self.t[0] < B and (self.t == self.t[0]).all():
             # Every env at the same block (calibration, synchronized starts): one matrix-vector product.
             t = int(self.t[0])
             e = (self.mu[t] - x - self.e @ self.chol[t]) / self.chol[t, t]
@@ -156,19 +155,23 @@ class MeanShift(Detector):
             self.num += self.y[t] * e
             self.stat[:] = self.num / self.norm[t]
             self.t += 1
-            return self.stat.copy()
-        rows = np.flatnonzero(live)
-        ts = self.t[rows]  # each live env's own block index
-        # Row ts[i] of the factor for each live env i (entries past ts[i] are zero), in a reused buffer.
+            return rows
+        open_ = self.t[rows] < B
+        if not open_.all():
+            rows, x = rows[open_], x[open_]
+        if not rows.size:
+            return rows
+        ts = self.t[rows]  # each env's own block index
+        # Row ts[i] of the factor for each env i (entries past ts[i] are zero), in a reused buffer.
         factor_rows = self._rows[: rows.size]
         np.take(self.chol, ts, axis=0, out=factor_rows)
         past = np.einsum("ij,ij->i", factor_rows, self.e[rows] if rows.size < self.n_envs else self.e)
-        e = (self.mu[ts] - x[rows] - past) / self.chol[ts, ts]
+        e = (self.mu[ts] - x - past) / self.chol[ts, ts]
         self.e[rows, ts] = e
         self.num[rows] += self.y[ts] * e
         self.stat[rows] = self.num[rows] / self.norm[ts]
         self.t[rows] += 1
-        return self.stat.copy()
+        return rows
 
     def scalar(self) -> _ScalarMeanShift:
         return _ScalarMeanShift(self)

@@ -63,10 +63,8 @@ class PartialDegradation(MeanShift):
     def params(self) -> dict[str, Any]:
         return {**super().params(), "share": self.share}
 
-    def _blocks(self, x: np.ndarray, done: np.ndarray | None) -> np.ndarray:
-        before = self.t.copy()
-        super()._blocks(x, done)
-        moved = np.flatnonzero(self.t != before)
+    def _blocks(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        moved = super()._blocks(rows, x)
         if moved.size:
             j = self.t[moved]  # blocks so far, per env that completed one
             e = np.where(np.arange(self.mu.size) < j[:, None], self.e[moved], -np.inf)
@@ -74,7 +72,7 @@ class PartialDegradation(MeanShift):
             m = np.ceil(self.share * j).astype(np.int64)
             sums = np.cumsum(np.where(np.isfinite(top), top, 0.0), axis=1)[np.arange(moved.size), m - 1]
             self.stat[moved] = sums / np.sqrt(m)
-        return self.stat.copy()
+        return moved
 
     def scalar(self) -> _ScalarPartialDegradation:  # type: ignore[override]
         return _ScalarPartialDegradation(self)
