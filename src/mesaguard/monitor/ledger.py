@@ -140,7 +140,8 @@ class Ledger:
         return self._level(pending, next_id)
 
     def _one(self, episode: Episode, greater: int, equal: int, next_id: int) -> tuple[float, int | None]:
-        """:meth:`_level` of one pending episode in plain floats (one env's hot path; tests hold them equal)."""
+        """:meth:`_level` of one pending episode whose counts in the bag are known (one env's hot path; a test
+        holds them equal)."""
         best = self.log_evidence
         crossing = None
         if best >= self.log_threshold:
