@@ -31,7 +31,7 @@ threshold of 50 held-out episodes is noisy, so one draw decides little):
 Per candidate: the mean over cases of the per-case mean regret over draws, the worst case's mean regret, and
 the per-episode false-alarm rates. The seeds are disjoint from those the default was chosen on.
 
-Run: ``.venv/bin/python benchmarks/joint_default.py [--quick]`` (about 7 minutes, one core; the cheetah's
+Run: ``.venv/bin/python benchmarks/joint_default.py [--quick]`` (about 6 minutes, one core; the cheetah's
 rollouts are half of it). Results: ``benchmarks/results/joint_default.json``, the table in ``docs/results.md``.
 """
 
