@@ -11,6 +11,7 @@ Prediction* (2021), section 3.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from scipy import stats
 
@@ -19,6 +20,7 @@ from mesaguard.artifacts import ArtifactError
 __all__ = [
     "CalibrationError",
     "ConformalThreshold",
+    "ThresholdFit",
     "check_alpha",
     "conformal_rank",
     "episodes_for_tolerance",
@@ -52,6 +54,21 @@ class ConformalThreshold:
     def false_alarm(self) -> dict[str, float]:
         """Spread of the realized per-episode false-alarm rate: ``Beta(n + 1 - k, k)``."""
         return false_alarm_spread(self.n_cal, self.rank)
+
+
+class ThresholdFit(ConformalThreshold):
+    """A fit with one conformal threshold on per-episode maxima (a scope, a transition scope) and its file's fields."""
+
+    threshold: float
+    n_fit: int
+    n_reference: int
+    maxima: list[float]
+
+    def threshold_fields(self) -> dict[str, Any]:
+        """The threshold's fields of the fit's file, in the order it writes them (read back by
+        :func:`mesaguard.calibration_file.read_conformal` and :func:`~mesaguard.calibration_file.read_threshold`)."""
+        return {"alpha": self.alpha, "threshold": self.threshold, "n_fit": self.n_fit, "n_reference": self.n_reference,
+                "n_cal": self.n_cal, "rank": self.rank, "false_alarm": self.false_alarm, "maxima": self.maxima}
 
 
 def check_alpha(alpha: float) -> float:

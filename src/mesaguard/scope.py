@@ -70,7 +70,7 @@ from mesaguard.calibration import (
     fit_split,
     min_episodes,
 )
-from mesaguard.conformal import ConformalThreshold
+from mesaguard.conformal import ThresholdFit
 from mesaguard.detectors.base import DetectorError
 from mesaguard.detectors.scope import ScopeDetector, StateEvidence, check_states
 from mesaguard.detectors.scorers import METHODS, StateScorer, check_k
@@ -130,7 +130,7 @@ def _check_episodes(episodes: Sequence[Any]) -> tuple[list[np.ndarray], tuple[in
 
 
 @dataclass(frozen=True, eq=False)
-class Scope(ConformalThreshold):
+class Scope(ThresholdFit):
     """A fitted scope: state scorer, per-state p-values, and the episode threshold at ``alpha``.
 
     Build one with :meth:`fit` or :meth:`load`; stream it with :meth:`detector`.
@@ -317,14 +317,7 @@ class Scope(ConformalThreshold):
             "method": self.method,
             "k": int(self.k),
             "slack": self.slack,
-            "alpha": self.alpha,
-            "threshold": self.threshold,
-            "n_fit": self.n_fit,
-            "n_reference": self.n_reference,
-            "n_cal": self.n_cal,
-            "rank": self.rank,
-            "false_alarm": self.false_alarm,
-            "maxima": self.maxima,
+            **self.threshold_fields(),
             "arrays": {"file": arrays_file, "hash": arrays_hash(self.arrays)},
             "metadata": self.metadata,
         }

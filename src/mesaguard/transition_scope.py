@@ -52,7 +52,7 @@ from mesaguard.calibration import (
     min_episodes,
 )
 from mesaguard.calibration_file import read_conformal, read_threshold
-from mesaguard.conformal import ConformalThreshold
+from mesaguard.conformal import ThresholdFit
 from mesaguard.detectors.base import DetectorError
 from mesaguard.detectors.transition import (
     TransitionDetector,
@@ -114,7 +114,7 @@ def _rows(model: Any, episodes: Sequence[Episode]) -> list[np.ndarray]:
 
 
 @dataclass(frozen=True, eq=False)
-class TransitionScope(ConformalThreshold):
+class TransitionScope(ThresholdFit):
     """A fitted transition scope: the model, its error spread, the reference scores and the episode threshold.
 
     Build one with :meth:`fit` or :meth:`load`; stream it with :meth:`detector`.
@@ -234,14 +234,7 @@ class TransitionScope(ConformalThreshold):
             "obs_size": int(self.arrays["spread"].size),
             "model_hash": model_hash(self.model),
             "slack": self.slack,
-            "alpha": self.alpha,
-            "threshold": self.threshold,
-            "n_fit": self.n_fit,
-            "n_reference": self.n_reference,
-            "n_cal": self.n_cal,
-            "rank": self.rank,
-            "false_alarm": self.false_alarm,
-            "maxima": self.maxima,
+            **self.threshold_fields(),
             "arrays": arrays,
             "metadata": self.metadata,
         }
