@@ -164,10 +164,9 @@ class DeploymentMonitor:
         self._rule(check_stops(calibration, stops))
         self._open: list[Episode] = []  # started, not yet bet on; ascending ids
         self._running: list[Episode | None] = [None] * self.n_envs
-        self._has = np.zeros(self.n_envs, dtype=bool)  # envs with a running episode (checked at every call)
         self._all = np.ones(self.n_envs, dtype=bool)  # the mask of every env (read only)
         self._every = list(range(self.n_envs))  # the indices of every env (read only)
-        self._live = 0  # how many envs have a running episode
+        self._live = 0  # how many envs have a running episode (the count of _running's episodes, checked per call)
         self._next_id = 0
         self.finished = 0  # episodes finished since the monitor was made
         self.steps = 0  # env steps seen since the monitor was made
@@ -238,7 +237,7 @@ class DeploymentMonitor:
     @property
     def running(self) -> np.ndarray:
         """Per env, whether an episode is running there (started, not yet finished)."""
-        return self._has.copy()
+        return np.array([episode is not None for episode in self._running], dtype=bool)
 
     def report(self) -> dict[str, object]:
         """What a guard puts in ``info["mesaguard"]["deployment"]``."""
@@ -268,7 +267,7 @@ class DeploymentMonitor:
         """Refuse ``call`` in any env of ``envs`` without a started episode: never drop evidence silently."""
         if self._live == self.n_envs:
             return
-        missing = envs & ~self._has
+        missing = envs & ~self.running
         if missing.any():
             raise MonitorError(f"{call} in env {np.flatnonzero(missing).tolist()} with no started episode: {_ORDER}")
 
@@ -280,12 +279,11 @@ class DeploymentMonitor:
         m = self._mask(mask, "mask")
         envs = self._every if mask is None else np.flatnonzero(m).tolist()
         if self._live and any(self._running[i] is not None for i in envs):
-            self.finish(m & self._has, censored=True)
+            self.finish(m & self.running, censored=True)
         for i in envs:
             episode = Episode(self._next_id)
             self._next_id += 1
             self._running[i] = episode
-            self._has[i] = True
             self._open.append(episode)
         self._live += len(envs)
         self.statistic.reset(None if mask is None else m)
@@ -427,7 +425,6 @@ class DeploymentMonitor:
             if episode is None:
                 continue
             self._running[i] = None
-            self._has[i] = False
             self._live -= 1
             if episode.steps == 0:  # replaced before its first step: no outcome, so neither bet nor bag
                 self._open.remove(episode)
