@@ -3,11 +3,20 @@
 Episodes are bet on in the order they start. An episode is *committed* once it and
 every episode started before it have finished: its sequential conformal p-value
 against the bag (:mod:`~mesaguard.monitor.pvalues`), one bet per shift
-(:mod:`~mesaguard.monitor.evidence`), then its key joins the bag. While episodes
-still run, their running maxima bound their p-values from above, so the bets they
-would place bound the evidence from below (:meth:`Ledger.level`): what lets the
-monitor alarm mid-episode with its guarantee unchanged (:mod:`~mesaguard.monitor.online`
-says why each bound holds).
+(:mod:`~mesaguard.monitor.evidence`), then its key joins the bag. While episodes still
+run, :meth:`Ledger.level` bounds the evidence from below, which lets the monitor alarm
+mid-episode with its guarantee unchanged:
+
+1. **Mid-episode evidence.** While episode ``j`` runs, its running maximum is a
+   lower bound on ``x_j``, so the p-value computed from it is an upper bound on
+   ``p_j``, and since every mode's evidence grows with each bet, the evidence
+   computed from it is a lower bound on the evidence at ``j``'s end: an alarm on it
+   implies the alarm at the episode's end, and the guarantee is unchanged.
+2. **Vector envs.** Episodes are bet on in the order they *start*, an order that does
+   not depend on their outcomes. Episodes still running when a later one ends enter
+   the later one's bag as ``+inf`` (an upper bound on its p-value), so evidence is
+   available at every step, never an overstatement. The chain of lower bounds stops at
+   an episode that has not stepped yet: it may be replaced and never bet on.
 
 The ledger knows nothing of envs or steps; :class:`~mesaguard.monitor.DeploymentMonitor`
 feeds it and keeps the alarm.

@@ -7,23 +7,16 @@ by sequential conformal p-values (:mod:`~mesaguard.monitor.pvalues`), bets on th
 (:mod:`~mesaguard.monitor.modes`, which states each mode's guarantee). Online, the
 monitor keeps that guarantee while episodes overlap, run, and end early:
 
-1. **Mid-episode evidence.** While episode ``j`` runs, its running maximum is a
-   lower bound on ``x_j``, so the p-value computed from it is an upper bound on
-   ``p_j``, and since every mode's evidence grows with each bet, the evidence
-   computed from it is a lower bound on the evidence at ``j``'s end: an alarm on it
-   implies the alarm at the episode's end, and the guarantee is unchanged.
-2. **Vector envs.** Episodes are bet on in the order they *start*, an order that does
-   not depend on their outcomes. Episodes still running when a later one ends enter
-   the later one's bag as ``+inf`` (an upper bound on its p-value), so evidence is
-   available at every step, never an overstatement. The chain of lower bounds stops at
-   an episode that has not stepped yet: it may be replaced and never bet on.
-3. **Stopped episodes.** With ``stops`` (the per-episode alarm of the guard it sits
+1. **Mid-episode evidence, vector envs.** Episodes are bet on in the order they start,
+   and the evidence while they run is a lower bound of the evidence at their end
+   (:mod:`~mesaguard.monitor.ledger` says why), so an alarm on it is an alarm.
+2. **Stopped episodes.** With ``stops`` (the per-episode alarm of the guard it sits
    in: a guard whose protocol stops or takes over tells the monitor, see
    :meth:`~DeploymentMonitor.stop_at`), each episode is ranked by its key
    (:mod:`~mesaguard.monitor.stops`): an episode in which that alarm fired has the
    exact key ``CROSSED``, known at the alarm's step, so an episode stopped there is
    evidence, bet on and ranked in later bags with the guarantee unchanged.
-4. **Censored episodes.** An episode cut short before any such alarm (handed to a
+3. **Censored episodes.** An episode cut short before any such alarm (handed to a
    fallback after a deployment alarm, reset early, an error) has an unknown key at
    least its running maximum: it is bet on with that maximum and enters later bags
    as ``+inf``. Both only lower the evidence.
