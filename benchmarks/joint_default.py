@@ -58,7 +58,7 @@ from mesaguard.calibration import Calibration, crossfit_maxima, tail_level, tail
 from mesaguard.detectors import DEFAULT, detector_class
 from mesaguard.experiment import OBJECTIVE, plain_env, policy_factory
 from mesaguard.metrics import under_stop
-from mesaguard.rollout import rollout
+from mesaguard.rollout import Episode, rollout
 from mesaguard.scenarios import SCENARIOS, get
 
 ALL = ("threshold", "envelope", "cusum", "meanshift", "pdt", "rank")
@@ -135,15 +135,9 @@ def outcomes(c: Case, names: Sequence[str], cal: Calibration, traces: dict[str, 
             cats = c.catastrophes[label]
             out[label]["free"] = int(sum(x.size for x in cats))
             out[label]["let_through"] = int(sum(
-                under_stop(_run(x, r), None if h is None else h[0]).catastrophes.size
+                under_stop(Episode(0, r, x), None if h is None else h[0]).catastrophes.size
                 for x, r, h in zip(cats, runs, hits)))
     return out
-
-
-def _run(catastrophes: np.ndarray, increments: np.ndarray) -> Any:
-    from mesaguard.rollout import Episode
-
-    return Episode(0, increments, catastrophes)
 
 
 def gridworld_cases(draw: int, cfg: Config) -> list[Case]:
