@@ -19,10 +19,9 @@ from mesaguard.safeguards.learned import (
     LearnedModel,
     LearnedModelError,
     load_learned,
-    load_learned_file,
-    save_learned,
     shipped_models,
 )
+from mesaguard.safeguards.learned_file import load_learned_file, save_learned
 from mesaguard.safeguards.learned_fit import FitConfig, fit
 from mesaguard.safeguards.learned_fit import main as fit_main
 from mesaguard.safeguards.models import WorldModel

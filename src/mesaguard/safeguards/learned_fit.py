@@ -52,7 +52,8 @@ from gymnasium import spaces
 from mesaguard import scenarios
 from mesaguard.calibration import conformal_rank
 from mesaguard.policies import load_agent
-from mesaguard.safeguards.learned import HEADS, LearnedModel, encode, save_learned
+from mesaguard.safeguards.learned import HEADS, LearnedModel, encode
+from mesaguard.safeguards.learned_file import save_learned
 
 __all__ = ["FIT_SEED", "HELD_SEED", "FitConfig", "Transitions", "collect", "collect_env", "fit", "fit_env", "main",
            "train"]
