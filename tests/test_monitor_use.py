@@ -137,7 +137,7 @@ def test_a_non_finite_increment_is_an_error_and_censors_the_episode(cal, bad):
         monitor.start()
         with pytest.raises(DetectorError, match="not finite"):
             feed(monitor)
-        assert monitor._running[0].censored and monitor.steps == 0
+        assert monitor._episodes.running[0].censored and monitor.steps == 0
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
@@ -146,7 +146,7 @@ def test_a_non_finite_statistic_is_an_error_and_censors_the_episode(cal, bad):
     monitor.start()
     with pytest.raises(MonitorError, match=r"statistics \[.*\] at env \[1\] are not finite"):
         monitor.observe(np.array([0.0, bad]))
-    assert monitor._running[1].censored and not monitor._running[0].censored
+    assert monitor._episodes.running[1].censored and not monitor._episodes.running[0].censored
     monitor.observe(np.array([0.0, bad]), live=np.array([True, False]))  # a non-live env's statistic is not read
 
 
@@ -159,7 +159,7 @@ def test_finite_increments_that_overflow_the_statistic_are_an_error(cal):
         with pytest.raises((MonitorError, DetectorError), match="not finite|finite number"):
             for u in (1e308, 1e308, -1.0):
                 feed(monitor, u)
-        assert monitor._running[0].censored
+        assert monitor._episodes.running[0].censored
 
 
 # -- one convention for episode numbers -------------------------------------------

@@ -32,6 +32,8 @@ the evidence flows:
   the per-episode alarm evidence (:data:`CROSSED`, :func:`reference_keys`);
 - :mod:`~.statistic`: the statistic ranked, step by step (the joint standardized
   statistic, and whether the per-episode alarm fires), in arrays or plain floats;
+- :mod:`~.episodes`: which episode runs in which env, and which await their bet, in
+  start order;
 - :mod:`~.ledger`: the reference bag, the bets placed on finished episodes and the
   evidence they prove, with lower bounds from the episodes still running;
 - :mod:`~.online`: :class:`DeploymentMonitor`, episodes as they run, mid-episode

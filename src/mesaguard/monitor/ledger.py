@@ -27,15 +27,14 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
+from mesaguard.monitor.episodes import Episode
 from mesaguard.monitor.evidence import _scores, _start
 from mesaguard.monitor.pvalues import _counts, _pvalue
-from mesaguard.monitor.stops import CROSSED
 
-__all__ = ["Episode", "Ledger"]
+__all__ = ["Ledger"]
 
 
 def _log_mean(values: list[float]) -> float:
@@ -44,25 +43,6 @@ def _log_mean(values: list[float]) -> float:
     if top == -math.inf:
         return top
     return top + math.log(sum([math.exp(v - top) for v in values]) / len(values))
-
-
-@dataclass
-class Episode:
-    """One deployment episode, numbered in start order (``id`` 0-based; its number is ``id + 1``)."""
-
-    id: int
-    u: float = 0.0  # smoothing uniform, drawn at the episode's first step (episodes replaced before it draw none)
-    value: float = -math.inf  # running maximum of the episode statistic; CROSSED once the per-episode alarm fired
-    steps: int = 0
-    done: bool = False
-    censored: bool = False  # cut short or taken over: its true statistic is only known to be >= value
-    counts: bool = True  # False for episodes already running when the alarm was cleared
-
-    @property
-    def in_bag(self) -> float:
-        """What later episodes are ranked against: the key, or +inf while unknown."""
-        known = self.done and (not self.censored or self.value == CROSSED)  # a crossed key is exact, stopped or not
-        return self.value if known else math.inf
 
 
 class Ledger:

@@ -62,9 +62,10 @@ import numpy as np
 from mesaguard.calibration import Calibration, check_alpha
 from mesaguard.detectors import detector_class
 from mesaguard.detectors.base import DetectorError, as_increments
+from mesaguard.monitor.episodes import Episodes
 from mesaguard.monitor.errors import MonitorError
 from mesaguard.monitor.evidence import SHIFTS
-from mesaguard.monitor.ledger import Episode, Ledger
+from mesaguard.monitor.ledger import Ledger
 from mesaguard.monitor.modes import check_mode, log_threshold
 from mesaguard.monitor.statistic import StepStatistic
 from mesaguard.monitor.stops import CROSSED, check_stops, cuts_short, reference_keys
@@ -155,12 +156,9 @@ class DeploymentMonitor:
         self.n_envs = int(n_envs)
         self._rng = np.random.default_rng(seed)
         self._rule(check_stops(calibration, stops))
-        self._open: list[Episode] = []  # started, not yet bet on; ascending ids
-        self._running: list[Episode | None] = [None] * self.n_envs
+        self._episodes = Episodes(self.n_envs)
         self._all = np.ones(self.n_envs, dtype=bool)  # the mask of every env (read only)
         self._every = list(range(self.n_envs))  # the indices of every env (read only)
-        self._live = 0  # how many envs have a running episode (the count of _running's episodes, checked per call)
-        self._next_id = 0
         self.finished = 0  # episodes finished since the monitor was made
         self.steps = 0  # env steps seen since the monitor was made
         self.crossings = 0  # episodes in which the per-episode alarm (``stops``) fired: ranked as evidence
@@ -186,9 +184,9 @@ class DeploymentMonitor:
         rule = check_stops(self.calibration, stops)
         if rule == self.stops:
             return
-        if self._next_id:
+        if self._episodes.next_id:
             raise MonitorError(
-                f"stop_at({rule}) after {self._next_id} episodes started; set the per-episode alarm rule "
+                f"stop_at({rule}) after {self._episodes.next_id} episodes started; set the per-episode alarm rule "
                 "before the first episode (the guard does so when it is made)"
             )
         self._rule(rule)
@@ -230,7 +228,7 @@ class DeploymentMonitor:
     @property
     def running(self) -> np.ndarray:
         """Per env, whether an episode is running there (started, not yet finished)."""
-        return np.array([episode is not None for episode in self._running], dtype=bool)
+        return np.array([episode is not None for episode in self._episodes.running], dtype=bool)
 
     def report(self) -> dict[str, object]:
         """What a guard puts in ``info["mesaguard"]["deployment"]``."""
@@ -258,7 +256,7 @@ class DeploymentMonitor:
 
     def _require_running(self, call: str, envs: np.ndarray) -> None:
         """Refuse ``call`` in any env of ``envs`` without a started episode: never drop evidence silently."""
-        if self._live == self.n_envs:
+        if self._episodes.live == self.n_envs:
             return
         missing = envs & ~self.running
         if missing.any():
@@ -271,14 +269,9 @@ class DeploymentMonitor:
         """
         m = self._mask(mask, "mask")
         envs = self._every if mask is None else np.flatnonzero(m).tolist()
-        if self._live and any(self._running[i] is not None for i in envs):
+        if self._episodes.live and any(self._episodes.running[i] is not None for i in envs):
             self.finish(m & self.running, censored=True)
-        for i in envs:
-            episode = Episode(self._next_id)
-            self._next_id += 1
-            self._running[i] = episode
-            self._open.append(episode)
-        self._live += len(envs)
+        self._episodes.start(envs)
         self.statistic.reset(None if mask is None else m)
 
     def update_scalar(self, u: float, statistics: Sequence[float] | None = None) -> float:
@@ -289,7 +282,7 @@ class DeploymentMonitor:
         """
         if self.n_envs != 1:
             raise MonitorError(f"update_scalar is for one env; this monitor watches {self.n_envs}")
-        episode = self._running[0]
+        episode = self._episodes.running[0]
         if episode is None:
             raise MonitorError(f"update_scalar() with no started episode: {_ORDER}")
         if not math.isfinite(u):
@@ -366,7 +359,7 @@ class DeploymentMonitor:
             )
         changed = False
         for i in np.flatnonzero(m).tolist():
-            episode = self._running[i]
+            episode = self._episodes.running[i]
             assert episode is not None  # checked above
             self.steps += 1
             if episode.steps == 0:
@@ -393,7 +386,7 @@ class DeploymentMonitor:
 
     def _censor(self, m: np.ndarray) -> None:
         for i in np.flatnonzero(m):
-            episode = self._running[i]
+            episode = self._episodes.running[i]
             if episode is not None:
                 episode.censored = True
 
@@ -414,19 +407,10 @@ class DeploymentMonitor:
         if not self.alarm:  # under a standing alarm no evidence can be lost: a refusing guard may end envs twice
             self._require_running("finish()", m)
         for i in self._every if mask is None else np.flatnonzero(m).tolist():
-            episode = self._running[i]
-            if episode is None:
-                continue
-            self._running[i] = None
-            self._live -= 1
-            if episode.steps == 0:  # replaced before its first step: no outcome, so neither bet nor bag
-                self._open.remove(episode)
-                continue
-            episode.done = True
-            episode.censored |= bool(cut[i])
-            self.finished += 1
-        while self._open and self._open[0].done:
-            crossing = self.ledger.commit(self._open.pop(0))
+            if self._episodes.end(i, bool(cut[i])):
+                self.finished += 1
+        for episode in self._episodes.ready():
+            crossing = self.ledger.commit(episode)
             if crossing is not None and not self.alarm:
                 self._fire(crossing)
         self._refresh()
@@ -434,7 +418,7 @@ class DeploymentMonitor:
     def fail(self) -> None:
         """Raise the deployment alarm now (the monitor itself failed: fail closed). Always allowed."""
         if not self.alarm:
-            self._fire(self._next_id)  # the latest episode started (0 before the first)
+            self._fire(self._episodes.next_id)  # the latest episode started (0 before the first)
 
     def clear(self) -> None:
         """Clear a standing alarm and start a new test: evidence reset, reference bag kept. Always allowed.
@@ -443,14 +427,14 @@ class DeploymentMonitor:
         to clear may depend on what they showed so far.
         """
         self.alarm, self.alarm_episode, self.alarm_steps = False, None, None
-        for episode in self._open:
+        for episode in self._episodes.open:
             episode.counts = False
-        self.ledger.new_test(self._next_id)
+        self.ledger.new_test(self._episodes.next_id)
         self.log_evidence = self.ledger.log_evidence
 
     def _refresh(self) -> None:
         """Evidence now: the largest evidence provable from the bets made and lower bounds of pending ones."""
-        self.log_evidence, crossing = self.ledger.level(self._open, self._next_id)
+        self.log_evidence, crossing = self.ledger.level(self._episodes.open, self._episodes.next_id)
         if crossing is not None and not self.alarm:
             self._fire(crossing)
 
