@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesaguard.detectors.meanshift import MeanShift
-from mesaguard.monitor.evidence import SHIFTS
 from mesaguard.monitor.episodes import Episode
+from mesaguard.monitor.evidence import SHIFTS
 from mesaguard.monitor.ledger import Ledger
 
 MODES = ["anytime", "change"]
