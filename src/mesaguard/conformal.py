@@ -70,6 +70,22 @@ class ThresholdFit(ConformalThreshold):
         return {"alpha": self.alpha, "threshold": self.threshold, "n_fit": self.n_fit, "n_reference": self.n_reference,
                 "n_cal": self.n_cal, "rank": self.rank, "false_alarm": self.false_alarm, "maxima": self.maxima}
 
+    @staticmethod
+    def split(n: int, alpha: float, fit_fraction: float, error: type[Exception]) -> tuple[int, int]:
+        """``(n_fit, n_fitting)`` of ``n`` episodes: the first ``n_fit`` fit, the next up to ``n_fitting`` give the
+        reference, the rest set the threshold; ``error`` where ``fit_fraction`` or the held-out count cannot serve."""
+        if not 0 < fit_fraction < 1:
+            raise error(f"fit_fraction={fit_fraction}; expected a share strictly between 0 and 1")
+        n_fitting = fit_split(n, fit_fraction)
+        held = n - n_fitting
+        if held < min_episodes(alpha):
+            raise error(
+                f"{n} episodes leave {max(held, 0)} held out for the threshold after fitting on {n_fitting}: too few "
+                f"for alpha={alpha}, which needs {min_episodes(alpha)} held out; pass at least "
+                f"{episodes_needed(alpha, fit_fraction)} episodes or a larger alpha"
+            )
+        return n_fitting // 2, n_fitting
+
 
 def check_alpha(alpha: float) -> float:
     if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):

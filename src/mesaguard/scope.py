@@ -66,9 +66,6 @@ from mesaguard.calibration import (
     CalibrationError,
     check_alpha,
     conformal_rank,
-    episodes_needed,
-    fit_split,
-    min_episodes,
 )
 from mesaguard.conformal import ThresholdFit
 from mesaguard.detectors.base import DetectorError
@@ -204,19 +201,10 @@ class Scope(ThresholdFit):
         slack = _check_slack(slack)
         if method not in METHODS:
             raise ScopeError(f"method={method!r}; expected one of {list(METHODS)}")
-        if not 0 < fit_fraction < 1:
-            raise ScopeError(f"fit_fraction={fit_fraction}; expected a share strictly between 0 and 1")
         states, obs_shape = _check_episodes(episodes)
         n = len(states)
-        n_fitting = fit_split(n, fit_fraction)
+        n_fit, n_fitting = cls.split(n, alpha, fit_fraction, ScopeError)
         held = n - n_fitting
-        if held < min_episodes(alpha):
-            raise ScopeError(
-                f"{n} episodes leave {max(held, 0)} held out for the threshold after fitting on {n_fitting}: too few "
-                f"for alpha={alpha}, which needs {min_episodes(alpha)} held out; pass at least "
-                f"{episodes_needed(alpha, fit_fraction)} episodes or a larger alpha"
-            )
-        n_fit = n_fitting // 2
         try:
             _, arrays = StateEvidence.fit(states[:n_fit], states[n_fit:n_fitting], method, k)
         except DetectorError as exc:

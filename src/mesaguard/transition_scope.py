@@ -47,9 +47,6 @@ from mesaguard.calibration import (
     CalibrationError,
     check_alpha,
     conformal_rank,
-    episodes_needed,
-    fit_split,
-    min_episodes,
 )
 from mesaguard.calibration_file import read_conformal, read_threshold
 from mesaguard.conformal import ThresholdFit
@@ -154,18 +151,10 @@ class TransitionScope(ThresholdFit):
         alpha = check_alpha(alpha)
         if slack is not None and not (isinstance(slack, (int, float)) and math.isfinite(slack) and slack >= 0):
             raise TransitionScopeError(f"slack={slack!r}; expected a non-negative number of nats, or None")
-        if not 0 < fit_fraction < 1:
-            raise TransitionScopeError(f"fit_fraction={fit_fraction}; expected a share strictly between 0 and 1")
         rows = _rows(model, episodes)
         n = len(rows)
-        n_fitting = fit_split(n, fit_fraction)
+        n_fit, n_fitting = cls.split(n, alpha, fit_fraction, TransitionScopeError)
         held = n - n_fitting
-        if held < min_episodes(alpha):
-            raise TransitionScopeError(
-                f"{n} episodes leave {max(held, 0)} held out for the threshold after fitting on {n_fitting}: too few "
-                f"for alpha={alpha}, which needs {min_episodes(alpha)}; pass at least "
-                f"{episodes_needed(alpha, fit_fraction)} episodes or a larger alpha")
-        n_fit = n_fitting // 2
         try:
             spread = fit_spread(model, np.concatenate(rows[:n_fit]))
             scorer = TransitionScorer(model, spread)
