@@ -235,7 +235,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             return False
         before = monitor.alarm
         try:
-            monitor.update_scalar(u, self.guard.statistics)
+            monitor.feed_scalar(u, self.guard.statistics)
         except Exception as exc:  # fail closed: a monitor that cannot judge raises its alarm
             self._record(exc)
             monitor.fail()  # first: the alarm stands whatever else fails

@@ -233,7 +233,7 @@ class DeploymentMonitor:
     def report(self) -> dict[str, object]:
         """What a guard puts in ``info["mesaguard"]["deployment"]``."""
         return {
-            "evidence": self.evidence,
+            "evidence": math.exp(min(self.log_evidence, 690.0)),  # self.evidence, one call fewer per step
             "threshold": self._threshold,
             "alarm": self.alarm,
             "episodes": self.finished,
@@ -280,6 +280,12 @@ class DeploymentMonitor:
         ``statistics``: the guard's detector statistics after this same increment, in the order of the names it
         gave :meth:`reads_from` (read only when it accepted them; the monitor's own detectors then stay idle).
         """
+        self.feed_scalar(u, statistics)
+        return self.evidence
+
+    def feed_scalar(self, u: float, statistics: Sequence[float] | None = None) -> None:
+        """:meth:`update_scalar` without the evidence it returns (what a guard calls at every step, then reads
+        :meth:`report` once)."""
         if self.n_envs != 1:
             raise MonitorError(f"update_scalar is for one env; this monitor watches {self.n_envs}")
         episode = self._episodes.running[0]
@@ -297,14 +303,13 @@ class DeploymentMonitor:
             episode.u = float(self._rng.random())
         episode.steps += 1
         if episode.censored or episode.value == CROSSED:
-            return self.evidence
+            return
         if cross:
             x = CROSSED
             self.crossings += 1
         if x > episode.value:
             episode.value = x
             self._refresh()
-        return self.evidence
 
     def update(self, u: np.ndarray, live: np.ndarray | None = None) -> float:
         """Feed one increment per env (envs outside ``live`` had no step); return the evidence.

@@ -12,6 +12,7 @@ statistics a guard has already computed (:meth:`StepStatistic.reads_from`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import gt, sub, truediv
 
 import numpy as np
 
@@ -33,16 +34,18 @@ class StepStatistic:
         cals = [calibration.detectors[n] for n in self.names]
         self.detectors = [c.build(n_envs) for c in cals]
         self.scalar = [c.build(1).scalar() for c in cals] if n_envs == 1 else []  # the hot path of GuardedEnv
-        self._standard = [(c.location, c.scale) for c in cals[:k]]
+        self._locations = [c.location for c in cals[:k]]
+        self._scales = [c.scale for c in cals[:k]]
         self._location = np.array([c.location for c in cals[:k]])[:, None]
         self._scale = np.array([c.scale for c in cals[:k]])[:, None]
         self._k = k
         rows = [self.names.index(n) for n in stops]
         self._stop_rows = rows
         self._stop_thresholds = np.array([stops[n] for n in stops])[:, None]
-        self._scalar_stops = list(zip(rows, [stops[n] for n in stops]))
+        self._stop_values = [stops[n] for n in stops]
         self.n_envs = n_envs
         self.shared: list[int] | None = None  # where a guard's statistics hold the scalar detectors' (reads_from)
+        self._whole = False
 
     def reads_from(self, names: Sequence[str], calibration: Calibration) -> bool:
         """One env: where a guard runs every detector needed here, fitted the same (equal in ``calibration``),
@@ -54,6 +57,7 @@ class StepStatistic:
             for n in self.names
         )
         self.shared = [names.index(n) for n in self.names] if same else None
+        self._whole = self.shared == list(range(len(names)))  # the guard's statistics are these, in this order
         return same
 
     def reset(self, mask: np.ndarray | None = None) -> None:
@@ -90,11 +94,10 @@ class StepStatistic:
                     "update_scalar() without statistics on a monitor that reads a guard's (reads_from): the guard "
                     "feeds it; a monitor fed by hand is made outside a guard"
                 )
-            values = [statistics[i] for i in self.shared]
+            values = statistics if self._whole else [statistics[i] for i in self.shared]
         else:
             values = [det.update(u) for det in self.scalar]
-        x = max([(v - loc) / scale for v, (loc, scale) in zip(values, self._standard)])
-        cross = False
-        for row, threshold in self._scalar_stops:
-            cross = cross or values[row] > threshold
+        # (v - location) / scale per detector, then the largest; map over C functions, no Python frame per value
+        x = max(map(truediv, map(sub, values, self._locations), self._scales))
+        cross = bool(self._stop_rows) and any(map(gt, map(values.__getitem__, self._stop_rows), self._stop_values))
         return x, cross
