@@ -6,13 +6,17 @@ Part 1, one env: the time a ``GuardedEnv`` adds to each ``env.step`` call, set
 against the time ``gymnasium.wrappers.RecordEpisodeStatistics`` adds on the same
 env, in the same process. Two cheap envs, so that wrapper cost is visible next to
 the env's own step: ``CartPole-v1`` and ``MiniGrid-Empty-8x8-v0`` (with
-``ImgObsWrapper``). Guards run each detector of the default set
+``ImgObsWrapper``), and, for scale, a real physics step: ``HalfCheetah-v5`` (MuJoCo);
+every overhead is also given as a share of the bare env's own step. Guards run each detector of the default set
 (:data:`mesaguard.detectors.DEFAULT`) alone and the set jointly, the cusum guard and
 the set once more carrying a :class:`~mesaguard.monitor.DeploymentMonitor`,
 and a guard with no detector at all: the wrapper's floor (the objective, the report in
-``info``, the protocol's checks), which no detector can go below. Where
+``info``, the protocol's checks), which no detector can go below; and, as a reference
+that is not mesaguard, the default set and the monitor's per-step work inlined in one
+function (``fused_floor.py``, checked equal to the guard's statistics first): the least
+any Python wrapper doing this work costs. Where
 RecordEpisodeStatistics' overhead does not stand out of the noise floor (a slow,
-noisy env step), ratios are not given.
+noisy env step), and on the cheetah, there for scale, ratios are not given.
 
 Part 1b, where the time goes: the same comparison on a do-nothing env (its step
 returns precomputed rewards), where nothing but the wrappers is on the clock, with
@@ -75,6 +79,7 @@ import gymnasium as gym
 import harness
 import minigrid  # noqa: F401  registers the MiniGrid-* env ids
 import numpy as np
+from fused_floor import FusedFloor
 from gymnasium.wrappers import RecordEpisodeStatistics
 from minigrid.wrappers import ImgObsWrapper
 from rich.console import Console
@@ -97,6 +102,7 @@ class Config:
     null_steps: int = 4_000  # timed steps per variant per round on the do-nothing env (part 1b)
     cartpole_steps: int = 10_000  # timed steps per variant per round (CartPole steps ~7 us)
     minigrid_steps: int = 3_000  # MiniGrid steps ~110 us, so fewer
+    cheetah_steps: int = 2_000  # a MuJoCo step: the cost of a real physics step, for scale
     vector_envs: int = 1_024
     vector_steps: int = 400  # two episodes of every env per timing
     vector_episode_length: int = 200  # staggered: ~5 envs end on every step
@@ -104,8 +110,10 @@ class Config:
 
 
 CONFIG = Config()
-QUICK = Config(rounds=2, block=100, null_steps=400, cartpole_steps=400, minigrid_steps=200, vector_envs=64,
-               vector_steps=50)
+QUICK = Config(rounds=2, block=100, null_steps=400, cartpole_steps=400, minigrid_steps=200, cheetah_steps=200,
+               vector_envs=64, vector_steps=50)
+RATIOS = ("guard", "reference")  # the rows given as multiples of RES's overhead
+FLOOR = "reference: the default set + monitor's per-step work inlined in one function (a floor)"
 DETECTOR_SETS: dict[str, list[str]] = {
     **{name: [name] for name in DEFAULT},
     "default set": list(DEFAULT),  # mesaguard.detectors.DEFAULT, jointly
@@ -121,6 +129,10 @@ def make_cartpole() -> gym.Env:
 
 def make_minigrid() -> gym.Env:
     return ImgObsWrapper(gym.make("MiniGrid-Empty-8x8-v0"))
+
+
+def make_cheetah() -> gym.Env:
+    return gym.make("HalfCheetah-v5")
 
 
 class NullEnv(gym.Env):
@@ -149,11 +161,15 @@ class NullEnv(gym.Env):
         return self.obs, reward, False, self.t >= self.episode_length, {}
 
 
-def envs(cfg: Config) -> dict[str, tuple[Callable[[], gym.Env], int]]:
-    """The part-1 envs: name -> (constructor, timed steps per variant per round)."""
+def envs(cfg: Config) -> dict[str, tuple[Callable[[], gym.Env], int, bool]]:
+    """The part-1 envs: name -> (constructor, timed steps per variant per round, whether ratios to RES are given).
+
+    The cheetah is there for scale (the share of a physics step); RES's fraction of a microsecond on its 50 us step
+    is noise, and a ratio to it would be too."""
     return {
-        "CartPole-v1": (make_cartpole, cfg.cartpole_steps),
-        "MiniGrid-Empty-8x8-v0 (ImgObsWrapper)": (make_minigrid, cfg.minigrid_steps),
+        "CartPole-v1": (make_cartpole, cfg.cartpole_steps, True),
+        "MiniGrid-Empty-8x8-v0 (ImgObsWrapper)": (make_minigrid, cfg.minigrid_steps, True),
+        "HalfCheetah-v5": (make_cheetah, cfg.cheetah_steps, False),
     }
 
 
@@ -190,7 +206,9 @@ def seconds_per_step(env: gym.Env, actions: np.ndarray) -> float:
     return elapsed / len(actions)
 
 
-def single_env_overhead(name: str, make_env: Callable[[], gym.Env], steps: int, cfg: Config) -> dict:
+def single_env_overhead(
+    name: str, make_env: Callable[[], gym.Env], steps: int, cfg: Config, ratios: bool = True
+) -> dict:
     episodes = random_episodes(make_env, cfg.calibration_episodes, cfg.seed)
     shape = make_env().observation_space.shape
     cal = Calibration.fit(episodes, alpha=cfg.alpha, obs_shape=shape)
@@ -228,6 +246,9 @@ def single_env_overhead(name: str, make_env: Callable[[], gym.Env], steps: int, 
         make_env(), cal, detectors=DETECTOR_SETS["default set"], protocol=Alert(lambda alarm: None),
         monitor=DeploymentMonitor(cal, detectors=DETECTOR_SETS["default set"]),
     )
+    # A floor, not mesaguard: the same per-step arithmetic inlined in one function (fused_floor.py), checked equal.
+    check_floor(make_env, cal, actions)
+    variants[FLOOR] = lambda: FusedFloor(make_env(), cal)
 
     # Fine-grained interleaving: every variant steps the same block of actions in turn
     # (a fresh random order per block), so load from other processes hits all variants
@@ -255,7 +276,7 @@ def single_env_overhead(name: str, make_env: Callable[[], gym.Env], steps: int, 
     # A ratio means something only where RecordEpisodeStatistics' overhead stands out of the noise (the second
     # bare instance's range over rounds); on an env whose own step is slow and noisy it may not (None then).
     noise = max(abs(x) for x in per_round["bare, second instance (noise floor)"])
-    measurable = res > noise
+    measurable = ratios and res > noise
     rows = {}
     for v, o in per_round.items():
         if v == "bare":
@@ -266,6 +287,7 @@ def single_env_overhead(name: str, make_env: Callable[[], gym.Env], steps: int, 
             "overhead_us": med,
             "overhead_round_range_us": [float(min(o)), float(max(o))],
             "ratio_to_res": med / res if measurable else None,
+            "share_of_step": med / float(np.median(step_us["bare"])),  # of the bare env's own step
         }
     total_steps = cfg.rounds * steps
     return {
@@ -276,6 +298,21 @@ def single_env_overhead(name: str, make_env: Callable[[], gym.Env], steps: int, 
         "alarms_per_1000_steps": {k: 1000 * n / total_steps for k, n in alarms.items()},
         "thresholds": cal.thresholds,
     }
+
+
+def check_floor(make_env: Callable[[], gym.Env], cal: Calibration, actions: np.ndarray) -> None:
+    """Raise unless :class:`FusedFloor` gives ``GuardedEnv``'s statistics at every step of ``actions``."""
+    guarded = GuardedEnv(make_env(), cal, detectors=list(DEFAULT), protocol=Alert(lambda alarm: None))
+    floor = FusedFloor(make_env(), cal)
+    for env in (guarded, floor):
+        env.reset(seed=0)
+    for k, a in enumerate(actions):
+        (*_, te, tr, mine), (*_, _, _, theirs) = guarded.step(a), floor.step(a)
+        if mine["mesaguard"]["statistics"] != theirs["mesaguard"]["statistics"]:
+            raise AssertionError(f"the fused floor's statistics differ from GuardedEnv's at step {k}")
+        if te or tr:
+            guarded.reset()
+            floor.reset()
 
 
 # ---------------------------------------------------------------------------- part 1b: where the time goes
@@ -426,7 +463,7 @@ def vector_throughput(cfg: Config) -> dict:
 def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "guard_overhead.json") -> None:
     console = Console(width=120)
     started = time.perf_counter()
-    single = [single_env_overhead(name, make, steps, cfg) for name, (make, steps) in envs(cfg).items()]
+    single = [single_env_overhead(name, make, steps, cfg, ratios) for name, (make, steps, ratios) in envs(cfg).items()]
     for r in single:
         table = Table(
             title=f"{r['env']}: overhead per step (bare step {r['bare_step_us']:.1f} us; median of {cfg.rounds} rounds)"
@@ -440,7 +477,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "guard_overhead.jso
                 f"{row['step_us']:.1f}",
                 f"{row['overhead_us']:.2f}",
                 f"{row['overhead_round_range_us'][0]:.2f} .. {row['overhead_round_range_us'][1]:.2f}",
-                "-" if not v.startswith("guard") or row["ratio_to_res"] is None else f"{row['ratio_to_res']:.1f}",
+                "-" if not v.startswith(RATIOS) or row["ratio_to_res"] is None else f"{row['ratio_to_res']:.1f}",
                 f"{r['alarms_per_1000_steps'][label]:.2f}" if label in DETECTOR_SETS else "-",
             )
         console.print(table)

@@ -114,7 +114,10 @@ def guard_overhead() -> str:
         for env in envs:
             v = env["variants"][variant]
             ratio = "-" if v["ratio_to_res"] is None else f"{v['ratio_to_res']:.1f}"  # RES within the noise
-            row += [f"{v['overhead_us']:.2f} us", ratio]
+            # the share of the env's own step (not for the noise floor's second bare instance)
+            shown = "share_of_step" in v and not variant.startswith("bare")
+            share = f" ({v['share_of_step']:.0%})" if shown else ""
+            row += [f"{v['overhead_us']:.2f} us{share}", ratio]
         rows.append(row)
     return table(header, rows)
 
