@@ -44,6 +44,23 @@ def test_one_pending_episode_in_floats_equals_the_general_level(mode, reference,
     assert fast[0] == pytest.approx(general[0], rel=1e-12, abs=1e-12)
 
 
+@given(shifts=st.lists(st.floats(-3, 3, allow_nan=False), min_size=1, max_size=10), p=st.floats(1e-6, 1 - 1e-6))
+def test_inside_the_losing_p_values_a_bet_lifts_no_shift_and_outside_some_shift_gains(shifts, p):
+    """The shortcut of the one-pending-episode path: where the p-value lies in ``_losing``, a bet on it would
+    lower or keep every shift's wealth, so the level is the evidence already proven."""
+    book = Ledger("anytime", np.array(shifts), math.log(20.0), None, [0.0])
+    low, high = book._losing
+    factors = [b - w for b, w in zip(book._after(book._base, p), book.log_wealth)]  # log of each shift's factor
+    if low <= p <= high:
+        assert max(factors) <= 0.0
+    elif p < low - 1e-6 or p > high + 1e-6:  # clear of the hair it is taken inside: some shift gains
+        assert max(factors) > 0.0
+
+
+def test_change_mode_has_no_losing_p_values():
+    assert Ledger("change", np.array(SHIFTS), math.log(20.0), None, [0.0])._losing == (math.inf, -math.inf)
+
+
 @pytest.mark.parametrize("mode", MODES)
 @given(reference=st.lists(values, min_size=1, max_size=30), bets=st.lists(values, min_size=1, max_size=10))
 def test_committed_evidence_equals_the_offline_wealth_path(mode, reference, bets):

@@ -29,6 +29,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.special import ndtr
 
 from mesaguard.monitor.episodes import Episode
 from mesaguard.monitor.evidence import _scores, _start
@@ -59,6 +60,7 @@ class Ledger:
         self._shifts = [float(d) for d in shifts.tolist()]
         self._half_sq = [d * d / 2 for d in self._shifts]
         self._change = mode == "change"
+        self._losing = self._losing_pvalues()
         self.bag = sorted(float(r) for r in reference)
         self.new_test(0)
 
@@ -71,6 +73,24 @@ class Ledger:
         self.log_evidence = _log_mean(self.log_wealth)  # of the bets made (a level adds the pending ones)
         self._seen: tuple[int, int, int] | None = None  # one pending episode: its id and counts at the last level
         self._base = self._bases(self.log_wealth)
+
+    def _losing_pvalues(self) -> tuple[float, float]:
+        """The p-values at which a bet loses on every shift, ``(low, high)``; ``(inf, -inf)`` (none) in change mode.
+
+        A bet of normal score ``z`` multiplies shift ``d``'s wealth by ``exp(d z - d^2 / 2)``, at most 1 wherever
+        ``d z <= d^2 / 2`` (``z <= d / 2`` for ``d > 0``, ``z >= d / 2`` for ``d < 0``). Where that holds for every
+        shift, an episode bet on now cannot lift the evidence, so its mid-episode lower bound is the evidence
+        already proven and need not be computed (:meth:`_one`). Taken a hair inside, so that rounding in the
+        normal scores never puts a winning bet in. In change mode ``log(1 + R)`` replaces ``log W`` and the bound
+        does not hold."""
+        if self._change:
+            return math.inf, -math.inf
+        high = min([d / 2 for d in self._shifts if d > 0], default=math.inf)  # z <= high
+        low = max([d / 2 for d in self._shifts if d < 0], default=-math.inf)  # z >= low
+        if low > high:
+            return math.inf, -math.inf
+        p_low, p_high = (float(x) for x in ndtr([-high, -low]))  # z = Phi^-1(1 - p) falls as p rises
+        return p_low + 1e-9, p_high - 1e-9
 
     def bets_on(self, episode: Episode) -> bool:
         """Whether ``episode`` is bet on in this test (not running at a clear, within a fixed horizon)."""
@@ -135,7 +155,11 @@ class Ledger:
         crossing = None
         if best >= self.log_threshold:
             crossing = next_id if self.last_bet is None else self.last_bet + 1
-        level = _log_mean(self._after(self._base, _pvalue(greater, equal, len(self.bag), episode.u)))
+        p = _pvalue(greater, equal, len(self.bag), episode.u)
+        low, high = self._losing
+        if low <= p <= high:  # a bet on it now loses on every shift: the level is the evidence already proven
+            return best, crossing
+        level = _log_mean(self._after(self._base, p))
         if crossing is None and level >= self.log_threshold:
             crossing = episode.id + 1
         return max(best, level), crossing
