@@ -45,10 +45,11 @@ rule on the same held-out calibration episodes.
 
 Differences from the paper
 --------------------------
-The agent is a hand-written swing-up controller (pump energy, then a PD
-balance), not an SAC agent: it is deterministic given the start, needs no
-training, and its balance is robust to a 3% longer pole, so ``length1.03`` is a
-small shift here. The cheetah agent is PPO, not the paper's agent. The paper's
+The Pendulum agent is PPO (``agents/pendulum_ppo.py``, RL Baselines3 Zoo's
+recipe without its state-dependent exploration; shipped as JSON + safetensors),
+not the paper's SAC, deployed deterministically; an earlier version of this
+benchmark deployed a hand-written swing-up controller, whose balance shrugged off
+a 3% longer pole. The cheetah agent is PPO too, not the paper's agent. The paper's
 bootstrap thresholds are replaced by the conformal rule (an exact finite-sample
 guarantee instead of an approximate one).
 
@@ -80,7 +81,6 @@ from typing import Any
 import gymnasium as gym
 import harness
 import numpy as np
-from false_alarms import swing_up  # the same hand-written swing-up controller
 from rich.console import Console
 from rich.table import Table
 from scipy import stats
@@ -89,7 +89,7 @@ from scipy.linalg import solve_triangular
 from mesaguard.calibration import Calibration, conformal_rank, statistic_traces
 from mesaguard.detectors import DEFAULT, DETECTORS, MeanShift
 from mesaguard.monitor import episode_statistics, first_deployment_alarm, log_threshold
-from mesaguard.policies import load_agent
+from mesaguard.policies import load_agent, load_policy
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,12 @@ CHEETAH_SHIFTS = {"ccost1.3": 1.3, "ccost1.15": 1.15}  # the control-cost weight
 CTRL_COST_WEIGHT = 0.1
 
 
+PENDULUM_AGENT = Path(__file__).resolve().parent / "agents" / "pendulum"  # agents/pendulum_ppo.py trains it
+
+
 def episodes(n: int, seed: int, noise: float = 0.0, length: float = 1.0, cost: float = 1.0) -> list[np.ndarray]:
-    """Rewards of ``n`` 200-step episodes of the controller, seeds ``seed * 100_000 + k``."""
+    """Rewards of ``n`` 200-step episodes of the shipped PPO agent, seeds ``seed * 100_000 + k``."""
+    agent = load_policy(PENDULUM_AGENT)
     env = gym.make("Pendulum-v1").unwrapped
     env.l = length
     rng = np.random.default_rng(seed)
@@ -131,7 +135,7 @@ def episodes(n: int, seed: int, noise: float = 0.0, length: float = 1.0, cost: f
         obs, _ = env.reset(seed=seed * 100_000 + k)
         rewards = np.empty(200)
         for t in range(200):
-            obs, reward, *_ = env.step(swing_up(obs))
+            obs, reward, *_ = env.step(agent(obs))
             if noise:
                 env.state[1] += rng.normal(0.0, noise)
                 theta, w = env.state

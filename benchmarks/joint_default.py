@@ -24,7 +24,7 @@ threshold of 50 held-out episodes is noisy, so one draw decides little):
    :func:`~mesaguard.metrics.under_stop`). Regret: catastrophes let through minus the best single
    detector's, over the free runs' catastrophes.
 2. **Greenberg and Mannor's scenarios** (made as ``benchmarks/greenberg_mannor.py`` makes them): Pendulum-v1
-   with the scripted swing-up controller and HalfCheetah-v5 with the shipped agent, 500 calibration episodes,
+   with the shipped PPO agent (``agents/pendulum_ppo.py``) and HalfCheetah-v5 with the shipped agent, 500 calibration episodes,
    300 in-distribution and 300 per shift. Regret: the best single detector's detected share minus the
    candidate's.
 

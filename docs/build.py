@@ -484,7 +484,25 @@ def greenberg_mannor(r: dict[str, Any] | None = None) -> str:
         cells = [f"{r['shifts'][s][name]['detected']:.2f} / {f(r['shifts'][s][name]['delay'], '.0f')}" for s in shifts]
         label = name.replace("joint: ", "jointly: ").replace("+", ", ")
         rows.append([label, f"{far['rate']:.3f} ({far['upper95']:.3f})", *cells])
-    return table(["test", "FAR (CP 95% upper)", *shifts], rows)
+    return table(["test", "FAR (CP 95% upper)", *shifts], rows) + "\n\n" + against_paper(r)
+
+
+def against_paper(r: dict[str, Any]) -> str:
+    """Issue 12's target per shift: the best single mesaguard detector and the default set against the paper's best."""
+    default = "joint: " + "+".join(results("greenberg_mannor")["config"]["joints"][0])  # the default set comes first
+    singles, short = [], []
+    for shift, tests in r["shifts"].items():
+        paper = max(v["alarms"] for k, v in tests.items() if k.startswith("paper"))
+        best = max(v["alarms"] for k, v in tests.items() if not k.startswith(("paper", "joint")))
+        if best < paper:
+            singles.append(f"{shift} ({best} against {paper})")
+        if tests[default]["alarms"] < paper:
+            short.append(f"{shift} ({tests[default]['alarms']} against {paper})")
+    n = len(r["shifts"])
+    return (f"Against the paper's best test, in shifted episodes detected: the best single mesaguard detector "
+            f"{'is level or ahead on every shift' if not singles else 'is short on ' + ', '.join(singles)}; the "
+            f"default set ({default.removeprefix('joint: ').replace('+', ', ')}) is level or ahead on "
+            f"{n - len(short)} of {n}{'' if not short else ', short on ' + ', '.join(short)}.")
 
 
 def greenberg_mannor_cheetah() -> str:

@@ -135,3 +135,27 @@ def test_every_machine_record_in_the_results_has_the_one_shape():
             assert isinstance(record["packages"], dict), path.name
             seen += 1
     assert seen >= 5  # guard_overhead, quantilizer, scope, shield and its cheetah runs
+
+
+def test_the_greenberg_mannor_pendulum_agent_ships_without_pickle_and_balances():
+    """The benchmark's Pendulum agent: JSON + safetensors (hash checked on load), the command that made it recorded,
+    and a policy that swings up and balances (a random policy scores about -1,200; it recorded about -157)."""
+    import gymnasium as gym
+
+    from mesaguard.policies import load_policy
+
+    agent = load_policy(BENCHMARKS / "agents" / "pendulum")
+    assert agent.metadata["command"] == "python benchmarks/agents/pendulum_ppo.py"
+    assert agent.metadata["evaluation_mean_return_100"] > -300
+    env = gym.make("Pendulum-v1")
+    returns = []
+    for seed in range(3):
+        obs, _ = env.reset(seed=20_000 + seed)
+        total, done = 0.0, False
+        while not done:
+            action = agent(obs)
+            assert env.action_space.contains(action)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+    assert np.mean(returns) > -500  # about -157 on average; the worst start of a good agent stays above -500
