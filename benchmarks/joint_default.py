@@ -24,9 +24,9 @@ threshold of 50 held-out episodes is noisy, so one draw decides little):
    :func:`~mesaguard.metrics.under_stop`). Regret: catastrophes let through minus the best single
    detector's, over the free runs' catastrophes.
 2. **Greenberg and Mannor's scenarios** (made as ``benchmarks/greenberg_mannor.py`` makes them): Pendulum-v1
-   with the shipped PPO agent (``agents/pendulum_ppo.py``) and HalfCheetah-v5 with the shipped agent, 500 calibration episodes,
-   300 in-distribution and 300 per shift. Regret: the best single detector's detected share minus the
-   candidate's.
+   with the benchmark's PPO agent (``agents/pendulum_ppo.py``) and HalfCheetah-v5 with the shipped agent, 500
+   calibration episodes, 300 in-distribution and 300 per shift. Regret: the best single detector's detected share
+   minus the candidate's.
 
 Per candidate: the mean over cases of the per-case mean regret over draws, the worst case's mean regret, and
 the per-episode false-alarm rates. The seeds are disjoint from those the default was chosen on.
