@@ -93,9 +93,10 @@ def scenario_speed() -> str:
 
 def agents() -> str:
     rows = []
-    for path in sorted([*AGENTS.glob("*.json"), *AGENTS.glob("impact/*.json")]):
+    bench = ROOT / "benchmarks" / "agents"  # agents only a benchmark deploys
+    for path in [*sorted([*AGENTS.glob("*.json"), *AGENTS.glob("impact/*.json")]), *sorted(bench.glob("*.json"))]:
         meta = json.loads(path.read_text())["metadata"]
-        name = path.relative_to(AGENTS).with_suffix("").as_posix()
+        name = path.relative_to(AGENTS if path.is_relative_to(AGENTS) else ROOT).with_suffix("").as_posix()
         rows.append([f"`{name}`", f"{meta['timesteps']:,}", f"{meta['train_seconds']:,.0f}", f"`{meta['command']}`"])
     return table(["agent", "PPO steps", "training seconds (one core)", "command (reproduces the weights)"], rows)
 
