@@ -86,9 +86,7 @@ class Ledger:
         if self._change:
             return math.inf, -math.inf
         high = min([d / 2 for d in self._shifts if d > 0], default=math.inf)  # z <= high
-        low = max([d / 2 for d in self._shifts if d < 0], default=-math.inf)  # z >= low
-        if low > high:
-            return math.inf, -math.inf
+        low = max([d / 2 for d in self._shifts if d < 0], default=-math.inf)  # z >= low (and low <= 0 < high)
         p_low, p_high = (float(x) for x in ndtr([-high, -low]))  # z = Phi^-1(1 - p) falls as p rises
         return p_low + 1e-9, p_high - 1e-9
 

@@ -233,7 +233,7 @@ class DeploymentMonitor:
     def report(self) -> dict[str, object]:
         """What a guard puts in ``info["mesaguard"]["deployment"]``."""
         return {
-            "evidence": math.exp(min(self.log_evidence, 690.0)),  # self.evidence, one call fewer per step
+            "evidence": self.evidence,
             "threshold": self._threshold,
             "alarm": self.alarm,
             "episodes": self.finished,
