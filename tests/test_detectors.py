@@ -332,3 +332,19 @@ def test_rank_counts_quantiles_below_the_score_as_comparing_with_all_of_them(dat
     det.score = np.round(rng.normal(size=n) * 1.5, 1)
     i = rng.integers(0, T, n)
     np.testing.assert_array_equal(det._below(i), (quantiles[i] < det.score[:, None]).sum(axis=1))
+
+
+def test_time_indexed_references_on_episodes_of_unequal_length_by_hand():
+    """Per step, the moments of the episodes still running; a finished run's score stays where it ended; a step
+    fewer than two episodes reach takes the last step that two reached."""
+    from mesaguard.detectors.reference import StepReference
+
+    episodes = [np.array([1.0, 2.0, 3.0]), np.array([3.0, 4.0]), np.array([5.0])]
+    increments = StepReference.fit(episodes)
+    assert increments.count.tolist() == [3, 2, 1]
+    np.testing.assert_allclose(increments.mean, [3.0, 3.0, 3.0])  # step 3: one episode left, step 2's taken
+    np.testing.assert_allclose(increments.std, [2.0, np.sqrt(2.0), np.sqrt(2.0)])
+    scores = StepReference.fit(episodes, cumulative=True)  # scores [1, 3, 6], [3, 7, 7], [5, 5, 5]
+    assert scores.count.tolist() == [3, 3, 3]
+    np.testing.assert_allclose(scores.mean, [3.0, 5.0, 6.0])
+    np.testing.assert_allclose(scores.std, [2.0, 2.0, 1.0])
