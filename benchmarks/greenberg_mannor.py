@@ -255,12 +255,15 @@ def evaluate(
         thresholds[name] = float(np.sort(held_traces[name].max(axis=1))[k - 1])
     joints = {"joint: " + "+".join(names): cal.thresholds_for(list(names)) for names in cfg.joints}
 
+    fired_by: dict[str, np.ndarray] = {}  # per test, which episodes of the runs measured last it detected
+
     def measure(runs: list[np.ndarray]) -> dict[str, dict[str, float | None]]:
         tr = traces(runs)
         rows: dict[str, dict[str, float | None]] = {}
+        fired_by.clear()
         for name, trace in tr.items():
             over = trace > thresholds[name]
-            fired = over.any(axis=1)
+            fired = fired_by[name] = over.any(axis=1)
             rows[name] = _row(fired, over.argmax(axis=1) + 1)
         for label, joint in joints.items():
             fired = np.zeros(len(runs), dtype=bool)
@@ -271,6 +274,7 @@ def evaluate(
                 first = np.where(hit, np.minimum(first, over.argmax(axis=1) + 1), first)
                 fired |= hit
             rows[label] = _row(fired, first)
+            fired_by[label] = fired
         return rows
 
     null_rows = measure(null)
@@ -278,7 +282,22 @@ def evaluate(
         name: {"rate": row["detected"], "upper95": clopper_pearson_upper(int(row["alarms"] or 0), len(null))}
         for name, row in null_rows.items()
     }
-    return {"false_alarms": false_alarms, "shifts": {name: measure(runs) for name, runs in shifted.items()}}, cal
+    shifts, paired = {}, {}
+    for name, runs in shifted.items():
+        shifts[name] = measure(runs)
+        paired[name] = against_paper(fired_by, "joint: " + "+".join(cfg.joints[0]))
+    return {"false_alarms": false_alarms, "shifts": shifts, "paired": paired}, cal
+
+
+def against_paper(fired_by: dict[str, np.ndarray], default: str) -> dict[str, Any]:
+    """The default set against the paper's best test on the same shifted episodes: the discordant pairs and the
+    exact two-sided McNemar p-value (the chance of a split at least this uneven if neither detects more)."""
+    paper = max((n for n in fired_by if n.startswith("paper")), key=lambda n: int(fired_by[n].sum()))
+    only_default = int((fired_by[default] & ~fired_by[paper]).sum())
+    only_paper = int((fired_by[paper] & ~fired_by[default]).sum())
+    n = only_default + only_paper
+    p = 1.0 if n == 0 else min(1.0, 2.0 * float(stats.binom.cdf(min(only_default, only_paper), n, 0.5)))
+    return {"paper": paper, "only_default": only_default, "only_paper": only_paper, "mcnemar_p": p}
 
 
 STATISTICS = {  # the deployment monitor's per-episode statistic: DeploymentMonitor(detectors=...)

@@ -498,7 +498,10 @@ def against_paper(r: dict[str, Any]) -> str:
         if best < paper:
             singles.append(f"{shift} ({best} against {paper})")
         if tests[default]["alarms"] < paper:
-            short.append(f"{shift} ({tests[default]['alarms']} against {paper})")
+            pair = r["paired"][shift]  # the same episodes: discordant pairs, exact McNemar
+            short.append(f"{shift} ({tests[default]['alarms']} against {paper}; on the same episodes "
+                         f"{pair['only_default']} detected by the default alone, {pair['only_paper']} by "
+                         f"{pair['paper'].removeprefix('paper ')} alone, McNemar p = {pair['mcnemar_p']:.2f})")
     n = len(r["shifts"])
     return (f"Against the paper's best test, in shifted episodes detected: the best single mesaguard detector "
             f"{'is level or ahead on every shift' if not singles else 'is short on ' + ', '.join(singles)}; the "

@@ -159,3 +159,23 @@ def test_the_greenberg_mannor_pendulum_agent_ships_without_pickle_and_balances()
             total, done = total + float(reward), terminated or truncated
         returns.append(total)
     assert np.mean(returns) > -500  # about -157 on average; the worst start of a good agent stays above -500
+
+
+def test_the_default_set_is_compared_with_the_papers_best_test_on_the_same_episodes(monkeypatch):
+    """greenberg_mannor.against_paper: discordant pairs and the exact two-sided McNemar p-value, by hand."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import greenberg_mannor
+
+    fired = {
+        "joint: cusum+meanshift+rank": np.array([True] * 8 + [False] * 2),
+        "paper Mean": np.array([True] * 5 + [False] * 5),
+        "paper Hotelling": np.array([True] * 10),  # the paper's best: 10 of 10
+    }
+    pair = greenberg_mannor.against_paper(fired, "joint: cusum+meanshift+rank")
+    assert pair["paper"] == "paper Hotelling"
+    assert (pair["only_default"], pair["only_paper"]) == (0, 2)
+    assert pair["mcnemar_p"] == pytest.approx(0.5)  # 2 * P(Bin(2, 1/2) <= 0)
+    fired["paper Hotelling"] = np.array([False] * 7 + [True] * 3)  # now Mean (5) is the paper's best
+    pair = greenberg_mannor.against_paper(fired, "joint: cusum+meanshift+rank")
+    assert (pair["paper"], pair["only_default"], pair["only_paper"]) == ("paper Mean", 3, 0)
+    assert pair["mcnemar_p"] == pytest.approx(0.25)  # 2 * P(Bin(3, 1/2) <= 0)
