@@ -76,6 +76,11 @@ class ScoreRank(Detector):
         padded = np.full((self.quantiles.shape[0], self._width), np.inf)
         padded[:, :K] = self.quantiles
         self._flat = padded.ravel()  # row t at [t * width, (t + 1) * width), +inf past its K quantiles
+        # Per step s of the binary search (width / 2, ..., 1), the flat rows seen from entry s - 1 on: views of one
+        # copy padded at the end, so that a halving reads its entries without adding s - 1 to every index.
+        tail = np.concatenate([self._flat, np.full(self._width, np.inf)])
+        steps = [self._width >> k for k in range(1, self._width.bit_length())]
+        self._shifted = {s: tail[s - 1 : s - 1 + self._flat.size] for s in steps}
         self.score = np.zeros(self.n_envs)
         self.t = np.zeros(self.n_envs, dtype=np.int64)
 
@@ -114,12 +119,13 @@ class ScoreRank(Detector):
         sorted rows, padded with ``+inf`` to a power of two (five halvings for 32 quantiles, where comparing with
         all of them costs more)."""
         width = self._width
-        found = i * width  # where each env's row starts; moves to the last entry below its score
+        start = i * width  # where each env's row starts
+        found = start.copy()  # moves to the last entry below its score
         step = width >> 1
-        while step:
-            found += step * (self._flat[found + (step - 1)] < self.score)
+        while step:  # the entry step - 1 past each env's place (a view starting there: no index sum), below?
+            found += step * (self._shifted[step][found] < self.score)
             step >>= 1
-        below: np.ndarray = found - i * width + (self._flat[found] < self.score)
+        below: np.ndarray = found - start + (self._flat[found] < self.score)
         return below
 
     def scalar(self) -> _ScalarRank:
