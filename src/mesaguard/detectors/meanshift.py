@@ -84,6 +84,7 @@ class MeanShift(Detector):
         if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
             raise DetectorError(f"meanshift block={block!r}; expected a positive number of steps")
         self.block = int(block)
+        self._diag = diag.copy()  # the factor's diagonal, read per block
         self.y = solve_triangular(self.chol, np.ones(B), lower=True)
         self.norm = np.sqrt(np.cumsum(self.y**2))
         self.e = np.zeros((self.n_envs, B))
@@ -156,21 +157,22 @@ class MeanShift(Detector):
             self.stat[:] = self.num / self.norm[t]
             self.t += 1
             return rows
-        open_ = self.t[rows] < B
+        ts = self.t[rows]  # each env's own block index
+        open_ = ts < B
         if not open_.all():
-            rows, x = rows[open_], x[open_]
+            rows, x, ts = rows[open_], x[open_], ts[open_]
         if not rows.size:
             return rows
-        ts = self.t[rows]  # each env's own block index
         # Row ts[i] of the factor for each env i (entries past ts[i] are zero), in a reused buffer.
         factor_rows = self._rows[: rows.size]
         np.take(self.chol, ts, axis=0, out=factor_rows)
         past = np.einsum("ij,ij->i", factor_rows, self.e[rows] if rows.size < self.n_envs else self.e)
-        e = (self.mu[ts] - x - past) / self.chol[ts, ts]
+        e = (self.mu[ts] - x - past) / self._diag[ts]
         self.e[rows, ts] = e
-        self.num[rows] += self.y[ts] * e
-        self.stat[rows] = self.num[rows] / self.norm[ts]
-        self.t[rows] += 1
+        num = self.num[rows] + self.y[ts] * e
+        self.num[rows] = num
+        self.stat[rows] = num / self.norm[ts]
+        self.t[rows] = ts + 1
         return rows
 
     def scalar(self) -> _ScalarMeanShift:
