@@ -151,7 +151,7 @@ class MeanShift(Detector):
         if rows.size == self.n_envs and self.t[0] < B and (self.t == self.t[0]).all():
             # Every env at the same block (calibration, synchronized starts): one matrix-vector product.
             t = int(self.t[0])
-            e = (self.mu[t] - x - self.e @ self.chol[t]) / self.chol[t, t]
+            e = (self.mu[t] - x - self.e @ self.chol[t]) / self._diag[t]
             self.e[:, t] = e
             self.num += self.y[t] * e
             self.stat[:] = self.num / self.norm[t]
@@ -191,7 +191,7 @@ class _ScalarMeanShift(ScalarDetector):
     def __init__(self, det: MeanShift) -> None:
         self.chol, self.T, self.block = det.chol, det.mu.size, det.block
         self.mu, self.y, self.norm = det.mu.tolist(), det.y.tolist(), det.norm.tolist()
-        self.diag = np.diag(det.chol).tolist()
+        self.diag = det._diag.tolist()
         self.rows = [det.chol[t, :t].tolist() for t in range(min(self.T, self.LISTED))]
         self.e = [0.0] * self.T
         self.num, self.stat, self.t, self.acc, self.k = 0.0, 0.0, 0, 0.0, 0

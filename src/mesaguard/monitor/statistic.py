@@ -34,15 +34,15 @@ class StepStatistic:
         cals = [calibration.detectors[n] for n in self.names]
         self.detectors = [c.build(n_envs) for c in cals]
         self.scalar = [c.build(1).scalar() for c in cals] if n_envs == 1 else []  # the hot path of GuardedEnv
-        self._locations = [c.location for c in cals[:k]]
+        self._locations = [c.location for c in cals[:k]]  # plain floats for one env, columns for many
         self._scales = [c.scale for c in cals[:k]]
-        self._location = np.array([c.location for c in cals[:k]])[:, None]
-        self._scale = np.array([c.scale for c in cals[:k]])[:, None]
+        self._location = np.array(self._locations)[:, None]
+        self._scale = np.array(self._scales)[:, None]
         self._k = k
         rows = [self.names.index(n) for n in stops]
         self._stop_rows = rows
-        self._stop_thresholds = np.array([stops[n] for n in stops])[:, None]
         self._stop_values = [stops[n] for n in stops]
+        self._stop_thresholds = np.array(self._stop_values)[:, None]
         self.n_envs = n_envs
         self.shared: list[int] | None = None  # where a guard's statistics hold the scalar detectors' (reads_from)
         self._whole = False
