@@ -255,12 +255,11 @@ def evaluate(
         thresholds[name] = float(np.sort(held_traces[name].max(axis=1))[k - 1])
     joints = {"joint: " + "+".join(names): cal.thresholds_for(list(names)) for names in cfg.joints}
 
-    fired_by: dict[str, np.ndarray] = {}  # per test, which episodes of the runs measured last it detected
-
-    def measure(runs: list[np.ndarray]) -> dict[str, dict[str, float | None]]:
+    def measure(runs: list[np.ndarray]) -> tuple[dict[str, dict[str, float | None]], dict[str, np.ndarray]]:
+        """Per test, its row, and which of ``runs`` it detected."""
         tr = traces(runs)
         rows: dict[str, dict[str, float | None]] = {}
-        fired_by.clear()
+        fired_by: dict[str, np.ndarray] = {}
         for name, trace in tr.items():
             over = trace > thresholds[name]
             fired = fired_by[name] = over.any(axis=1)
@@ -275,16 +274,16 @@ def evaluate(
                 fired |= hit
             rows[label] = _row(fired, first)
             fired_by[label] = fired
-        return rows
+        return rows, fired_by
 
-    null_rows = measure(null)
+    null_rows, _ = measure(null)
     false_alarms = {
         name: {"rate": row["detected"], "upper95": clopper_pearson_upper(int(row["alarms"] or 0), len(null))}
         for name, row in null_rows.items()
     }
     shifts, paired = {}, {}
     for name, runs in shifted.items():
-        shifts[name] = measure(runs)
+        shifts[name], fired_by = measure(runs)
         paired[name] = against_paper(fired_by, "joint: " + "+".join(cfg.joints[0]))
     return {"false_alarms": false_alarms, "shifts": shifts, "paired": paired}, cal
 
