@@ -23,9 +23,29 @@ import gymnasium as gym
 from mesaguard.calibration import Calibration
 from mesaguard.guard import ScalarGuard
 
-__all__ = ["FusedFloor"]
+__all__ = ["FusedFloor", "parameters"]
 
 ORDER = ["cusum", "meanshift", "rank"]  # the default set, in the order its statistics are read here
+
+
+def parameters(calibration: Calibration) -> dict[str, Any]:
+    """The default set's scalar parameters, read from a real :class:`~mesaguard.guard.ScalarGuard`, by the names
+    :class:`FusedFloor` keeps them under (the scalar forms' private lists: read, never written); ``m_chol``: the
+    mean-shift test's whole factor."""
+    guard = ScalarGuard(calibration, ORDER)
+    forms: list[Any] = list(guard.detectors)
+    cusum, ms, rank = forms
+    if ms.T > ms.LISTED:
+        raise ValueError("the floor inlines listed forward-substitution rows only")
+    return {
+        "c_mean": cusum.mean, "c_std": cusum.std, "c_last": cusum.last,
+        "c_slack": cusum.slack, "c_rho": cusum.rho, "c_gain": cusum.gain,
+        "m_block": ms.block, "m_T": ms.T, "m_mu": ms.mu, "m_y": ms.y, "m_norm": ms.norm, "m_diag": ms.diag,
+        "m_rows": ms.rows, "m_chol": ms.chol,
+        "r_q": rank.quantiles, "r_log": rank.log, "r_spread": rank.spread, "r_last": rank.last,
+        "thresholds": guard.thresholds,
+        "standard": [(calibration.detectors[n].location, calibration.detectors[n].scale) for n in ORDER],
+    }
 
 
 class FusedFloor(gym.Wrapper):
@@ -33,18 +53,8 @@ class FusedFloor(gym.Wrapper):
 
     def __init__(self, env: gym.Env, calibration: Calibration) -> None:
         super().__init__(env)
-        guard = ScalarGuard(calibration, ORDER)
-        forms: list[Any] = list(guard.detectors)  # the scalar forms' private lists: read, never written
-        cusum, ms, rank = forms
-        self.c_mean, self.c_std, self.c_last = cusum.mean, cusum.std, cusum.last
-        self.c_slack, self.c_rho, self.c_gain = cusum.slack, cusum.rho, cusum.gain
-        if ms.T > ms.LISTED:
-            raise ValueError("the floor inlines listed forward-substitution rows only")
-        self.m_block, self.m_T, self.m_mu, self.m_y = ms.block, ms.T, ms.mu, ms.y
-        self.m_norm, self.m_diag, self.m_rows, self.m_e = ms.norm, ms.diag, ms.rows, [0.0] * ms.T
-        self.r_q, self.r_log, self.r_spread, self.r_last = rank.quantiles, rank.log, rank.spread, rank.last
-        self.thresholds = guard.thresholds
-        self.standard = [(calibration.detectors[n].location, calibration.detectors[n].scale) for n in ORDER]
+        vars(self).update(parameters(calibration))
+        self.m_e = [0.0] * self.m_T
         self.mon_steps = 0
         self._restart()
 

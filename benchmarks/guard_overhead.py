@@ -14,7 +14,9 @@ and a guard with no detector at all: the wrapper's floor (the objective, the rep
 ``info``, the protocol's checks), which no detector can go below; and, as a reference
 that is not mesaguard, the default set and the monitor's per-step work inlined in one
 function (``fused_floor.py``, checked equal to the guard's statistics first): the least
-any Python wrapper doing this work costs. Where
+any Python wrapper doing this work costs; and the same work compiled (``fused_compiled.py``: one C function
+called from a Python wrapper, also checked equal; left out where the machine has no C compiler): the least a
+guard whose step were compiled could cost. Where
 RecordEpisodeStatistics' overhead does not stand out of the noise floor (a slow,
 noisy env step), and on the cheetah, there for scale, ratios are not given.
 
@@ -79,6 +81,7 @@ import gymnasium as gym
 import harness
 import minigrid  # noqa: F401  registers the MiniGrid-* env ids
 import numpy as np
+from fused_compiled import FusedCompiled, build
 from fused_floor import FusedFloor
 from gymnasium.wrappers import RecordEpisodeStatistics
 from minigrid.wrappers import ImgObsWrapper
@@ -114,6 +117,7 @@ QUICK = Config(rounds=2, block=100, null_steps=400, cartpole_steps=400, minigrid
                vector_envs=64, vector_steps=50)
 RATIOS = ("guard", "reference")  # the rows given as multiples of RES's overhead
 FLOOR = "reference: the default set + monitor's per-step work inlined in one function (a floor)"
+COMPILED = "reference: the same work compiled (C), in a Python wrapper"
 DETECTOR_SETS: dict[str, list[str]] = {
     **{name: [name] for name in DEFAULT},
     "default set": list(DEFAULT),  # mesaguard.detectors.DEFAULT, jointly
@@ -246,9 +250,7 @@ def single_env_overhead(
         make_env(), cal, detectors=DETECTOR_SETS["default set"], protocol=Alert(lambda alarm: None),
         monitor=DeploymentMonitor(cal, detectors=DETECTOR_SETS["default set"]),
     )
-    # A floor, not mesaguard: the same per-step arithmetic inlined in one function (fused_floor.py), checked equal.
-    check_floor(make_env, cal, actions)
-    variants[FLOOR] = lambda: FusedFloor(make_env(), cal)
+    variants.update(references(make_env, cal, actions))
 
     # Fine-grained interleaving: every variant steps the same block of actions in turn
     # (a fresh random order per block), so load from other processes hits all variants
@@ -300,19 +302,35 @@ def single_env_overhead(
     }
 
 
-def check_floor(make_env: Callable[[], gym.Env], cal: Calibration, actions: np.ndarray) -> None:
-    """Raise unless :class:`FusedFloor` gives ``GuardedEnv``'s statistics at every step of ``actions``."""
+def references(
+    make_env: Callable[[], gym.Env], cal: Calibration, actions: np.ndarray
+) -> dict[str, Callable[[], gym.Env]]:
+    """The timing references that are not mesaguard, each checked equal to ``GuardedEnv``'s statistics first: the
+    per-step arithmetic inlined in one Python function (fused_floor.py), and compiled (fused_compiled.py; left out
+    where no C compiler is found)."""
+    out: dict[str, Callable[[], gym.Env]] = {}
+    for label, floor in ((FLOOR, FusedFloor), (COMPILED, FusedCompiled)):
+        if floor is FusedCompiled and build() is None:
+            continue
+        check_floor(make_env, cal, actions, floor)
+        out[label] = lambda floor=floor: floor(make_env(), cal)
+    return out
+
+
+def check_floor(make_env: Callable[[], gym.Env], cal: Calibration, actions: np.ndarray,
+                floor: type[gym.Wrapper] = FusedFloor) -> None:
+    """Raise unless ``floor`` (a reference that is not mesaguard) gives ``GuardedEnv``'s statistics at every step."""
     guarded = GuardedEnv(make_env(), cal, detectors=list(DEFAULT), protocol=Alert(lambda alarm: None))
-    floor = FusedFloor(make_env(), cal)
-    for env in (guarded, floor):
+    reference = floor(make_env(), cal)
+    for env in (guarded, reference):
         env.reset(seed=0)
     for k, a in enumerate(actions):
-        (*_, te, tr, mine), (*_, _, _, theirs) = guarded.step(a), floor.step(a)
+        (*_, te, tr, mine), (*_, _, _, theirs) = guarded.step(a), reference.step(a)
         if mine["mesaguard"]["statistics"] != theirs["mesaguard"]["statistics"]:
-            raise AssertionError(f"the fused floor's statistics differ from GuardedEnv's at step {k}")
+            raise AssertionError(f"{floor.__name__}'s statistics differ from GuardedEnv's at step {k}")
         if te or tr:
             guarded.reset()
-            floor.reset()
+            reference.reset()
 
 
 # ---------------------------------------------------------------------------- part 1b: where the time goes

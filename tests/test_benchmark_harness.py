@@ -105,7 +105,8 @@ def test_interleaved_with_a_generator_runs_every_variant_once_per_round():
 
 
 def test_every_benchmark_writes_through_the_harness():
-    helpers = {"harness.py", "fused_floor.py"}  # modules the scripts import, not benchmarks of their own
+    # modules the scripts import, not benchmarks of their own
+    helpers = {"harness.py", "fused_floor.py", "fused_compiled.py"}
     scripts = sorted(p for p in BENCHMARKS.glob("*.py") if p.name not in helpers)
     assert len(scripts) >= 12
     for script in scripts:
@@ -179,3 +180,24 @@ def test_the_default_set_is_compared_with_the_papers_best_test_on_the_same_episo
     pair = greenberg_mannor.against_paper(fired, "joint: cusum+meanshift+rank")
     assert (pair["paper"], pair["only_default"], pair["only_paper"]) == ("paper Mean", 3, 0)
     assert pair["mcnemar_p"] == pytest.approx(0.25)  # 2 * P(Bin(3, 1/2) <= 0)
+
+
+def test_the_timing_references_compute_the_guards_statistics_step_for_step(monkeypatch):
+    """guard_overhead's references that are not mesaguard (the inlined floor, the compiled step) are only
+    references if they do the guard's arithmetic: ``references`` raises at the first step where their statistics
+    differ from GuardedEnv's. Rewards whose spread falls a hundredfold mid-episode, and a drop in later episodes,
+    so that every statistic moves and the alarm fires."""
+    from mesaguard.calibration import Calibration
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    overhead = importlib.import_module("guard_overhead")
+    compiled = importlib.import_module("fused_compiled")
+    rng = np.random.default_rng(0)
+    T = 40
+    spread = np.where(np.arange(T) < 20, 1.0, 0.01)
+    cal = Calibration.fit([1.0 + spread * rng.normal(size=T) for _ in range(120)], alpha=0.1)
+    drop = np.repeat([0.0, 0.0, 0.0, 0.5, 0.05, 0.0], T)  # whole episodes shifted: one large, one small
+    rewards = (1.0 - drop + np.tile(spread, drop.size // T) * rng.normal(size=drop.size)).tolist()
+    refs = overhead.references(lambda: overhead.NullEnv(rewards, episode_length=T), cal, np.zeros(len(rewards), int))
+    assert overhead.FLOOR in refs
+    assert overhead.COMPILED in refs or compiled.build() is None  # left out only where nothing can compile it
