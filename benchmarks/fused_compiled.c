@@ -103,16 +103,26 @@ static PyObject *make(PyObject *self, PyObject *args) {
     if (capsule == NULL) { PyMem_Free(k); return NULL; }
     Py_ssize_t steps;
     if ((k->c_mean = floats(c_mean, &steps)) == NULL || (k->c_std = floats(c_std, &n)) == NULL) goto fail;
+    if (steps < 1 || n != steps) { PyErr_SetString(PyExc_ValueError, "cusum: mean and std of one length >= 1"); goto fail; }
     k->c_last = steps - 1;
     k->c_slack = c_slack; k->c_rho = c_rho; k->c_gain = c_gain;
     k->m_block = m_block;
-    if ((k->m_mu = floats(m_mu, &k->m_T)) == NULL || (k->m_y = floats(m_y, &n)) == NULL ||
-        (k->m_norm = floats(m_norm, &n)) == NULL || (k->m_diag = floats(m_diag, &n)) == NULL ||
+    Py_ssize_t ny, nnorm;
+    if ((k->m_mu = floats(m_mu, &k->m_T)) == NULL || (k->m_y = floats(m_y, &ny)) == NULL ||
+        (k->m_norm = floats(m_norm, &nnorm)) == NULL || (k->m_diag = floats(m_diag, &n)) == NULL ||
         (k->m_rows = matrix(m_rows, k->m_T, k->m_T)) == NULL)
         goto fail;
+    if (k->m_T < 1 || ny != k->m_T || nnorm != k->m_T || n != k->m_T || m_block < 1) {
+        PyErr_SetString(PyExc_ValueError, "meanshift: mu, y, norm, diag of one length >= 1 and a block >= 1");
+        goto fail;
+    }
     k->m_e = PyMem_Calloc((size_t)(k->m_T > 0 ? k->m_T : 1), sizeof(double));
     if (k->m_e == NULL) { PyErr_NoMemory(); goto fail; }
     if ((k->r_spread = floats(r_spread, &steps)) == NULL || (k->r_log = floats(r_log, &n)) == NULL) goto fail;
+    if (steps < 1 || r_K < 1 || n != r_K + 1) {
+        PyErr_SetString(PyExc_ValueError, "rank: a range per step, K >= 1 quantiles a step and K + 1 logs");
+        goto fail;
+    }
     k->r_last = steps - 1; k->r_K = r_K;
     if ((k->r_q = matrix(r_q, steps, r_K)) == NULL) goto fail;
     for (int i = 0; i < 3; i++) { k->th[i] = th[i]; k->loc[i] = loc[i]; k->scale[i] = scale[i]; }
