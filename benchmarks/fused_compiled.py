@@ -8,8 +8,9 @@ were compiled could cost at least, with the wrapper itself still Python (as ``Gu
 ``GuardedEnv``'s step for step.
 
 :func:`build` compiles the C file with the machine's C compiler (``cc``, ``-O2 -ffp-contract=off``: no fused
-multiply-adds, so every result is bit for bit Python's) into a temporary folder, once per process; it returns
-``None``, and the benchmark leaves the row out, where no compiler or no Python headers are found.
+multiply-adds, so every result is bit for bit Python's) into a temporary folder, removed once the module is
+loaded, once per process; it returns ``None``, and the benchmark leaves the row out, where no compiler or no Python
+headers are found.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def build() -> ModuleType | None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    shutil.rmtree(out.parent, ignore_errors=True)  # loaded: the process keeps its mapping, no file is left behind
     return module
 
 
