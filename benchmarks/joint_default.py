@@ -13,12 +13,12 @@ after seeing the shift; it is the yardstick only).
 A candidate is a set of detectors and how its members are matched. Linearly, at one quantile
 (:func:`~mesaguard.calibration.tail_scale` on cross-fitted maxima): ``1 - alpha`` (each member's own level, the
 rule before issue 12's item 3) or ``1 - alpha / k`` for ``k`` members (:func:`~mesaguard.calibration.tail_level`,
-the rule now). Or at every quantile (``quantiles``, :class:`QuantileMatched`, not in mesaguard): each member's
-maximum mapped to ``-log`` of its exceedance level among its cross-fitted maxima (piecewise linear between them,
-an exponential tail fitted to the top ten beyond the largest), so that members meet where their estimated tail
-probabilities agree, however differently shaped their tails are: the joint rule on the largest of these is a
-combination of per-detector p-values. Every candidate keeps the guarantee (the maps are fixed before the held-out
-split is seen; the joint conformal rule on it).
+the rule now). Or at every quantile (``quantiles``: ``Calibration.fit(..., match="quantiles")``,
+:func:`~mesaguard.calibration.tail_map`): each member's maximum mapped to ``-log`` of its exceedance level among
+its cross-fitted maxima (piecewise linear between them, an exponential tail fitted to the top ten beyond the
+largest), so that members meet where their estimated tail probabilities agree, however differently shaped their
+tails are: the joint rule on the largest of these is a combination of per-detector p-values. Every candidate
+keeps the guarantee (the maps are fixed before the held-out split is seen; the joint conformal rule on it).
 
 Cases, each measured in several independent *draws* (fresh calibration and evaluation episodes; the joint
 threshold of 50 held-out episodes is noisy, so one draw decides little):
@@ -59,9 +59,8 @@ from rich.table import Table
 from mesaguard.bench.arms import calibrate
 from mesaguard.bench.config import JobSpec
 from mesaguard.bench.replay import first_alarms
-from mesaguard.calibration import Calibration, crossfit_maxima, tail_level, tail_scale
-from mesaguard.conformal import conformal_rank
-from mesaguard.detectors import DEFAULT, detector_class
+from mesaguard.calibration import Calibration, tail_level, tail_scale
+from mesaguard.detectors import DEFAULT
 from mesaguard.experiment import OBJECTIVE, plain_env, policy_factory
 from mesaguard.metrics import under_stop
 from mesaguard.rollout import Episode, rollout
@@ -80,8 +79,7 @@ LEVELS: dict[str, Callable[[float, int], float]] = {
     "1 - alpha": lambda alpha, k: 1.0 - alpha,
     "1 - alpha/k": tail_level,
 }
-QUANTILES = "quantiles"  # matched at every quantile: QuantileMatched
-TAIL = 10  # the largest cross-fitted maxima whose mean excess is the exponential tail's scale
+QUANTILES = "quantiles"  # matched at every quantile: Calibration(match="quantiles")
 GRIDWORLDS = tuple(s for s in SCENARIOS if s not in ("driving", "cheetah"))
 
 
@@ -109,8 +107,7 @@ class Case:
     """One calibration and what it is evaluated on: per run set, the runs' increments (and catastrophes)."""
 
     name: str
-    calibration: Calibration
-    crossfit: dict[str, np.ndarray]  # per detector, the cross-fitted maxima of the fitting split
+    calibration: Calibration  # linear (its default match); its detectors keep their cross-fitted maxima
     runs: dict[str, list[np.ndarray]]
     catastrophes: dict[str, list[np.ndarray]] | None = None  # gridworlds: per variant, per run
     reference: str = "null"  # the run set that is in distribution
@@ -119,70 +116,16 @@ class Case:
 def case(name: str, episodes: Sequence[np.ndarray], alpha: float, runs: dict[str, list[np.ndarray]],
          catastrophes: dict[str, list[np.ndarray]] | None = None, reference: str = "null") -> Case:
     cal = Calibration.fit(episodes, alpha=alpha, detectors=list(ALL))
-    fitting = [np.asarray(e, dtype=np.float64) for e in episodes[: cal.n_fit]]
-    crossfit = {n: crossfit_maxima(detector_class(n), fitting, {}) for n in ALL}
-    return Case(name, cal, crossfit, runs, catastrophes, reference)
+    return Case(name, cal, runs, catastrophes, reference)
 
 
 def matched(c: Case, names: Sequence[str], level: float) -> Calibration:
     """``c``'s calibration with ``names`` matched at ``level`` (only location and scale change)."""
     detectors = dict(c.calibration.detectors)
     for n in names:
-        location, scale = tail_scale(c.crossfit[n], level)
+        location, scale = tail_scale(np.asarray(c.calibration.detectors[n].crossfit), level)
         detectors[n] = dataclasses.replace(detectors[n], location=location, scale=scale)
     return dataclasses.replace(c.calibration, detectors=detectors)
-
-
-class QuantileMatched:
-    """A calibration's joint thresholds with members matched at every quantile (see the module docstring).
-
-    Member ``d``'s map ``g_d`` is fixed by its cross-fitted maxima ``c_(1) <= ... <= c_(n)`` of the fitting split:
-    ``g_d(c_(j)) = -log((n + 1 - j) / (n + 1))`` (tied maxima: the largest), linear in between and below, and past
-    ``c_(n)`` linear with slope ``1 / s``, ``s`` the mean excess of the :data:`TAIL` largest over the smallest of
-    them (an exponential tail). The joint statistic is ``max_d g_d(M_d)``; its conformal threshold ``tau`` on the
-    held-out maxima is each member's ``g_d^-1(tau)``, raised (as :meth:`Calibration.thresholds_for` raises) to the
-    largest held-out maximum the rule counted as quiet. What ``first_alarms`` reads of a calibration, no more.
-    """
-
-    def __init__(self, calibration: Calibration, crossfit: dict[str, np.ndarray]) -> None:
-        self.calibration, self.detectors = calibration, calibration.detectors
-        self.maps = {n: self._map(c) for n, c in crossfit.items()}
-
-    @staticmethod
-    def _map(crossfit: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        c = np.sort(np.asarray(crossfit, dtype=np.float64))
-        level = -np.log((c.size - np.arange(c.size)) / (c.size + 1.0))
-        knots, where = np.unique(c, return_inverse=True)
-        levels = np.zeros(knots.size)
-        np.maximum.at(levels, where, level)
-        top = c[-TAIL:]
-        scale = float(np.mean(top - top[0])) or float(np.ptp(c)) or 1.0
-        return knots, levels, scale
-
-    def level(self, name: str, x: np.ndarray) -> np.ndarray:
-        knots, levels, scale = self.maps[name]
-        x = np.asarray(x, dtype=np.float64)
-        if knots.size == 1:
-            return levels[0] + (x - knots[0]) / scale
-        below = (levels[1] - levels[0]) / (knots[1] - knots[0])
-        inside = np.interp(x, knots, levels)
-        out: np.ndarray = np.where(x < knots[0], levels[0] + (x - knots[0]) * below, inside)
-        return np.where(x > knots[-1], levels[-1] + (x - knots[-1]) / scale, out)
-
-    def value(self, name: str, level: float) -> float:
-        knots, levels, scale = self.maps[name]
-        if level >= levels[-1]:
-            return float(knots[-1] + (level - levels[-1]) * scale)
-        return float(np.interp(level, levels, knots))  # below the first level: the smallest maximum
-
-    def thresholds_for(self, names: Sequence[str], alpha: float | None = None) -> dict[str, float]:
-        cal = self.calibration
-        k = conformal_rank(cal.n_cal, cal.alpha if alpha is None else alpha)
-        joint = np.max([self.level(n, self.detectors[n].maxima) for n in names], axis=0)
-        tau = float(np.sort(joint)[k - 1])
-        quiet = joint <= tau
-        return {n: max(self.value(n, tau), float(np.max(np.asarray(self.detectors[n].maxima)[quiet])))
-                for n in names}
 
 
 def outcomes(c: Case, names: Sequence[str], cal: Calibration, traces: dict[str, dict[str, np.ndarray]]) -> dict:
@@ -250,8 +193,8 @@ def measure(cases: list[Case]) -> dict[str, dict[str, dict[str, float]]]:
         for n in ALL:
             singles[n].setdefault(c.name, []).append(outcomes(c, [n], c.calibration, traces))
         for key, (names, lv) in candidates().items():
-            cal: Any = (QuantileMatched(c.calibration, {n: c.crossfit[n] for n in names}) if lv == QUANTILES
-                        else matched(c, names, LEVELS[lv](c.calibration.alpha, len(names))))
+            cal = (dataclasses.replace(c.calibration, match="quantiles") if lv == QUANTILES
+                   else matched(c, names, LEVELS[lv](c.calibration.alpha, len(names))))
             joint[key].setdefault(c.name, []).append(outcomes(c, names, cal, traces))
     out: dict[str, dict[str, dict[str, float]]] = {}
     for key, by_case in joint.items():

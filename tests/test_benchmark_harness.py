@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 _spec = importlib.util.spec_from_file_location("benchmarks_harness", BENCHMARKS / "harness.py")
@@ -204,36 +202,3 @@ def test_the_timing_references_compute_the_guards_statistics_step_for_step(monke
     assert overhead.FLOOR in refs
     assert overhead.COMPILED in refs or compiled.build() is None  # left out only where nothing can compile it
 
-
-@settings(max_examples=60, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.sampled_from([0.05, 0.1, 0.2]), st.booleans())
-def test_the_quantile_matched_joint_rule_keeps_the_conformal_count(seed, alpha, ties):
-    """joint_default's candidate rule (matched at every quantile): each member's map is non-decreasing and its
-    inverse undoes it; the joint thresholds let at most n - k of the held-out episodes fire (the conformal rule
-    that bounds P(any fires) by alpha), however heavy or tied the members' tails are."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        joint_default = importlib.import_module("joint_default")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    from mesaguard.calibration import Calibration
-    from mesaguard.conformal import conformal_rank
-
-    rng = np.random.default_rng(seed)
-    episodes = [rng.normal(1.0, 0.3, 30) for _ in range(80)]
-    cal = Calibration.fit(episodes, alpha=alpha, detectors=["cusum", "meanshift", "rank"])
-    draws = {"cusum": rng.exponential(1.0, 40), "meanshift": rng.normal(0.0, 1.0, 40),
-             "rank": rng.pareto(1.5, 40)}  # one light, one Gaussian, one heavy tail
-    if ties:
-        draws = {n: np.round(x, 1) for n, x in draws.items()}  # repeated episodes: tied maxima
-    rule = joint_default.QuantileMatched(cal, draws)
-    for name, crossfit in draws.items():
-        x = np.sort(np.concatenate([crossfit, rng.normal(np.median(crossfit), 3.0, 50)]))
-        level = rule.level(name, x)
-        assert (np.diff(level) >= -1e-12).all()
-        inside = x >= crossfit.min()
-        assert np.allclose([rule.value(name, lv) for lv in level[inside]], x[inside], atol=1e-9, rtol=1e-9)
-    names = list(draws)
-    thresholds = rule.thresholds_for(names)
-    fired = np.any([np.asarray(cal.detectors[n].maxima) > thresholds[n] for n in names], axis=0)
-    assert fired.sum() <= cal.n_cal - conformal_rank(cal.n_cal, alpha)

@@ -1,9 +1,10 @@
+import dataclasses
 import json
 import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesaguard.calibration import (
@@ -12,8 +13,11 @@ from mesaguard.calibration import (
     conformal_rank,
     episode_maxima,
     false_alarm_spread,
+    map_level,
+    map_value,
     min_episodes,
     statistic_traces,
+    tail_map,
 )
 from mesaguard.detectors import DEFAULT, DETECTORS, DetectorError
 
@@ -129,7 +133,7 @@ def test_save_load_round_trip(tmp_path, calibration):
     assert Calibration.load(path) == calibration
     assert [p.name for p in tmp_path.iterdir()] == ["cal.json"]  # no temporary file left behind
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 2 and data["content_hash"].startswith("sha256:")
+    assert data["schema_version"] == 3 and data["content_hash"].startswith("sha256:")
     assert data["obs_shape"] == [3] and data["scenario"] == "ar1"
 
 
@@ -143,7 +147,7 @@ def test_corrupt_and_foreign_files(tmp_path, calibration):
         Calibration.load(path)
 
     path.write_text(json.dumps({**data, "schema_version": 99}))
-    with pytest.raises(CalibrationError, match=r"schema version 99; this mesaguard reads version 2 \(and the older"):
+    with pytest.raises(CalibrationError, match=r"schema version 99; this mesaguard reads version 3 \(and the older"):
         Calibration.load(path)
 
     path.write_text('{"detectors": ')
@@ -294,14 +298,92 @@ def test_schema_1_files_are_still_read(tmp_path, calibration):
     assert Calibration.load(path) == calibration
 
 
+@pytest.mark.parametrize("match", ["linear", "quantiles"])
 @pytest.mark.parametrize("names", [["threshold"], ["envelope"], ["cusum"], ["meanshift"], ["pdt"], ["rank"],
                                    ["threshold", "envelope", "cusum", "meanshift"]])
-def test_a_repeated_calibration_episode_never_fires(names):
+def test_a_repeated_calibration_episode_never_fires(names, match):
     """A deterministic agent repeats its episode exactly: the threshold back in each detector's units must not
     fall below that episode's statistic by rounding (it did for meanshift alone: every episode fired)."""
     episode = np.array([-0.01] * 8 + [0.99])
-    cal = Calibration.fit([episode] * 200, alpha=0.05, detectors=sorted(set(names) | {"meanshift", "pdt"}))
+    cal = Calibration.fit([episode] * 200, alpha=0.05, detectors=sorted(set(names) | {"meanshift", "pdt"}),
+                          match=match)
     thresholds = cal.thresholds_for(names)
     for name in names:
         trace = statistic_traces(cal.detectors[name].build(), [episode])
         assert np.nanmax(trace) <= thresholds[name], (name, np.nanmax(trace), thresholds[name])
+
+
+def test_schema_2_files_are_read_with_the_rule_they_had(tmp_path, calibration):
+    """Version 2 (before the joint rule was recorded): no match, no cross-fitted maxima; read as match='linear',
+    with the thresholds a version 2 file gave."""
+    from mesaguard.artifacts import content_hash
+
+    data = calibration.to_dict()
+    body = {k: v for k, v in data.items() if k not in ("content_hash", "match")} | {"schema_version": 2}
+    body["detectors"] = {n: {k: v for k, v in d.items() if k != "crossfit"} for n, d in body["detectors"].items()}
+    path = tmp_path / "v2.json"
+    path.write_text(json.dumps({**body, "content_hash": content_hash(body)}))
+    old = Calibration.load(path)
+    assert old.match == "linear" and all(d.crossfit is None for d in old.detectors.values())
+    assert old.thresholds_for(FOUR) == calibration.thresholds_for(FOUR)
+    with pytest.raises(CalibrationError, match="detector 'threshold' has no cross-fitted maxima"):
+        dataclasses.replace(old, match="quantiles").thresholds_for(FOUR)
+
+
+def test_the_joint_rule_is_recorded_and_checked(tmp_path):
+    rng = np.random.default_rng(5)
+    cal = Calibration.fit(ar1_episodes(rng, 120), alpha=0.1, detectors=FOUR, match="quantiles")
+    path = cal.save(tmp_path / "q.json")
+    loaded = Calibration.load(path)
+    assert loaded == cal and loaded.match == "quantiles"
+    assert loaded.thresholds_for(FOUR) == cal.thresholds_for(FOUR)
+    assert cal.thresholds_for(FOUR) != dataclasses.replace(cal, match="linear").thresholds_for(FOUR)
+    with pytest.raises(CalibrationError, match="match='bogus'; expected one of 'linear', 'quantiles'"):
+        Calibration.fit(ar1_episodes(rng, 40), alpha=0.1, match="bogus")
+    from mesaguard.artifacts import content_hash
+
+    def rewritten(change):
+        data = json.loads(path.read_text())
+        body = {k: v for k, v in data.items() if k != "content_hash"}
+        change(body)
+        out = tmp_path / "bad.json"
+        out.write_text(json.dumps({**body, "content_hash": content_hash(body)}))
+        return out
+
+    with pytest.raises(CalibrationError, match="field match is 'Quantiles'; expected one of 'linear', 'quantiles'"):
+        Calibration.load(rewritten(lambda b: b.update(match="Quantiles")))
+    with pytest.raises(CalibrationError, match=r"field detectors.cusum.crossfit is .*; expected the cross-fitted"):
+        Calibration.load(rewritten(lambda b: b["detectors"]["cusum"].update(crossfit=[2.0, 1.0])))
+    with pytest.raises(CalibrationError, match=r"field detectors.envelope.crossfit is None; expected the cross-fi"):
+        Calibration.load(rewritten(lambda b: b["detectors"]["envelope"].pop("crossfit")))
+
+
+finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
+
+
+@given(st.lists(finite, min_size=1, max_size=60), st.lists(finite, min_size=1, max_size=30))
+def test_a_tail_map_is_increasing_and_its_inverse_undoes_it(crossfit, xs):
+    m = tail_map(crossfit)
+    x = np.sort(np.asarray(xs + crossfit))
+    level = map_level(m, x)
+    assert (np.diff(level) >= 0).all()
+    back = np.array([map_value(m, lv) for lv in level])
+    assert np.allclose(back, x, rtol=1e-7, atol=1e-6 * (1 + np.ptp(x)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.05, 0.1, 0.2]), st.booleans())
+def test_matched_at_every_quantile_the_union_keeps_the_conformal_count(seed, alpha, repeated):
+    """match='quantiles': at most n - k held-out episodes fire on the union, however differently the members'
+    tails are shaped (a Pareto-tailed increment, repeated episodes with tied maxima)."""
+    rng = np.random.default_rng(seed)
+    if repeated:
+        pool = [np.round(rng.normal(1.0, 0.3, 12), 1) for _ in range(6)]
+        episodes = [pool[i] for i in rng.integers(0, 6, 100)]
+    else:
+        episodes = [1.0 + rng.pareto(2.0, 12) * rng.choice([-1.0, 1.0], 12) for _ in range(100)]
+    names = ["cusum", "meanshift", "rank"]
+    cal = Calibration.fit(episodes, alpha=alpha, detectors=names, match="quantiles")
+    thresholds = cal.thresholds_for(names)
+    fired = np.any([np.asarray(cal.detectors[n].maxima) > thresholds[n] for n in names], axis=0)
+    assert fired.sum() <= cal.n_cal - conformal_rank(cal.n_cal, alpha)

@@ -39,6 +39,16 @@ def test_calibrate_then_deploy(tmp_path):
     assert joint["deployment_alarm"] is not None and 1 <= joint["deployment_alarm"]["episode"] <= 10
 
 
+def test_calibrate_records_the_joint_rule_chosen(tmp_path):
+    cal_path = tmp_path / "cal.json"
+    result = runner.invoke(
+        app, ["calibrate", "strawberry", "--policy", "aligned", "--episodes", "40", "--alpha", "0.1",
+              "--detectors", "cusum,rank", "--match", "quantiles", "-o", str(cal_path)],
+    )
+    assert result.exit_code == 0, result.output
+    assert Calibration.load(cal_path).match == "quantiles"  # an unknown --match: test_cli_errors.py
+
+
 
 def test_the_commands_default_detectors_are_the_calibrations_default():
     from mesaguard.cli.base import ALL

@@ -72,6 +72,10 @@ CASES = {
     "calibration output is a folder": Case(
         "calibrate strawberry --policy aligned --episodes 40 -o {dir}", ("--out", "{dir}", "is a folder")
     ),
+    "unknown joint rule": Case(
+        "calibrate strawberry --match quantile -o {tmp}/q.json", ("unknown --match 'quantile'", "linear, quantiles"),
+        "{tmp}/q.json",
+    ),
     "report output is a folder": Case("report tiny --db {store} -o {dir}", ("--out", "{dir}", "is a folder")),
     "store damaged in the middle (report)": Case(
         "report tiny --db {corrupt} -o {tmp}/r.html", ("StoreError", "{corrupt}", "SQLite"), "{tmp}/r.html"

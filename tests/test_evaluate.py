@@ -140,6 +140,7 @@ def test_a_different_objective_than_the_calibrated_one_is_an_error(cal):
         (lambda c: calibrate(make_env, lean, alpha=1.5, progress=False), ["alpha=1.5", "between 0 and 1"]),
         (lambda c: calibrate(make_env, lean, episodes=10, progress=False), ["episodes=10", "alpha=0.05", "least 37"]),
         (lambda c: calibrate(make_env, lean, detectors=["nope"], progress=False), ["'nope'", "expected one of"]),
+        (lambda c: calibrate(make_env, lean, match="nope", progress=False), ["match='nope'", "'quantiles'"]),
         (lambda c: calibrate(make_env(), lean, progress=False), ["make_env=", "callable of no arguments"]),
         (lambda c: calibrate(make_env, 3, progress=False), ["policy=3", "callable obs -> action"]),
         (lambda c: evaluate(make_env, lean, "cal.json", progress=False), ["calibration='cal.json'", "Calibration"]),
@@ -153,7 +154,7 @@ def test_a_different_objective_than_the_calibrated_one_is_an_error(cal):
         (lambda c: evaluate(make_env, lambda obs: 0, c, objective=margin, workers=2, progress=False),
          ["policy=<function", "workers=2", "module-level function"]),
     ],
-    ids=["episodes", "alpha", "too-few", "detector", "env", "policy", "calibration", "eval-episodes", "num_envs",
+    ids=["episodes", "alpha", "too-few", "detector", "match", "env", "policy", "calibration", "eval-episodes", "num_envs",
          "both", "workers-env", "workers-policy"],
 )
 def test_bad_arguments_name_the_argument_the_value_and_what_was_expected(cal, call, words, monkeypatch):

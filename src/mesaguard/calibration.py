@@ -64,6 +64,7 @@ from mesaguard.files import read_json, write_atomic
 from mesaguard.objective import Objective, Transition, make_objective
 
 __all__ = [
+    "MATCHES",
     "SCHEMA_VERSION",
     "Calibration",
     "CalibrationError",
@@ -77,16 +78,19 @@ __all__ = [
     "false_alarm_spread",
     "min_episodes",
     "statistic_traces",
+    "tail_map",
 ]
 
-SCHEMA_VERSION = 2  # 2: large parameter arrays in a binary sidecar; version 1 files (all inline) are still read
+SCHEMA_VERSION = 3  # 3: the joint rule (match) and cross-fitted maxima; 2: arrays in a sidecar; 1 and 2 still read
 FORMAT = "mesaguard.calibration"
 SIDECAR_MIN = 1024  # numbers in one parameter array from which :meth:`Calibration.save` puts it in the sidecar
 MAX_SIDECAR_BYTES = 1 << 31  # a sidecar larger than this is refused before it is read
+MATCHES = ("linear", "quantiles")  # how detectors calibrated together are put on one scale (thresholds_for)
+TAIL_KNOTS = 10  # the largest cross-fitted maxima whose mean excess scales the exponential tail past them
 
 
 KIND = Kind("calibration", FORMAT, SCHEMA_VERSION, CalibrationError,
-            "Fit it again with this version (mesaguard calibrate).", older=frozenset({1}))
+            "Fit it again with this version (mesaguard calibrate).", older=frozenset({1, 2}))
 
 
 def statistic_traces(detector: Detector, episodes: Sequence[np.ndarray]) -> np.ndarray:
@@ -135,6 +139,7 @@ class DetectorCalibration:
     location: float
     scale: float
     maxima: list[float]
+    crossfit: list[float] | None = None  # the cross-fitted maxima of the fitting split, ascending (match="quantiles")
 
     def build(self, n_envs: int = 1) -> Detector:
         return detector_class(self.name)(**self.params, n_envs=n_envs)
@@ -143,8 +148,8 @@ class DetectorCalibration:
         """Same fields; a parameter read from the sidecar (a read-only array) equals the list it was saved from."""
         if not isinstance(other, DetectorCalibration):
             return NotImplemented
-        mine, theirs = (self.name, self.threshold, self.location, self.scale, self.maxima), (
-            other.name, other.threshold, other.location, other.scale, other.maxima)
+        mine, theirs = (self.name, self.threshold, self.location, self.scale, self.maxima, self.crossfit), (
+            other.name, other.threshold, other.location, other.scale, other.maxima, other.crossfit)
         return mine == theirs and _same(self.params, other.params)
 
     def standardized(self) -> np.ndarray:
@@ -194,6 +199,51 @@ def tail_scale(maxima: np.ndarray, level: float) -> tuple[float, float]:
     return float(location), float(spread)
 
 
+TailMap = tuple[np.ndarray, np.ndarray, float]  # knots (ascending), their levels, the tail's scale past the last
+
+
+def tail_map(crossfit: Sequence[float]) -> TailMap:
+    """A detector's map onto the common scale of ``match="quantiles"``, fixed by its cross-fitted maxima.
+
+    With ``c_(1) <= ... <= c_(n)`` those maxima, the map sends ``c_(j)`` to ``-log((n + 1 - j) / (n + 1))``, the
+    ``-log`` of its exceedance level (tied maxima: the largest), is linear between them and below the smallest, and
+    past the largest rises by 1 per ``s``, the mean excess of the :data:`TAIL_KNOTS` largest over the smallest of
+    them (an exponential tail). Strictly increasing, so a threshold on the map is one on the statistic.
+
+    >>> knots, levels, s = tail_map([0.0, 1.0, 1.0, 3.0])
+    >>> knots.tolist(), [round(v, 3) for v in levels.tolist()], s
+    ([0.0, 1.0, 3.0], [0.223, 0.916, 1.609], 1.25)
+    """
+    c = np.sort(np.asarray(crossfit, dtype=np.float64))
+    level = -np.log((c.size - np.arange(c.size)) / (c.size + 1.0))
+    knots, where = np.unique(c, return_inverse=True)
+    levels = np.zeros(knots.size)
+    np.maximum.at(levels, where, level)
+    top = c[-TAIL_KNOTS:]
+    scale = float(np.mean(top - top[0])) or float(np.ptp(c)) or 1.0
+    return knots, levels, scale
+
+
+def map_level(m: TailMap, x: np.ndarray | Sequence[float]) -> np.ndarray:
+    """:func:`tail_map`'s level of each value of ``x``."""
+    knots, levels, scale = m
+    x = np.asarray(x, dtype=np.float64)
+    below = (levels[1] - levels[0]) / (knots[1] - knots[0]) if knots.size > 1 else 1.0 / scale
+    out: np.ndarray = np.where(x < knots[0], levels[0] + (x - knots[0]) * below, np.interp(x, knots, levels))
+    return np.where(x > knots[-1], levels[-1] + (x - knots[-1]) / scale, out)
+
+
+def map_value(m: TailMap, level: float) -> float:
+    """The value :func:`map_level` sends to ``level`` (its inverse)."""
+    knots, levels, scale = m
+    if level >= levels[-1]:
+        return float(knots[-1] + (level - levels[-1]) * scale)
+    if level < levels[0]:
+        below = (levels[1] - levels[0]) / (knots[1] - knots[0]) if knots.size > 1 else 1.0 / scale
+        return float(knots[0] + (level - levels[0]) / below)
+    return float(np.interp(level, levels, knots))
+
+
 @dataclass(frozen=True)
 class Calibration(ConformalThreshold):
     """Thresholds at ``alpha`` for a set of detectors, fitted on in-distribution episodes."""
@@ -207,12 +257,14 @@ class Calibration(ConformalThreshold):
     metadata: dict[str, Any] = field(default_factory=dict)
     objective: str | None = None  # the base objective the increments came from (its name), if the fit was told
     lengths: tuple[int, int] | None = None  # the shortest and longest calibration episode, in steps
+    match: str = "linear"  # how detectors run together are put on one scale (MATCHES; see thresholds_for)
 
     def __repr__(self) -> str:
         """One line: what it was fitted on and for, never its arrays."""
         return (
             f"Calibration(scenario={self.scenario!r}, objective={self.objective!r}, alpha={self.alpha}, "
-            f"n_fit={self.n_fit}, n_cal={self.n_cal}, detectors={list(self.detectors)}, lengths={self.lengths})"
+            f"n_fit={self.n_fit}, n_cal={self.n_cal}, detectors={list(self.detectors)}, lengths={self.lengths}, "
+            f"match={self.match!r})"
         )
 
     @classmethod
@@ -229,6 +281,7 @@ class Calibration(ConformalThreshold):
         metadata: Mapping[str, Any] | None = None,
         objective: str | Objective | Callable[[Transition], float] | None = None,
         on_detector: Callable[[str], None] | None = None,
+        match: str = "linear",
     ) -> Calibration:
         """Fit every detector on the first ``fit_fraction`` of ``episodes``, threshold on the rest.
 
@@ -239,12 +292,15 @@ class Calibration(ConformalThreshold):
         callable): it is recorded, and a guard computing another one is an error
         (see :func:`mesaguard.guard.core.guard_objective`). ``on_detector(name)`` is
         called as each detector is fitted (for progress bars: with long episodes a
-        detector's passes over every step are the fit's unit of work).
+        detector's passes over every step are the fit's unit of work). ``match`` is
+        how detectors run together are put on one scale (:meth:`thresholds_for`).
 
         Increments that are the same at every step of every episode (CartPole's
         ``+1``) warn: such a guard fires only if the increment itself ever changes.
         """
         alpha = check_alpha(alpha)
+        if match not in MATCHES:
+            raise CalibrationError(f"match={match!r}; expected one of {', '.join(map(repr, MATCHES))}")
         names = list(DEFAULT) if detectors is None else list(detectors)
         for name in names:
             detector_class(name)
@@ -266,7 +322,8 @@ class Calibration(ConformalThreshold):
         for name in names:
             cls_ = detector_class(name)
             det = cls_.fit(fitting, **options.get(name, {}))
-            location, scale = tail_scale(crossfit_maxima(cls_, fitting, options.get(name, {})), level)
+            crossfit = crossfit_maxima(cls_, fitting, options.get(name, {}))
+            location, scale = tail_scale(crossfit, level)
             maxima = episode_maxima(det, held)
             fitted[name] = DetectorCalibration(
                 name=name,
@@ -275,6 +332,7 @@ class Calibration(ConformalThreshold):
                 location=location,
                 scale=scale,
                 maxima=maxima.tolist(),
+                crossfit=np.sort(crossfit).tolist(),
             )
             if on_detector is not None:
                 on_detector(name)
@@ -289,7 +347,7 @@ class Calibration(ConformalThreshold):
             )
         lengths = (min(e.size for e in episodes), max(e.size for e in episodes))
         recorded = None if objective is None else make_objective(objective).name
-        return cls(scenario, shape, alpha, n_fit, len(held), fitted, dict(metadata or {}), recorded, lengths)
+        return cls(scenario, shape, alpha, n_fit, len(held), fitted, dict(metadata or {}), recorded, lengths, match)
 
 
     @property
@@ -301,12 +359,19 @@ class Calibration(ConformalThreshold):
         """Thresholds for running ``names`` together at false-alarm rate ``alpha`` (default: the calibration's).
 
         The detectors together are one detector whose statistic is the largest of
-        their standardized statistics; the one conformal rule applies to it, so the
+        their statistics put on one scale; the one conformal rule applies to it, so the
         chance that *any* of them fires on a new in-distribution episode is at most
-        ``alpha``. Alone, a detector gets its own conformal threshold.
+        ``alpha``. Alone, a detector gets its own conformal threshold. The scale is the
+        calibration's ``match``, each member's fixed on the fitting half before the
+        held-out half is seen (which keeps the guarantee exact): ``"linear"``,
+        ``(x - location) / scale``, members matched at one quantile (see
+        :class:`DetectorCalibration`); ``"quantiles"``, :func:`tail_map` of the member's
+        cross-fitted maxima, members matched at every quantile, so that a member whose
+        tail is heavier than its spread says does not set the others' thresholds far
+        into their tails (``benchmarks/joint_default.py`` measures both).
 
-        Back in a detector's own units a threshold is ``location + scale * tau``, in
-        floating point; it is raised, where rounding put it below, to the largest
+        Back in a detector's own units a threshold is ``location + scale * tau`` (or
+        the inverse of its map), in floating point; it is raised, where rounding put it below, to the largest
         held-out maximum of that detector on an episode the joint rule counted as not
         exceeding ``tau``. So rounding never makes a statistic equal to a calibration
         episode's fire (deterministic agents repeat episodes exactly), and a threshold
@@ -314,20 +379,34 @@ class Calibration(ConformalThreshold):
         """
         alpha = self.alpha if alpha is None else check_alpha(alpha)
         k = conformal_rank(self.n_cal, alpha)
-        joint = self.joint_maxima(names)
+        maps = {n: tail_map(self._crossfit(n)) for n in names} if self.match == "quantiles" else {}
+        if maps:
+            joint = np.max([map_level(maps[n], self.detectors[n].maxima) for n in names], axis=0)
+        else:
+            joint = self.joint_maxima(names)
         tau = float(np.sort(joint)[k - 1])
         quiet = joint <= tau
         out = {}
         for n in names:
             d = self.detectors[n]
-            out[n] = max(d.location + d.scale * tau, float(np.max(np.asarray(d.maxima)[quiet])))
+            back = map_value(maps[n], tau) if maps else d.location + d.scale * tau
+            out[n] = max(back, float(np.max(np.asarray(d.maxima)[quiet])))
         return out
+
+    def _crossfit(self, name: str) -> list[float]:
+        crossfit = self.detectors[name].crossfit
+        if not crossfit:
+            raise CalibrationError(
+                f"detector {name!r} has no cross-fitted maxima, which match='quantiles' needs; calibrate again"
+            )
+        return crossfit
 
     def joint_maxima(self, names: Sequence[str]) -> np.ndarray:
         """Per held-out episode, the largest standardized maximum of detectors ``names``.
 
         Running ``names`` together is one detector with this per-episode statistic:
-        the thresholds and the deployment monitor's reference values both come from it.
+        the deployment monitor's reference values come from it, and so do the joint
+        thresholds where ``match="linear"``.
         """
         missing = [n for n in names if n not in self.detectors]
         if missing or not names:
@@ -373,12 +452,14 @@ class Calibration(ConformalThreshold):
                     "location": d.location,
                     "scale": d.scale,
                     "maxima": d.maxima,
+                    **({} if d.crossfit is None else {"crossfit": list(d.crossfit)}),
                 }
                 for name, d in self.detectors.items()
             },
             "metadata": self.metadata,
             "objective": self.objective,
             "lengths": None if self.lengths is None else list(self.lengths),
+            "match": self.match,
         }
 
     def to_dict(self, signing_key: Ed25519PrivateKey | None = None) -> dict[str, Any]:

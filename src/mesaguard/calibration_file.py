@@ -17,6 +17,7 @@ import numpy as np
 
 from mesaguard.artifacts import Fields, unpack_arrays
 from mesaguard.calibration import (
+    MATCHES,
     Calibration,
     CalibrationError,
     DetectorCalibration,
@@ -49,7 +50,7 @@ def read_calibration(data: dict[str, Any], source: str, arrays: Mapping[str, np.
         params = {key: unpack_arrays(raw, key, arrays, used) for key in raw.data}
         _check_params(d, "params", params)
         cal = DetectorCalibration(name, params, threshold, d.number("location"), d.number("scale", positive=True),
-                                  maxima)
+                                  maxima, _read_crossfit(d))
         try:
             cal.build()  # unknown names and malformed parameters fail here, on load
         except (DetectorError, TypeError, ValueError) as exc:
@@ -68,6 +69,7 @@ def read_calibration(data: dict[str, Any], source: str, arrays: Mapping[str, np.
         ok = isinstance(lengths, list) and len(lengths) == 2 and all(type(n) is int and n >= 1 for n in lengths)
         if not ok or lengths[0] > lengths[1]:
             f.fail("lengths", lengths, "[shortest, longest] episode lengths, positive integers, or null")
+    match = _read_match(f, entries, detectors)
     return Calibration(
         scenario=f.text("scenario"),
         obs_shape=shape,
@@ -78,7 +80,30 @@ def read_calibration(data: dict[str, Any], source: str, arrays: Mapping[str, np.
         metadata=metadata,
         objective=objective,
         lengths=None if lengths is None else (lengths[0], lengths[1]),
+        match=match,
     )
+
+
+def _read_crossfit(d: Fields) -> list[float] | None:
+    """A detector's cross-fitted maxima, if the file has them (schema 3): finite numbers, ascending."""
+    if "crossfit" not in d.data:
+        return None
+    crossfit = d.numbers("crossfit")
+    if not crossfit or crossfit != sorted(crossfit):
+        d.fail("crossfit", crossfit, "the cross-fitted maxima of the fitting split: finite numbers, ascending")
+    return crossfit
+
+
+def _read_match(f: Fields, entries: Fields, detectors: Mapping[str, DetectorCalibration]) -> str:
+    """The joint rule: one of :data:`~mesaguard.calibration.MATCHES` (files of schema 1 and 2: ``"linear"``, the
+    only rule they had); ``"quantiles"`` needs every detector's cross-fitted maxima."""
+    match = f.get("match") if "match" in f.data else "linear"
+    if match not in MATCHES:
+        f.fail("match", match, f"one of {', '.join(map(repr, MATCHES))}")
+    for name, d in detectors.items():
+        if match == "quantiles" and d.crossfit is None:
+            entries.object(name).fail("crossfit", None, "the cross-fitted maxima, which match='quantiles' needs")
+    return str(match)
 
 
 def read_conformal(f: Fields) -> tuple[float, int, int]:

@@ -41,7 +41,7 @@ import gymnasium as gym
 import numpy as np
 
 from mesaguard import metrics
-from mesaguard.calibration import Calibration, CalibrationError
+from mesaguard.calibration import MATCHES, Calibration, CalibrationError
 from mesaguard.conformal import check_alpha, episodes_needed
 from mesaguard.detectors import DEFAULT, detector_class
 from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED
@@ -119,6 +119,7 @@ def calibrate(
     progress: bool = True,
     on_episode: Callable[[Episode], None] | None = None,
     metadata: dict[str, Any] | None = None,
+    match: str = "linear",
 ) -> Calibration:
     """Play ``policy`` on ``episodes`` in-distribution episodes of ``make_env()`` (seeds ``seed``,
     ``seed + 1``, ...) and fit a calibration at false-alarm rate ``alpha``.
@@ -128,10 +129,14 @@ def calibrate(
     ``detectors`` default to every detector. ``scenario`` is recorded (default: the
     env's Gymnasium id). ``workers > 1`` rolls out in processes (then ``make_env``,
     ``policy`` and ``objective`` must pickle). ``progress`` shows bars on a terminal.
+    ``match`` is how detectors run together are put on one scale
+    (:meth:`~mesaguard.calibration.Calibration.thresholds_for`).
     """
     make_env, policy = _env_factory(make_env), _checked_policy(policy)
     episodes, workers = _count("episodes", episodes, 2), _count("workers", workers, 1)
     alpha = check_alpha(alpha)
+    if match not in MATCHES:  # checked before any rollout
+        raise CalibrationError(f"match={match!r}; expected one of {', '.join(map(repr, MATCHES))}")
     if episodes < episodes_needed(alpha):  # checked before any rollout, not after the last one
         raise CalibrationError(f"episodes={episodes}: too few for alpha={alpha:g}; expected at least "
                                f"{episodes_needed(alpha)} (half fit the detectors, half set their thresholds)")
@@ -154,7 +159,7 @@ def calibrate(
         return Calibration.fit(
             [e.increments for e in runs], alpha=alpha, detectors=names,
             scenario=env_id if scenario is None else scenario, obs_shape=shape, objective=base,
-            metadata={**(metadata or {}), "seeds": [seeds.start, seeds.stop]}, on_detector=fitted,
+            metadata={**(metadata or {}), "seeds": [seeds.start, seeds.stop]}, on_detector=fitted, match=match,
         )
 
 

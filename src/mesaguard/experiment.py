@@ -91,6 +91,7 @@ def calibrate(
     detectors: Sequence[str] | None = None,
     workers: int = 1,
     on_episode: Callable[[Episode], None] | None = None,
+    match: str = "linear",
 ) -> Calibration:
     """Roll the policy out on the scenario's reference variant (where it was checked) and fit a calibration."""
     s = get(scenario)
@@ -112,6 +113,7 @@ def calibrate(
         obs_shape=shape,
         metadata={"policy": policy, "variant": variant, "seeds": [CALIBRATION_SEED, CALIBRATION_SEED + episodes]},
         objective=OBJECTIVE,
+        match=match,
     )
 
 

@@ -268,13 +268,14 @@ def calibrate(
     workers: int = 1,
     on_episode: Callable[[Episode], None] | None = None,
     metadata: dict[str, Any] | None = None,
+    match: str = "linear",
 ) -> Calibration:
     """Roll ``policy`` out on ``env`` (seeds ``CALIBRATION_SEED + i``) and fit a calibration recording
     ``objective`` and, as its scenario, the env's name: :func:`mesaguard.evaluation.calibrate`."""
     return evaluation.calibrate(
         env, policy, episodes=episodes, alpha=alpha, objective=objective, detectors=list(detectors),
         seed=CALIBRATION_SEED, scenario=env.env, workers=workers, progress=False, on_episode=on_episode,
-        metadata=metadata,
+        metadata=metadata, match=match,
     )
 
 

@@ -90,6 +90,9 @@ def calibrate(
     env_kwargs: EnvKwargs = None,
     objective: ObjectiveOption = None,
     format: FormatOption = "table",
+    match: Annotated[str, typer.Option(
+        help="How detectors run together are put on one scale: linear (matched at one quantile of their "
+             "cross-fitted maxima) or quantiles (at every quantile).")] = "linear",
 ) -> None:
     """Fit thresholds on held-out in-distribution episodes of the agent; save them as JSON.
 
@@ -97,9 +100,13 @@ def calibrate(
     --objective mytask:margin -o cal.json
     """
     set_format(format)
+    from mesaguard.calibration import MATCHES
+
     scenario, user_env = _target(scenario, env)
+    _choice("--match", match, MATCHES)
     if user_env is not None:
-        _calibrate_user(user_env, env_kwargs, policy, objective, episodes, alpha, detectors, out, workers, sign_key)
+        _calibrate_user(user_env, env_kwargs, policy, objective, episodes, alpha, detectors, out, workers, sign_key,
+                        match)
         return
     assert scenario is not None
     _user_only(scenario, **{"--env-kwargs": env_kwargs, "--objective": objective})
@@ -110,7 +117,7 @@ def calibrate(
     _enough_episodes(episodes, alpha)
     target = _output("--out", out or Path("runs") / scenario / "calibration.json")
     signing_key = _signing_key(sign_key)
-    cal = _calibrate(scenario, episodes, alpha, names, policy, workers)
+    cal = _calibrate(scenario, episodes, alpha, names, policy, workers, match)
     path = cal.save(target, signing_key=signing_key)
     show([calibration_view(cal)])
     messages().print(f"saved the calibration to [bold]{path}[/]")
@@ -126,7 +133,8 @@ def _signing_key(path: Path | None) -> Any:
 
 
 def _calibrate_user(env: str, env_kwargs: str | None, policy: str | None, objective: str | None, episodes: int,
-                    alpha: float, detectors: str, out: Path | None, workers: int, sign_key: Path | None) -> None:
+                    alpha: float, detectors: str, out: Path | None, workers: int, sign_key: Path | None,
+                    match: str) -> None:
     from mesaguard import userenv
 
     if out is None:
@@ -141,13 +149,14 @@ def _calibrate_user(env: str, env_kwargs: str | None, policy: str | None, object
     metadata = {"env": env, "env_kwargs": maker.kwargs, "policy": policy, "objective": objective or "reward"}
     with _progress(f"calibrating {env}", episodes) as advance:
         cal = userenv.calibrate(maker, agent, base, episodes=episodes, alpha=alpha, detectors=names, workers=workers,
-                                on_episode=advance, metadata=metadata)
+                                on_episode=advance, metadata=metadata, match=match)
     path = cal.save(target, signing_key=signing_key)
     show([calibration_view(cal)])
     messages().print(f"saved the calibration to [bold]{path}[/] (objective {cal.objective!r})")
 
 
-def _calibrate(scenario: str, episodes: int, alpha: float, names: list[str], policy: str, workers: int):
+def _calibrate(scenario: str, episodes: int, alpha: float, names: list[str], policy: str, workers: int,
+               match: str = "linear"):
     from mesaguard import experiment
 
     with _progress(f"calibrating {scenario}", episodes) as advance:
@@ -159,6 +168,7 @@ def _calibrate(scenario: str, episodes: int, alpha: float, names: list[str], pol
             detectors=names,
             workers=workers,
             on_episode=advance,
+            match=match,
         )
 
 
