@@ -154,8 +154,8 @@ def test_a_different_objective_than_the_calibrated_one_is_an_error(cal):
         (lambda c: evaluate(make_env, lambda obs: 0, c, objective=margin, workers=2, progress=False),
          ["policy=<function", "workers=2", "module-level function"]),
     ],
-    ids=["episodes", "alpha", "too-few", "detector", "match", "env", "policy", "calibration", "eval-episodes", "num_envs",
-         "both", "workers-env", "workers-policy"],
+    ids=["episodes", "alpha", "too-few", "detector", "match", "env", "policy", "calibration", "eval-episodes",
+         "num_envs", "both", "workers-env", "workers-policy"],
 )
 def test_bad_arguments_name_the_argument_the_value_and_what_was_expected(cal, call, words, monkeypatch):
     monkeypatch.setattr(evaluation, "rollout", None)  # every argument is checked before any episode is played
