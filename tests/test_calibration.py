@@ -340,6 +340,8 @@ def test_the_joint_rule_is_recorded_and_checked(tmp_path):
     assert cal.thresholds_for(FOUR) != dataclasses.replace(cal, match="linear").thresholds_for(FOUR)
     with pytest.raises(CalibrationError, match="match='bogus'; expected one of 'linear', 'quantiles'"):
         Calibration.fit(ar1_episodes(rng, 40), alpha=0.1, match="bogus")
+    with pytest.raises(CalibrationError, match="match='Linear'; expected one of"):
+        dataclasses.replace(cal, match="Linear").thresholds_for(FOUR)
     from mesaguard.artifacts import content_hash
 
     def rewritten(change):

@@ -379,6 +379,8 @@ class Calibration(ConformalThreshold):
         """
         alpha = self.alpha if alpha is None else check_alpha(alpha)
         k = conformal_rank(self.n_cal, alpha)
+        if self.match not in MATCHES:  # a calibration changed in memory: no silent fallback to either rule
+            raise CalibrationError(f"match={self.match!r}; expected one of {', '.join(map(repr, MATCHES))}")
         maps = {n: tail_map(self._crossfit(n)) for n in names} if self.match == "quantiles" else {}
         if maps:
             joint = np.max([map_level(maps[n], self.detectors[n].maxima) for n in names], axis=0)
