@@ -107,7 +107,7 @@ class Case:
     """One calibration and what it is evaluated on: per run set, the runs' increments (and catastrophes)."""
 
     name: str
-    calibration: Calibration  # linear (its default match); its detectors keep their cross-fitted maxima
+    calibration: Calibration  # its detectors keep their cross-fitted maxima: any candidate can be matched from it
     runs: dict[str, list[np.ndarray]]
     catastrophes: dict[str, list[np.ndarray]] | None = None  # gridworlds: per variant, per run
     reference: str = "null"  # the run set that is in distribution
@@ -120,12 +120,13 @@ def case(name: str, episodes: Sequence[np.ndarray], alpha: float, runs: dict[str
 
 
 def matched(c: Case, names: Sequence[str], level: float) -> Calibration:
-    """``c``'s calibration with ``names`` matched at ``level`` (only location and scale change)."""
+    """``c``'s calibration with ``names`` matched linearly at ``level`` (location and scale change; the rule is
+    ``"linear"`` whatever the calibration's default)."""
     detectors = dict(c.calibration.detectors)
     for n in names:
         location, scale = tail_scale(np.asarray(c.calibration.detectors[n].crossfit), level)
         detectors[n] = dataclasses.replace(detectors[n], location=location, scale=scale)
-    return dataclasses.replace(c.calibration, detectors=detectors)
+    return dataclasses.replace(c.calibration, detectors=detectors, match="linear")
 
 
 def outcomes(c: Case, names: Sequence[str], cal: Calibration, traces: dict[str, dict[str, np.ndarray]]) -> dict:
