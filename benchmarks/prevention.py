@@ -37,6 +37,7 @@ of some scenarios merges them into the results file (the others are kept).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -137,6 +138,7 @@ def scenario_rows(scenario: str, cfg: Config) -> dict[str, Any]:
     spec = BenchConfig((scenario,), DETECTORS, (0,), cfg.long_episodes if scenario in LONG else cfg.episodes,
                        cfg.calibration_episodes, alpha=cfg.alpha, safeguards=tuple(names)).jobs()[0]
     cal_runs, cal = calibrate(spec, policy_factory(scenario, "agent"), "agent", record_states=True)
+    cal = dataclasses.replace(cal, match="linear")  # the joint rule the recorded tables were measured with
     fitted = fit_safeguards(spec, cal_runs)
     seeds = list(spec.seeds("evaluation"))
     out: dict[str, Any] = {"reference_variant": reference, "deploy_variants": list(s.shifted_variants),

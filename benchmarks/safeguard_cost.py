@@ -63,6 +63,7 @@ def main(
                            safeguards=(*names, "continual")).jobs()[0]
         variant = get(scenario).reference_variant
         cal_runs, cal = calibrate(spec, policy_factory(scenario, "agent"), "agent", record_states=True)
+        cal = dataclasses.replace(cal, match="linear")  # the joint rule the recorded tables were measured with
         fitted = fit_safeguards(spec, cal_runs)
         runners = {"none": (functools.partial(plain_env, scenario, variant), policy_factory(scenario, "agent"))}
         runners.update({name: SAFEGUARDS[name](spec, variant, cal, fitted) for name in names})

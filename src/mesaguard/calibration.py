@@ -118,8 +118,10 @@ def episode_maxima(detector: Detector, episodes: Sequence[np.ndarray]) -> np.nda
 class DetectorCalibration:
     """One detector's fitted parameters, its per-episode maxima and its threshold alone.
 
-    ``location`` and ``scale`` put detectors on one scale, so that several detectors
-    together are calibrated as one (see :meth:`Calibration.thresholds_for`). They are
+    ``crossfit`` (the cross-fitted maxima themselves, see below) puts detectors on one
+    scale under ``match="quantiles"``, the default (:func:`tail_map`); ``location``
+    and ``scale`` do under ``match="linear"``, and put the deployment monitor's joint
+    statistic on one scale whatever the rule (see :meth:`Calibration.thresholds_for`). They are
     the median of the detector's per-episode maxima and the distance from it to their
     :func:`tail_level` quantile (``1 - alpha / k`` for the ``k`` detectors of the
     calibration), so that detectors meet where a joint threshold lies, whatever the
@@ -257,7 +259,7 @@ class Calibration(ConformalThreshold):
     metadata: dict[str, Any] = field(default_factory=dict)
     objective: str | None = None  # the base objective the increments came from (its name), if the fit was told
     lengths: tuple[int, int] | None = None  # the shortest and longest calibration episode, in steps
-    match: str = "linear"  # how detectors run together are put on one scale (MATCHES; see thresholds_for)
+    match: str = "linear"  # how detectors run together are put on one scale (MATCHES; fit's default: "quantiles")
 
     def __repr__(self) -> str:
         """One line: what it was fitted on and for, never its arrays."""
@@ -281,7 +283,7 @@ class Calibration(ConformalThreshold):
         metadata: Mapping[str, Any] | None = None,
         objective: str | Objective | Callable[[Transition], float] | None = None,
         on_detector: Callable[[str], None] | None = None,
-        match: str = "linear",
+        match: str = "quantiles",
     ) -> Calibration:
         """Fit every detector on the first ``fit_fraction`` of ``episodes``, threshold on the rest.
 

@@ -119,7 +119,7 @@ def calibrate(
     progress: bool = True,
     on_episode: Callable[[Episode], None] | None = None,
     metadata: dict[str, Any] | None = None,
-    match: str = "linear",
+    match: str = "quantiles",
 ) -> Calibration:
     """Play ``policy`` on ``episodes`` in-distribution episodes of ``make_env()`` (seeds ``seed``,
     ``seed + 1``, ...) and fit a calibration at false-alarm rate ``alpha``.

@@ -91,7 +91,7 @@ def calibrate(
     detectors: Sequence[str] | None = None,
     workers: int = 1,
     on_episode: Callable[[Episode], None] | None = None,
-    match: str = "linear",
+    match: str = "quantiles",
 ) -> Calibration:
     """Roll the policy out on the scenario's reference variant (where it was checked) and fit a calibration."""
     s = get(scenario)

@@ -268,7 +268,7 @@ def calibrate(
     workers: int = 1,
     on_episode: Callable[[Episode], None] | None = None,
     metadata: dict[str, Any] | None = None,
-    match: str = "linear",
+    match: str = "quantiles",
 ) -> Calibration:
     """Roll ``policy`` out on ``env`` (seeds ``CALIBRATION_SEED + i``) and fit a calibration recording
     ``objective`` and, as its scenario, the env's name: :func:`mesaguard.evaluation.calibrate`."""

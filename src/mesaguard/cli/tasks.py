@@ -91,8 +91,8 @@ def calibrate(
     objective: ObjectiveOption = None,
     format: FormatOption = "table",
     match: Annotated[str, typer.Option(
-        help="How detectors run together are put on one scale: linear (matched at one quantile of their "
-             "cross-fitted maxima) or quantiles (at every quantile).")] = "linear",
+        help="How detectors run together are put on one scale: quantiles (matched at every quantile of their "
+             "cross-fitted maxima) or linear (at one quantile, the rule before).")] = "quantiles",
 ) -> None:
     """Fit thresholds on held-out in-distribution episodes of the agent; save them as JSON.
 
@@ -156,7 +156,7 @@ def _calibrate_user(env: str, env_kwargs: str | None, policy: str | None, object
 
 
 def _calibrate(scenario: str, episodes: int, alpha: float, names: list[str], policy: str, workers: int,
-               match: str = "linear"):
+               match: str = "quantiles"):
     from mesaguard import experiment
 
     with _progress(f"calibrating {scenario}", episodes) as advance:
