@@ -30,9 +30,10 @@ HalfCheetah-v5 built with ``ctrl_cost_weight=0.1 * w``, on one episode per weigh
 
 Per scenario and detector (alone at its own threshold, and the joint sets of ``Config.joints`` at
 ``thresholds_for``: the default set first), each joint set at the thresholds of a calibration of that set alone,
-fitted on the same episodes: members are matched at the ``1 - alpha / k`` quantile of the ``k`` detectors
-calibrated together (:func:`~mesaguard.calibration.tail_level`), so a set read from a calibration of every
-detector would be matched otherwise than the set a user calibrates. Per test:
+fitted on the same episodes (the calibration's default rule, members matched at every quantile, does not depend on
+which other detectors were calibrated; matched linearly, ``match="linear"``, they meet at the ``1 - alpha / k``
+quantile of the ``k`` detectors calibrated together, :func:`~mesaguard.calibration.tail_level`, so a set read
+from a calibration of every detector would be matched otherwise than the set a user calibrates). Per test:
 the detected share of shifted episodes, the mean step of the first alarm, and
 the per-episode false-alarm rate on fresh in-distribution episodes with its
 Clopper-Pearson 95% upper bound. Beside them, the paper's reference tests,

@@ -13,7 +13,7 @@ after seeing the shift; it is the yardstick only).
 A candidate is a set of detectors and how its members are matched. Linearly, at one quantile
 (:func:`~mesaguard.calibration.tail_scale` on cross-fitted maxima): ``1 - alpha`` (each member's own level, the
 rule before issue 12's item 3) or ``1 - alpha / k`` for ``k`` members (:func:`~mesaguard.calibration.tail_level`,
-the rule now). Or at every quantile (``quantiles``: ``Calibration.fit(..., match="quantiles")``,
+``match="linear"``). Or at every quantile (``quantiles``: ``Calibration.fit(..., match="quantiles")``,
 :func:`~mesaguard.calibration.tail_map`): each member's maximum mapped to ``-log`` of its exceedance level among
 its cross-fitted maxima (piecewise linear between them, an exponential tail fitted to the top ten beyond the
 largest), so that members meet where their estimated tail probabilities agree, however differently shaped their
