@@ -32,7 +32,7 @@ Per scenario and detector (alone at its own threshold, and the joint sets of ``C
 ``thresholds_for``: the default set first), each joint set at the thresholds of a calibration of that set alone,
 fitted on the same episodes (the calibration's default rule, members matched at every quantile, does not depend on
 which other detectors were calibrated; matched linearly, ``match="linear"``, they meet at the ``1 - alpha / k``
-quantile of the ``k`` detectors calibrated together, :func:`~mesaguard.calibration.tail_level`, so a set read
+quantile of the ``k`` detectors calibrated together, :func:`~mesaguard.matching.tail_level`, so a set read
 from a calibration of every detector would be matched otherwise than the set a user calibrates). Per test:
 the detected share of shifted episodes, the mean step of the first alarm, and
 the per-episode false-alarm rate on fresh in-distribution episodes with its

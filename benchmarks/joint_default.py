@@ -11,10 +11,10 @@ best single detector of the same calibration, chosen in hindsight (which keeps n
 after seeing the shift; it is the yardstick only).
 
 A candidate is a set of detectors and how its members are matched. Linearly, at one quantile
-(:func:`~mesaguard.calibration.tail_scale` on cross-fitted maxima): ``1 - alpha`` (each member's own level, the
-rule before issue 12's item 3) or ``1 - alpha / k`` for ``k`` members (:func:`~mesaguard.calibration.tail_level`,
+(:func:`~mesaguard.matching.tail_scale` on cross-fitted maxima): ``1 - alpha`` (each member's own level, the
+rule before issue 12's item 3) or ``1 - alpha / k`` for ``k`` members (:func:`~mesaguard.matching.tail_level`,
 ``match="linear"``). Or at every quantile (``quantiles``: ``Calibration.fit(..., match="quantiles")``,
-:func:`~mesaguard.calibration.tail_map`): each member's maximum mapped to ``-log`` of its exceedance level among
+:func:`~mesaguard.matching.tail_map`): each member's maximum mapped to ``-log`` of its exceedance level among
 its cross-fitted maxima (piecewise linear between them, an exponential tail fitted to the top ten beyond the
 largest), so that members meet where their estimated tail probabilities agree, however differently shaped their
 tails are: the joint rule on the largest of these is a combination of per-detector p-values. Every candidate
@@ -59,9 +59,10 @@ from rich.table import Table
 from mesaguard.bench.arms import calibrate
 from mesaguard.bench.config import JobSpec
 from mesaguard.bench.replay import first_alarms
-from mesaguard.calibration import Calibration, tail_level, tail_scale
+from mesaguard.calibration import Calibration
 from mesaguard.detectors import DEFAULT
 from mesaguard.experiment import OBJECTIVE, plain_env, policy_factory
+from mesaguard.matching import tail_level, tail_scale
 from mesaguard.metrics import under_stop
 from mesaguard.rollout import Episode, rollout
 from mesaguard.scenarios import SCENARIOS, get

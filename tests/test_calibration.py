@@ -13,13 +13,11 @@ from mesaguard.calibration import (
     conformal_rank,
     episode_maxima,
     false_alarm_spread,
-    map_level,
-    map_value,
     min_episodes,
     statistic_traces,
-    tail_map,
 )
 from mesaguard.detectors import DEFAULT, DETECTORS, DetectorError
+from mesaguard.matching import map_level, map_value, tail_map
 
 FOUR = ["threshold", "envelope", "cusum", "meanshift"]  # the detectors these tests name
 

@@ -59,12 +59,14 @@ from mesaguard.conformal import (
     min_episodes,
 )
 from mesaguard.detectors import DEFAULT, Detector, detector_class
-from mesaguard.detectors.base import check_episodes, padded
+from mesaguard.detectors.base import check_episodes
 from mesaguard.files import read_json, write_atomic
+from mesaguard.matching import MATCHES, check_match, map_level, map_value, tail_level, tail_map, tail_scale
+from mesaguard.maxima import crossfit_maxima, episode_maxima, statistic_traces
 from mesaguard.objective import Objective, Transition, make_objective
 
 __all__ = [
-    "MATCHES",
+    "MATCHES",  # re-exported from mesaguard.matching: the file reader and the CLI name the rules from here
     "SCHEMA_VERSION",
     "Calibration",
     "CalibrationError",
@@ -78,40 +80,16 @@ __all__ = [
     "false_alarm_spread",
     "min_episodes",
     "statistic_traces",
-    "tail_map",
 ]
 
 SCHEMA_VERSION = 3  # 3: the joint rule (match) and cross-fitted maxima; 2: arrays in a sidecar; 1 and 2 still read
 FORMAT = "mesaguard.calibration"
 SIDECAR_MIN = 1024  # numbers in one parameter array from which :meth:`Calibration.save` puts it in the sidecar
 MAX_SIDECAR_BYTES = 1 << 31  # a sidecar larger than this is refused before it is read
-MATCHES = ("linear", "quantiles")  # how detectors calibrated together are put on one scale (thresholds_for)
-TAIL_KNOTS = 10  # the largest cross-fitted maxima whose mean excess scales the exponential tail past them
 
 
 KIND = Kind("calibration", FORMAT, SCHEMA_VERSION, CalibrationError,
             "Fit it again with this version (mesaguard calibrate).", older=frozenset({1, 2}))
-
-
-def statistic_traces(detector: Detector, episodes: Sequence[np.ndarray]) -> np.ndarray:
-    """Run ``detector``'s streaming form over whole episodes at once: ``(n, T_max)``, NaN after each end.
-
-    The same ``update`` code the guard runs in deployment, vectorized over episodes.
-    """
-    increments, lengths = padded(check_episodes(episodes, minimum=1))
-    det = detector.with_envs(len(lengths))
-    T = increments.shape[1]
-    traces = np.empty((len(lengths), T))
-    for t in range(T):
-        traces[:, t] = det.update(increments[:, t])
-    traces[np.arange(T)[None, :] >= lengths[:, None]] = np.nan
-    return traces
-
-
-def episode_maxima(detector: Detector, episodes: Sequence[np.ndarray]) -> np.ndarray:
-    """Each episode's maximum statistic over the steps it really had."""
-    maxima: np.ndarray = np.nanmax(statistic_traces(detector, episodes), axis=1)
-    return maxima
 
 
 @dataclass(frozen=True)
@@ -123,7 +101,7 @@ class DetectorCalibration:
     and ``scale`` do under ``match="linear"``, and put the deployment monitor's joint
     statistic on one scale whatever the rule (see :meth:`Calibration.thresholds_for`). They are
     the median of the detector's per-episode maxima and the distance from it to their
-    :func:`tail_level` quantile (``1 - alpha / k`` for the ``k`` detectors of the
+    :func:`~mesaguard.matching.tail_level` quantile (``1 - alpha / k`` for the ``k`` detectors of the
     calibration), so that detectors meet where a joint threshold lies, whatever the
     shape of their distributions; matched at their own ``1 - alpha`` quantile instead,
     a heavy-tailed member's outliers among the held-out episodes set the joint
@@ -164,86 +142,6 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return bool(a == b)
-
-
-def crossfit_maxima(cls: type[Detector], fitting: list[np.ndarray], options: Mapping[str, Any]) -> np.ndarray:
-    """Per-episode maxima of ``cls`` on the fitting split, cross-fitted: fitted on one half, taken on the other."""
-    half = len(fitting) // 2
-    a, b = fitting[:half], fitting[half:]
-    return np.concatenate([episode_maxima(cls.fit(a, **options), b), episode_maxima(cls.fit(b, **options), a)])
-
-
-def tail_level(alpha: float, k: int) -> float:
-    """The quantile at which ``k`` detectors calibrated together are matched: ``1 - alpha / k``.
-
-    Their union must fire on at most ``alpha`` of in-distribution episodes, so a joint
-    threshold lies beyond each member's own ``1 - alpha`` quantile, between it and the
-    ``1 - alpha / k`` at which each would sit with an equal share of alpha (members
-    that never fire together); matched there, members meet where their thresholds fall.
-
-    >>> tail_level(0.05, 1), tail_level(0.05, 4)
-    (0.95, 0.9875)
-    """
-    return 1.0 - alpha / max(int(k), 1)
-
-
-def tail_scale(maxima: np.ndarray, level: float) -> tuple[float, float]:
-    """``(location, scale)``: the median of ``maxima`` and the distance from it to their ``level`` quantile.
-
-    Where that distance is zero (a detector that hardly moves in distribution) the
-    full range stands in, then 1.
-
-    >>> tail_scale(np.arange(101.0), 0.95)
-    (50.0, 45.0)
-    """
-    location, tail = np.quantile(maxima, [0.5, level])
-    spread = tail - location if tail > location else float(np.ptp(maxima)) or 1.0
-    return float(location), float(spread)
-
-
-TailMap = tuple[np.ndarray, np.ndarray, float]  # knots (ascending), their levels, the tail's scale past the last
-
-
-def tail_map(crossfit: Sequence[float]) -> TailMap:
-    """A detector's map onto the common scale of ``match="quantiles"``, fixed by its cross-fitted maxima.
-
-    With ``c_(1) <= ... <= c_(n)`` those maxima, the map sends ``c_(j)`` to ``-log((n + 1 - j) / (n + 1))``, the
-    ``-log`` of its exceedance level (tied maxima: the largest), is linear between them and below the smallest, and
-    past the largest rises by 1 per ``s``, the mean excess of the :data:`TAIL_KNOTS` largest over the smallest of
-    them (an exponential tail). Strictly increasing, so a threshold on the map is one on the statistic.
-
-    >>> knots, levels, s = tail_map([0.0, 1.0, 1.0, 3.0])
-    >>> knots.tolist(), [round(v, 3) for v in levels.tolist()], s
-    ([0.0, 1.0, 3.0], [0.223, 0.916, 1.609], 1.25)
-    """
-    c = np.sort(np.asarray(crossfit, dtype=np.float64))
-    level = -np.log((c.size - np.arange(c.size)) / (c.size + 1.0))
-    knots, where = np.unique(c, return_inverse=True)
-    levels = np.zeros(knots.size)
-    np.maximum.at(levels, where, level)
-    top = c[-TAIL_KNOTS:]
-    scale = float(np.mean(top - top[0])) or float(np.ptp(c)) or 1.0
-    return knots, levels, scale
-
-
-def map_level(m: TailMap, x: np.ndarray | Sequence[float]) -> np.ndarray:
-    """:func:`tail_map`'s level of each value of ``x``."""
-    knots, levels, scale = m
-    x = np.asarray(x, dtype=np.float64)
-    below = (levels[1] - levels[0]) / (knots[1] - knots[0]) if knots.size > 1 else 1.0 / scale
-    out: np.ndarray = np.where(x < knots[0], levels[0] + (x - knots[0]) * below, np.interp(x, knots, levels))
-    return np.where(x > knots[-1], levels[-1] + (x - knots[-1]) / scale, out)
-
-
-def map_value(m: TailMap, level: float) -> float:
-    """The value :func:`map_level` sends to ``level`` (its inverse)."""
-    knots, levels, scale = m
-    if level >= levels[-1]:
-        return float(knots[-1] + (level - levels[-1]) * scale)
-    if level < levels[0]:
-        below = (levels[1] - levels[0]) / (knots[1] - knots[0]) if knots.size > 1 else 1.0 / scale
-        return float(knots[0] + (level - levels[0]) / below)
-    return float(np.interp(level, levels, knots))
 
 
 @dataclass(frozen=True)
@@ -301,8 +199,7 @@ class Calibration(ConformalThreshold):
         ``+1``) warn: such a guard fires only if the increment itself ever changes.
         """
         alpha = check_alpha(alpha)
-        if match not in MATCHES:
-            raise CalibrationError(f"match={match!r}; expected one of {', '.join(map(repr, MATCHES))}")
+        check_match(match)
         names = list(DEFAULT) if detectors is None else list(detectors)
         for name in names:
             detector_class(name)
@@ -381,8 +278,7 @@ class Calibration(ConformalThreshold):
         """
         alpha = self.alpha if alpha is None else check_alpha(alpha)
         k = conformal_rank(self.n_cal, alpha)
-        if self.match not in MATCHES:  # a calibration changed in memory: no silent fallback to either rule
-            raise CalibrationError(f"match={self.match!r}; expected one of {', '.join(map(repr, MATCHES))}")
+        check_match(self.match)  # a calibration changed in memory: no silent fallback to either rule
         maps = {n: tail_map(self._crossfit(n)) for n in names} if self.match == "quantiles" else {}
         if maps:
             joint = np.max([map_level(maps[n], self.detectors[n].maxima) for n in names], axis=0)

@@ -41,10 +41,11 @@ import gymnasium as gym
 import numpy as np
 
 from mesaguard import metrics
-from mesaguard.calibration import MATCHES, Calibration, CalibrationError
+from mesaguard.calibration import Calibration, CalibrationError
 from mesaguard.conformal import check_alpha, episodes_needed
 from mesaguard.detectors import DEFAULT, detector_class
 from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED
+from mesaguard.matching import check_match
 from mesaguard.metrics import Delay, delay
 from mesaguard.objective import Objective, Transition, make_objective
 from mesaguard.progress import bar
@@ -135,8 +136,7 @@ def calibrate(
     make_env, policy = _env_factory(make_env), _checked_policy(policy)
     episodes, workers = _count("episodes", episodes, 2), _count("workers", workers, 1)
     alpha = check_alpha(alpha)
-    if match not in MATCHES:  # checked before any rollout
-        raise CalibrationError(f"match={match!r}; expected one of {', '.join(map(repr, MATCHES))}")
+    check_match(match)  # before any rollout
     if episodes < episodes_needed(alpha):  # checked before any rollout, not after the last one
         raise CalibrationError(f"episodes={episodes}: too few for alpha={alpha:g}; expected at least "
                                f"{episodes_needed(alpha)} (half fit the detectors, half set their thresholds)")
