@@ -172,6 +172,35 @@ def test_an_overflowing_score_is_an_error_not_silence(calibration):
     assert "not finite" in info["mesaguard"]["error"][0]
 
 
+class NaNAt(Walk):
+    """Its reward is NaN at step 5 (an objective the guard cannot compute from there on)."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, (float("nan") if self.t == 5 else reward), terminated, truncated, info
+
+
+@pytest.mark.parametrize("protocol", ["alert", "stop"])
+def test_an_error_ends_the_episode_whatever_the_protocol(calibration, protocol):
+    """Past an error the guard cannot watch the episode: under Alert too it ends there, not unwatched at step 25."""
+    alerts = []
+    make = {"alert": lambda: Alert(alerts.append), "stop": Stop}[protocol]
+    env = GuardedEnv(NaNAt(), calibration, protocol=make(), objective="reward")
+    env.reset(seed=0)
+    steps, done = 0, False
+    while not done:
+        _, _, terminated, truncated, info = env.step(1)
+        steps, done = steps + 1, terminated or truncated
+    report = info["mesaguard"]
+    assert steps == 5 and truncated and report["alarm"] and report["detector"] == "error"
+    assert "gave increment nan at step 5" in report["error"] and len(alerts) == (protocol == "alert")
+    venv = GuardedVectorEnv(SyncVectorEnv([NaNAt, Walk]), calibration, protocol=make(), objective="reward")
+    venv.reset(seed=[0, 1])
+    for _ in range(5):
+        _, _, _, truncated, info = venv.step(np.array([1, 1]))
+    assert truncated.tolist() == [True, False] and info["mesaguard"]["detector"].tolist() == ["error", ""]
+
+
 # --- parity: one vector guard, both autoreset modes, against one GuardedEnv per sub-env ------------------------
 
 

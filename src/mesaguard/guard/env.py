@@ -7,10 +7,11 @@ alarm. It reports in ``info["mesaguard"]`` (see :mod:`mesaguard.guard`).
 Fail closed: whatever breaks between the inner env's step and the guard's verdict
 (an objective that raises or is not finite, a statistic that is not a number, an
 env returning an ``info`` that is not a dict, a failing alert, a monitor that
-cannot judge) latches the alarm with detector ``"error"`` and records the error;
-a protocol that has to act and cannot (a fallback that raises, returns ``None``
-or an action outside the action space) executes nothing: the step is refused and
-the episode ends.
+cannot judge) latches the alarm (detector ``"error"`` where no alarm stood) and
+records the error, and the episode ends at that step whatever the protocol (past
+an error it would run unwatched); a protocol that has to act and cannot (a
+fallback that raises, returns ``None`` or an action outside the action space)
+executes nothing: the step is refused and the episode ends.
 """
 
 from __future__ import annotations
@@ -176,6 +177,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             if not g.alarm:
                 g.fail()
                 self._fire()
+        stop = stop or self._error is not None  # past an error the episode stands unwatched: it ends, any protocol
         if self._open and (terminated or truncated or stop):
             self._finish(censored=stop)
         info = dict(info) if isinstance(info, dict) else {}

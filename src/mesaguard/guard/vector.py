@@ -135,6 +135,7 @@ class GuardedVectorEnv(VectorWrapper):
         except Exception as exc:  # fail closed: anything between the env's step and the verdict latches the alarm
             u, stop = np.zeros(n), stepped.copy()
             self._fail(stepped & ~self.guard.alarm, exc)
+        stop |= self._errored & stepped  # an episode with an error stands unwatched: it ends, whatever the protocol
         self._close(done, stop, stepped)
         info = dict(info) if isinstance(info, dict) else {}
         info["mesaguard"] = self._report(u, acting)
