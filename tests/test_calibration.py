@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -170,11 +171,15 @@ def test_unknown_detector_in_file_is_named(tmp_path, calibration):
     path.write_text(json.dumps({**body, "content_hash": content_hash(body)}))
     with pytest.raises(CalibrationError, match="unknown detector 'bogus'"):
         Calibration.load(path)
+    body = {k: v for k, v in data.items() if k not in ("content_hash", "detectors")} | {"detectors": {}}
+    path.write_text(json.dumps({**body, "content_hash": content_hash(body)}))
+    with pytest.raises(CalibrationError, match=r"field detectors is \{\}; expected one or more calibrated detectors"):
+        Calibration.load(path)
 
 
 def test_mismatched_env(calibration):
     calibration.check(scenario="ar1", obs_shape=(3,))
-    other = r"fitted on scenario 'ar1' with observation shape \(3,\); this env is 'lava' with \(9, 9, 3\)"
+    other = r"fitted on scenario 'ar1' with observation shape \(3,\); scenario 'lava' has observation shape \(9, 9, 3\)"
     with pytest.raises(CalibrationError, match=other):
         calibration.check(scenario="lava", obs_shape=(9, 9, 3))
 
@@ -185,6 +190,11 @@ def test_unknown_detector_and_bad_fit_input():
         Calibration.fit(episodes, detectors=["nope"])
     with pytest.raises(DetectorError, match="increment nan at step 2"):
         Calibration.fit([np.array([1.0, np.nan])] + episodes)
+    for detectors in ([], "cusum"):  # no detector could never alarm; a string is not a list of names
+        with pytest.raises(CalibrationError, match=re.escape(f"detectors={detectors!r}: expected a list of one or")):
+            Calibration.fit(episodes, detectors=detectors)
+    with pytest.raises(CalibrationError, match="a detector is named twice"):
+        Calibration.fit(episodes, detectors=["cusum", "cusum"])
 
 
 def test_saved_file_has_the_usual_permissions(tmp_path, calibration):

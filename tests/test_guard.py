@@ -152,12 +152,18 @@ def test_failing_fallback_stops_the_episode(calibration):
 
 
 def test_bad_configuration(calibration):
-    with pytest.raises(CalibrationError, match=r"observation shape \(3,\); this env is None with \(4,\)"):
+    with pytest.raises(CalibrationError, match=r"observation shape \(3,\); this env has observation shape \(4,\)"):
         GuardedEnv(gym.make("CartPole-v1"), calibration)
-    with pytest.raises(CalibrationError, match="scenario 'pendulum'.*this env is 'lava'"):
+    with pytest.raises(CalibrationError, match="scenario 'pendulum'.*; scenario 'lava' has"):
         GuardedEnv(gym.make("Pendulum-v1"), calibration, scenario="lava")
     with pytest.raises(DetectorError, match="unknown detector 'cusm'"):
         GuardedEnv(gym.make("Pendulum-v1"), calibration, detectors=["cusm"])
+    with pytest.raises(DetectorError, match=r"detectors='cusum': expected a list of detector names, e.g. \['cusum'\]"):
+        GuardedEnv(gym.make("Pendulum-v1"), calibration, detectors="cusum")
+    with pytest.raises(DetectorError, match="a detector is named twice"):
+        GuardedEnv(gym.make("Pendulum-v1"), calibration, detectors=["cusum", "cusum"])
+    with pytest.raises(TypeError, match=r"calibration='cal.json': expected a Calibration \(Calibration.load"):
+        GuardedEnv(gym.make("Pendulum-v1"), "cal.json")
     bare = Guard(calibration, detectors=[])  # no increment detector: a guard for a scope or a monitor alone
     assert not bare.update(np.array([-1e9])).any() and bare.names == []
 

@@ -206,6 +206,8 @@ def calibration_cases() -> list[Case]:
              "detectors.envelope.params.std[0]", "0.0"),
         Case("meanshift chol string inf", c, setter("detectors", "meanshift", "params", "chol", 0, 0, value="inf"),
              "detectors.meanshift.params.chol[0][0]", "'inf'"),
+        Case("meanshift block past the longest episode", c, setter("detectors", "meanshift", "params", "block",
+             value=10**12), "detectors.meanshift.params.block", str(10**12)),
         Case("threshold inconsistent with maxima", c,
              lambda d, _: d["detectors"]["cusum"].__setitem__("threshold", max(d["detectors"]["cusum"]["maxima"]) + 1),
              "detectors.cusum.threshold", ""),
@@ -415,7 +417,7 @@ def calibrations(draw: st.DrawFn) -> Calibration:
             "std": draw(st.lists(positive, min_size=T, max_size=T)),
         },
     }
-    for name in draw(st.lists(st.sampled_from(sorted(params)), unique=True, max_size=3)):
+    for name in draw(st.lists(st.sampled_from(sorted(params)), unique=True, min_size=1, max_size=3)):
         maxima = draw(st.lists(finite, min_size=n_cal, max_size=n_cal))
         threshold = sorted(maxima)[rank - 1]
         detectors[name] = DetectorCalibration(name, params[name], threshold, draw(finite), draw(positive), maxima)

@@ -201,6 +201,13 @@ class Calibration(ConformalThreshold):
         alpha = check_alpha(alpha)
         check_match(match)
         names = list(DEFAULT) if detectors is None else list(detectors)
+        if not names or isinstance(detectors, str):
+            raise CalibrationError(
+                f"detectors={detectors!r}: expected a list of one or more detector names (the default: "
+                f"{', '.join(DEFAULT)}); a calibration without detectors could never raise an alarm"
+            )
+        if len(set(names)) < len(names):
+            raise CalibrationError(f"detectors={names!r}: a detector is named twice")
         for name in names:
             detector_class(name)
         episodes = check_episodes(episodes)
@@ -309,10 +316,12 @@ class Calibration(ConformalThreshold):
         thresholds where ``match="linear"``.
         """
         missing = [n for n in names if n not in self.detectors]
-        if missing or not names:
+        if not names:
+            raise CalibrationError(f"no detectors given; this calibration has {sorted(self.detectors)}")
+        if missing:
             raise CalibrationError(
-                f"detectors {list(names)}: {missing or 'none given'} not in this calibration "
-                f"(it has {sorted(self.detectors)}); calibrate them first"
+                f"detectors {missing} are not in this calibration (it has {sorted(self.detectors)}); calibrate them "
+                f"first"
             )
         joint: np.ndarray = np.max([self.detectors[n].standardized() for n in names], axis=0)
         return joint
@@ -323,10 +332,12 @@ class Calibration(ConformalThreshold):
         wrong_scenario = scenario is not None and self.scenario and scenario != self.scenario
         wrong_shape = shape is not None and self.obs_shape is not None and shape != self.obs_shape
         if wrong_scenario or wrong_shape:
+            fitted = f"scenario {self.scenario!r}" if self.scenario else "an env"
+            this = f"scenario {scenario!r}" if scenario else "this env"
             raise CalibrationError(
-                f"calibration was fitted on scenario {self.scenario!r} with observation shape {self.obs_shape}; "
-                f"this env is {scenario!r} with {shape}. Fit a calibration on this scenario "
-                f"(mesaguard calibrate {scenario or 'SCENARIO'})."
+                f"calibration was fitted on {fitted} with observation shape {self.obs_shape}; {this} has "
+                f"observation shape {shape}. Calibrate on this env's own in-distribution episodes "
+                f"(mesaguard calibrate {scenario or '--env ENV'})"
             )
 
     def _body(self, arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:

@@ -41,6 +41,8 @@ def read_calibration(data: dict[str, Any], source: str, arrays: Mapping[str, np.
     if not isinstance(metadata, dict):
         f.fail("metadata", metadata, "a JSON object")
     entries = f.object("detectors")
+    if not entries.data:
+        f.fail("detectors", {}, "one or more calibrated detectors (a calibration without any never raises an alarm)")
     detectors: dict[str, DetectorCalibration] = {}
     used: set[str] = set()
     for name in entries.data:
@@ -69,6 +71,7 @@ def read_calibration(data: dict[str, Any], source: str, arrays: Mapping[str, np.
         ok = isinstance(lengths, list) and len(lengths) == 2 and all(type(n) is int and n >= 1 for n in lengths)
         if not ok or lengths[0] > lengths[1]:
             f.fail("lengths", lengths, "[shortest, longest] episode lengths, positive integers, or null")
+        _check_blocks(entries, detectors, lengths[1])
     match = _read_match(f, entries, detectors)
     return Calibration(
         scenario=f.text("scenario"),
@@ -82,6 +85,18 @@ def read_calibration(data: dict[str, Any], source: str, arrays: Mapping[str, np.
         lengths=None if lengths is None else (lengths[0], lengths[1]),
         match=match,
     )
+
+
+def _check_blocks(entries: Fields, detectors: Mapping[str, DetectorCalibration], longest: int) -> None:
+    """A block test's blocks (mean-shift, PDT) were cut from the fitting episodes, none longer than ``longest``
+    steps: its ``B`` blocks of ``block`` steps each start within them, ``block * (B - 1) < longest`` (a block so
+    long that the test never completes one would never fire)."""
+    for name, d in detectors.items():
+        block, mu = d.params.get("block"), d.params.get("mu")
+        if isinstance(block, int) and mu is not None and block * (len(mu) - 1) >= longest:
+            entries.object(name).object("params").fail(
+                "block", block, f"a block of steps whose {len(mu)} blocks start within the longest calibration "
+                f"episode ({longest} steps): block * {len(mu) - 1} < {longest}")
 
 
 def _read_crossfit(d: Fields) -> list[float] | None:

@@ -76,6 +76,8 @@ def check_setup(
     action_space: Any = None,
 ) -> None:
     """The checks both wrappers make before guarding: calibration, scopes and monitor fit this env."""
+    if not isinstance(calibration, Calibration):
+        raise TypeError(f"calibration={calibration!r}: expected a Calibration (Calibration.load(path) reads a file)")
     calibration.check(scenario=scenario, obs_shape=obs_shape)
     if scope is not None:
         scope.check(scenario=scenario, obs_shape=obs_shape)
@@ -172,9 +174,13 @@ def _calibrated(
     calibration: Calibration, detectors: Sequence[str] | None, alpha: float | None
 ) -> tuple[list[str], list[float]]:
     """Detector names (default: all calibrated) and their thresholds, jointly calibrated at alpha."""
+    if isinstance(detectors, str):
+        raise GuardError(f"detectors={detectors!r}: expected a list of detector names, e.g. [{detectors!r}]")
     names = list(calibration.detectors) if detectors is None else list(detectors)
     if not names:  # no increment detector: a guard for its scope or deployment monitor alone
         return [], []
+    if len(set(names)) < len(names):
+        raise GuardError(f"detectors={names!r}: a detector is named twice")
     for name in names:
         detector_class(name)  # unknown names: the error lists every detector
     thresholds = calibration.thresholds_for(names, alpha)  # P(any fires) <= alpha
