@@ -36,6 +36,7 @@ import json
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +56,9 @@ __all__ = [
     "EnvMaker",
     "PolicyMaker",
     "SpecError",
+    "UserCall",
+    "UserCodeError",
+    "UserEnv",
     "UserRow",
     "calibrate",
     "check_task",
@@ -73,6 +77,56 @@ _SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)
 class SpecError(ValueError):
     """A ``--env``, ``--policy``, ``--objective`` or kwargs value that cannot work: names the option, the value and
     what was expected."""
+
+
+class UserCodeError(ValueError):
+    """The user's env, policy or objective failed while it ran (past the first step :func:`check_task` tries):
+    names the option, the value, the exception and where in the user's code it was raised."""
+
+    @classmethod
+    def of(cls, option: str, spec: str, exc: BaseException) -> UserCodeError:
+        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ is not None else None
+        at = "" if where is None else f" (at {where.filename}:{where.lineno}, in {where.name})"
+        return cls(f"{option} {spec!r} raised {type(exc).__name__}: {exc}{at}; expected it to run on every step of "
+                   f"every episode")
+
+
+@dataclass(frozen=True)
+class UserCall:
+    """The user's callable ``fn``, named on the command line as ``option spec``: what it raises comes out as a
+    :class:`UserCodeError` naming them (a frozen dataclass of a module-level callable: it pickles for workers)."""
+
+    option: str
+    spec: str
+    fn: Callable[..., Any]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.fn(*args, **kwargs)
+        except Exception as exc:
+            raise UserCodeError.of(self.option, self.spec, exc) from exc
+
+
+class UserEnv(gym.Wrapper[Any, Any, Any, Any]):
+    """The user's env (``option spec``): an exception in its ``reset`` or ``step``, or a step whose ``info`` is not
+    a dict, is a :class:`UserCodeError` naming them."""
+
+    def __init__(self, env: gym.Env[Any, Any], option: str, spec: str) -> None:
+        super().__init__(env)
+        self._reset, self._step = UserCall(option, f"{spec}: reset", env.reset), UserCall(option, f"{spec}: step",
+                                                                                           env.step)
+        self._named = (option, spec)
+
+    def reset(self, **kwargs: Any) -> Any:
+        return self._reset(**kwargs)
+
+    def step(self, action: Any) -> Any:
+        obs, reward, terminated, truncated, info = self._step(action)
+        if not isinstance(info, dict):
+            option, spec = self._named
+            raise UserCodeError(f"{option} {spec!r} returned info={info!r} from step; expected a dict (Gymnasium's "
+                                f"API)")
+        return obs, reward, terminated, truncated, info
 
 
 def is_spec(value: str) -> bool:
@@ -148,7 +202,8 @@ class EnvMaker:
 
     def __call__(self) -> gym.Env:
         if is_spec(self.env):
-            return cast(gym.Env, _callable(self.option, self.env)(**self.kwargs))
+            made = UserCall(self.option, self.env, _callable(self.option, self.env))(**self.kwargs)
+            return UserEnv(made, self.option, self.env) if isinstance(made, gym.Env) else cast(gym.Env, made)
         return gym.make(self.env, **self.kwargs)
 
 
@@ -165,9 +220,12 @@ def env_maker(option: str, env: str, kwargs: dict[str, Any], kwargs_option: str 
                             f"or module:factory") from exc
     try:
         made = maker()
-    except TypeError as exc:  # the kwargs do not fit the factory
+    except (TypeError, UserCodeError) as exc:
+        cause = exc.__cause__ if isinstance(exc, UserCodeError) else exc
+        if not isinstance(cause, TypeError):  # the factory failed otherwise: the UserCodeError names it
+            raise
         raise SpecError(f"{kwargs_option} {json.dumps(kwargs)}: {option} {env!r} cannot be made with them "
-                        f"({exc}); expected keyword arguments it takes") from exc
+                        f"({cause}); expected keyword arguments it takes") from exc
     try:
         if not isinstance(made, gym.Env):
             raise SpecError(f"{option} {env!r} returned a {type(made).__name__}; expected a gymnasium.Env")
@@ -185,7 +243,8 @@ class PolicyMaker:
 
     def __call__(self, env: gym.Env) -> Policy:
         if is_spec(self.policy):
-            return policy_for(load_attr("--policy", self.policy), env)
+            made = UserCall("--policy", self.policy, policy_for)(load_attr("--policy", self.policy), env)
+            return UserCall("--policy", self.policy, made) if callable(made) else made
         from mesaguard.policies import load_policy  # torch loads only for a saved policy
 
         return load_policy(self.policy)
@@ -217,7 +276,8 @@ def policy_maker(option: str, policy: str) -> PolicyMaker:
 def objective_of(option: str, spec: str) -> Objective:
     """``"reward"``, ``"info:KEY"`` or ``module:callable`` (a function of the Transition) as an Objective."""
     if is_spec(spec) and not spec.startswith("info:"):
-        return FromCallable(_callable(option, spec))
+        fn = _callable(option, spec)
+        return FromCallable(UserCall(option, spec, fn), name=str(getattr(fn, "__name__", "callable")))
     try:
         return make_objective(spec)
     except ObjectiveError as exc:
