@@ -60,7 +60,7 @@ from mesaguard.bench.arms import calibrate
 from mesaguard.bench.config import JobSpec
 from mesaguard.bench.replay import first_alarms
 from mesaguard.calibration import Calibration
-from mesaguard.detectors import DEFAULT
+from mesaguard.detectors import DEFAULT, detector_class
 from mesaguard.experiment import OBJECTIVE, plain_env, policy_factory
 from mesaguard.matching import tail_level, tail_scale
 from mesaguard.metrics import under_stop
@@ -125,7 +125,7 @@ def matched(c: Case, names: Sequence[str], level: float) -> Calibration:
     ``"linear"`` whatever the calibration's default)."""
     detectors = dict(c.calibration.detectors)
     for n in names:
-        location, scale = tail_scale(np.asarray(c.calibration.detectors[n].crossfit), level)
+        location, scale = tail_scale(np.asarray(c.calibration.detectors[n].crossfit), level, detector_class(n).UNIT)
         detectors[n] = dataclasses.replace(detectors[n], location=location, scale=scale)
     return dataclasses.replace(c.calibration, detectors=detectors, match="linear")
 

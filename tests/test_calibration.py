@@ -17,8 +17,9 @@ from mesaguard.calibration import (
     min_episodes,
     statistic_traces,
 )
-from mesaguard.detectors import DEFAULT, DETECTORS, DetectorError
-from mesaguard.matching import map_level, map_value, tail_map
+from mesaguard.detectors import DEFAULT, DETECTORS, DetectorError, detector_class
+from mesaguard.matching import map_level, map_value, tail_floor, tail_map
+from mesaguard.maxima import crossfit_maxima
 
 FOUR = ["threshold", "envelope", "cusum", "meanshift"]  # the detectors these tests name
 
@@ -398,3 +399,53 @@ def test_matched_at_every_quantile_the_union_keeps_the_conformal_count(seed, alp
     thresholds = cal.thresholds_for(names)
     fired = np.any([np.asarray(cal.detectors[n].maxima) > thresholds[n] for n in names], axis=0)
     assert fired.sum() <= cal.n_cal - conformal_rank(cal.n_cal, alpha)
+
+
+@pytest.mark.parametrize("folds", [2, 10, 50])
+def test_cross_fitted_maxima_take_each_episode_under_a_fit_without_it(folds):
+    """One maximum per fitting episode, each under a detector fitted on the other folds only: an episode unlike
+    every other (a sudden drop) is extreme under a fit that never saw it, however many folds; with more folds than
+    episodes, each episode is its own fold."""
+    rng = np.random.default_rng(3)
+    episodes = [rng.normal(1.0, 0.1, 20) for _ in range(30)]
+    episodes[7] = np.concatenate([np.full(10, 1.0), np.full(10, -5.0)])
+    crossfit = crossfit_maxima(detector_class("cusum"), episodes, {}, folds=folds)
+    assert crossfit.shape == (30,)
+    assert int(np.argmax(crossfit)) == 7
+    assert crossfit[7] > 10 * np.sort(crossfit)[-2]
+    fitted_on_all = episode_maxima(detector_class("cusum").fit(episodes), [episodes[7]])[0]
+    assert crossfit[7] > fitted_on_all  # a fit that saw the drop takes it for noise, in part
+
+
+@pytest.mark.parametrize(
+    "crossfit, held",
+    [
+        (np.zeros(50), np.zeros(50)),  # a CUSUM that never left zero
+        (0.0017 + 1e-16 * np.arange(50), np.full(50, 0.0018)),  # one constant up to rounding, refitted a hair higher
+    ],
+    ids=["all tied", "rounding noise"],
+)
+def test_a_member_whose_maxima_barely_vary_leaves_the_others_their_thresholds(crossfit, held):
+    """match='quantiles': a standardized member whose cross-fitted maxima are one value (or one up to rounding) is
+    at a common level on every held-out episode, so it neither sets the joint threshold nor takes the others'
+    power: the rank keeps the threshold it has alone (before, every held-out episode looked as rare as the rarest
+    and the union's thresholds went out of reach)."""
+    rng = np.random.default_rng(0)
+    cal = Calibration.fit([rng.normal(1.0, 0.5, 20) for _ in range(100)], alpha=0.1, detectors=["cusum", "rank"])
+    flat = dataclasses.replace(cal.detectors["cusum"], crossfit=crossfit.tolist(), maxima=held.tolist())
+    cal = dataclasses.replace(cal, detectors={**cal.detectors, "cusum": flat})
+    joint = cal.thresholds_for(["cusum", "rank"])
+    assert joint["rank"] == pytest.approx(cal.thresholds["rank"], rel=1e-9)
+    assert joint["cusum"] < float(held[0]) + 0.01  # a deficit of a hundredth past the constant fires
+
+
+def test_a_standardized_members_map_never_calls_a_thousandth_of_its_unit_rare():
+    rounding = 0.0017 + 1e-16 * np.arange(100)
+    assert map_level(tail_map(rounding, unit=1.0), [0.0018])[0] < 0.2  # a hair past: about as common as they are
+    assert map_level(tail_map(rounding), [0.0018])[0] > 1e6  # in the objective's own units nothing bounds it
+    floor = tail_floor(1.0)
+    knots, levels, scale = tail_map(np.r_[np.zeros(50), 1e-5 * np.arange(50)], unit=1.0)
+    assert scale >= floor and (np.diff(levels) > 0).all()
+    assert (np.diff(levels) <= np.diff(knots) / floor * (1 + 1e-9)).all()
+    normal = np.random.default_rng(1).normal(size=100)  # maxima of a real spread: the floor changes nothing
+    assert np.allclose(tail_map(normal, unit=1.0)[1], tail_map(normal)[1], rtol=0, atol=1e-9)

@@ -107,19 +107,20 @@ class DetectorCalibration:
     a heavy-tailed member's outliers among the held-out episodes set the joint
     threshold and every other member's rises far into its own tail
     (``benchmarks/joint_default.py`` measures both). The maxima are
-    cross-fitted on the fitting split (parameters fitted on one half, maxima taken
-    on the other), so a detector that fits its own data closely does not look
-    calmer than it will be; and they are fixed before the held-out split is seen,
-    which keeps the conformal guarantee exact.
+    cross-fitted on the fitting split (in ten folds, each fold's maxima taken under
+    parameters fitted on the other nine: :func:`~mesaguard.maxima.crossfit_maxima`),
+    so a detector that fits its own data closely does not look calmer than it will
+    be, nor one fitted on fewer episodes wilder; and they are fixed before the
+    held-out split is seen, which keeps the conformal guarantee exact.
     """
 
     name: str
-    params: dict[str, Any]
+    params: dict[str, Any] = field(repr=False)  # arrays of the reference: long, left out of the repr
     threshold: float
     location: float
     scale: float
-    maxima: list[float]
-    crossfit: list[float] | None = None  # the cross-fitted maxima of the fitting split, ascending (match="quantiles")
+    maxima: list[float] = field(repr=False)
+    crossfit: list[float] | None = field(default=None, repr=False)  # the fitting split's, ascending (see above)
 
     def build(self, n_envs: int = 1) -> Detector:
         return detector_class(self.name)(**self.params, n_envs=n_envs)
@@ -229,7 +230,7 @@ class Calibration(ConformalThreshold):
             cls_ = detector_class(name)
             det = cls_.fit(fitting, **options.get(name, {}))
             crossfit = crossfit_maxima(cls_, fitting, options.get(name, {}))
-            location, scale = tail_scale(crossfit, level)
+            location, scale = tail_scale(crossfit, level, cls_.UNIT)
             maxima = episode_maxima(det, held)
             fitted[name] = DetectorCalibration(
                 name=name,
@@ -286,7 +287,8 @@ class Calibration(ConformalThreshold):
         alpha = self.alpha if alpha is None else check_alpha(alpha)
         k = conformal_rank(self.n_cal, alpha)
         check_match(self.match)  # a calibration changed in memory: no silent fallback to either rule
-        maps = {n: tail_map(self._crossfit(n)) for n in names} if self.match == "quantiles" else {}
+        quantiles = self.match == "quantiles"
+        maps = {n: tail_map(self._crossfit(n), detector_class(n).UNIT) for n in names} if quantiles else {}
         if maps:
             joint = np.max([map_level(maps[n], self.detectors[n].maxima) for n in names], axis=0)
         else:
@@ -337,7 +339,7 @@ class Calibration(ConformalThreshold):
             raise CalibrationError(
                 f"calibration was fitted on {fitted} with observation shape {self.obs_shape}; {this} has "
                 f"observation shape {shape}. Calibrate on this env's own in-distribution episodes "
-                f"(mesaguard calibrate {scenario or '--env ENV'})"
+                f"(mesaguard calibrate SCENARIO, or --env ENV for an env of your own)"
             )
 
     def _body(self, arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:

@@ -127,8 +127,8 @@ def calibrate(
 
     ``objective`` (default: the reward) is the base objective whose increments are
     calibrated; it is recorded, so a guard computing another is an error.
-    ``detectors`` default to every detector. ``scenario`` is recorded (default: the
-    env's Gymnasium id). ``workers > 1`` rolls out in processes (then ``make_env``,
+    ``detectors`` default to the default set (:data:`mesaguard.detectors.DEFAULT`). ``scenario``
+    is recorded (default: the env's Gymnasium id). ``workers > 1`` rolls out in processes (then ``make_env``,
     ``policy`` and ``objective`` must pickle). ``progress`` shows bars on a terminal.
     ``match`` is how detectors run together are put on one scale
     (:meth:`~mesaguard.calibration.Calibration.thresholds_for`).

@@ -15,7 +15,9 @@ import numpy as np
 from mesaguard.detectors import Detector
 from mesaguard.detectors.base import check_episodes, padded
 
-__all__ = ["crossfit_maxima", "episode_maxima", "statistic_traces"]
+__all__ = ["CROSSFIT_FOLDS", "crossfit_maxima", "episode_maxima", "statistic_traces"]
+
+CROSSFIT_FOLDS = 10  # folds of the fitting split for its cross-fitted maxima (see crossfit_maxima)
 
 
 def statistic_traces(detector: Detector, episodes: Sequence[np.ndarray]) -> np.ndarray:
@@ -39,8 +41,20 @@ def episode_maxima(detector: Detector, episodes: Sequence[np.ndarray]) -> np.nda
     return maxima
 
 
-def crossfit_maxima(cls: type[Detector], fitting: list[np.ndarray], options: Mapping[str, Any]) -> np.ndarray:
-    """Per-episode maxima of ``cls`` on the fitting split, cross-fitted: fitted on one half, taken on the other."""
-    half = len(fitting) // 2
-    a, b = fitting[:half], fitting[half:]
-    return np.concatenate([episode_maxima(cls.fit(a, **options), b), episode_maxima(cls.fit(b, **options), a)])
+def crossfit_maxima(
+    cls: type[Detector], fitting: list[np.ndarray], options: Mapping[str, Any], folds: int = CROSSFIT_FOLDS
+) -> np.ndarray:
+    """Per-episode maxima of ``cls`` on the fitting split, cross-fitted: each of ``folds`` contiguous folds (at most
+    one per episode) taken under the detector fitted on the other folds, in fold order.
+
+    They stand for the held-out maxima of the detector fitted on the whole split, so each fold's detector is fitted
+    on nearly as many episodes (nine tenths): a detector's spreads, floors and covariance depend on how many
+    episodes it was fitted on, and one fitted on half of them can have tails of another size (``docs/guard.md``).
+    """
+    parts = np.array_split(np.arange(len(fitting)), min(int(folds), len(fitting)))
+    out = []
+    for part in parts:
+        inside = set(part.tolist())
+        train = [e for i, e in enumerate(fitting) if i not in inside]
+        out.append(episode_maxima(cls.fit(train, **options), [fitting[i] for i in part]))
+    return np.concatenate(out)

@@ -39,6 +39,10 @@ class Detector:
     """
 
     name: ClassVar[str]
+    # The statistic's unit: 1.0 where it is standardized (its in-distribution fluctuations are of order one: standard
+    # deviations, a standard normal's units, nats of a p-value); None where it is in the objective's own units. The
+    # joint rule resolves a thousandth of this unit at most (mesaguard.matching.tail_floor).
+    UNIT: ClassVar[float | None] = 1.0
 
     def __init__(self, n_envs: int = 1) -> None:
         if int(n_envs) < 1:

@@ -25,6 +25,7 @@ class ScoreThreshold(Detector):
     """
 
     name = "threshold"
+    UNIT = None  # -S_t, in the objective's own units
 
     def __init__(self, n_envs: int = 1) -> None:
         super().__init__(n_envs)
