@@ -23,7 +23,7 @@ import gymnasium as gym
 from mesaguard.calibration import Calibration
 from mesaguard.guard import ScalarGuard
 
-__all__ = ["FusedFloor", "parameters"]
+__all__ = ["FusedFloor", "ReportOnly", "parameters"]
 
 ORDER = ["cusum", "meanshift", "rank"]  # the default set, in the order its statistics are read here
 
@@ -122,5 +122,40 @@ class FusedFloor(gym.Wrapper):
             "refused": False,
             "deployment": {"evidence": 1.0, "threshold": 20.0, "alarm": False, "episodes": 0,
                            "steps": self.mon_steps, "mode": "anytime"},
+        }
+        return obs, reward, terminated, truncated, info
+
+
+class ReportOnly(gym.Wrapper):
+    """A wrapper that computes nothing and writes a report of ``GuardedEnv``'s shape in ``info`` (the score kept, the
+    statistics constants): the least any wrapper costs that reports on every step, as the guard does."""
+
+    def __init__(self, env: gym.Env, calibration: Calibration) -> None:
+        super().__init__(env)
+        self.score, self.t = 0.0, 0
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        self.score, self.t = 0.0, 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        u = float(reward)
+        self.score = score = self.score + u
+        self.t = t = self.t + 1
+        info = dict(info)
+        info["mesaguard"] = {
+            "score": score,
+            "increment": u,
+            "step": t,
+            "statistics": {"cusum": 0.0, "meanshift": 0.0, "rank": 0.0},
+            "alarm": False,
+            "detector": None,
+            "alarm_step": None,
+            "acting": "agent",
+            "error": None,
+            "refused": False,
+            "deployment": {"evidence": 1.0, "threshold": 20.0, "alarm": False, "episodes": 0, "steps": t,
+                           "mode": "anytime"},
         }
         return obs, reward, terminated, truncated, info

@@ -16,14 +16,17 @@ that is not mesaguard, the default set and the monitor's per-step work inlined i
 function (``fused_floor.py``, checked equal to the guard's statistics first): the least
 any Python wrapper doing this work costs; and the same work compiled (``fused_compiled.py``: one C function
 called from a Python wrapper, also checked equal; left out where the machine has no C compiler): the least a
-guard whose step were compiled could cost. Where
+guard whose step were compiled could cost; and a wrapper that computes nothing and only writes a report of the
+guard's shape in ``info`` (``fused_floor.ReportOnly``): the least any wrapper that reports every step costs. Where
 RecordEpisodeStatistics' overhead does not stand out of the noise floor (a slow,
 noisy env step), and on the cheetah, there for scale, ratios are not given.
 
 Part 1b, where the time goes: the same comparison on a do-nothing env (its step
 returns precomputed rewards), where nothing but the wrappers is on the clock, with
 the ``ScalarGuard`` core (what ``GuardedEnv`` steps) alone beside it, so the guard's
-overhead splits into core (``ScalarGuard.update``) and the rest of the wrapper.
+overhead splits into core (``ScalarGuard.update``) and the rest of the wrapper; and the default set with a
+monitor (and RES) on episodes of 200 and of 20 steps, which splits the overhead into a part per step and a part per
+episode (the monitor's bet, its evidence refreshes, the resets): ``per step + per episode / length``.
 
 Part 2, many envs: the ``Guard`` array core alone over 1,024 envs (no env, no
 Gymnasium): ``guard.update(u)`` on precomputed increments, with ``guard.reset(mask)``
@@ -82,7 +85,7 @@ import harness
 import minigrid  # noqa: F401  registers the MiniGrid-* env ids
 import numpy as np
 from fused_compiled import FusedCompiled, build
-from fused_floor import FusedFloor
+from fused_floor import FusedFloor, ReportOnly
 from gymnasium.wrappers import RecordEpisodeStatistics
 from minigrid.wrappers import ImgObsWrapper
 from rich.console import Console
@@ -118,6 +121,7 @@ QUICK = Config(rounds=2, block=100, null_steps=400, cartpole_steps=400, minigrid
 RATIOS = ("guard", "reference")  # the rows given as multiples of RES's overhead
 FLOOR = "reference: the default set + monitor's per-step work inlined in one function (a floor)"
 COMPILED = "reference: the same work compiled (C), in a Python wrapper"
+REPORT = "reference: a wrapper that only writes the report in info (no statistic computed)"
 DETECTOR_SETS: dict[str, list[str]] = {
     **{name: [name] for name in DEFAULT},
     "default set": list(DEFAULT),  # mesaguard.detectors.DEFAULT, jointly
@@ -305,10 +309,10 @@ def single_env_overhead(
 def references(
     make_env: Callable[[], gym.Env], cal: Calibration, actions: np.ndarray
 ) -> dict[str, Callable[[], gym.Env]]:
-    """The timing references that are not mesaguard, each checked equal to ``GuardedEnv``'s statistics first: the
-    per-step arithmetic inlined in one Python function (fused_floor.py), and compiled (fused_compiled.py; left out
-    where no C compiler is found)."""
-    out: dict[str, Callable[[], gym.Env]] = {}
+    """The timing references that are not mesaguard: a wrapper that only writes the report (no statistic), and, each
+    checked equal to ``GuardedEnv``'s statistics first, the per-step arithmetic inlined in one Python function
+    (fused_floor.py) and compiled (fused_compiled.py; left out where no C compiler is found)."""
+    out: dict[str, Callable[[], gym.Env]] = {REPORT: lambda: ReportOnly(make_env(), cal)}  # nothing to check
     for label, floor in ((FLOOR, FusedFloor), (COMPILED, FusedCompiled)):
         if floor is FusedCompiled and build() is None:
             continue
@@ -370,6 +374,15 @@ def guard_breakdown(cfg: Config) -> dict:
             NullEnv(rewards, T), cal, detectors=names, protocol=Alert(lambda alarm: None)
         )
         variants[f"Guard core: {label}"] = lambda names=names: ScalarGuard(cal, names)
+    # The monitor bets once per episode and refreshes its evidence when an episode's running maximum rises: a cost
+    # per episode, which short episodes spread over few steps. The same guard on episodes of T and of T / 10 steps.
+    monitored = DETECTOR_SETS["default set"]
+    for length in (T, T // 10):
+        variants[f"RES, {length}-step episodes"] = lambda n=length: RecordEpisodeStatistics(NullEnv(rewards, n))
+        variants[f"GuardedEnv + monitor, {length}-step episodes"] = lambda n=length: GuardedEnv(
+            NullEnv(rewards, n), cal, detectors=monitored, protocol=Alert(lambda alarm: None),
+            monitor=DeploymentMonitor(cal, detectors=monitored),
+        )
     per_round: dict[str, list[float]] = {v: [] for v in variants}
     null_step: list[float] = []
     for _ in range(cfg.rounds):
@@ -402,11 +415,21 @@ def guard_breakdown(cfg: Config) -> dict:
             "wrapper_rest_us": wrapped - core,  # Transition, objective, info["mesaguard"], protocol checks
             "ratio_to_res": wrapped / res,
         }
+    long, short = T, T // 10
+    per_step = {n: med[f"GuardedEnv + monitor, {n}-step episodes"] for n in (long, short)}
+    res_per_step = {n: med[f"RES, {n}-step episodes"] for n in (long, short)}
     return {
         "null_env_step_us": float(np.median(null_step)),
         "res_overhead_us": res,
         "res_round_range_us": [min(per_round["RecordEpisodeStatistics"]), max(per_round["RecordEpisodeStatistics"])],
         "detectors": rows,
+        "episode_length": {  # the default set + monitor: overhead per step = per step + per episode / length
+            "lengths": [long, short],
+            "guard_with_monitor_us": [per_step[long], per_step[short]],
+            "res_us": [res_per_step[long], res_per_step[short]],
+            "guard_per_episode_us": (per_step[short] - per_step[long]) / (1 / short - 1 / long),
+            "res_per_episode_us": (res_per_step[short] - res_per_step[long]) / (1 / short - 1 / long),
+        },
     }
 
 
@@ -516,6 +539,13 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "guard_overhead.jso
             f"{row['ratio_to_res']:.1f}",
         )
     console.print(table)
+    lengths = breakdown["episode_length"]
+    console.print(
+        f"default set + monitor on {lengths['lengths'][0]}- and {lengths['lengths'][1]}-step episodes: "
+        f"{lengths['guard_with_monitor_us'][0]:.2f} and {lengths['guard_with_monitor_us'][1]:.2f} us a step "
+        f"(RES {lengths['res_us'][0]:.2f} and {lengths['res_us'][1]:.2f}); per episode (bet, refreshes, reset) "
+        f"{lengths['guard_per_episode_us']:.1f} us (RES {lengths['res_per_episode_us']:.1f})"
+    )
     vector = vector_throughput(cfg)
     table = Table(
         title=f"Guard array core over {vector['n_envs']} envs ({vector['steps']} steps, median of {cfg.rounds})"
