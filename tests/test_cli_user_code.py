@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from mesaguard.cli import main
+from tests.test_cli_user_env import run
 
 MODULE = "flaky_task"
 TASK = '''
@@ -52,15 +52,6 @@ def margin(t):
     CALLS["objective"] += 1
     return 1.0 / (100 - CALLS["objective"])
 '''
-
-
-def run(monkeypatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["mesaguard", *args])
-    try:
-        main()
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
 
 
 @pytest.fixture
