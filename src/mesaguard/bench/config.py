@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import InitVar, asdict, dataclass, field
 from typing import Any, ClassVar
@@ -323,9 +324,10 @@ class BenchConfig:
         return cls(**fields, task=None if task is None else _user_task(task), registry=registry)
 
     def run_id(self) -> str:
-        """A name derived from the config, so the same command resumes the same run."""
+        """A name derived from the config, so the same command resumes the same run; letters, digits, ``.``, ``_``
+        and ``-`` only (it names a folder: a user's ``module:factory`` env keeps no colon)."""
         digest = hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
-        return f"{'-'.join(self.scenarios)[:40]}-{digest}"
+        return re.sub(r"[^A-Za-z0-9._-]", "_", f"{'-'.join(self.scenarios)[:40]}-{digest}")
 
     def jobs(self) -> list[JobSpec]:
         return [
