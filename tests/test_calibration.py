@@ -18,7 +18,7 @@ from mesaguard.calibration import (
     statistic_traces,
 )
 from mesaguard.detectors import DEFAULT, DETECTORS, DetectorError, detector_class
-from mesaguard.matching import map_level, map_value, tail_floor, tail_map
+from mesaguard.matching import MATCHES, map_level, map_value, tail_floor, tail_map
 from mesaguard.maxima import crossfit_maxima
 
 FOUR = ["threshold", "envelope", "cusum", "meanshift"]  # the detectors these tests name
@@ -126,6 +126,15 @@ def test_threshold_monotone_in_alpha(maxima, a1, a2):
 def test_joint_threshold_reduces_to_single(calibration):
     for name in calibration.detectors:
         assert calibration.thresholds_for([name]) == pytest.approx({name: calibration.thresholds[name]})
+
+
+@pytest.mark.parametrize("match", MATCHES)
+def test_thresholds_for_detectors_not_calibrated_are_refused_by_name(calibration, match):
+    cal = dataclasses.replace(calibration, match=match)
+    with pytest.raises(CalibrationError, match=r"detectors \['pdt'\] are not in this calibration"):
+        cal.thresholds_for(["cusum", "pdt"])
+    with pytest.raises(CalibrationError, match="no detectors given"):
+        cal.thresholds_for([])
 
 
 def test_save_load_round_trip(tmp_path, calibration):

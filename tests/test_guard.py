@@ -158,7 +158,8 @@ def test_bad_configuration(calibration):
         GuardedEnv(gym.make("Pendulum-v1"), calibration, scenario="lava")
     with pytest.raises(DetectorError, match="unknown detector 'cusm'"):
         GuardedEnv(gym.make("Pendulum-v1"), calibration, detectors=["cusm"])
-    with pytest.raises(DetectorError, match=r"detectors='cusum': expected a list of detector names, e.g. \['cusum'\]"):
+    with pytest.raises(DetectorError, match=r"detectors='cusum': expected a list of one or more detector names, e.g. "
+                       r"\['cusum'\]"):
         GuardedEnv(gym.make("Pendulum-v1"), calibration, detectors="cusum")
     with pytest.raises(DetectorError, match="a detector is named twice"):
         GuardedEnv(gym.make("Pendulum-v1"), calibration, detectors=["cusum", "cusum"])

@@ -58,7 +58,7 @@ from mesaguard.conformal import (
     fit_split,
     min_episodes,
 )
-from mesaguard.detectors import DEFAULT, Detector, detector_class
+from mesaguard.detectors import DEFAULT, Detector, detector_class, detector_names
 from mesaguard.detectors.base import check_episodes
 from mesaguard.files import read_json, write_atomic
 from mesaguard.matching import MATCHES, check_match, map_level, map_value, tail_level, tail_map, tail_scale
@@ -201,16 +201,12 @@ class Calibration(ConformalThreshold):
         """
         alpha = check_alpha(alpha)
         check_match(match)
-        names = list(DEFAULT) if detectors is None else list(detectors)
-        if not names or isinstance(detectors, str):
+        names = list(DEFAULT) if detectors is None else detector_names(detectors, CalibrationError)
+        if not names:
             raise CalibrationError(
                 f"detectors={detectors!r}: expected a list of one or more detector names (the default: "
                 f"{', '.join(DEFAULT)}); a calibration without detectors could never raise an alarm"
             )
-        if len(set(names)) < len(names):
-            raise CalibrationError(f"detectors={names!r}: a detector is named twice")
-        for name in names:
-            detector_class(name)
         episodes = check_episodes(episodes)
         if not 0 < fit_fraction < 1:
             raise CalibrationError(f"fit_fraction={fit_fraction}; expected a share strictly between 0 and 1")
@@ -287,6 +283,7 @@ class Calibration(ConformalThreshold):
         alpha = self.alpha if alpha is None else check_alpha(alpha)
         k = conformal_rank(self.n_cal, alpha)
         check_match(self.match)  # a calibration changed in memory: no silent fallback to either rule
+        self._require(names)
         quantiles = self.match == "quantiles"
         maps = {n: tail_map(self._crossfit(n), detector_class(n).UNIT) for n in names} if quantiles else {}
         if maps:
@@ -301,6 +298,17 @@ class Calibration(ConformalThreshold):
             back = map_value(maps[n], tau) if maps else d.location + d.scale * tau
             out[n] = max(back, float(np.max(np.asarray(d.maxima)[quiet])))
         return out
+
+    def _require(self, names: Sequence[str]) -> None:
+        """Refuse no names, or names this calibration has not fitted (whichever rule reads them)."""
+        missing = [n for n in names if n not in self.detectors]
+        if not names:
+            raise CalibrationError(f"no detectors given; this calibration has {sorted(self.detectors)}")
+        if missing:
+            raise CalibrationError(
+                f"detectors {missing} are not in this calibration (it has {sorted(self.detectors)}); calibrate them "
+                f"first"
+            )
 
     def _crossfit(self, name: str) -> list[float]:
         crossfit = self.detectors[name].crossfit
@@ -317,14 +325,7 @@ class Calibration(ConformalThreshold):
         the deployment monitor's reference values come from it, and so do the joint
         thresholds where ``match="linear"``.
         """
-        missing = [n for n in names if n not in self.detectors]
-        if not names:
-            raise CalibrationError(f"no detectors given; this calibration has {sorted(self.detectors)}")
-        if missing:
-            raise CalibrationError(
-                f"detectors {missing} are not in this calibration (it has {sorted(self.detectors)}); calibrate them "
-                f"first"
-            )
+        self._require(names)
         joint: np.ndarray = np.max([self.detectors[n].standardized() for n in names], axis=0)
         return joint
 

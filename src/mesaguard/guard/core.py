@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mesaguard.calibration import Calibration, CalibrationError
-from mesaguard.detectors import detector_class
+from mesaguard.detectors import detector_names
 from mesaguard.detectors.base import DetectorError, as_increments
 from mesaguard.objective import Objective, Transition, make_objective
 from mesaguard.protocols import Alarm, Protocol, ProtocolError
@@ -174,15 +174,9 @@ def _calibrated(
     calibration: Calibration, detectors: Sequence[str] | None, alpha: float | None
 ) -> tuple[list[str], list[float]]:
     """Detector names (default: all calibrated) and their thresholds, jointly calibrated at alpha."""
-    if isinstance(detectors, str):
-        raise GuardError(f"detectors={detectors!r}: expected a list of detector names, e.g. [{detectors!r}]")
-    names = list(calibration.detectors) if detectors is None else list(detectors)
+    names = list(calibration.detectors) if detectors is None else detector_names(detectors, GuardError)
     if not names:  # no increment detector: a guard for its scope or deployment monitor alone
         return [], []
-    if len(set(names)) < len(names):
-        raise GuardError(f"detectors={names!r}: a detector is named twice")
-    for name in names:
-        detector_class(name)  # unknown names: the error lists every detector
     thresholds = calibration.thresholds_for(names, alpha)  # P(any fires) <= alpha
     values = [thresholds[n] for n in names]
     for name, value in zip(names, values):
