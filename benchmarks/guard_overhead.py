@@ -376,9 +376,9 @@ def guard_breakdown(cfg: Config) -> dict:
         variants[f"Guard core: {label}"] = lambda names=names: ScalarGuard(cal, names)
     # The monitor bets once per episode and refreshes its evidence when an episode's running maximum rises: a cost
     # per episode, which short episodes spread over few steps. The same guard on episodes of T and of T / 10 steps.
-    monitored = DETECTOR_SETS["default set"]
-    for length in (T, T // 10):
-        variants[f"RES, {length}-step episodes"] = lambda n=length: RecordEpisodeStatistics(NullEnv(rewards, n))
+    monitored, short = DETECTOR_SETS["default set"], T // 10
+    variants[f"RES, {short}-step episodes"] = lambda: RecordEpisodeStatistics(NullEnv(rewards, short))
+    for length in (T, short):  # RES on T-step episodes is the RecordEpisodeStatistics variant above
         variants[f"GuardedEnv + monitor, {length}-step episodes"] = lambda n=length: GuardedEnv(
             NullEnv(rewards, n), cal, detectors=monitored, protocol=Alert(lambda alarm: None),
             monitor=DeploymentMonitor(cal, detectors=monitored),
@@ -415,20 +415,19 @@ def guard_breakdown(cfg: Config) -> dict:
             "wrapper_rest_us": wrapped - core,  # Transition, objective, info["mesaguard"], protocol checks
             "ratio_to_res": wrapped / res,
         }
-    long, short = T, T // 10
-    per_step = {n: med[f"GuardedEnv + monitor, {n}-step episodes"] for n in (long, short)}
-    res_per_step = {n: med[f"RES, {n}-step episodes"] for n in (long, short)}
+    guard = [med[f"GuardedEnv + monitor, {n}-step episodes"] for n in (T, short)]
+    res_short = med[f"RES, {short}-step episodes"]
     return {
         "null_env_step_us": float(np.median(null_step)),
         "res_overhead_us": res,
         "res_round_range_us": [min(per_round["RecordEpisodeStatistics"]), max(per_round["RecordEpisodeStatistics"])],
         "detectors": rows,
         "episode_length": {  # the default set + monitor: overhead per step = per step + per episode / length
-            "lengths": [long, short],
-            "guard_with_monitor_us": [per_step[long], per_step[short]],
-            "res_us": [res_per_step[long], res_per_step[short]],
-            "guard_per_episode_us": (per_step[short] - per_step[long]) / (1 / short - 1 / long),
-            "res_per_episode_us": (res_per_step[short] - res_per_step[long]) / (1 / short - 1 / long),
+            "lengths": [T, short],
+            "guard_with_monitor_us": guard,
+            "res_us": [res, res_short],
+            "guard_per_episode_us": (guard[1] - guard[0]) / (1 / short - 1 / T),
+            "res_per_episode_us": (res_short - res) / (1 / short - 1 / T),
         },
     }
 

@@ -125,9 +125,7 @@ def guard_overhead() -> str:
 
 def guard_episode_split() -> str:
     """The default set with a monitor on long and short episodes of the do-nothing env: per step and per episode."""
-    r = results("guard_overhead")["breakdown_null_env"].get("episode_length")
-    if r is None:
-        return "*Not in this results file: rerun `python benchmarks/guard_overhead.py`.*"
+    r = results("guard_overhead")["breakdown_null_env"]["episode_length"]
     (long, short), (g_long, g_short), (r_long, r_short) = r["lengths"], r["guard_with_monitor_us"], r["res_us"]
     return (f"On the do-nothing env, the default set with a monitor adds {g_long:.2f} us a step on {long}-step "
             f"episodes and {g_short:.2f} us on {short}-step ones (RES {r_long:.2f} and {r_short:.2f}): "

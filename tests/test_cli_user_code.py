@@ -8,12 +8,9 @@ where it was raised.
 
 from __future__ import annotations
 
-import sys
-import textwrap
-
 import pytest
 
-from tests.test_cli_user_env import run
+from tests.test_cli_user_env import run, user_module
 
 MODULE = "flaky_task"
 TASK = '''
@@ -56,10 +53,7 @@ def margin(t):
 
 @pytest.fixture
 def task(tmp_path, monkeypatch):
-    (tmp_path / f"{MODULE}.py").write_text(textwrap.dedent(TASK))
-    monkeypatch.chdir(tmp_path)
-    yield tmp_path
-    sys.modules.pop(MODULE, None)
+    yield from user_module(tmp_path, monkeypatch, MODULE, TASK)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import itertools
 import json
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,13 +65,19 @@ def run(monkeypatch, *args: str) -> int:
     return 0
 
 
+def user_module(tmp_path: Path, monkeypatch, name: str, text: str) -> Iterator[Path]:
+    """A fixture's body: the user's task module ``name`` written into ``tmp_path``, the current directory, and
+    forgotten afterwards."""
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(text))
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    sys.modules.pop(name, None)
+
+
 @pytest.fixture
 def task(tmp_path, monkeypatch):
     """The user's task module in the current directory, forgotten afterwards."""
-    (tmp_path / f"{MODULE}.py").write_text(textwrap.dedent(TASK))
-    monkeypatch.chdir(tmp_path)
-    yield tmp_path
-    sys.modules.pop(MODULE, None)
+    yield from user_module(tmp_path, monkeypatch, MODULE, TASK)
 
 
 def calibrate(monkeypatch, out: Path, policy: str = "controller") -> int:
