@@ -13,8 +13,8 @@
 #include <math.h>
 
 typedef struct {
-    double *c_mean, *c_std, c_slack, c_rho, c_gain;  /* cusum: per-step (or one pooled) reference */
-    Py_ssize_t c_last;
+    double *c_mean, *c_std, c_slack, c_rho, c_gain;  /* cusum: per-block (or one pooled) reference */
+    Py_ssize_t c_last, c_block;
     double *m_mu, *m_y, *m_norm, *m_diag, *m_rows, *m_e;  /* meanshift: rows row-major, T x T, row b: b entries */
     Py_ssize_t m_block, m_T;
     double *r_q, *r_log, *r_spread;  /* rank: (last + 1) x K quantiles, K + 1 logs, a range per step */
@@ -23,8 +23,8 @@ typedef struct {
     /* per episode */
     long t, alarm_step, mon_steps;
     int alarm;
-    double score, best, c_sum, c_prev, m_acc, m_num, m_stat;
-    Py_ssize_t m_k, m_t;
+    double score, best, c_sum, c_prev, c_acc, m_acc, m_num, m_stat;
+    Py_ssize_t c_k, c_t, m_k, m_t;
 } Kernel;
 
 static PyObject *K_score, *K_increment, *K_step, *K_statistics, *K_alarm, *K_detector, *K_alarm_step, *K_acting,
@@ -83,7 +83,7 @@ static double *matrix(PyObject *rows, Py_ssize_t height, Py_ssize_t width) {
 
 static void restart(Kernel *k) {
     k->t = 0; k->score = 0.0; k->alarm = 0; k->alarm_step = -1; k->best = -INFINITY;
-    k->c_sum = k->c_prev = 0.0;
+    k->c_sum = k->c_prev = k->c_acc = 0.0; k->c_k = 0; k->c_t = 0;
     k->m_acc = 0.0; k->m_k = 0; k->m_t = 0; k->m_num = 0.0; k->m_stat = 0.0;
 }
 
@@ -91,10 +91,10 @@ static void restart(Kernel *k) {
 static PyObject *make(PyObject *self, PyObject *args) {
     PyObject *c_mean, *c_std, *m_mu, *m_y, *m_norm, *m_diag, *m_rows, *r_q, *r_log, *r_spread;
     double c_slack, c_rho, c_gain;
-    Py_ssize_t m_block, r_K, n;
+    Py_ssize_t c_block, m_block, r_K, n;
     double th[3], loc[3], scale[3];
-    if (!PyArg_ParseTuple(args, "OOddd" "nOOOOO" "OOOn" "(ddd)((dd)(dd)(dd))", &c_mean, &c_std, &c_slack, &c_rho,
-                          &c_gain, &m_block, &m_mu, &m_y, &m_norm, &m_diag, &m_rows, &r_q, &r_log, &r_spread, &r_K,
+    if (!PyArg_ParseTuple(args, "OOdddn" "nOOOOO" "OOOn" "(ddd)((dd)(dd)(dd))", &c_mean, &c_std, &c_slack, &c_rho,
+                          &c_gain, &c_block, &m_block, &m_mu, &m_y, &m_norm, &m_diag, &m_rows, &r_q, &r_log, &r_spread, &r_K,
                           &th[0], &th[1], &th[2], &loc[0], &scale[0], &loc[1], &scale[1], &loc[2], &scale[2]))
         return NULL;
     Kernel *k = PyMem_Calloc(1, sizeof(Kernel));
@@ -103,8 +103,11 @@ static PyObject *make(PyObject *self, PyObject *args) {
     if (capsule == NULL) { PyMem_Free(k); return NULL; }
     Py_ssize_t steps;
     if ((k->c_mean = floats(c_mean, &steps)) == NULL || (k->c_std = floats(c_std, &n)) == NULL) goto fail;
-    if (steps < 1 || n != steps) { PyErr_SetString(PyExc_ValueError, "cusum: mean and std of one length >= 1"); goto fail; }
-    k->c_last = steps - 1;
+    if (steps < 1 || n != steps || c_block < 1) {
+        PyErr_SetString(PyExc_ValueError, "cusum: mean and std of one length >= 1 and a block >= 1");
+        goto fail;
+    }
+    k->c_last = steps - 1; k->c_block = c_block;
     k->c_slack = c_slack; k->c_rho = c_rho; k->c_gain = c_gain;
     k->m_block = m_block;
     Py_ssize_t ny, nnorm;
@@ -160,13 +163,23 @@ static PyObject *step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     long t = k->t;
     k->t = t + 1;
     double score = k->score = k->score + u;
-    /* cusum on the innovation of the time-indexed standardized increment */
-    Py_ssize_t i = t < k->c_last ? t : k->c_last;
-    double z = (u - k->c_mean[i]) / k->c_std[i];
-    double e = (z - k->c_rho * k->c_prev) * k->c_gain;
-    k->c_prev = z;
-    double s = k->c_sum - e - k->c_slack;
-    double c = k->c_sum = s > 0.0 ? s : 0.0;
+    /* cusum on the innovation of each complete block's time-indexed standardized sum */
+    k->c_acc += u;
+    k->c_k += 1;
+    Py_ssize_t i;
+    if (k->c_k >= k->c_block) {
+        Py_ssize_t b = k->c_t;
+        k->c_t = b + 1;
+        i = b < k->c_last ? b : k->c_last;
+        double z = (k->c_acc - k->c_mean[i]) / k->c_std[i];
+        double e = (z - k->c_rho * k->c_prev) * k->c_gain;
+        k->c_prev = z;
+        double s = k->c_sum - e - k->c_slack;
+        k->c_sum = s > 0.0 ? s : 0.0;
+        k->c_acc = 0.0;
+        k->c_k = 0;
+    }
+    double c = k->c_sum;
     /* meanshift: one forward-substitution row at each complete block */
     k->m_acc += u;
     k->m_k += 1;

@@ -67,7 +67,7 @@ class FusedCompiled(gym.Wrapper):
         rows = [p["m_chol"][b, :b].tolist() for b in range(p["m_T"])]
         self._step, self._reset = c.step, c.reset
         self._kernel = c.make(
-            p["c_mean"], p["c_std"], p["c_slack"], p["c_rho"], p["c_gain"],
+            p["c_mean"], p["c_std"], p["c_slack"], p["c_rho"], p["c_gain"], p["c_block"],
             p["m_block"], p["m_mu"], p["m_y"], p["m_norm"], p["m_diag"], rows,
             p["r_q"], p["r_log"], p["r_spread"], len(p["r_q"][0]),
             tuple(p["thresholds"]), tuple(p["standard"]),

@@ -39,7 +39,7 @@ def parameters(calibration: Calibration) -> dict[str, Any]:
         raise ValueError("the floor inlines listed forward-substitution rows only")
     return {
         "c_mean": cusum.mean, "c_std": cusum.std, "c_last": cusum.last,
-        "c_slack": cusum.slack, "c_rho": cusum.rho, "c_gain": cusum.gain,
+        "c_slack": cusum.slack, "c_rho": cusum.rho, "c_gain": cusum.gain, "c_block": cusum.block,
         "m_block": ms.block, "m_T": ms.T, "m_mu": ms.mu, "m_y": ms.y, "m_norm": ms.norm, "m_diag": ms.diag,
         "m_rows": ms.rows, "m_chol": ms.chol,
         "r_q": rank.quantiles, "r_log": rank.log, "r_spread": rank.spread, "r_last": rank.last,
@@ -60,7 +60,8 @@ class FusedFloor(gym.Wrapper):
 
     def _restart(self) -> None:
         self.t, self.score, self.alarm, self.alarm_step, self.best = 0, 0.0, False, -1, -math.inf
-        self.c_sum = self.c_prev = 0.0
+        self.c_sum = self.c_prev = self.c_acc = 0.0
+        self.c_k = self.c_t = 0
         self.m_acc, self.m_k, self.m_t, self.m_num, self.m_stat = 0.0, 0, 0, 0.0, 0.0
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
@@ -73,13 +74,20 @@ class FusedFloor(gym.Wrapper):
         t = self.t
         self.t = t + 1
         self.score = score = self.score + u
-        # cusum on the innovation of the time-indexed standardized increment
-        i = t if t < self.c_last else self.c_last
-        z = (u - self.c_mean[i]) / self.c_std[i]
-        e = (z - self.c_rho * self.c_prev) * self.c_gain
-        self.c_prev = z
-        s = self.c_sum - e - self.c_slack
-        self.c_sum = c = s if s > 0.0 else 0.0
+        # cusum on the innovation of each complete block's time-indexed standardized sum
+        self.c_acc += u
+        self.c_k += 1
+        if self.c_k >= self.c_block:
+            b = self.c_t
+            self.c_t = b + 1
+            i = b if b < self.c_last else self.c_last
+            z = (self.c_acc - self.c_mean[i]) / self.c_std[i]
+            e = (z - self.c_rho * self.c_prev) * self.c_gain
+            self.c_prev = z
+            s = self.c_sum - e - self.c_slack
+            self.c_sum = s if s > 0.0 else 0.0
+            self.c_acc, self.c_k = 0.0, 0
+        c = self.c_sum
         # meanshift: one forward-substitution row at each complete block
         self.m_acc += u
         self.m_k += 1

@@ -186,16 +186,17 @@ def test_the_timing_references_compute_the_guards_statistics_step_for_step(monke
     """guard_overhead's references that are not mesaguard (the inlined floor, the compiled step) are only
     references if they do the guard's arithmetic: ``references`` raises at the first step where their statistics
     differ from GuardedEnv's. Rewards whose spread falls a hundredfold mid-episode, and a drop in later episodes,
-    so that every statistic moves and the alarm fires."""
+    so that every statistic moves and the alarm fires; episodes long enough for CUSUM's blocks (3 steps)."""
     from mesaguard.calibration import Calibration
 
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     overhead = importlib.import_module("guard_overhead")
     compiled = importlib.import_module("fused_compiled")
     rng = np.random.default_rng(0)
-    T = 40
-    spread = np.where(np.arange(T) < 20, 1.0, 0.01)
+    T = 240
+    spread = np.where(np.arange(T) < T // 2, 1.0, 0.01)
     cal = Calibration.fit([1.0 + spread * rng.normal(size=T) for _ in range(120)], alpha=0.1)
+    assert cal.detectors["cusum"].params["block"] == 3
     drop = np.repeat([0.0, 0.0, 0.0, 0.5, 0.05, 0.0], T)  # whole episodes shifted: one large, one small
     rewards = (1.0 - drop + np.tile(spread, drop.size // T) * rng.normal(size=drop.size)).tolist()
     refs = overhead.references(lambda: overhead.NullEnv(rewards, episode_length=T), cal, np.zeros(len(rewards), int))

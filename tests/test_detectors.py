@@ -243,6 +243,44 @@ def test_cusum_innovations_from_autocorrelated_increments():
     assert Cusum.fit(list(ar), innovations=False).rho == 0.0
 
 
+def test_cusum_blocks_by_hand():
+    # block sums of two steps against their own references: C after each block, held within the next
+    det = Cusum(mean=[2.0, 3.0], std=[1.0, 2.0], slack=0.0, block=2)
+    stats = [det.update_scalar(u) for u in [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]]
+    assert stats == [0.0, 0.0, 0.0, 1.0, 1.0, 2.5]  # past the last block: its reference
+    vec = Cusum(mean=[2.0, 3.0], std=[1.0, 2.0], slack=0.0, block=2, n_envs=2)
+    out = [vec.update(np.array([u, 2 * u])) for u in [1.0, 1.0, 0.0, 1.0]]
+    assert out[-1].tolist() == [1.0, 0.5]  # env 2: sums 4 then 2, z = 2 then -0.5: C = max(0, -2) = 0, then 0.5
+
+
+def test_cusum_fits_long_episodes_in_blocks_against_each_blocks_own_reference():
+    rng = np.random.default_rng(8)
+    phase = rng.uniform(0, 2 * np.pi, size=(60, 1))
+    gait = list(np.sin(phase + np.arange(1000) / 3.0) + rng.normal(0, 0.1, (60, 1000)))  # even spread, periodic
+    det = Cusum.fit(gait)
+    assert det.block == 10 and det.mean.size == 100  # at most Cusum.MAX_BLOCKS blocks, each its own reference
+    sums = np.stack([e.reshape(100, 10).sum(axis=1) for e in gait])
+    np.testing.assert_allclose(det.mean, sums.mean(axis=0))
+    assert Cusum.fit(gait, block=1).block == 1 and Cusum.fit(gait, block=1).mean.size == 1  # even: one pooled
+    short = [np.ones(5), np.ones(20), np.ones(3)]  # one episode completes a block of 20 steps: every step a block
+    assert Cusum.fit(short, block=20).block == 1
+    with pytest.raises(DetectorError, match="block=0"):
+        Cusum(mean=0.0, std=1.0, block=0)
+
+
+@given(data=st.data())
+def test_cusum_in_blocks_scalar_and_vector_forms_agree(data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    det = Cusum.fit([rng.normal(1.0, 0.5, size=rng.integers(3, 13)) for _ in range(12)], block=3, reference="step")
+    streams = [data.draw(arrays(np.float64, st.integers(1, 12), elements=finite)) for _ in range(2)]
+    scalar, vector = det.scalar(), det.with_envs(1)
+    for stream in streams:  # across a reset: a partial block is dropped
+        scalar.reset()
+        vector.reset()
+        np.testing.assert_allclose([scalar.update(float(u)) for u in stream],
+                                   [vector.update_scalar(u) for u in stream], rtol=1e-9, atol=1e-9)
+
+
 def test_pdt_is_the_top_share_of_the_whitened_deficits():
     from mesaguard.detectors.pdt import PartialDegradation, _top_share
 

@@ -88,15 +88,17 @@ def read_calibration(data: dict[str, Any], source: str, arrays: Mapping[str, np.
 
 
 def _check_blocks(entries: Fields, detectors: Mapping[str, DetectorCalibration], longest: int) -> None:
-    """A block test's blocks (mean-shift, PDT) were cut from the fitting episodes, none longer than ``longest``
-    steps: its ``B`` blocks of ``block`` steps each start within them, ``block * (B - 1) < longest`` (a block so
-    long that the test never completes one would never fire)."""
+    """A block test's blocks (CUSUM, mean-shift, PDT) were cut from the fitting episodes, none longer than
+    ``longest`` steps: a block fits in them, and the ``B`` blocks of its reference start within them, ``block <=
+    longest`` and ``block * (B - 1) < longest`` (a block so long that the test never completes one never fires)."""
     for name, d in detectors.items():
-        block, mu = d.params.get("block"), d.params.get("mu")
-        if isinstance(block, int) and mu is not None and block * (len(mu) - 1) >= longest:
+        block, mu = d.params.get("block"), d.params.get("mu", d.params.get("mean"))
+        if not isinstance(block, int) or not isinstance(mu, list):
+            continue
+        if block > longest or block * (len(mu) - 1) >= longest:
             entries.object(name).object("params").fail(
                 "block", block, f"a block of steps whose {len(mu)} blocks start within the longest calibration "
-                f"episode ({longest} steps): block * {len(mu) - 1} < {longest}")
+                f"episode ({longest} steps): block <= {longest} and block * {len(mu) - 1} < {longest}")
 
 
 def _read_crossfit(d: Fields) -> list[float] | None:

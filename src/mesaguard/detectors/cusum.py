@@ -8,7 +8,7 @@ from typing import Any, Self
 import numpy as np
 
 from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes
-from mesaguard.detectors.reference import StepReference
+from mesaguard.detectors.reference import StepReference, blocks, complete_blocks
 
 __all__ = ["AUTOCORRELATED", "STEP_RANGE", "Cusum", "spread_range"]
 
@@ -44,13 +44,25 @@ class Cusum(Detector):
     distribution and inflate the threshold; innovations do not. Past the last
     reference step, the last step's reference is used.
 
-    :meth:`fit` chooses (``reference="auto"``, ``innovations="auto"``): per-step
-    references where the spread changes by more than :data:`STEP_RANGE` times
-    within an episode (a swing-up then a balance), one pooled reference where it is
-    even (a sparse reward whose events come at varying steps: there the per-step
-    spreads are mostly timing jitter, and a pooled reference is the stronger test);
-    innovations where the lag-1 autocorrelation is at least :data:`AUTOCORRELATED`.
-    ``reference="step"|"pooled"`` and ``innovations=True|False`` force either.
+    **Blocks.** Episodes longer than :attr:`MAX_BLOCKS` steps are cut into at most that
+    many blocks of ``block`` steps (Greenberg and Mannor's resolution); the CUSUM then
+    runs on the block sums, each against its own block's reference, and holds its
+    value within a block. A small drop of every step is lost in one step's spread
+    (HalfCheetah's: a gait whose phase differs between episodes, and a slack of a
+    quarter of that spread per step) and stands out in a block's sum; a block costs
+    at most ``block - 1`` steps of delay, a hundredth of the episode. Up to
+    :attr:`MAX_BLOCKS` steps every step is its own block, so a sudden drop is seen at
+    the step it comes. ``block=`` forces a size; steps past the last complete block
+    of an episode are not tested.
+
+    :meth:`fit` chooses (``reference="auto"``, ``innovations="auto"``): per-step (per-block)
+    references in blocks, and where the spread changes by more than :data:`STEP_RANGE` times
+    within an episode (a swing-up then a balance); one pooled reference where every step
+    is its own block and the spread is even (a sparse reward whose events come at varying
+    steps: there the per-step spreads are mostly timing jitter, and a pooled reference is
+    the stronger test); innovations where the lag-1 autocorrelation is at least
+    :data:`AUTOCORRELATED`. ``reference="step"|"pooled"`` and ``innovations=True|False``
+    force either.
 
     Parameters
     ----------
@@ -62,6 +74,8 @@ class Cusum(Detector):
         optimal k for a drop of half a standard deviation per step.
     rho
         Lag-1 autocorrelation of the standardized increments (0: treat them as independent).
+    block
+        Steps per block (1: every step is its own block); ``mean`` and ``std`` are then those of the block sums.
 
     >>> det = Cusum(mean=1.0, std=0.1, slack=0.5, n_envs=1)
     >>> stats = [det.update(np.array([x]))[0] for x in [1.0] * 5 + [0.5] * 5]
@@ -76,12 +90,15 @@ class Cusum(Detector):
 
     name = "cusum"
 
+    MAX_BLOCKS = 100  # default resolution: at most this many blocks per episode (every step up to 100 steps)
+
     def __init__(
         self,
         mean: float | Sequence[float] | np.ndarray,
         std: float | Sequence[float] | np.ndarray,
         slack: float = 0.25,
         rho: float = 0.0,
+        block: int = 1,
         n_envs: int = 1,
     ) -> None:
         super().__init__(n_envs)
@@ -95,15 +112,27 @@ class Cusum(Detector):
             raise DetectorError(f"cusum slack={slack}; expected a non-negative number of stds")
         if not (np.isfinite(rho) and -1 < rho < 1):
             raise DetectorError(f"cusum rho={rho}; expected an autocorrelation strictly between -1 and 1")
-        self.slack, self.rho = float(slack), float(rho)
+        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+            raise DetectorError(f"cusum block={block!r}; expected a positive number of steps")
+        self.slack, self.rho, self.block = float(slack), float(rho), int(block)
         self._gain = 1.0 / np.sqrt(1.0 - self.rho**2)
         self.sum = np.zeros(self.n_envs)
         self.prev = np.zeros(self.n_envs)  # last standardized increment (0 before the first step)
-        self.t = np.zeros(self.n_envs, dtype=np.int64)
+        self.t = np.zeros(self.n_envs, dtype=np.int64)  # complete blocks so far
+        self.acc = np.zeros(self.n_envs)  # the current block's increment sum
+        self.k = np.zeros(self.n_envs, dtype=np.int64)  # steps into the current block
 
     @classmethod
     def fit(cls, episodes: Sequence[np.ndarray], **options: Any) -> Self:
         episodes = check_episodes(episodes)
+        T = max(e.size for e in episodes)
+        block = options.pop("block", -(-T // cls.MAX_BLOCKS))
+        if isinstance(block, int) and block > 1:  # the complete blocks' sums are the increments from here on
+            sums = [s for s in (blocks(e, block)[: e.size // block] for e in episodes) if s.size]
+            if len(sums) >= 2:
+                episodes = sums
+            else:  # fewer than two episodes complete one block: every step is a block
+                block = 1
         reference = options.pop("reference", "auto")
         if reference not in ("auto", "step", "pooled"):
             raise DetectorError(
@@ -111,7 +140,7 @@ class Cusum(Detector):
             )
         ref = StepReference.fit(episodes)
         if reference == "auto":
-            reference = "step" if spread_range(ref, len(episodes)) > STEP_RANGE else "pooled"
+            reference = "step" if block > 1 or spread_range(ref, len(episodes)) > STEP_RANGE else "pooled"
         if reference == "pooled":  # one mean and spread for every step (the classic CUSUM)
             pooled = np.concatenate(episodes)
             floor = float(ref.std.min())
@@ -126,40 +155,61 @@ class Cusum(Detector):
                 rho = float(np.clip(np.corrcoef(a, b)[0, 1], -0.95, 0.95))
             if innovations == "auto" and abs(rho) < AUTOCORRELATED:
                 rho = 0.0  # nearly independent increments: innovations would only add the estimate's noise
-        return cls(mean=ref.mean, std=ref.std, rho=rho, **options)
+        return cls(mean=ref.mean, std=ref.std, rho=rho, block=block, **options)
 
     def params(self) -> dict[str, Any]:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "slack": self.slack, "rho": self.rho}
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "slack": self.slack, "rho": self.rho,
+                "block": self.block}
 
     def reset(self, mask: np.ndarray | None = None) -> None:
         m = self._mask(mask)
         self.sum[m] = 0.0
         self.prev[m] = 0.0
         self.t[m] = 0
+        self.acc[m] = 0.0
+        self.k[m] = 0
 
     def _update(self, u: np.ndarray) -> np.ndarray:
-        i = np.minimum(self.t, self.mean.size - 1)
-        z = (u - self.mean[i]) / self.std[i]
-        e = (z - self.rho * self.prev) * self._gain if self.rho else z
-        self.prev = z
-        self.t += 1
-        np.maximum(0.0, self.sum - e - self.slack, out=self.sum)
+        if self.block == 1:
+            self._blocks(slice(None), u)
+        else:
+            rows = complete_blocks(self.acc, self.k, u, self.block)
+            if rows.size:
+                x = self.acc[rows]
+                self.acc[rows] = 0.0
+                self._blocks(rows, x)
         return self.sum.copy()
 
+    def _blocks(self, rows: slice | np.ndarray, x: np.ndarray) -> None:
+        """Feed the complete block sums ``x`` of the envs ``rows``."""
+        t = self.t[rows]
+        i = np.minimum(t, self.mean.size - 1)
+        z = (x - self.mean[i]) / self.std[i]
+        e = (z - self.rho * self.prev[rows]) * self._gain if self.rho else z
+        self.prev[rows] = z
+        self.t[rows] = t + 1
+        self.sum[rows] = np.maximum(0.0, self.sum[rows] - e - self.slack)
+
     def scalar(self) -> _ScalarCusum:
-        return _ScalarCusum(self.mean.tolist(), self.std.tolist(), self.slack, self.rho)
+        return _ScalarCusum(self.mean.tolist(), self.std.tolist(), self.slack, self.rho, self.block)
 
 
 class _ScalarCusum(ScalarDetector):
-    def __init__(self, mean: list[float], std: list[float], slack: float, rho: float) -> None:
-        self.mean, self.std, self.last = mean, std, len(mean) - 1
+    def __init__(self, mean: list[float], std: list[float], slack: float, rho: float, block: int) -> None:
+        self.mean, self.std, self.last, self.block = mean, std, len(mean) - 1, block
         self.slack, self.rho, self.gain = slack, rho, 1.0 / (1.0 - rho * rho) ** 0.5
-        self.sum, self.prev, self.t = 0.0, 0.0, 0
+        self.sum, self.prev, self.t, self.acc, self.k = 0.0, 0.0, 0, 0.0, 0
 
     def reset(self) -> None:
-        self.sum, self.prev, self.t = 0.0, 0.0, 0
+        self.sum, self.prev, self.t, self.acc, self.k = 0.0, 0.0, 0, 0.0, 0
 
     def update(self, u: float) -> float:
+        if self.block > 1:
+            self.acc += u
+            self.k += 1
+            if self.k < self.block:
+                return self.sum
+            u, self.acc, self.k = self.acc, 0.0, 0
         i = self.t if self.t < self.last else self.last
         self.t += 1
         z = (u - self.mean[i]) / self.std[i]

@@ -10,7 +10,7 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes, padded
-from mesaguard.detectors.reference import blocks, resolution, unseen_event
+from mesaguard.detectors.reference import blocks, complete_blocks, resolution, unseen_event
 
 __all__ = ["MeanShift"]
 
@@ -132,13 +132,10 @@ class MeanShift(Detector):
 
     def _update(self, u: np.ndarray) -> np.ndarray:
         if self.block > 1:
-            self.acc += u
-            self.k += 1
-            rows = np.flatnonzero(self.k >= self.block)
+            rows = complete_blocks(self.acc, self.k, u, self.block)
             if rows.size:
                 x = self.acc[rows]
                 self.acc[rows] = 0.0
-                self.k[rows] = 0
                 self._blocks(rows, x)
         else:
             self._blocks(self._every, u)

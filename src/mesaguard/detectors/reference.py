@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RESOLUTION_ULPS", "StepReference", "blocks", "resolution", "unseen_event"]
+__all__ = ["RESOLUTION_ULPS", "StepReference", "blocks", "complete_blocks", "resolution", "unseen_event"]
 
 RESOLUTION_ULPS = 64.0  # rounding units of the largest increment below which spreads are not resolved
 
@@ -85,6 +85,22 @@ def blocks(episode: np.ndarray, size: int) -> np.ndarray:
     out = np.zeros(n)
     np.add.at(out, np.arange(episode.size) // size, episode)
     return out
+
+
+def complete_blocks(acc: np.ndarray, k: np.ndarray, u: np.ndarray, size: int) -> np.ndarray:
+    """Add one step's increments ``u`` to each env's running block sum ``acc`` (``k`` steps in, both updated in
+    place); return the envs whose ``size``-step block this step completed (their ``k`` back to 0; the caller reads
+    and clears their ``acc``).
+
+    >>> acc, k = np.zeros(2), np.array([0, 1])
+    >>> complete_blocks(acc, k, np.array([1.0, 2.0]), 2).tolist(), acc.tolist(), k.tolist()
+    ([1], [1.0, 2.0], [1, 0])
+    """
+    acc += u
+    k += 1
+    rows = np.flatnonzero(k >= size)
+    k[rows] = 0
+    return rows
 
 
 @dataclass(frozen=True)
