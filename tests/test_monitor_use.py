@@ -216,3 +216,32 @@ def test_fail_names_the_latest_started_episode(cal):
         monitor.start()
     monitor.fail()
     assert monitor.alarm_episode == 3
+
+
+# -- one guard at a time ---------------------------------------------------------
+
+
+def test_a_monitor_serves_one_guard_at_a_time(cal):
+    """Two guards feeding one monitor would mix their episodes in one ledger (before: unnoticed until the first
+    episode's end, where the monitor failed with a message about call order). The second is refused when it is
+    made; closing the first hands the monitor over, evidence and all."""
+    import gymnasium as gym
+
+    from mesaguard.guard import GuardedEnv, GuardedVectorEnv
+
+    monitor = DeploymentMonitor(cal)
+    first = GuardedEnv(gym.make("CartPole-v1"), cal, monitor=monitor)
+    with pytest.raises(MonitorError, match=r"serves another guard \(GuardedEnv\); give each guard its own monitor"):
+        GuardedEnv(gym.make("CartPole-v1"), cal, monitor=monitor)
+    vector_monitor = DeploymentMonitor(cal, n_envs=2)
+    vector = GuardedVectorEnv(gym.make_vec("CartPole-v1", 2), cal, monitor=vector_monitor)
+    with pytest.raises(MonitorError, match=r"serves another guard \(GuardedVectorEnv\)"):
+        GuardedVectorEnv(gym.make_vec("CartPole-v1", 2), cal, monitor=vector_monitor)
+    first.reset(seed=0)
+    first.step(0)
+    first.close()
+    second = GuardedEnv(gym.make("CartPole-v1"), cal, monitor=monitor)
+    second.reset(seed=1)  # the first guard's open episode ends censored here
+    second.step(0)
+    assert monitor.steps == 2 and monitor.finished == 1
+    vector.close()

@@ -122,7 +122,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.objective = guard_objective(calibration, objective, allow_other_objective)
         self.monitor = monitor
         if monitor is not None:  # episodes its protocol stops at their alarm are evidence for the monitor
-            monitor.guarded_by(self.guard.names, self.guard.thresholds, self.protocol)
+            monitor.guarded_by(self, self.guard.names, self.guard.thresholds, self.protocol)
             monitor.reads_from(self.guard.names, calibration)  # the guard's statistics, not computed twice
         self.scope = None if scope is None else scope.detector(1).scalar()
         self.scope_threshold = math.inf if scope is None else scope.threshold  # the detector knows no threshold
@@ -146,6 +146,12 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             self.scope.reset()
             self._check_scope(obs)
         return obs, info
+
+    def close(self) -> None:
+        """Close the env and release the deployment monitor (another guard may then take it over)."""
+        if self.monitor is not None:
+            self.monitor.released_by(self)
+        super().close()
 
     def clear(self) -> None:
         """Clear a standing deployment alarm: the monitor starts a new test."""

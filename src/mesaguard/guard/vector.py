@@ -93,7 +93,7 @@ class GuardedVectorEnv(VectorWrapper):
         self.objective = guard_objective(calibration, objective, allow_other_objective)
         self.monitor = monitor
         if monitor is not None:  # episodes its protocol stops at their alarm are evidence for the monitor
-            monitor.guarded_by(self.guard.names, self.guard.thresholds, self.protocol)
+            monitor.guarded_by(self, self.guard.names, self.guard.thresholds, self.protocol)
         self._obs: Any = None
         self._restarting = np.zeros(n, dtype=bool)  # next-step autoreset: these sub-envs reset at the next step
         self._errors: list[str | None] = [None] * n
@@ -112,6 +112,12 @@ class GuardedVectorEnv(VectorWrapper):
         if self.scope is not None:
             self._check_scope(obs, np.ones(self.num_envs, dtype=bool) if mask is None else mask)
         return obs, info
+
+    def close(self, **kwargs: Any) -> None:
+        """Close the envs and release the deployment monitor (another guard may then take it over)."""
+        if self.monitor is not None:
+            self.monitor.released_by(self)
+        super().close(**kwargs)
 
     def clear(self, *, seed: int | list[int | None] | None = None) -> tuple[Any, dict[str, Any]]:
         """Clear a standing deployment alarm (the monitor starts a new test) and reset every sub-env."""

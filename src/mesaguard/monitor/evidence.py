@@ -46,11 +46,21 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import ndtri
 
-__all__ = ["SHIFTS"]
+from mesaguard.monitor.errors import MonitorError
+
+__all__ = ["SHIFTS", "check_shifts"]
 
 SHIFTS: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
 """Shifts in normal-score units the mixture bets on, equal weights: from a twentieth of a
 standard deviation per episode (about 1,000 episodes to detect) to two (a handful)."""
+
+
+def check_shifts(shifts: Sequence[float]) -> np.ndarray:
+    """The mixture's shifts, checked: one or more positive finite numbers."""
+    out = np.asarray(tuple(shifts), dtype=np.float64)
+    if out.ndim != 1 or out.size == 0 or not (np.isfinite(out) & (out > 0)).all():
+        raise MonitorError(f"shifts={list(shifts)}; expected positive finite numbers")
+    return out
 
 
 def _log_mean(x: np.ndarray) -> np.ndarray:

@@ -55,16 +55,17 @@ mesaguard.monitor.MonitorError: update() in env [0] with no started episode: cal
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
 
 from mesaguard.calibration import Calibration, check_alpha
-from mesaguard.detectors import detector_class
+from mesaguard.detectors import detector_names
 from mesaguard.detectors.base import DetectorError, as_increments
-from mesaguard.monitor.episodes import Episodes
+from mesaguard.monitor.episodes import Episode, Episodes
 from mesaguard.monitor.errors import MonitorError
-from mesaguard.monitor.evidence import SHIFTS
+from mesaguard.monitor.evidence import SHIFTS, check_shifts
 from mesaguard.monitor.ledger import Ledger
 from mesaguard.monitor.modes import check_mode, log_threshold
 from mesaguard.monitor.statistic import StepStatistic
@@ -112,9 +113,7 @@ class DeploymentMonitor:
         alarm, every episode's statistic is ranked in full. A guard sets it
         (:meth:`stop_at`) when its protocol stops or takes over.
 
-    Feed it like a detector: :meth:`start` episodes, :meth:`update` with each step's
-    increments (or :meth:`observe` with precomputed joint statistics), :meth:`finish`
-    them; a call out of this order raises :class:`MonitorError`. ``evidence`` is the
+    Feed it like a detector (the call order is the module docstring's). ``evidence`` is the
     e-value now (in change mode the Shiryaev-Roberts statistic; a lower bound while
     episodes run), ``alarm`` whether the deployment alarm stands, ``alarm_episode`` the
     1-based number of the episode that raised it.
@@ -138,15 +137,11 @@ class DeploymentMonitor:
         self.alpha = check_alpha(alpha)
         calibration.check(scenario=scenario)
         self.calibration = calibration
-        self.names = list(calibration.detectors) if detectors is None else list(detectors)
-        for name in self.names:
-            detector_class(name)  # unknown names: the error lists every detector
+        self.names = detector_names(list(calibration.detectors) if detectors is None else detectors, MonitorError)
         calibration.joint_maxima(self.names)  # names the detectors missing from the calibration
         if isinstance(n_envs, bool) or not isinstance(n_envs, (int, np.integer)) or n_envs < 1:
             raise MonitorError(f"n_envs={n_envs!r}; expected a positive integer")
-        self.shifts = np.asarray(tuple(shifts), dtype=np.float64)
-        if self.shifts.ndim != 1 or self.shifts.size == 0 or not (np.isfinite(self.shifts) & (self.shifts > 0)).all():
-            raise MonitorError(f"shifts={list(shifts)}; expected positive finite numbers")
+        self.shifts = check_shifts(shifts)
         self.horizon = None if horizon is None else int(horizon)
         self.arl = None if arl is None else float(arl)
         self.log_threshold = log_threshold(self.mode, self.alpha, self.horizon, self.arl, tuple(self.shifts.tolist()))
@@ -166,6 +161,7 @@ class DeploymentMonitor:
         self.alarm = False
         self.alarm_episode: int | None = None  # 1-based number (start order) of the episode that raised the alarm
         self.alarm_steps: int | None = None  # steps seen when the alarm fired
+        self._owner: weakref.ref[object] | None = None  # the guard this monitor serves (guarded_by)
 
     def _rule(self, stops: dict[str, float]) -> None:
         """Detectors, reference keys and bag for the per-episode alarm rule ``stops`` (empty: none)."""
@@ -191,11 +187,21 @@ class DeploymentMonitor:
             )
         self._rule(rule)
 
-    def guarded_by(self, names: Sequence[str], thresholds: Sequence[float] | np.ndarray, protocol: object) -> None:
-        """Called by the guard this monitor sits in: its per-episode alarm becomes the rule if ``protocol`` cuts
-        episodes short at it (stops, or takes over); under an alert only, episodes run on and are ranked in full."""
+    def guarded_by(self, owner: object, names: Sequence[str], thresholds: Sequence[float] | np.ndarray,
+                   protocol: object) -> None:
+        """Called by the guard ``owner`` this monitor sits in: its per-episode alarm becomes the rule if ``protocol``
+        cuts episodes short at it (stops, or takes over); under an alert only, episodes run on and are ranked in
+        full. One guard at a time (two would mix their episodes): its ``close()`` releases the monitor."""
+        serving = self._owner() if self._owner else None
+        if serving is not None and serving is not owner:
+            raise MonitorError(f"this DeploymentMonitor serves another guard ({type(serving).__name__}); give each "
+                               "guard its own monitor, or close() that guard first")
+        self._owner = weakref.ref(owner)
         if cuts_short(protocol):
             self.stop_at({str(n): float(t) for n, t in zip(names, thresholds)})
+
+    def released_by(self, owner: object) -> None:  # a guard's close(): another guard may take the monitor over
+        self._owner = None if self._owner and self._owner() is owner else self._owner
 
     def reads_from(self, names: Sequence[str], calibration: Calibration) -> bool:
         """Called by a one-env guard after :meth:`guarded_by`: where the guard runs every detector this monitor
@@ -298,17 +304,7 @@ class DeploymentMonitor:
         if not math.isfinite(x):
             episode.censored = True
             raise MonitorError(f"the joint statistic is {x} after increment {u}; expected a finite number")
-        self.steps += 1
-        if episode.steps == 0:
-            episode.u = float(self._rng.random())
-        episode.steps += 1
-        if episode.censored or episode.value == CROSSED:
-            return
-        if cross:
-            x = CROSSED
-            self.crossings += 1
-        if x > episode.value:
-            episode.value = x
+        if self._stepped(episode, x, cross):
             self._refresh()
 
     def update(self, u: np.ndarray, live: np.ndarray | None = None) -> float:
@@ -366,22 +362,27 @@ class DeploymentMonitor:
         for i in np.flatnonzero(m).tolist():
             episode = self._episodes.running[i]
             assert episode is not None  # checked above
-            self.steps += 1
-            if episode.steps == 0:
-                episode.u = float(self._rng.random())
-            episode.steps += 1
-            if episode.censored or episode.value == CROSSED:
-                continue
-            x = float(statistic[i])
-            if crossed is not None and crossed[i]:
-                x = CROSSED
-                self.crossings += 1
-            if x > episode.value:
-                episode.value = x
-                changed = True
+            changed |= self._stepped(episode, float(statistic[i]), crossed is not None and bool(crossed[i]))
         if changed:
             self._refresh()
         return self.evidence
+
+    def _stepped(self, episode: Episode, x: float, crossed: bool) -> bool:
+        """One step of ``episode`` with joint statistic ``x`` (``crossed``: its per-episode alarm fired at this
+        step); True if the episode's key rose."""
+        self.steps += 1
+        if episode.steps == 0:
+            episode.u = float(self._rng.random())  # its smoothing uniform, drawn at its first step
+        episode.steps += 1
+        if episode.censored or episode.value == CROSSED:
+            return False
+        if crossed:
+            x = CROSSED
+            self.crossings += 1
+        if x > episode.value:
+            episode.value = x
+            return True
+        return False
 
     def censor(self, mask: np.ndarray | None = None) -> None:
         """From now on the episodes in ``mask`` (all if None) are not the agent's (a fallback acts): freeze them."""
