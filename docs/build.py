@@ -642,8 +642,9 @@ def detection_targets() -> str:
         ["Greenberg-Mannor: the best single mesaguard detector detects at least as much as the paper's best test",
          f"level or ahead on {level_single} of {n} shifts", _met(level_single == n)],
         ["... and the default set does too",
-         f"level or ahead on {level_default} of {n} (the shortfalls and their paired tests: "
-         f"[results](docs/results.md#greenberg-and-mannors-pendulum-scenarios))", _met(level_default == n)],
+         f"level or ahead on {level_default} of {n} (" + ("the shortfalls and " if level_default < n else "")
+         + "the paired tests: [results](docs/results.md#greenberg-and-mannors-pendulum-scenarios))",
+         _met(level_default == n)],
         [f"... at FAR <= alpha = {alpha}", "default set: " + ", ".join(
             f"{r['rate']:.3f} (CP upper {r['upper95']:.3f})" for r in far) + " (Pendulum, HalfCheetah)",
          _met(all(r["rate"] <= alpha for r in far))],
