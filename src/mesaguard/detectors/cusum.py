@@ -175,19 +175,19 @@ class Cusum(Detector):
         else:
             rows = complete_blocks(self.acc, self.k, u, self.block)
             if rows.size:
-                x = self.acc[rows]
+                every = rows.size == self.n_envs  # blocks completed together (synchronized starts): no gathers
+                x = self.acc.copy() if every else self.acc[rows]
                 self.acc[rows] = 0.0
-                self._blocks(rows, x)
+                self._blocks(slice(None) if every else rows, x)
         return self.sum.copy()
 
     def _blocks(self, rows: slice | np.ndarray, x: np.ndarray) -> None:
         """Feed the complete block sums ``x`` of the envs ``rows``."""
-        t = self.t[rows]
-        i = np.minimum(t, self.mean.size - 1)
+        i = np.minimum(self.t[rows], self.mean.size - 1)
         z = (x - self.mean[i]) / self.std[i]
         e = (z - self.rho * self.prev[rows]) * self._gain if self.rho else z
         self.prev[rows] = z
-        self.t[rows] = t + 1
+        self.t[rows] += 1
         self.sum[rows] = np.maximum(0.0, self.sum[rows] - e - self.slack)
 
     def scalar(self) -> _ScalarCusum:
