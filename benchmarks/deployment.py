@@ -323,8 +323,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "deployment.json") 
     fit = rollouts(env, range(*cfg.fit_seeds))
     pool = rollouts(env, range(*cfg.pool_seeds))
     console.print(f"rolled out {len(fit) + len(pool)} episodes in {time.perf_counter() - started:.0f} s")
-    cal = Calibration.fit(fit, alpha=0.05, detectors=list(cfg.detectors), scenario="pendulum", obs_shape=(3,),
-                          match="linear")  # the joint rule the recorded tables were measured with
+    cal = Calibration.fit(fit, alpha=0.05, detectors=list(cfg.detectors), scenario="pendulum", obs_shape=(3,))
     returns = np.array([e.sum() for e in pool])
     sd = returns.std(ddof=1)
     rng = np.random.default_rng(0)

@@ -86,8 +86,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "deployment_cheetah
     pools = {v: episodes(v, range(EVALUATION_SEED, EVALUATION_SEED + cfg.pool)) for v in VARIANTS}
     console.print(f"rolled out {cfg.calibration + cfg.pool * len(VARIANTS)} episodes in "
                   f"{time.perf_counter() - started:.0f} s")
-    cal = Calibration.fit(cal_runs, alpha=ALPHA, detectors=list(DETECTORS), scenario=SCENARIO,
-                          match="linear")  # the joint rule the recorded tables were measured with
+    cal = Calibration.fit(cal_runs, alpha=ALPHA, detectors=list(DETECTORS), scenario=SCENARIO)
     scores = {v: np.array([e.sum() for e in pool]) for v, pool in pools.items()}
     sd = scores["train"].std(ddof=1)
     results: dict = {

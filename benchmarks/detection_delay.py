@@ -195,8 +195,7 @@ def first_alarm(traces: np.ndarray, threshold: float) -> np.ndarray:
 def detectors_at_matched_rate(cfg: Config) -> dict:
     rng = np.random.default_rng(cfg.seed + 1)
     calibration = list(episodes_with_change(rng, cfg.calibration_episodes, cfg, None))
-    cal = Calibration.fit(calibration, alpha=cfg.alpha, detectors=["threshold", "envelope", "cusum", "meanshift"],
-                          match="linear")  # the joint rule the recorded tables were measured with
+    cal = Calibration.fit(calibration, alpha=cfg.alpha, detectors=["threshold", "envelope", "cusum", "meanshift"])
     names = list(cal.detectors)
     change = rng.integers(cfg.change_range[0], cfg.change_range[1] + 1, cfg.test_episodes)
     shifted = list(episodes_with_change(rng, cfg.test_episodes, cfg, change))

@@ -1,8 +1,7 @@
 /* The per-step work of fused_floor.py's FusedFloor, compiled: a timing reference, not mesaguard.
  *
  * The same arithmetic in the same order (CUSUM on the innovation, one forward-substitution row of the mean-shift
- * test per complete block, the score's rank among the step's reference quantiles, one finite check, the joint
- * threshold check, the monitor's standardized joint statistic and running maximum) and the same report in
+ * test per complete block, one finite check, the joint threshold check, the monitor's standardized joint statistic and running maximum) and the same report in
  * info["mesaguard"], built here. fused_compiled.py builds this file with the machine's C compiler and checks its
  * statistics equal to GuardedEnv's at every step before guard_overhead.py times it.
  *
@@ -17,9 +16,7 @@ typedef struct {
     Py_ssize_t c_last, c_block;
     double *m_mu, *m_y, *m_norm, *m_diag, *m_rows, *m_e;  /* meanshift: rows row-major, T x T, row b: b entries */
     Py_ssize_t m_block, m_T;
-    double *r_q, *r_log, *r_spread;  /* rank: (last + 1) x K quantiles, K + 1 logs, a range per step */
-    Py_ssize_t r_last, r_K;
-    double th[3], loc[3], scale[3];
+    double th[2], loc[2], scale[2];
     /* per episode */
     long t, alarm_step, mon_steps;
     int alarm;
@@ -28,14 +25,13 @@ typedef struct {
 } Kernel;
 
 static PyObject *K_score, *K_increment, *K_step, *K_statistics, *K_alarm, *K_detector, *K_alarm_step, *K_acting,
-    *K_error, *K_refused, *K_deployment, *K_cusum, *K_meanshift, *K_rank, *K_evidence, *K_threshold, *K_episodes,
+    *K_error, *K_refused, *K_deployment, *K_cusum, *K_meanshift, *K_evidence, *K_threshold, *K_episodes,
     *K_steps, *K_mode, *V_agent, *V_anytime;
 
 static void kernel_free(PyObject *capsule) {
     Kernel *k = PyCapsule_GetPointer(capsule, "fused_compiled.Kernel");
     if (k == NULL) return;
-    double *arrays[] = {k->c_mean, k->c_std, k->m_mu, k->m_y, k->m_norm, k->m_diag, k->m_rows, k->m_e,
-                        k->r_q, k->r_log, k->r_spread};
+    double *arrays[] = {k->c_mean, k->c_std, k->m_mu, k->m_y, k->m_norm, k->m_diag, k->m_rows, k->m_e};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++) PyMem_Free(arrays[i]);
     PyMem_Free(k);
 }
@@ -87,15 +83,15 @@ static void restart(Kernel *k) {
     k->m_acc = 0.0; k->m_k = 0; k->m_t = 0; k->m_num = 0.0; k->m_stat = 0.0;
 }
 
-/* make(cusum, meanshift, rank, thresholds, standard): the parameters as FusedFloor reads them (see fused_compiled.py) */
+/* make(cusum, meanshift, thresholds, standard): the parameters as FusedFloor reads them (see fused_compiled.py) */
 static PyObject *make(PyObject *self, PyObject *args) {
-    PyObject *c_mean, *c_std, *m_mu, *m_y, *m_norm, *m_diag, *m_rows, *r_q, *r_log, *r_spread;
+    PyObject *c_mean, *c_std, *m_mu, *m_y, *m_norm, *m_diag, *m_rows;
     double c_slack, c_rho, c_gain;
-    Py_ssize_t c_block, m_block, r_K, n;
-    double th[3], loc[3], scale[3];
-    if (!PyArg_ParseTuple(args, "OOdddn" "nOOOOO" "OOOn" "(ddd)((dd)(dd)(dd))", &c_mean, &c_std, &c_slack, &c_rho,
-                          &c_gain, &c_block, &m_block, &m_mu, &m_y, &m_norm, &m_diag, &m_rows, &r_q, &r_log, &r_spread, &r_K,
-                          &th[0], &th[1], &th[2], &loc[0], &scale[0], &loc[1], &scale[1], &loc[2], &scale[2]))
+    Py_ssize_t c_block, m_block, n;
+    double th[2], loc[2], scale[2];
+    if (!PyArg_ParseTuple(args, "OOdddn" "nOOOOO" "(dd)((dd)(dd))", &c_mean, &c_std, &c_slack, &c_rho, &c_gain,
+                          &c_block, &m_block, &m_mu, &m_y, &m_norm, &m_diag, &m_rows, &th[0], &th[1], &loc[0],
+                          &scale[0], &loc[1], &scale[1]))
         return NULL;
     Kernel *k = PyMem_Calloc(1, sizeof(Kernel));
     if (k == NULL) return PyErr_NoMemory();
@@ -121,14 +117,7 @@ static PyObject *make(PyObject *self, PyObject *args) {
     }
     k->m_e = PyMem_Calloc((size_t)(k->m_T > 0 ? k->m_T : 1), sizeof(double));
     if (k->m_e == NULL) { PyErr_NoMemory(); goto fail; }
-    if ((k->r_spread = floats(r_spread, &steps)) == NULL || (k->r_log = floats(r_log, &n)) == NULL) goto fail;
-    if (steps < 1 || r_K < 1 || n != r_K + 1) {
-        PyErr_SetString(PyExc_ValueError, "rank: a range per step, K >= 1 quantiles a step and K + 1 logs");
-        goto fail;
-    }
-    k->r_last = steps - 1; k->r_K = r_K;
-    if ((k->r_q = matrix(r_q, steps, r_K)) == NULL) goto fail;
-    for (int i = 0; i < 3; i++) { k->th[i] = th[i]; k->loc[i] = loc[i]; k->scale[i] = scale[i]; }
+    for (int i = 0; i < 2; i++) { k->th[i] = th[i]; k->loc[i] = loc[i]; k->scale[i] = scale[i]; }
     restart(k);
     return capsule;
 fail:
@@ -199,27 +188,16 @@ static PyObject *step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         k->m_k = 0;
     }
     double m = k->m_stat;
-    /* rank of the score among the reference scores at this step (bisect_left) */
-    i = t < k->r_last ? t : k->r_last;
-    const double *q = k->r_q + i * k->r_K;
-    Py_ssize_t lo = 0, hi = k->r_K;
-    while (lo < hi) {
-        Py_ssize_t mid = (lo + hi) / 2;
-        if (q[mid] < score) lo = mid + 1; else hi = mid;
-    }
-    double r = k->r_log[lo] + (lo ? 0.0 : (q[0] - score) / k->r_spread[i]);
-    if (!isfinite(score + c + m + r)) { PyErr_SetString(PyExc_ValueError, "not finite"); return NULL; }
-    if (!k->alarm && (c > k->th[0] || m > k->th[1] || r > k->th[2])) { k->alarm = 1; k->alarm_step = k->t; }
-    double x = (c - k->loc[0]) / k->scale[0], x1 = (m - k->loc[1]) / k->scale[1], x2 = (r - k->loc[2]) / k->scale[2];
+    if (!isfinite(score + c + m)) { PyErr_SetString(PyExc_ValueError, "not finite"); return NULL; }
+    if (!k->alarm && (c > k->th[0] || m > k->th[1])) { k->alarm = 1; k->alarm_step = k->t; }
+    double x = (c - k->loc[0]) / k->scale[0], x1 = (m - k->loc[1]) / k->scale[1];
     if (x1 > x) x = x1;
-    if (x2 > x) x = x2;
     k->mon_steps += 1;
     if (x > k->best) k->best = x;
 
     PyObject *report = PyDict_New(), *statistics = PyDict_New(), *deployment = PyDict_New();
     if (report == NULL || statistics == NULL || deployment == NULL) goto fail;
-    if (put(statistics, K_cusum, PyFloat_FromDouble(c)) || put(statistics, K_meanshift, PyFloat_FromDouble(m)) ||
-        put(statistics, K_rank, PyFloat_FromDouble(r)))
+    if (put(statistics, K_cusum, PyFloat_FromDouble(c)) || put(statistics, K_meanshift, PyFloat_FromDouble(m)))
         goto fail;
     if (put(deployment, K_evidence, PyFloat_FromDouble(1.0)) || put(deployment, K_threshold, PyFloat_FromDouble(20.0)) ||
         put(deployment, K_alarm, Py_NewRef(Py_False)) || put(deployment, K_episodes, PyLong_FromLong(0)) ||
@@ -253,10 +231,10 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "fused_compiled_c", N
 
 PyMODINIT_FUNC PyInit_fused_compiled_c(void) {
     PyObject **keys[] = {&K_score, &K_increment, &K_step, &K_statistics, &K_alarm, &K_detector, &K_alarm_step,
-                         &K_acting, &K_error, &K_refused, &K_deployment, &K_cusum, &K_meanshift, &K_rank,
+                         &K_acting, &K_error, &K_refused, &K_deployment, &K_cusum, &K_meanshift,
                          &K_evidence, &K_threshold, &K_episodes, &K_steps, &K_mode, &V_agent, &V_anytime};
     const char *names[] = {"score", "increment", "step", "statistics", "alarm", "detector", "alarm_step", "acting",
-                           "error", "refused", "deployment", "cusum", "meanshift", "rank", "evidence", "threshold",
+                           "error", "refused", "deployment", "cusum", "meanshift", "evidence", "threshold",
                            "episodes", "steps", "mode", "agent", "anytime"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if ((*keys[i] = PyUnicode_InternFromString(names[i])) == NULL) return NULL;

@@ -69,7 +69,6 @@ class FusedCompiled(gym.Wrapper):
         self._kernel = c.make(
             p["c_mean"], p["c_std"], p["c_slack"], p["c_rho"], p["c_gain"], p["c_block"],
             p["m_block"], p["m_mu"], p["m_y"], p["m_norm"], p["m_diag"], rows,
-            p["r_q"], p["r_log"], p["r_spread"], len(p["r_q"][0]),
             tuple(p["thresholds"]), tuple(p["standard"]),
         )
 

@@ -1,7 +1,7 @@
 """The least a Python wrapper can cost doing the guard's per-step work: a timing reference, not mesaguard.
 
 :class:`FusedFloor` does, in one inlined ``step`` with its state in plain attributes, the per-step arithmetic of a
-``GuardedEnv`` running the default set (``cusum``, ``meanshift``, ``rank``) with a deployment monitor: the three
+``GuardedEnv`` running the default set (``cusum``, ``meanshift``) with a deployment monitor: the two
 detectors' scalar updates (their parameters read from a real :class:`~mesaguard.guard.ScalarGuard`), the joint
 threshold check, one finite check, the monitor's per-step part (the joint standardized statistic, its running
 maximum, the step count) and a report in ``info`` of GuardedEnv's shape. No detector objects, no monitor object,
@@ -14,7 +14,6 @@ statistics equal ``GuardedEnv``'s step for step (the arithmetic timed is the gua
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from operator import mul
 from typing import Any
 
@@ -25,7 +24,7 @@ from mesaguard.guard import ScalarGuard
 
 __all__ = ["FusedFloor", "ReportOnly", "parameters"]
 
-ORDER = ["cusum", "meanshift", "rank"]  # the default set, in the order its statistics are read here
+ORDER = ["cusum", "meanshift"]  # the default set, in the order its statistics are read here
 
 
 def parameters(calibration: Calibration) -> dict[str, Any]:
@@ -34,7 +33,7 @@ def parameters(calibration: Calibration) -> dict[str, Any]:
     mean-shift test's whole factor."""
     guard = ScalarGuard(calibration, ORDER)
     forms: list[Any] = list(guard.detectors)
-    cusum, ms, rank = forms
+    cusum, ms = forms
     if ms.T > ms.LISTED:
         raise ValueError("the floor inlines listed forward-substitution rows only")
     return {
@@ -42,7 +41,6 @@ def parameters(calibration: Calibration) -> dict[str, Any]:
         "c_slack": cusum.slack, "c_rho": cusum.rho, "c_gain": cusum.gain, "c_block": cusum.block,
         "m_block": ms.block, "m_T": ms.T, "m_mu": ms.mu, "m_y": ms.y, "m_norm": ms.norm, "m_diag": ms.diag,
         "m_rows": ms.rows, "m_chol": ms.chol,
-        "r_q": rank.quantiles, "r_log": rank.log, "r_spread": rank.spread, "r_last": rank.last,
         "thresholds": guard.thresholds,
         "standard": [(calibration.detectors[n].location, calibration.detectors[n].scale) for n in ORDER],
     }
@@ -71,8 +69,7 @@ class FusedFloor(gym.Wrapper):
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         u = float(reward)
-        t = self.t
-        self.t = t + 1
+        self.t += 1
         self.score = score = self.score + u
         # cusum on the innovation of each complete block's time-indexed standardized sum
         self.c_acc += u
@@ -101,18 +98,13 @@ class FusedFloor(gym.Wrapper):
                 self.m_t = b + 1
             self.m_acc, self.m_k = 0.0, 0
         m = self.m_stat
-        # rank of the score among the reference scores at this step
-        i = t if t < self.r_last else self.r_last
-        q = self.r_q[i]
-        below = bisect_left(q, score)
-        r = self.r_log[below] + (0.0 if below else (q[0] - score) / self.r_spread[i])
-        if not math.isfinite(score + c + m + r):
+        if not math.isfinite(score + c + m):
             raise ValueError("not finite")
         th = self.thresholds
-        if not self.alarm and (c > th[0] or m > th[1] or r > th[2]):
+        if not self.alarm and (c > th[0] or m > th[1]):
             self.alarm, self.alarm_step = True, self.t
-        (l0, s0), (l1, s1), (l2, s2) = self.standard
-        x = max((c - l0) / s0, (m - l1) / s1, (r - l2) / s2)
+        (l0, s0), (l1, s1) = self.standard
+        x = max((c - l0) / s0, (m - l1) / s1)
         self.mon_steps += 1
         if x > self.best:
             self.best = x
@@ -121,7 +113,7 @@ class FusedFloor(gym.Wrapper):
             "score": score,
             "increment": u,
             "step": self.t,
-            "statistics": {"cusum": c, "meanshift": m, "rank": r},
+            "statistics": {"cusum": c, "meanshift": m},
             "alarm": self.alarm,
             "detector": None,
             "alarm_step": self.alarm_step if self.alarm else None,
@@ -156,7 +148,7 @@ class ReportOnly(gym.Wrapper):
             "score": score,
             "increment": u,
             "step": t,
-            "statistics": {"cusum": 0.0, "meanshift": 0.0, "rank": 0.0},
+            "statistics": {"cusum": 0.0, "meanshift": 0.0},
             "alarm": False,
             "detector": None,
             "alarm_step": None,

@@ -11,14 +11,15 @@ best single detector of the same calibration, chosen in hindsight (which keeps n
 after seeing the shift; it is the yardstick only).
 
 A candidate is a set of detectors and how its members are matched. Linearly, at one quantile
-(:func:`~mesaguard.matching.tail_scale` on cross-fitted maxima): ``1 - alpha`` (each member's own level, the
-rule before issue 12's item 3) or ``1 - alpha / k`` for ``k`` members (:func:`~mesaguard.matching.tail_level`,
-``match="linear"``). Or at every quantile (``quantiles``: ``Calibration.fit(..., match="quantiles")``,
-:func:`~mesaguard.matching.tail_map`): each member's maximum mapped to ``-log`` of its exceedance level among
-its cross-fitted maxima (piecewise linear between them, an exponential tail fitted to the top ten beyond the
-largest), so that members meet where their estimated tail probabilities agree, however differently shaped their
-tails are: the joint rule on the largest of these is a combination of per-detector p-values. Every candidate
-keeps the guarantee (the maps are fixed before the held-out split is seen; the joint conformal rule on it).
+(:func:`~mesaguard.matching.tail_scale` on cross-fitted maxima): ``1 - alpha`` (each member's own level,
+:func:`~mesaguard.matching.tail_level`, ``match="linear"``, the calibration's default) or ``1 - alpha / k`` for
+``k`` members (the linear rule of issue 12's first sessions). Or at every quantile (``quantiles``:
+``Calibration.fit(..., match="quantiles")``, :func:`~mesaguard.matching.tail_map`): each member's maximum mapped to
+``-log`` of its exceedance level among its cross-fitted maxima (piecewise linear between them, an exponential tail
+fitted to the top ten beyond the largest), so that members meet where their estimated tail probabilities agree,
+however differently shaped their tails are: the joint rule on the largest of these is a combination of per-detector
+p-values. Every candidate keeps the guarantee (the maps are fixed before the held-out split is seen; the joint
+conformal rule on it).
 
 Cases, each measured in several independent *draws* (fresh calibration and evaluation episodes; the joint
 threshold of 50 held-out episodes is noisy, so one draw decides little):
@@ -34,7 +35,7 @@ threshold of 50 held-out episodes is noisy, so one draw decides little):
    minus the candidate's.
 
 Per candidate: the mean over cases of the per-case mean regret over draws, the worst case's mean regret, and
-the per-episode false-alarm rates. The seeds are disjoint from those the default was chosen on.
+the per-episode false-alarm rates. The seeds are disjoint from those the default was chosen on (``Config.seed``).
 
 Run: ``.venv/bin/python benchmarks/joint_default.py [--quick]`` (about 15 minutes, one core; the cheetah's
 rollouts are half of it). Results: ``benchmarks/results/joint_default.json``, the table in ``docs/results.md``.
@@ -71,14 +72,14 @@ ALL = ("threshold", "envelope", "cusum", "meanshift", "pdt", "rank")
 SETS: dict[str, tuple[str, ...]] = {
     "before: threshold+envelope+cusum+meanshift": ("threshold", "envelope", "cusum", "meanshift"),
     "default: " + "+".join(DEFAULT): DEFAULT,
+    "cusum+meanshift+rank": ("cusum", "meanshift", "rank"),  # the default of issue 12's first sessions
     "cusum+meanshift+pdt+rank": ("cusum", "meanshift", "pdt", "rank"),
     "all six": ALL,
     "meanshift+rank": ("meanshift", "rank"),
-    "cusum+meanshift": ("cusum", "meanshift"),
 }
 LEVELS: dict[str, Callable[[float, int], float]] = {
-    "1 - alpha": lambda alpha, k: 1.0 - alpha,
-    "1 - alpha/k": tail_level,
+    "1 - alpha": lambda alpha, k: tail_level(alpha),  # match="linear"
+    "1 - alpha/k": lambda alpha, k: 1.0 - alpha / k,  # the linear rule of issue 12's first sessions
 }
 QUANTILES = "quantiles"  # matched at every quantile: Calibration(match="quantiles")
 GRIDWORLDS = tuple(s for s in SCENARIOS if s not in ("driving", "cheetah"))
@@ -95,7 +96,8 @@ class Config:
     gm_calibration: int = 500
     gm_episodes: int = 300
     cheetah_steps: int = 1000
-    seed: int = 100  # gridworld job seeds from here; Greenberg-Mannor episode seeds from 50 * seed
+    seed: int = 200  # gridworld job seeds from here; Greenberg-Mannor episode seeds from 50 * seed (the default
+    # set and rule were chosen on seed 100's draws, 2026-12-04: these are fresh)
 
 
 CONFIG = Config()

@@ -37,7 +37,6 @@ of some scenarios merges them into the results file (the others are kept).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -52,6 +51,7 @@ import torch
 from mesaguard import metrics
 from mesaguard.bench import SAFEGUARDS, BenchConfig, calibrate, fit_safeguards
 from mesaguard.bench.config import is_oracle, modelled
+from mesaguard.detectors import DEFAULT
 from mesaguard.experiment import OBJECTIVE, plain_env, policy_factory
 from mesaguard.objective import Transition, make_objective
 from mesaguard.safeguards.model_kinds import MODEL_KINDS, scenario_model
@@ -64,7 +64,7 @@ SCENARIOS = ("lava", "side-effects", "strawberry", "supervisor", "offswitch", "g
 LONG = frozenset({"driving", "cheetah"})  # slow steps (driving) or long episodes (the cheetah): fewer episodes
 
 
-DETECTORS = ("threshold", "envelope", "cusum", "meanshift")  # the default when the table was measured
+DETECTORS = DEFAULT  # the guard of the rows that combine it: the calibration's default set and rule
 
 @dataclass(frozen=True)
 class Config:
@@ -138,7 +138,6 @@ def scenario_rows(scenario: str, cfg: Config) -> dict[str, Any]:
     spec = BenchConfig((scenario,), DETECTORS, (0,), cfg.long_episodes if scenario in LONG else cfg.episodes,
                        cfg.calibration_episodes, alpha=cfg.alpha, safeguards=tuple(names)).jobs()[0]
     cal_runs, cal = calibrate(spec, policy_factory(scenario, "agent"), "agent", record_states=True)
-    cal = dataclasses.replace(cal, match="linear")  # the joint rule the recorded tables were measured with
     fitted = fit_safeguards(spec, cal_runs)
     seeds = list(spec.seeds("evaluation"))
     out: dict[str, Any] = {"reference_variant": reference, "deploy_variants": list(s.shifted_variants),

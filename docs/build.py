@@ -478,7 +478,7 @@ def joint_default() -> str:
              f"{row['worst_case']}: {row['worst_case_regret']:.2f}",
              f"{row['false_alarms_mean']:.3f} / {row['false_alarms_max']:.3f}"]
             for key, row in sorted(r["summary"].items(), key=lambda kv: kv[1]["mean_regret"])]
-    now = next(row for key, row in r["summary"].items() if key.startswith("default:") and key.endswith("quantiles"))
+    now = next(row for key, row in r["summary"].items() if key.startswith("default:") and key.endswith("- alpha"))
     was = next(row for key, row in r["summary"].items() if key.startswith("before:") and key.endswith("- alpha"))
     return table(["detectors @ matched at", "mean regret", "worst case: its mean regret",
                   "false alarms, mean / max over cases"], rows) + (

@@ -350,8 +350,8 @@ def test_schema_2_files_are_read_with_the_rule_they_had(tmp_path, calibration):
 
 def test_the_joint_rule_is_recorded_and_checked(tmp_path):
     rng = np.random.default_rng(5)
-    cal = Calibration.fit(ar1_episodes(rng, 120), alpha=0.1, detectors=FOUR)
-    assert cal.match == "quantiles"  # the default
+    assert Calibration.fit(ar1_episodes(rng, 40), alpha=0.1).match == "linear"  # the default
+    cal = Calibration.fit(ar1_episodes(rng, 120), alpha=0.1, detectors=FOUR, match="quantiles")
     path = cal.save(tmp_path / "q.json")
     loaded = Calibration.load(path)
     assert loaded == cal and loaded.match == "quantiles"
@@ -440,7 +440,8 @@ def test_a_member_whose_maxima_barely_vary_leaves_the_others_their_thresholds(cr
     power: the rank keeps the threshold it has alone (before, every held-out episode looked as rare as the rarest
     and the union's thresholds went out of reach)."""
     rng = np.random.default_rng(0)
-    cal = Calibration.fit([rng.normal(1.0, 0.5, 20) for _ in range(100)], alpha=0.1, detectors=["cusum", "rank"])
+    cal = Calibration.fit([rng.normal(1.0, 0.5, 20) for _ in range(100)], alpha=0.1, detectors=["cusum", "rank"],
+                          match="quantiles")
     flat = dataclasses.replace(cal.detectors["cusum"], crossfit=crossfit.tolist(), maxima=held.tolist())
     cal = dataclasses.replace(cal, detectors={**cal.detectors, "cusum": flat})
     joint = cal.thresholds_for(["cusum", "rank"])

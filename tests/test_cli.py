@@ -50,8 +50,9 @@ def test_calibrate_records_the_joint_rule_chosen(tmp_path):
 
 
 
-def test_the_commands_default_detectors_are_the_calibrations_default():
-    from mesaguard.cli.base import ALL
+def test_the_commands_default_detectors_and_rule_are_the_calibrations_default():
+    from mesaguard.cli.base import ALL, MATCH
     from mesaguard.detectors import DEFAULT
+    from mesaguard.matching import DEFAULT_MATCH
 
-    assert ALL.split(",") == list(DEFAULT)
+    assert ALL.split(",") == list(DEFAULT) and MATCH == DEFAULT_MATCH

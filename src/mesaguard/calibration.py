@@ -61,7 +61,16 @@ from mesaguard.conformal import (
 from mesaguard.detectors import DEFAULT, Detector, detector_class, detector_names
 from mesaguard.detectors.base import check_episodes
 from mesaguard.files import read_json, write_atomic
-from mesaguard.matching import MATCHES, check_match, map_level, map_value, tail_level, tail_map, tail_scale
+from mesaguard.matching import (
+    DEFAULT_MATCH,
+    MATCHES,
+    check_match,
+    map_level,
+    map_value,
+    tail_level,
+    tail_map,
+    tail_scale,
+)
 from mesaguard.maxima import crossfit_maxima, episode_maxima, statistic_traces
 from mesaguard.objective import Objective, Transition, make_objective
 
@@ -96,17 +105,13 @@ KIND = Kind("calibration", FORMAT, SCHEMA_VERSION, CalibrationError,
 class DetectorCalibration:
     """One detector's fitted parameters, its per-episode maxima and its threshold alone.
 
-    ``crossfit`` (the cross-fitted maxima themselves, see below) puts detectors on one
-    scale under ``match="quantiles"``, the default (:func:`tail_map`); ``location``
-    and ``scale`` do under ``match="linear"``, and put the deployment monitor's joint
-    statistic on one scale whatever the rule (see :meth:`Calibration.thresholds_for`). They are
-    the median of the detector's per-episode maxima and the distance from it to their
-    :func:`~mesaguard.matching.tail_level` quantile (``1 - alpha / k`` for the ``k`` detectors of the
-    calibration), so that detectors meet where a joint threshold lies, whatever the
-    shape of their distributions; matched at their own ``1 - alpha`` quantile instead,
-    a heavy-tailed member's outliers among the held-out episodes set the joint
-    threshold and every other member's rises far into its own tail
-    (``benchmarks/joint_default.py`` measures both). The maxima are
+    ``location`` and ``scale`` put detectors on one scale under ``match="linear"``, the
+    default, and the deployment monitor's joint statistic whatever the rule (see
+    :meth:`Calibration.thresholds_for`): the median of the detector's per-episode maxima
+    and the distance from it to their :func:`~mesaguard.matching.tail_level` quantile
+    (``1 - alpha``, the detector's own), so that each reads 1 where it alone would be
+    thresholded; ``crossfit`` (the cross-fitted maxima themselves, see below) does under
+    ``match="quantiles"`` (:func:`tail_map`). ``benchmarks/joint_default.py`` measures both. The maxima are
     cross-fitted on the fitting split (in ten folds, each fold's maxima taken under
     parameters fitted on the other nine: :func:`~mesaguard.maxima.crossfit_maxima`),
     so a detector that fits its own data closely does not look calmer than it will
@@ -158,7 +163,7 @@ class Calibration(ConformalThreshold):
     metadata: dict[str, Any] = field(default_factory=dict)
     objective: str | None = None  # the base objective the increments came from (its name), if the fit was told
     lengths: tuple[int, int] | None = None  # the shortest and longest calibration episode, in steps
-    match: str = "linear"  # how detectors run together are put on one scale (MATCHES; fit's default: "quantiles")
+    match: str = "linear"  # how detectors run together are put on one scale (MATCHES; files before schema 3: linear)
 
     def __repr__(self) -> str:
         """One line: what it was fitted on and for, never its arrays."""
@@ -182,7 +187,7 @@ class Calibration(ConformalThreshold):
         metadata: Mapping[str, Any] | None = None,
         objective: str | Objective | Callable[[Transition], float] | None = None,
         on_detector: Callable[[str], None] | None = None,
-        match: str = "quantiles",
+        match: str = DEFAULT_MATCH,
     ) -> Calibration:
         """Fit every detector on the first ``fit_fraction`` of ``episodes``, threshold on the rest.
 
@@ -219,7 +224,7 @@ class Calibration(ConformalThreshold):
                 f"pass at least {episodes_needed(alpha, fit_fraction)} episodes or a larger alpha"
             )
         k = conformal_rank(len(held), alpha)
-        level = tail_level(alpha, len(names))  # where these detectors, calibrated together, are matched
+        level = tail_level(alpha)  # where these detectors, calibrated together, are matched
         options = dict(options or {})
         fitted = {}
         for name in names:

@@ -45,7 +45,7 @@ from mesaguard.calibration import Calibration, CalibrationError
 from mesaguard.conformal import check_alpha, episodes_needed
 from mesaguard.detectors import DEFAULT, detector_class
 from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED
-from mesaguard.matching import check_match
+from mesaguard.matching import DEFAULT_MATCH, check_match
 from mesaguard.metrics import Delay, delay
 from mesaguard.objective import Objective, Transition, make_objective
 from mesaguard.progress import bar
@@ -120,7 +120,7 @@ def calibrate(
     progress: bool = True,
     on_episode: Callable[[Episode], None] | None = None,
     metadata: dict[str, Any] | None = None,
-    match: str = "quantiles",
+    match: str = DEFAULT_MATCH,
 ) -> Calibration:
     """Play ``policy`` on ``episodes`` in-distribution episodes of ``make_env()`` (seeds ``seed``,
     ``seed + 1``, ...) and fit a calibration at false-alarm rate ``alpha``.

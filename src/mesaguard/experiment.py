@@ -17,6 +17,7 @@ import gymnasium as gym
 from mesaguard import metrics
 from mesaguard.calibration import Calibration
 from mesaguard.guard import GuardedEnv
+from mesaguard.matching import DEFAULT_MATCH
 from mesaguard.monitor import DeploymentAlarm, replay
 from mesaguard.protocols import Fallback, Protocol, Stop
 from mesaguard.rollout import Episode, Policy, rollout
@@ -91,7 +92,7 @@ def calibrate(
     detectors: Sequence[str] | None = None,
     workers: int = 1,
     on_episode: Callable[[Episode], None] | None = None,
-    match: str = "quantiles",
+    match: str = DEFAULT_MATCH,
 ) -> Calibration:
     """Roll the policy out on the scenario's reference variant (where it was checked) and fit a calibration."""
     s = get(scenario)

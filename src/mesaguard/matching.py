@@ -4,9 +4,10 @@ Two rules (a calibration's ``match``, :meth:`~mesaguard.calibration.Calibration.
 the fitting half from a detector's cross-fitted per-episode maxima, before the held-out half is seen, which keeps
 the guarantee P(any fires) <= alpha exact:
 
-* ``"quantiles"`` (the default): :func:`tail_map`, the ``-log`` exceedance level of a value among those maxima,
-  with an exponential tail past the largest: members meet at every quantile of their tails;
-* ``"linear"``: :func:`tail_scale` at :func:`tail_level`, ``(x - location) / scale``: members meet at one quantile.
+* ``"linear"`` (the default, :data:`DEFAULT_MATCH`): :func:`tail_scale` at :func:`tail_level`,
+  ``(x - location) / scale``: members meet at one quantile, each its own ``1 - alpha``;
+* ``"quantiles"``: :func:`tail_map`, the ``-log`` exceedance level of a value among those maxima, with an
+  exponential tail past the largest: members meet at every quantile of their tails.
 
 Both estimate how fast a member's tail falls from its cross-fitted maxima, and a member whose maxima barely vary (a
 near-deterministic task: a statistic that is the same constant in every episode, up to rounding) would give a scale
@@ -25,11 +26,12 @@ import numpy as np
 from mesaguard.conformal import CalibrationError
 
 __all__ = [
-    "MATCHES", "RESOLUTION", "TAIL_KNOTS", "check_match", "map_level", "map_value", "tail_floor", "tail_level",
-    "tail_map", "tail_scale",
+    "DEFAULT_MATCH", "MATCHES", "RESOLUTION", "TAIL_KNOTS", "check_match", "map_level", "map_value", "tail_floor",
+    "tail_level", "tail_map", "tail_scale",
 ]
 
 MATCHES = ("linear", "quantiles")  # how detectors calibrated together are put on one scale
+DEFAULT_MATCH = "linear"  # what a calibration uses unless told (docs/results.md, the joint default, says why)
 TAIL_KNOTS = 10  # the largest cross-fitted maxima whose mean excess scales the exponential tail past them
 RESOLUTION = 1e-3  # in a standardized statistic's unit: the least difference its map resolves (tail_floor)
 
@@ -47,18 +49,19 @@ def check_match(match: str) -> str:
     return match
 
 
-def tail_level(alpha: float, k: int) -> float:
-    """The quantile at which ``k`` detectors calibrated together are matched: ``1 - alpha / k``.
+def tail_level(alpha: float) -> float:
+    """The quantile at which detectors calibrated together are matched linearly: ``1 - alpha``, each member's own.
 
-    Their union must fire on at most ``alpha`` of in-distribution episodes, so a joint
-    threshold lies beyond each member's own ``1 - alpha`` quantile, between it and the
-    ``1 - alpha / k`` at which each would sit with an equal share of alpha (members
-    that never fire together); matched there, members meet where their thresholds fall.
+    A member standardized there reads 1 where it alone would be thresholded (in distribution), whatever the
+    other members, so a set is matched the same calibrated alone or with others. Matching further out, at the
+    ``1 - alpha / k`` where each of ``k`` members would sit with an equal share of alpha (the rule before), reads
+    each scale off the one or two largest of the cross-fitted maxima: on the joint-default benchmark's draws that
+    lost more (docs/results.md).
 
-    >>> tail_level(0.05, 1), tail_level(0.05, 4)
-    (0.95, 0.9875)
+    >>> tail_level(0.05)
+    0.95
     """
-    return 1.0 - alpha / max(int(k), 1)
+    return 1.0 - alpha
 
 
 def tail_floor(unit: float | None) -> float:

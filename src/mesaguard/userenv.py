@@ -48,6 +48,7 @@ import numpy as np
 from mesaguard import evaluation, metrics
 from mesaguard.calibration import Calibration
 from mesaguard.experiment import CALIBRATION_SEED, EVALUATION_SEED  # calibration and evaluation seeds are disjoint
+from mesaguard.matching import DEFAULT_MATCH
 from mesaguard.objective import FromCallable, Objective, ObjectiveError, Transition, make_objective
 from mesaguard.protocols import Stop
 from mesaguard.rollout import Episode, Policy, policy_for, rollout
@@ -328,7 +329,7 @@ def calibrate(
     workers: int = 1,
     on_episode: Callable[[Episode], None] | None = None,
     metadata: dict[str, Any] | None = None,
-    match: str = "quantiles",
+    match: str = DEFAULT_MATCH,
 ) -> Calibration:
     """Roll ``policy`` out on ``env`` (seeds ``CALIBRATION_SEED + i``) and fit a calibration recording
     ``objective`` and, as its scenario, the env's name: :func:`mesaguard.evaluation.calibrate`."""

@@ -74,7 +74,8 @@ FormatOption = Annotated[
 ]
 
 
-ALL = "cusum,meanshift,rank"  # mesaguard.detectors.DEFAULT (a test holds them equal; the CLI starts without NumPy)
+ALL = "cusum,meanshift"  # mesaguard.detectors.DEFAULT (a test holds them equal; the CLI starts without NumPy)
+MATCH = "linear"  # mesaguard.matching.DEFAULT_MATCH (a test holds them equal)
 
 
 Detectors = Annotated[str, typer.Option(help="Comma-separated detector names.")]

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from mesaguard.experiment import Row
 from mesaguard.cli.base import (
     ALL,
+    MATCH,
     POLICIES,
     POLICY_HELP,
     PROTOCOLS,
@@ -91,8 +92,8 @@ def calibrate(
     objective: ObjectiveOption = None,
     format: FormatOption = "table",
     match: Annotated[str, typer.Option(
-        help="How detectors run together are put on one scale: quantiles (matched at every quantile of their "
-             "cross-fitted maxima) or linear (at one quantile, the rule before).")] = "quantiles",
+        help="How detectors run together are put on one scale: linear (each at its own 1 - alpha quantile of its "
+             "cross-fitted maxima) or quantiles (at every quantile of them).")] = MATCH,
 ) -> None:
     """Fit thresholds on held-out in-distribution episodes of the agent; save them as JSON.
 
@@ -156,7 +157,7 @@ def _calibrate_user(env: str, env_kwargs: str | None, policy: str | None, object
 
 
 def _calibrate(scenario: str, episodes: int, alpha: float, names: list[str], policy: str, workers: int,
-               match: str = "quantiles"):
+               match: str = MATCH):
     from mesaguard import experiment
 
     with _progress(f"calibrating {scenario}", episodes) as advance:

@@ -5,7 +5,7 @@ Every registered detector, and those a calibration fits by default:
 >>> sorted(DETECTORS)
 ['cusum', 'envelope', 'meanshift', 'pdt', 'rank', 'threshold']
 >>> DEFAULT
-('cusum', 'meanshift', 'rank')
+('cusum', 'meanshift')
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ DETECTORS: dict[str, type[Detector]] = {
     cls.name: cls for cls in (ScoreThreshold, ScoreEnvelope, Cusum, MeanShift, PartialDegradation, ScoreRank)
 }
 
-DEFAULT: tuple[str, ...] = ("cusum", "meanshift", "rank")  # what a calibration fits unless told
+DEFAULT: tuple[str, ...] = ("cusum", "meanshift")  # what a calibration fits unless told
 
 
 def detector_class(name: str) -> type[Detector]:
