@@ -264,6 +264,10 @@ def test_cusum_fits_long_episodes_in_blocks_against_each_blocks_own_reference():
     assert Cusum.fit(gait, block=1).block == 1 and Cusum.fit(gait, block=1).mean.size == 1  # even: one pooled
     short = [np.ones(5), np.ones(20), np.ones(3)]  # one episode completes a block of 20 steps: every step a block
     assert Cusum.fit(short, block=20).block == 1
+    assert Cusum.fit(gait, block=np.int64(20)).mean.size == 50  # a NumPy integer is a number of steps too
+    for bad in (0, 2.5, "10", True):
+        with pytest.raises(DetectorError, match=f"cusum block={bad!r}; expected a positive number of steps"):
+            Cusum.fit(gait, block=bad)
     with pytest.raises(DetectorError, match="block=0"):
         Cusum(mean=0.0, std=1.0, block=0)
 

@@ -8,7 +8,7 @@ from typing import Any, Self
 import numpy as np
 
 from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes
-from mesaguard.detectors.reference import StepReference, blocks, complete_blocks
+from mesaguard.detectors.reference import StepReference, blocks, check_block, complete_blocks
 
 __all__ = ["AUTOCORRELATED", "STEP_RANGE", "Cusum", "spread_range"]
 
@@ -112,9 +112,7 @@ class Cusum(Detector):
             raise DetectorError(f"cusum slack={slack}; expected a non-negative number of stds")
         if not (np.isfinite(rho) and -1 < rho < 1):
             raise DetectorError(f"cusum rho={rho}; expected an autocorrelation strictly between -1 and 1")
-        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
-            raise DetectorError(f"cusum block={block!r}; expected a positive number of steps")
-        self.slack, self.rho, self.block = float(slack), float(rho), int(block)
+        self.slack, self.rho, self.block = float(slack), float(rho), check_block(self.name, block)
         self._gain = 1.0 / np.sqrt(1.0 - self.rho**2)
         self.sum = np.zeros(self.n_envs)
         self.prev = np.zeros(self.n_envs)  # last standardized increment (0 before the first step)
@@ -126,8 +124,8 @@ class Cusum(Detector):
     def fit(cls, episodes: Sequence[np.ndarray], **options: Any) -> Self:
         episodes = check_episodes(episodes)
         T = max(e.size for e in episodes)
-        block = options.pop("block", -(-T // cls.MAX_BLOCKS))
-        if isinstance(block, int) and block > 1:  # the complete blocks' sums are the increments from here on
+        block = check_block(cls.name, options.pop("block", -(-T // cls.MAX_BLOCKS)))
+        if block > 1:  # the complete blocks' sums are the increments from here on
             sums = [s for s in (blocks(e, block)[: e.size // block] for e in episodes) if s.size]
             if len(sums) >= 2:
                 episodes = sums

@@ -10,7 +10,7 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes, padded
-from mesaguard.detectors.reference import blocks, complete_blocks, resolution, unseen_event
+from mesaguard.detectors.reference import blocks, check_block, complete_blocks, resolution, unseen_event
 
 __all__ = ["MeanShift"]
 
@@ -81,9 +81,7 @@ class MeanShift(Detector):
         diag = np.diag(self.chol)
         if not (diag > 0).all():
             raise DetectorError("meanshift chol must be a Cholesky factor with a positive diagonal")
-        if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
-            raise DetectorError(f"meanshift block={block!r}; expected a positive number of steps")
-        self.block = int(block)
+        self.block = check_block(self.name, block)
         self._diag = diag.copy()  # the factor's diagonal, read per block
         self.y = solve_triangular(self.chol, np.ones(B), lower=True)
         self.norm = np.sqrt(np.cumsum(self.y**2))
@@ -102,7 +100,7 @@ class MeanShift(Detector):
 
         episodes = check_episodes(episodes)
         T = max(e.size for e in episodes)
-        block = int(options.pop("block", -(-T // cls.MAX_BLOCKS)))
+        block = check_block(cls.name, options.pop("block", -(-T // cls.MAX_BLOCKS)))
         increments, _ = padded(episodes)
         sums = np.stack([blocks(row, block) for row in increments])
         spread = sums.std(axis=0, ddof=1)

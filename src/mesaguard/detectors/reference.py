@@ -50,7 +50,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RESOLUTION_ULPS", "StepReference", "blocks", "complete_blocks", "resolution", "unseen_event"]
+from mesaguard.detectors.base import DetectorError
+
+__all__ = ["RESOLUTION_ULPS", "StepReference", "blocks", "check_block", "complete_blocks", "resolution", "unseen_event"]
 
 RESOLUTION_ULPS = 64.0  # rounding units of the largest increment below which spreads are not resolved
 
@@ -85,6 +87,19 @@ def blocks(episode: np.ndarray, size: int) -> np.ndarray:
     out = np.zeros(n)
     np.add.at(out, np.arange(episode.size) // size, episode)
     return out
+
+
+def check_block(detector: str, block: object) -> int:
+    """``block`` as a number of steps per block, or a :class:`DetectorError` naming ``detector`` and the value.
+
+    >>> check_block("cusum", 0)
+    Traceback (most recent call last):
+    ...
+    mesaguard.detectors.base.DetectorError: cusum block=0; expected a positive number of steps
+    """
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise DetectorError(f"{detector} block={block!r}; expected a positive number of steps")
+    return int(block)
 
 
 def complete_blocks(acc: np.ndarray, k: np.ndarray, u: np.ndarray, size: int) -> np.ndarray:
