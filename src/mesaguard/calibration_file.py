@@ -93,7 +93,7 @@ def _check_blocks(entries: Fields, detectors: Mapping[str, DetectorCalibration],
     longest`` and ``block * (B - 1) < longest`` (a block so long that the test never completes one never fires)."""
     for name, d in detectors.items():
         block, mu = d.params.get("block"), d.params.get("mu", d.params.get("mean"))
-        if not isinstance(block, int) or not isinstance(mu, list):
+        if not isinstance(block, int) or mu is None:  # mu: a list, or an array from the sidecar
             continue
         if block > longest or block * (len(mu) - 1) >= longest:
             entries.object(name).object("params").fail(
