@@ -129,6 +129,17 @@ def test_joint_threshold_reduces_to_single(calibration):
 
 
 @pytest.mark.parametrize("match", MATCHES)
+def test_a_set_read_from_a_larger_calibration_gets_the_thresholds_of_its_own(match):
+    """Each member's fit, maxima and scale do not depend on the other detectors calibrated with it, under either
+    rule: benchmarks read every joint set from one calibration of all detectors (greenberg_mannor.py)."""
+    episodes = ar1_episodes(np.random.default_rng(9), 120)
+    every = Calibration.fit(episodes, alpha=0.1, detectors=FOUR, match=match)
+    for names in (["cusum", "meanshift"], ["threshold", "envelope", "meanshift"]):
+        alone = Calibration.fit(episodes, alpha=0.1, detectors=names, match=match)
+        assert every.thresholds_for(names) == alone.thresholds_for(names)
+
+
+@pytest.mark.parametrize("match", MATCHES)
 def test_thresholds_for_detectors_not_calibrated_are_refused_by_name(calibration, match):
     cal = dataclasses.replace(calibration, match=match)
     with pytest.raises(CalibrationError, match=r"detectors \['pdt'\] are not in this calibration"):
