@@ -8,7 +8,7 @@ from typing import Any, Self
 import numpy as np
 
 from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes
-from mesaguard.detectors.reference import StepReference, blocks, check_block, complete_blocks
+from mesaguard.detectors.reference import MAX_BLOCKS, StepReference, blocks, check_block, complete_blocks
 
 __all__ = ["AUTOCORRELATED", "STEP_RANGE", "Cusum", "spread_range"]
 
@@ -90,7 +90,7 @@ class Cusum(Detector):
 
     name = "cusum"
 
-    MAX_BLOCKS = 100  # default resolution: at most this many blocks per episode (every step up to 100 steps)
+    MAX_BLOCKS = MAX_BLOCKS  # default resolution (reference.MAX_BLOCKS): every step its own block up to 100 steps
 
     def __init__(
         self,

@@ -10,7 +10,14 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from mesaguard.detectors.base import Detector, DetectorError, ScalarDetector, check_episodes, padded
-from mesaguard.detectors.reference import blocks, check_block, complete_blocks, resolution, unseen_event
+from mesaguard.detectors.reference import (
+    MAX_BLOCKS,
+    blocks,
+    check_block,
+    complete_blocks,
+    resolution,
+    unseen_event,
+)
 
 __all__ = ["MeanShift"]
 
@@ -23,7 +30,9 @@ class MeanShift(Detector):
     so a drop is tested on the whole vector of the episode so far, with the
     in-distribution means ``mu`` and covariance ``Sigma``. As in the paper the
     increments are summed in blocks of ``block`` steps (the test's resolution: a
-    ``B x B`` covariance, ``B = ceil(T / block)``). After ``j`` complete blocks, with
+    ``B x B`` covariance, ``B = ceil(T / block)``; by default every step is its own
+    block up to :attr:`MAX_BLOCKS` steps, as CUSUM's, and at most that many blocks
+    beyond). After ``j`` complete blocks, with
     deficits ``d = mu[:j] - x[:j]`` of the block sums ``x``, the statistic is
 
         ``1' Sigma_j^{-1} d / sqrt(1' Sigma_j^{-1} 1)``
@@ -61,7 +70,7 @@ class MeanShift(Detector):
     """
 
     name = "meanshift"
-    MAX_BLOCKS = 50  # default resolution: at most this many blocks (a 50 x 50 covariance whatever T)
+    MAX_BLOCKS = MAX_BLOCKS  # default resolution (reference.MAX_BLOCKS): a B x B covariance, B <= 100 whatever T
 
     def __init__(
         self,
@@ -181,7 +190,7 @@ class _ScalarMeanShift(ScalarDetector):
     plain floats costs less than one NumPy call); later rows stay in NumPy.
     """
 
-    LISTED = 64
+    LISTED = MAX_BLOCKS  # every row at the default resolution
 
     def __init__(self, det: MeanShift) -> None:
         self.chol, self.T, self.block = det.chol, det.mu.size, det.block
