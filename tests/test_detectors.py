@@ -15,6 +15,7 @@ from mesaguard.detectors import (
     ScoreThreshold,
     detector_class,
 )
+from mesaguard.detectors.pdt import PartialDegradation
 
 finite = st.floats(-10, 10, allow_nan=False, allow_infinity=False)
 
@@ -253,6 +254,22 @@ def test_cusum_blocks_by_hand():
     assert out[-1].tolist() == [1.0, 0.5]  # env 2: sums 4 then 2, z = 2 then -0.5: C = max(0, -2) = 0, then 0.5
 
 
+def test_the_udt_and_pdt_share_cusums_resolution_whatever_one_long_episode_does():
+    # strawberry's shape: short episodes and one that ran to the time limit; up to MAX_BLOCKS steps every step is a
+    # block (at 50 blocks the one long episode put every episode in blocks of 2 steps)
+    rng = np.random.default_rng(9)
+    episodes = [rng.normal(1.0, 0.3, 20) for _ in range(39)] + [rng.normal(1.0, 0.3, 100)]
+    for cls in (Cusum, MeanShift, PartialDegradation):
+        assert cls.MAX_BLOCKS == 100 and cls.fit(episodes).block == 1
+    long = [rng.normal(1.0, 0.3, 1000) for _ in range(40)]
+    udt = MeanShift.fit(long)
+    assert udt.block == 10 and udt.mu.size == 100 == Cusum.fit(long).mean.size
+    scalar = udt.scalar()  # every forward-substitution row listed at the default resolution, equal to the vector form
+    trace = [scalar.update(float(u)) for u in long[0] - 0.05]
+    udt.reset()
+    assert trace == [float(udt.update(np.array([u]))[0]) for u in long[0] - 0.05]
+
+
 def test_cusum_fits_long_episodes_in_blocks_against_each_blocks_own_reference():
     rng = np.random.default_rng(8)
     phase = rng.uniform(0, 2 * np.pi, size=(60, 1))
@@ -286,7 +303,7 @@ def test_cusum_in_blocks_scalar_and_vector_forms_agree(data):
 
 
 def test_pdt_is_the_top_share_of_the_whitened_deficits():
-    from mesaguard.detectors.pdt import PartialDegradation, _top_share
+    from mesaguard.detectors.pdt import _top_share
 
     rng = np.random.default_rng(4)
     chol = np.linalg.cholesky(np.cov(rng.normal(size=(40, 6)), rowvar=False))
