@@ -70,6 +70,23 @@ def test_config_validation_is_clear():
     assert config().run_id() == config().run_id() != config(alpha=0.3).run_id()
 
 
+def test_a_run_is_named_after_the_code_too_so_an_upgrade_does_not_resume_the_old_codes_jobs(tmp_path, monkeypatch):
+    from mesaguard.bench import config as config_module
+
+    package = tmp_path / "mesaguard"
+    (package / "detectors").mkdir(parents=True)
+    (package / "detectors" / "cusum.py").write_text("MAX_BLOCKS = 100\n")
+    (package / "notes.md").write_text("not code")
+    before = config_module.code_fingerprint(package)
+    (package / "notes.md").write_text("still not code")
+    assert config_module.code_fingerprint.__wrapped__(package) == before
+    (package / "detectors" / "cusum.py").write_text("MAX_BLOCKS = 50\n")
+    assert config_module.code_fingerprint.__wrapped__(package) != before
+    name = config().run_id()
+    monkeypatch.setattr(config_module, "code_fingerprint", lambda: before)
+    assert config().run_id() != name
+
+
 @pytest.mark.parametrize("policy", ["misaligned", "aligned"])
 def test_offline_replay_equals_guarded_runs_with_stop(policy):
     """The bench's premise: a Stop guard's run is the unguarded run cut at the replayed alarm step."""

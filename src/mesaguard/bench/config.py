@@ -7,9 +7,11 @@ Job seed ``s`` draws its episode seeds from two disjoint ranges,
 seeds in each variant); ``i`` stays below ``EVALUATION_SEED - CALIBRATION_SEED``,
 so the two ranges never meet, and both stay clear of training's small seeds.
 
-The configuration's JSON is the run's identity in the store (:meth:`BenchConfig.run_id`):
-the same command resumes the same run. A configuration read back from a store is
-checked again, like one typed on the command line.
+The configuration's JSON and the code that computes the jobs are the run's identity in the
+store (:meth:`BenchConfig.run_id`, :func:`code_fingerprint`): the same command on the same
+mesaguard resumes the same run, and after an upgrade (or any change to its modules or shipped
+agents) it starts a new one instead of reporting jobs the old code computed. A configuration
+read back from a store is checked again, like one typed on the command line.
 
 This module imports nothing heavy: the experiment's seed offsets and policy names,
 and the safeguard registry, are read when a configuration is checked or a job's
@@ -23,6 +25,8 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import InitVar, asdict, dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -38,6 +42,7 @@ __all__ = [
     "BenchConfig",
     "BenchError",
     "JobSpec",
+    "code_fingerprint",
     "UserTask",
     "config_name",
     "detector_configs",
@@ -324,9 +329,11 @@ class BenchConfig:
         return cls(**fields, task=None if task is None else _user_task(task), registry=registry)
 
     def run_id(self) -> str:
-        """A name derived from the config, so the same command resumes the same run; letters, digits, ``.``, ``_``
-        and ``-`` only (it names a folder: a user's ``module:factory`` env keeps no colon)."""
-        digest = hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        """A name derived from the config and the code (:func:`code_fingerprint`), so the same command on the same
+        mesaguard resumes the same run; letters, digits, ``.``, ``_`` and ``-`` only (it names a folder: a user's
+        ``module:factory`` env keeps no colon)."""
+        identity = json.dumps(self.as_dict(), sort_keys=True) + code_fingerprint()
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
         return re.sub(r"[^A-Za-z0-9._-]", "_", f"{'-'.join(self.scenarios)[:40]}-{digest}")
 
     def jobs(self) -> list[JobSpec]:
@@ -366,3 +373,20 @@ class JobSpec:
         calibration, evaluation = _seed_offsets()
         start = self.seed * SEED_STRIDE + (calibration if role == "calibration" else evaluation)
         return range(start, start + (self.calibration_episodes if role == "calibration" else self.episodes))
+
+
+CODE_SUFFIXES = (".py", ".c", ".json", ".safetensors")  # what computes a job: modules and shipped agents
+
+
+@cache
+def code_fingerprint(root: Path | None = None) -> str:
+    """SHA-256 of the mesaguard package under ``root`` (default: the one running): every module and shipped agent,
+    by relative path and bytes. A user's own env or policy is not covered: name the run (``--run``) to keep it
+    apart after changing them."""
+    if root is None:
+        root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in CODE_SUFFIXES and "__pycache__" not in p.parts):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
