@@ -66,8 +66,8 @@ __all__ = [
 RESOLUTION_ULPS = 64.0  # rounding units of the largest increment below which spreads are not resolved
 # The default resolution of the detectors in blocks (CUSUM, the UDT and the PDT): every step its own block up to
 # this many steps, at most this many blocks an episode beyond (a block of ceil(T / MAX_BLOCKS) steps, T the longest
-# reference episode). One longer episode sets T for all: at 50 blocks one stuck 100-step episode among 20-step ones
-# put every episode in blocks of 2 steps and cost the UDT half its catches on the strawberry demo.
+# reference episode, so one long episode sets it for all). A finer one costs the UDT and the PDT a larger covariance
+# (B x B) and longer forward-substitution rows; measured in docs/results.md.
 MAX_BLOCKS = 100
 
 
