@@ -100,7 +100,8 @@ class MeanShift(Detector):
         self.t = np.zeros(self.n_envs, dtype=np.int64)  # complete blocks so far
         self.acc = np.zeros(self.n_envs)  # the current block's increment sum
         self.k = np.zeros(self.n_envs, dtype=np.int64)  # steps into the current block
-        self._rows = np.empty((self.n_envs, B))
+        self._rows = np.empty((self.n_envs, B))  # gathered factor rows, reused
+        self._e_rows = np.empty((self.n_envs, B))  # gathered whitened deficits, reused
         self._every = np.arange(self.n_envs)  # every env's index (read only)
 
     @classmethod
@@ -167,10 +168,13 @@ class MeanShift(Detector):
             rows, x, ts = rows[open_], x[open_], ts[open_]
         if not rows.size:
             return rows
-        # Row ts[i] of the factor for each env i (entries past ts[i] are zero), in a reused buffer.
-        factor_rows = self._rows[: rows.size]
-        np.take(self.chol, ts, axis=0, out=factor_rows)
-        past = np.einsum("ij,ij->i", factor_rows, self.e[rows] if rows.size < self.n_envs else self.e)
+        # Row ts[i] of the factor for each env i (entries past ts[i] are zero) and its deficits so far, gathered into
+        # reused buffers; the indices are in range (ts < B, rows are envs), and mode="clip" spares take's checked
+        # copy (a buffered second pass with mode="raise" and out=).
+        factor_rows = np.take(self.chol, ts, axis=0, out=self._rows[: rows.size], mode="clip")
+        e_rows = self.e if rows.size == self.n_envs else np.take(self.e, rows, axis=0, out=self._e_rows[: rows.size],
+                                                                  mode="clip")
+        past = np.einsum("ij,ij->i", factor_rows, e_rows)
         e = (self.mu[ts] - x - past) / self._diag[ts]
         self.e[rows, ts] = e
         num = self.num[rows] + self.y[ts] * e
