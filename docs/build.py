@@ -475,15 +475,16 @@ def joint_default() -> str:
     """Each candidate set and matching rule: its mean and worst-case regret against the best single detector."""
     r = results("joint_default")
     rows = [[key.replace("+", ", "), f"{row['mean_regret']:.3f}",
-             f"{row['worst_case']}: {row['worst_case_regret']:.2f}",
+             f"{row['worst_case']}: {row['worst_case_regret']:.2f}", f"{row['mean_loss']:.3f}",
              f"{row['false_alarms_mean']:.3f} / {row['false_alarms_max']:.3f}"]
             for key, row in sorted(r["summary"].items(), key=lambda kv: kv[1]["mean_regret"])]
     now = next(row for key, row in r["summary"].items() if key.startswith("default:") and key.endswith("- alpha"))
     was = next(row for key, row in r["summary"].items() if key.startswith("before:") and key.endswith("- alpha"))
-    return table(["detectors @ matched at", "mean regret", "worst case: its mean regret",
+    return table(["detectors @ matched at", "mean regret", "worst case: its mean regret", "mean loss",
                   "false alarms, mean / max over cases"], rows) + (
         f"\n\nThe default now against the one before: mean regret {now['mean_regret']:.3f} against "
-        f"{was['mean_regret']:.3f}, worst case {now['worst_case_regret']:.2f} ({now['worst_case']}) against "
+        f"{was['mean_regret']:.3f} (mean loss {now['mean_loss']:.3f} against {was['mean_loss']:.3f}), "
+        f"worst case {now['worst_case_regret']:.2f} ({now['worst_case']}) against "
         f"{was['worst_case_regret']:.2f} ({was['worst_case']}); {r['config']['draws']} draws "
         f"({r['config']['cheetah_draws']} for HalfCheetah), {r['seconds']:.0f} s.")
 
