@@ -264,10 +264,10 @@ def test_the_udt_and_pdt_share_cusums_resolution_whatever_one_long_episode_does(
     long = [rng.normal(1.0, 0.3, 1000) for _ in range(40)]
     udt = MeanShift.fit(long)
     assert udt.block == 10 and udt.mu.size == 100 == Cusum.fit(long).mean.size
-    scalar = udt.scalar()  # every forward-substitution row listed at the default resolution, equal to the vector form
+    scalar = udt.scalar()  # every forward-substitution row listed at the default resolution, as the vector form
     trace = [scalar.update(float(u)) for u in long[0] - 0.05]
     udt.reset()
-    assert trace == [float(udt.update(np.array([u]))[0]) for u in long[0] - 0.05]
+    np.testing.assert_allclose(trace, [float(udt.update(np.array([u]))[0]) for u in long[0] - 0.05], rtol=1e-12)
 
 
 def test_cusum_fits_long_episodes_in_blocks_against_each_blocks_own_reference():
