@@ -71,19 +71,17 @@ def test_config_validation_is_clear():
 
 
 def test_a_run_is_named_after_the_code_too_so_an_upgrade_does_not_resume_the_old_codes_jobs(tmp_path, monkeypatch):
-    from mesaguard.bench import config as config_module
-
-    package = tmp_path / "mesaguard"
-    (package / "detectors").mkdir(parents=True)
-    (package / "detectors" / "cusum.py").write_text("MAX_BLOCKS = 100\n")
-    (package / "notes.md").write_text("not code")
-    before = config_module.code_fingerprint(package)
-    (package / "notes.md").write_text("still not code")
-    assert config_module.code_fingerprint.__wrapped__(package) == before
-    (package / "detectors" / "cusum.py").write_text("MAX_BLOCKS = 50\n")
-    assert config_module.code_fingerprint.__wrapped__(package) != before
+    fingerprint = bench_module.config.code_fingerprint.__wrapped__  # uncached
+    (tmp_path / "detectors").mkdir()
+    (tmp_path / "detectors" / "cusum.py").write_text("MAX_BLOCKS = 100\n")
+    (tmp_path / "notes.md").write_text("not code")
+    before = fingerprint(tmp_path)
+    (tmp_path / "notes.md").write_text("still not code")
+    assert fingerprint(tmp_path) == before
+    (tmp_path / "detectors" / "cusum.py").write_text("MAX_BLOCKS = 50\n")
+    assert fingerprint(tmp_path) != before
     name = config().run_id()
-    monkeypatch.setattr(config_module, "code_fingerprint", lambda: before)
+    monkeypatch.setattr(bench_module.config, "code_fingerprint", lambda: before)
     assert config().run_id() != name
 
 
