@@ -9,9 +9,10 @@ the env's own step: ``CartPole-v1`` and ``MiniGrid-Empty-8x8-v0`` (with
 ``ImgObsWrapper``), and, for scale, a real physics step: ``HalfCheetah-v5`` (MuJoCo);
 every overhead is also given as a share of the bare env's own step. Guards run each detector of the default set
 (:data:`mesaguard.detectors.DEFAULT`) alone and the set jointly, the cusum guard and
-the set once more carrying a :class:`~mesaguard.monitor.DeploymentMonitor`,
-and a guard with no detector at all: the wrapper's floor (the objective, the report in
-``info``, the protocol's checks), which no detector can go below; and, as a reference
+the set once more carrying a :class:`~mesaguard.monitor.DeploymentMonitor`
+(and that variant again with the plain-Python guard core, ``MESAGUARD_PYTHON_GUARD=1``: what the compiled core
+of :mod:`mesaguard.guard.compiled` saves), and a guard with no detector at all: the wrapper's floor (the
+objective, the report in ``info``, the protocol's checks), which no detector can go below; and, as a reference
 that is not mesaguard, the default set and the monitor's per-step work inlined in one
 function (``fused_floor.py``, checked equal to the guard's statistics first): the least
 any Python wrapper doing this work costs; and the same work compiled (``fused_compiled.py``: one C function
@@ -23,8 +24,8 @@ noisy env step), and on the cheetah, there for scale, ratios are not given.
 
 Part 1b, where the time goes: the same comparison on a do-nothing env (its step
 returns precomputed rewards), where nothing but the wrappers is on the clock, with
-the ``ScalarGuard`` core (what ``GuardedEnv`` steps) alone beside it, so the guard's
-overhead splits into core (``ScalarGuard.update``) and the rest of the wrapper; and the default set with a
+the guard core (what ``GuardedEnv`` steps: compiled where built, and the plain-Python ``ScalarGuard`` beside
+it) alone, so the guard's overhead splits into core (``update``) and the rest of the wrapper; and the default set with a
 monitor (and RES) on episodes of 200 and of 20 steps, which splits the overhead into a part per step and a part per
 episode (the monitor's bet, its evidence refreshes, the resets): ``per step + per episode / length``.
 
@@ -74,11 +75,13 @@ Results: printed as tables and written to ``benchmarks/results/guard_overhead.js
 from __future__ import annotations
 
 import gc
+import os
 import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import harness
@@ -94,6 +97,7 @@ from rich.table import Table
 from mesaguard.calibration import Calibration
 from mesaguard.detectors import DEFAULT
 from mesaguard.guard import Guard, GuardedEnv, ScalarGuard
+from mesaguard.guard.compiled import OFF, scalar_guard
 from mesaguard.monitor import DeploymentMonitor
 from mesaguard.protocols import Alert
 
@@ -121,6 +125,7 @@ QUICK = Config(rounds=2, block=100, null_steps=400, cartpole_steps=400, minigrid
 RATIOS = ("guard", "reference")  # the rows given as multiples of RES's overhead
 FLOOR = "reference: the default set + monitor's per-step work inlined in one function (a floor)"
 COMPILED = "reference: the same work compiled (C), in a Python wrapper"
+PYTHON = "guard: default set + deployment monitor, the Python guard core"
 REPORT = "reference: a wrapper that only writes the report in info (no statistic computed)"
 DETECTOR_SETS: dict[str, list[str]] = {
     **{name: [name] for name in DEFAULT},
@@ -129,6 +134,19 @@ DETECTOR_SETS: dict[str, list[str]] = {
 
 
 # ---------------------------------------------------------------------------- envs
+
+
+def python_guard(make: Callable[[], object]) -> object:
+    """What ``make`` makes with the plain-Python guard core (``MESAGUARD_PYTHON_GUARD=1`` while it is made)."""
+    before = os.environ.get(OFF)
+    os.environ[OFF] = "1"
+    try:
+        return make()
+    finally:
+        if before is None:
+            del os.environ[OFF]
+        else:
+            os.environ[OFF] = before
 
 
 def make_cartpole() -> gym.Env:
@@ -254,6 +272,7 @@ def single_env_overhead(
         make_env(), cal, detectors=DETECTOR_SETS["default set"], protocol=Alert(lambda alarm: None),
         monitor=DeploymentMonitor(cal, detectors=DETECTOR_SETS["default set"]),
     )
+    variants[PYTHON] = lambda: python_guard(variants["guard: default set + deployment monitor"])
     variants.update(references(make_env, cal, actions))
 
     # Fine-grained interleaving: every variant steps the same block of actions in turn
@@ -341,7 +360,7 @@ def check_floor(make_env: Callable[[], gym.Env], cal: Calibration, actions: np.n
 
 
 def core_seconds_per_step(
-    guard: ScalarGuard, increments: list[float], ends: list[bool], start: int, stop: int
+    guard: Any, increments: list[float], ends: list[bool], start: int, stop: int
 ) -> float:
     """Seconds per ``guard.update`` over steps ``start..stop-1`` (``reset`` where an episode ends there)."""
     update, reset = guard.update, guard.reset
@@ -357,7 +376,7 @@ def core_seconds_per_step(
 
 
 def guard_breakdown(cfg: Config) -> dict:
-    """On a do-nothing env: RecordEpisodeStatistics, GuardedEnv, and its ``ScalarGuard`` core alone."""
+    """On a do-nothing env: RecordEpisodeStatistics, GuardedEnv, and its guard core alone (compiled, and Python)."""
     rng = np.random.default_rng(cfg.seed)
     T = cfg.vector_episode_length
     cal = Calibration.fit([rng.normal(1.0, 0.5, T) for _ in range(cfg.vector_calibration_episodes)], alpha=cfg.alpha)
@@ -373,7 +392,8 @@ def guard_breakdown(cfg: Config) -> dict:
         variants[f"GuardedEnv: {label}"] = lambda names=names: GuardedEnv(
             NullEnv(rewards, T), cal, detectors=names, protocol=Alert(lambda alarm: None)
         )
-        variants[f"Guard core: {label}"] = lambda names=names: ScalarGuard(cal, names)
+        variants[f"Guard core: {label}"] = lambda names=names: scalar_guard(cal, names)  # compiled where built
+        variants[f"Python guard core: {label}"] = lambda names=names: ScalarGuard(cal, names)
     # The monitor bets once per episode and refreshes its evidence when an episode's running maximum rises: a cost
     # per episode, which short episodes spread over few steps. The same guard on episodes of T and of T / 10 steps.
     monitored, short = DETECTOR_SETS["default set"], T // 10
@@ -394,7 +414,7 @@ def guard_breakdown(cfg: Config) -> dict:
         for b in range(0, cfg.null_steps, cfg.block):
             for v in rng.permutation(list(variants)):
                 obj = objs[v]
-                if isinstance(obj, ScalarGuard):
+                if not isinstance(obj, gym.Env):  # a guard core
                     blocks[v].append(core_seconds_per_step(obj, increments, ends, b, b + cfg.block))
                 else:
                     blocks[v].append(seconds_per_step(obj, actions[b : b + cfg.block]))
@@ -403,7 +423,7 @@ def guard_breakdown(cfg: Config) -> dict:
         for v, t in blocks.items():
             t = np.array(t)
             # envs: minus the null env's own step on the same block; the core has no env
-            per_round[v].append(float(np.median(t if v.startswith("Guard core") else t - null)) * 1e6)
+            per_round[v].append(float(np.median(t if "Guard core" in v else t - null)) * 1e6)
     med = {v: float(np.median(o)) for v, o in per_round.items()}
     res = med["RecordEpisodeStatistics"]
     rows = {}
@@ -412,6 +432,7 @@ def guard_breakdown(cfg: Config) -> dict:
         rows[label] = {
             "guarded_env_overhead_us": wrapped,
             "guard_core_us": core,
+            "python_guard_core_us": med[f"Python guard core: {label}"],
             "wrapper_rest_us": wrapped - core,  # Transition, objective, info["mesaguard"], protocol checks
             "ratio_to_res": wrapped / res,
         }
@@ -526,7 +547,8 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "guard_overhead.jso
         title=f"Do-nothing env (step {breakdown['null_env_step_us']:.2f} us): where the guard's time goes; "
         f"RecordEpisodeStatistics adds {breakdown['res_overhead_us']:.2f} us"
     )
-    cols = ("detectors", "GuardedEnv overhead us", "Guard core (update) us", "rest of wrapper us", "x RES overhead")
+    cols = ("detectors", "GuardedEnv overhead us", "Guard core (update) us", "Python core us", "rest of wrapper us",
+            "x RES overhead")
     for col in cols:
         table.add_column(col, justify="left" if col == "detectors" else "right")
     for label, row in breakdown["detectors"].items():
@@ -534,6 +556,7 @@ def main(cfg: Config = CONFIG, out: Path = harness.RESULTS / "guard_overhead.jso
             label,
             f"{row['guarded_env_overhead_us']:.2f}",
             f"{row['guard_core_us']:.2f}",
+            f"{row['python_guard_core_us']:.2f}",
             f"{row['wrapper_rest_us']:.2f}",
             f"{row['ratio_to_res']:.1f}",
         )

@@ -375,7 +375,9 @@ class JobSpec:
         return range(start, start + (self.calibration_episodes if role == "calibration" else self.episodes))
 
 
-CODE_SUFFIXES = (".py", ".c", ".json", ".safetensors")  # what computes a job: modules and shipped agents
+# What computes a job: modules (Cython sources included; the C that Cython generates from them is not, it follows
+# them) and shipped agents.
+CODE_SUFFIXES = (".py", ".pyx", ".json", ".safetensors")
 
 
 @cache

@@ -1,7 +1,8 @@
 """The guard: base objective + calibrated detectors + protocol around an env.
 
 Split the way Gymnasium splits its wrappers: :mod:`~mesaguard.guard.core` is the
-array core (:class:`Guard`, and :class:`ScalarGuard` its one-env hot path; no
+array core (:class:`Guard`, and :class:`ScalarGuard` its one-env hot path, compiled
+where it can be by :mod:`~mesaguard.guard.compiled`; no
 Gymnasium), :mod:`~mesaguard.guard.env` wraps one env (:class:`GuardedEnv`) and
 :mod:`~mesaguard.guard.vector` a vector env (:class:`GuardedVectorEnv`, with
 :mod:`~mesaguard.guard.autoreset` for its sub-envs' own step around autoreset). Both

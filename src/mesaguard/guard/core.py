@@ -45,6 +45,7 @@ __all__ = [
     "ScalarGuard",
     "check_setup",
     "guard_objective",
+    "nonfinite",
     "protocol_action",
     "with_error",
 ]
@@ -125,6 +126,13 @@ def guard_objective(
             f"Pass objective={recorded!r}, or allow_other_objective=True to use {chosen.name!r} anyway"
         )
     return chosen
+
+
+def nonfinite(steps: int, score: float, names: Sequence[str], statistics: Sequence[float]) -> str:
+    """The message naming the values of a one-env guard that are not finite at ``steps``; empty if all are."""
+    values = {"score": score, **dict(zip(names, statistics))}
+    bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
+    return f"not finite at step {steps}: {bad}" if bad else ""
 
 
 def past_longest(calibration: Calibration) -> str:
@@ -219,20 +227,16 @@ class ScalarGuard:
             warnings.warn(past_longest(self._calibration), stacklevel=4)
             self._longest = math.inf
         self.statistics = stats = [update(u) for update in self._updates]  # a new list: reports keep theirs
-        if not math.isfinite(self.score + sum(stats)) and self._nonfinite():  # one cheap check on the hot path
-            raise GuardError(self._nonfinite())
+        if not math.isfinite(self.score + sum(stats)):  # one cheap check on the hot path
+            message = nonfinite(self.steps, self.score, self.names, stats)
+            if message:  # finite values whose sum overflowed: fine
+                raise GuardError(message)
         if not self.alarm:
             for value, (threshold, name) in zip(stats, self._checks):
                 if value > threshold:
                     self.fail(name)
                     return True
         return False
-
-    def _nonfinite(self) -> str:
-        """The message naming the values that are not finite; empty if all are."""
-        values = {"score": self.score, **dict(zip(self.names, self.statistics))}
-        bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
-        return f"not finite at step {self.steps}: {bad}" if bad else ""  # finite values whose sum overflowed: fine
 
     def fail(self, detector: str = "error") -> None:
         """Raise the alarm now (``"error"``: the guard itself failed)."""

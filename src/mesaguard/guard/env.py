@@ -1,8 +1,8 @@
 """GuardedEnv: the guard around one Gymnasium env (a wrapper, as Gymnasium's own wrappers are).
 
 It recomputes the base objective each step, feeds the calibrated detectors of a
-:class:`~mesaguard.guard.core.ScalarGuard`, and lets the protocol take over on
-alarm. It reports in ``info["mesaguard"]`` (see :mod:`mesaguard.guard`).
+:class:`~mesaguard.guard.core.ScalarGuard` (compiled where it can be: :mod:`~mesaguard.guard.compiled`), and
+lets the protocol take over on alarm. It reports in ``info["mesaguard"]`` (see :mod:`mesaguard.guard`).
 
 Fail closed: whatever breaks between the inner env's step and the guard's verdict
 (an objective that raises or is not finite, a statistic that is not a number, an
@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any, SupportsFloat
 import gymnasium as gym
 
 from mesaguard.calibration import Calibration
+from mesaguard.guard.compiled import scalar_guard
 from mesaguard.guard.core import (
     DEPLOYMENT,
     ERROR,
     SCOPE,
     TRANSITION,
     GuardError,
-    ScalarGuard,
     check_setup,
     guard_objective,
     protocol_action,
@@ -117,7 +117,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         gym.Wrapper.__init__(self, env)
         check_setup(calibration, env.observation_space.shape, 1, scenario=scenario, monitor=monitor, scope=scope,
                     transition_scope=transition_scope, action_space=env.action_space)
-        self.guard = ScalarGuard(calibration, detectors)
+        self.guard = scalar_guard(calibration, detectors)  # compiled where it is built (mesaguard.guard.compiled)
         self.protocol = compose(Stop() if protocol is None else protocol)
         self.objective = guard_objective(calibration, objective, allow_other_objective)
         self.monitor = monitor
