@@ -20,7 +20,7 @@ from mesaguard.detectors.base import DetectorError
 from mesaguard.guard import GuardedEnv, GuardError, ScalarGuard
 from mesaguard.guard.compiled import OFF, available, scalar_guard
 from mesaguard.monitor import DeploymentMonitor
-from mesaguard.protocols import Alert
+from mesaguard.protocols import Alert, Fallback, Stop
 
 STATE = ("score", "steps", "alarm", "alarm_step", "detector", "statistics")
 
@@ -104,28 +104,69 @@ def test_python_guard_where_a_detector_has_no_compiled_form_or_it_is_switched_of
     assert type(scalar_guard(cal, ["cusum"])) is ScalarGuard
 
 
-def reports(calibration_seed: int, compiled: bool, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    """Every info report of a CartPole deployment (reward 1, calibrated on 1.1 +- 0.2) with the default set, a
-    monitor and an alert."""
+class Margin(gym.Wrapper):
+    """CartPole reporting a base objective in ``info["margin"]`` (the pole's angle margin), and a NaN reward, a
+    non-dict info or a missing key at given steps of the run (the guard fails closed there)."""
+
+    def __init__(self, env: gym.Env, broken: dict[int, str]) -> None:
+        super().__init__(env)
+        self.broken, self.t = broken, 0
+
+    def step(self, action: int):  # type: ignore[override]
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.t += 1
+        info = {**info, "margin": 1.0 - abs(float(obs[2])) / 0.21}
+        fault = self.broken.get(self.t)
+        if fault == "nan reward":
+            reward = math.nan
+        elif fault == "info not a dict":
+            info = ["not", "a", "dict"]
+        elif fault == "missing key":
+            del info["margin"]
+        return obs, reward, terminated, truncated, info
+
+
+def deployment(compiled: bool, monkeypatch: pytest.MonkeyPatch, protocol: str, objective: str, monitor: str,
+               broken: dict[int, str]) -> tuple[list, tuple]:
+    """Every step's returns of a CartPole deployment (30 episodes), and the guard's and monitor's state after."""
     monkeypatch.setenv(OFF, "0" if compiled else "1")
-    rng = np.random.default_rng(calibration_seed)
-    cal = Calibration.fit([rng.normal(1.1, 0.2, int(rng.integers(10, 60))) for _ in range(200)], alpha=0.2)
-    env = GuardedEnv(gym.make("CartPole-v1"), cal, protocol=Alert(lambda alarm: None),
-                     monitor=DeploymentMonitor(cal, alpha=0.2))
-    assert (type(env.guard) is ScalarGuard) is not compiled
+    rng = np.random.default_rng(0)
+    if objective == "reward":  # the reward is 1 every step: calibrated on 1.1 +- 0.2, alarms fire
+        cal = Calibration.fit([rng.normal(1.1, 0.2, int(rng.integers(10, 60))) for _ in range(200)], alpha=0.2)
+    else:
+        cal = Calibration.fit([rng.normal(0.93, 0.05, int(rng.integers(10, 60))) for _ in range(200)], alpha=0.2,
+                              objective=objective)
+    watch = {"none": None, "anytime": DeploymentMonitor(cal, alpha=0.2),
+             "change": DeploymentMonitor(cal, mode="change", arl=20)}[monitor]
+    act = {"alert": Alert(lambda alarm: None), "stop": Stop(), "fallback": Fallback(lambda obs: 0)}[protocol]
+    env = GuardedEnv(Margin(gym.make("CartPole-v1"), broken), cal, protocol=act, monitor=watch)
+    assert (env._plain is None) is not compiled
     out = []
     actions = np.random.default_rng(1)
     for episode in range(30):
         env.reset(seed=episode)
+        if watch is not None and watch.alarm and episode % 7 == 0:
+            env.clear()
         done = False
         while not done:
-            _, _, terminated, truncated, info = env.step(int(actions.integers(2)))
-            out.append(info["mesaguard"])
+            obs, reward, terminated, truncated, info = env.step(int(actions.integers(2)))
+            out.append((obs.tolist(), reward, terminated, truncated, info))
             done = terminated or truncated
-    return out
+    g = env.guard
+    after = (g.score, g.steps, g.alarm, g.statistics, None if watch is None else (watch.evidence, watch.steps,
+                                                                                   watch.finished, watch.alarm))
+    return out, after
 
 
-def test_guarded_env_reports_the_same_compiled_or_not(monkeypatch: pytest.MonkeyPatch) -> None:
-    compiled, python = reports(0, True, monkeypatch), reports(0, False, monkeypatch)
+@pytest.mark.parametrize("monitor", ["none", "anytime", "change"])
+@pytest.mark.parametrize("protocol", ["alert", "stop", "fallback"])
+@pytest.mark.parametrize("objective", ["reward", "info:margin"])
+def test_guarded_env_steps_the_same_compiled_or_not(monkeypatch: pytest.MonkeyPatch, protocol: str, objective: str,
+                                                    monitor: str) -> None:
+    broken = {15: "nan reward", 40: "info not a dict", 65: "missing key"}
+    compiled = deployment(True, monkeypatch, protocol, objective, monitor, broken)
+    python = deployment(False, monkeypatch, protocol, objective, monitor, broken)
     assert compiled == python
-    assert any(r["alarm"] for r in compiled) and not all(r["alarm"] for r in compiled)  # alarms both ways
+    reports = [step[-1]["mesaguard"] for step in compiled[0]]
+    assert any(r["alarm"] for r in reports) and not all(r["alarm"] for r in reports)  # alarms, and steps without
+    assert sum(r["error"] is not None for r in reports) >= 2  # the faults failed closed, both ways

@@ -1,27 +1,35 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""The one-env guard's update, compiled: :meth:`mesaguard.guard.core.ScalarGuard.update` for the default set.
+"""The one-env guard's hot path, compiled: ScalarGuard's update, and GuardedEnv's plain step.
 
 :class:`Core` holds what a :class:`~mesaguard.guard.core.ScalarGuard` holds (score, step count, alarm, the
 detectors' state) and updates it with the same rule in the same floating point (built with ``-ffp-contract=off``:
 no fused multiply-add, each operation in Python's order), for detectors whose scalar form has a compiled twin
-here: CUSUM (``_Cusum``) and the UDT (``_MeanShift``). :mod:`mesaguard.guard.compiled` builds it from the scalar
-forms and chooses it where it is built; tests hold the two equal step for step.
+here: CUSUM (``_Cusum``) and the UDT (``_MeanShift``). :class:`Plain` runs a
+:class:`~mesaguard.guard.GuardedEnv`'s step wherever nothing happens in it but numbers, and hands every other
+step to the Python code. :mod:`mesaguard.guard.compiled` chooses them; tests hold both equal to the Python guard,
+step for step.
 """
 
 import warnings
 
-from libc.math cimport isfinite
+from libc.math cimport exp, isfinite
 
 from mesaguard.detectors.base import DetectorError
 from mesaguard.guard.core import GuardError, nonfinite
+from mesaguard.monitor.pvalues import _counts
+from mesaguard.monitor.stops import CROSSED
 from mesaguard.protocols import Alarm
 
 
 cdef class _Form:
-    """A detector's compiled scalar form: ``update(u)`` each step, ``reset()`` each episode."""
+    """A detector's compiled scalar form: ``peek(u)`` the statistic after ``u`` (its new state held aside),
+    ``commit()`` that state; ``reset()`` each episode."""
 
-    cdef double update(self, double u):
+    cdef double peek(self, double u):
         return 0.0
+
+    cdef void commit(self):
+        pass
 
     cdef void reset(self):
         pass
@@ -31,8 +39,8 @@ cdef class _Cusum(_Form):
     """``mesaguard.detectors.cusum._ScalarCusum``, compiled."""
 
     cdef double[::1] mean, std
-    cdef double slack, rho, gain, sum, prev, acc
-    cdef Py_ssize_t last, block, t, k
+    cdef double slack, rho, gain, sum, prev, acc, n_sum, n_prev, n_acc
+    cdef Py_ssize_t last, block, t, k, n_t, n_k
 
     def __init__(self, double[::1] mean, double[::1] std, double slack, double rho, double gain, Py_ssize_t block):
         self.mean, self.std, self.last, self.block = mean, std, mean.shape[0] - 1, block
@@ -43,24 +51,28 @@ cdef class _Cusum(_Form):
         self.sum = self.prev = self.acc = 0.0
         self.t = self.k = 0
 
-    cdef double update(self, double u):
+    cdef double peek(self, double u):
         cdef Py_ssize_t i
         cdef double z, e, s
+        self.n_sum, self.n_prev, self.n_t, self.n_acc, self.n_k = self.sum, self.prev, self.t, self.acc, self.k
         if self.block > 1:
-            self.acc += u
-            self.k += 1
-            if self.k < self.block:
-                return self.sum
-            u = self.acc
-            self.acc, self.k = 0.0, 0
+            self.n_acc += u
+            self.n_k += 1
+            if self.n_k < self.block:
+                return self.n_sum
+            u = self.n_acc
+            self.n_acc, self.n_k = 0.0, 0
         i = self.t if self.t < self.last else self.last
-        self.t += 1
+        self.n_t = self.t + 1
         z = (u - self.mean[i]) / self.std[i]
         e = (z - self.rho * self.prev) * self.gain
-        self.prev = z
+        self.n_prev = z
         s = self.sum - e - self.slack
-        self.sum = s if s > 0.0 else 0.0
-        return self.sum
+        self.n_sum = s if s > 0.0 else 0.0
+        return self.n_sum
+
+    cdef void commit(self):
+        self.sum, self.prev, self.t, self.acc, self.k = self.n_sum, self.n_prev, self.n_t, self.n_acc, self.n_k
 
 
 cdef class _MeanShift(_Form):
@@ -68,8 +80,8 @@ cdef class _MeanShift(_Form):
 
     cdef double[:, ::1] chol
     cdef double[::1] mu, y, norm, diag, e
-    cdef double num, stat, acc
-    cdef Py_ssize_t T, block, t, k
+    cdef double num, stat, acc, n_num, n_stat, n_acc, n_e
+    cdef Py_ssize_t T, block, t, k, n_t, n_k
 
     def __init__(self, double[:, ::1] chol, double[::1] mu, double[::1] y, double[::1] norm, double[::1] diag,
                  double[::1] e, Py_ssize_t block):
@@ -81,28 +93,33 @@ cdef class _MeanShift(_Form):
         self.num = self.stat = self.acc = 0.0
         self.t = self.k = 0
 
-    cdef double update(self, double u):
+    cdef double peek(self, double u):
         cdef Py_ssize_t t, j
-        cdef double past, e
+        cdef double past
+        self.n_num, self.n_stat, self.n_t, self.n_acc, self.n_k = self.num, self.stat, self.t, self.acc, self.k
         if self.block > 1:
-            self.acc += u
-            self.k += 1
-            if self.k < self.block:
-                return self.stat
-            u = self.acc
-            self.acc, self.k = 0.0, 0
+            self.n_acc += u
+            self.n_k += 1
+            if self.n_k < self.block:
+                return self.n_stat
+            u = self.n_acc
+            self.n_acc, self.n_k = 0.0, 0
         t = self.t
         if t >= self.T:
-            return self.stat
+            return self.n_stat
         past = 0.0  # Python's sum() of floats: left to right, from zero
         for j in range(t):
             past += self.chol[t, j] * self.e[j]
-        e = (self.mu[t] - u - past) / self.diag[t]
-        self.e[t] = e
-        self.num += self.y[t] * e
-        self.stat = self.num / self.norm[t]
-        self.t = t + 1
-        return self.stat
+        self.n_e = (self.mu[t] - u - past) / self.diag[t]
+        self.n_num = self.num + self.y[t] * self.n_e
+        self.n_stat = self.n_num / self.norm[t]
+        self.n_t = t + 1
+        return self.n_stat
+
+    cdef void commit(self):
+        if self.n_t > self.t:  # a row was written
+            self.e[self.t] = self.n_e
+        self.num, self.stat, self.t, self.acc, self.k = self.n_num, self.n_stat, self.n_t, self.n_acc, self.n_k
 
 
 cdef class Core:
@@ -144,8 +161,7 @@ cdef class Core:
     def update(self, double u):
         """Feed one finite increment; True if the alarm fires at this step."""
         cdef Py_ssize_t i
-        cdef double v, total
-        cdef list stats
+        cdef double total
         if not isfinite(u):
             raise DetectorError(f"increment {u} at step {self.steps + 1} is not finite")
         self.score += u
@@ -153,14 +169,8 @@ cdef class Core:
         if self.steps > self._longest:  # once per guard: warn, then stop checking
             warnings.warn(self._warning, stacklevel=3)
             self._longest = float("inf")
-        stats = []
-        total = 0.0
-        for i in range(self._n):
-            v = (<_Form>self._forms[i]).update(u)
-            self._values[i] = v
-            total += v
-            stats.append(v)
-        self.statistics = stats  # a new list: reports keep theirs
+        total = self._peek(u)
+        self._commit()
         if not isfinite(self.score + total):
             message = nonfinite(self.steps, self.score, self.names, self.statistics)
             if message:  # finite values whose sum overflowed: fine
@@ -172,9 +182,186 @@ cdef class Core:
                     return True
         return False
 
+    cdef bint _peek_quiet(self, double u):
+        """Whether :meth:`update` would change nothing but the numbers (a finite increment, no warning, finite
+        statistics, no alarm standing or firing), the statistics in ``_values``; nothing committed."""
+        cdef Py_ssize_t i
+        if self.alarm or not isfinite(u) or self.steps + 1 > self._longest:
+            return False
+        if not isfinite(self.score + u + self._peek(u)):
+            return False
+        for i in range(self._n):
+            if self._values[i] > self._thresholds[i]:
+                return False
+        return True
+
+    cdef void _commit_quiet(self, double u):
+        """:meth:`update` after :meth:`_peek_quiet` said it is quiet."""
+        self.score += u
+        self.steps += 1
+        self._commit()
+
+    cdef double _peek(self, double u):
+        """Each detector's statistic after ``u`` into ``_values`` (nothing committed); their sum."""
+        cdef Py_ssize_t i
+        cdef double v, total = 0.0
+        for i in range(self._n):
+            v = (<_Form>self._forms[i]).peek(u)
+            self._values[i] = v
+            total += v
+        return total
+
+    cdef void _commit(self):
+        cdef Py_ssize_t i
+        cdef list stats = []
+        for i in range(self._n):
+            (<_Form>self._forms[i]).commit()
+            stats.append(self._values[i])
+        self.statistics = stats  # a new list: reports keep theirs
+
     def fail(self, str detector="error"):
         """Raise the alarm now (``"error"``: the guard itself failed)."""
         self.alarm, self.alarm_step, self.detector = True, self.steps, detector
 
     def alarm_record(self, error=None):
         return Alarm(0, self.alarm_step, self.detector, self.score, dict(zip(self.names, self.statistics)), error)
+
+
+cdef class Plain:
+    """A :class:`~mesaguard.guard.GuardedEnv`'s step where nothing happens but numbers, compiled.
+
+    ``Plain(owner, core, key)``: ``owner`` the GuardedEnv, ``core`` its guard (a :class:`Core`), ``key`` the
+    ``info`` key its objective reads (None: the reward). Called with an action, it returns what ``owner.step``
+    returns. Where the step is plain (no alarm stands or fires, no error, no warning, the episode goes on, its
+    deployment monitor's evidence does not move) it steps the env, updates the core and the monitor's episode and
+    writes the report here; every other step runs ``owner``'s Python code, ``owner._step(action)`` where that is
+    known before the env steps, else ``owner._judged(action, "agent", out)`` with nothing changed here. The
+    owner's monitor must read the guard's statistics (``reads_from``). Tests hold its steps equal to the Python
+    guard's.
+    """
+
+    cdef Core core
+    cdef object owner, env_step, key, monitor, statistic, running, open
+    cdef tuple names
+    cdef Py_ssize_t k, n_stops
+    cdef double[::1] locations, scales, stop_values
+    cdef long[::1] rows, stop_rows
+
+    def __init__(self, owner, Core core, key):
+        self.owner, self.core, self.key, self.monitor = owner, core, key, owner.monitor
+        self.env_step = owner.env.step
+        self.names = tuple(core.names)
+        if self.monitor is None:
+            return
+        statistic = self.statistic = self.monitor.statistic
+        shared = statistic.shared  # per detector of the monitor, its index among the guard's
+        self.running, self.open = self.monitor._episodes.running, self.monitor._episodes.open
+        self.k, self.n_stops = statistic._k, len(statistic._stop_rows)
+        self.locations = _doubles(statistic._locations)
+        self.scales = _doubles(statistic._scales)
+        self.stop_values = _doubles(statistic._stop_values)
+        self.rows = _indexes(shared[: self.k])
+        self.stop_rows = _indexes([shared[r] for r in statistic._stop_rows])
+
+    def __call__(self, action):
+        owner, monitor = self.owner, self.monitor
+        episode = None
+        if self.core.alarm or owner._error is not None:
+            return owner._step(action)
+        if monitor is not None:
+            if monitor.alarm or not owner._open or monitor.statistic is not self.statistic:
+                return owner._step(action)
+            episode = self.running[0]
+            if episode is None or episode.steps == 0 or episode.censored or episode.value == CROSSED:
+                return owner._step(action)  # its first step draws its smoothing uniform
+        out = self.env_step(action)
+        done = self._plain(out, episode)
+        return owner._judged(action, "agent", out) if done is None else done
+
+    cdef object _plain(self, object out, object episode):
+        """The guarded step of the env's step ``out`` if it is plain, else None with nothing changed."""
+        cdef double u, x, y
+        cdef Py_ssize_t i
+        cdef bint rise = False
+        cdef Core core = self.core
+        if type(out) is not tuple or len(out) != 5:
+            return None
+        obs, reward, terminated, truncated, info = out
+        if not isinstance(info, dict):
+            return None
+        try:
+            if terminated or truncated:
+                return None
+            u = float(reward)
+            if self.key is not None:
+                u = float(info[self.key])
+        except Exception:  # the Python step meets it again and fails closed there
+            return None
+        if not core._peek_quiet(u):
+            return None
+        monitor = self.monitor
+        if episode is not None:
+            x = (core._values[self.rows[0]] - self.locations[0]) / self.scales[0]
+            for i in range(1, self.k):  # the largest standardized statistic, as Python's max() takes it
+                y = (core._values[self.rows[i]] - self.locations[i]) / self.scales[i]
+                if y > x:
+                    x = y
+            if not isfinite(x):
+                return None
+            for i in range(self.n_stops):
+                if core._values[self.stop_rows[i]] > self.stop_values[i]:
+                    return None
+            rise = x > episode.value
+            if rise:  # the evidence moves only where the running maximum passes a value of the bag
+                if len(self.open) != 1:
+                    return None
+                ledger = monitor.ledger
+                if ledger._seen != (episode.id, *_counts(ledger.bag, x)):
+                    return None
+        core._commit_quiet(u)
+        owner = self.owner
+        owner._obs = obs
+        stats = core.statistics
+        report = {
+            "score": core.score,
+            "increment": u,
+            "step": core.steps,
+            "statistics": {self.names[i]: stats[i] for i in range(len(self.names))},
+            "alarm": False,
+            "detector": None,
+            "alarm_step": None,
+            "acting": "agent",
+            "error": None,
+            "refused": False,
+        }
+        if episode is not None:
+            monitor.steps += 1
+            episode.steps += 1
+            if rise:
+                episode.value = x
+            x = monitor.log_evidence
+            report["deployment"] = {
+                "evidence": exp(690.0 if 690.0 < x else x),
+                "threshold": monitor._threshold,
+                "alarm": False,
+                "episodes": monitor.finished,
+                "steps": monitor.steps,
+                "mode": monitor._mode_label,
+            }
+        info = dict(info)
+        info["mesaguard"] = report
+        return obs, reward, terminated, False, info
+
+
+cdef double[::1] _doubles(values):
+    cdef double[::1] out = memoryview(bytearray(8 * max(len(values), 1))).cast("d")
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
+
+
+cdef long[::1] _indexes(values):
+    cdef long[::1] out = memoryview(bytearray(8 * max(len(values), 1))).cast("l")
+    for i, v in enumerate(values):
+        out[i] = v
+    return out

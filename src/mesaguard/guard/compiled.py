@@ -1,12 +1,15 @@
-"""The one-env guard, compiled where it can be: the choice between the compiled core and ScalarGuard.
+"""The one-env guard, compiled where it can be: the choice between the compiled hot path and the Python guard.
 
 :func:`scalar_guard` is the guard :class:`~mesaguard.guard.GuardedEnv` runs: the compiled
 :class:`~mesaguard.guard._compiled.Core` (Cython, built when the package is installed on a machine with a C
 compiler) where that extension is built and every detector has a compiled form (``cusum``, ``meanshift``: the
-default set), else the plain-Python :class:`~mesaguard.guard.core.ScalarGuard`. Both have one interface and give
-the same statistics, alarms, errors and warnings step for step (``tests/test_compiled_guard.py`` holds them equal,
-bit for bit); what the compiled one saves is measured in ``benchmarks/guard_overhead.py``.
-``MESAGUARD_PYTHON_GUARD=1`` in the environment chooses the Python guard whatever is built.
+default set), else the plain-Python :class:`~mesaguard.guard.core.ScalarGuard`. :func:`plain_step` is its step:
+the compiled :class:`~mesaguard.guard._compiled.Plain` runs the steps in which nothing happens but numbers (no
+alarm stands or fires, no error, the episode goes on, a deployment monitor's evidence does not move) and hands
+every other step to GuardedEnv's Python code, the only code that acts (protocols, errors, the monitor's bets).
+Compiled or not, every step returns the same (``tests/test_compiled_guard.py`` holds them equal, bit for bit);
+what the compiled path saves is measured in ``benchmarks/guard_overhead.py``. ``MESAGUARD_PYTHON_GUARD=1`` in the
+environment chooses the Python guard whatever is built.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from mesaguard.calibration import Calibration
 from mesaguard.detectors.cusum import _ScalarCusum
 from mesaguard.detectors.meanshift import _ScalarMeanShift
 from mesaguard.guard.core import ScalarGuard, past_longest
+from mesaguard.objective import FromInfo, FromReward
 
 try:
     from mesaguard.guard import _compiled
@@ -29,9 +33,10 @@ except ImportError:  # installed without a C compiler: the Python guard serves
     _compiled = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from mesaguard.guard._compiled import Core
+    from mesaguard.guard._compiled import Core, Plain
+    from mesaguard.guard.env import GuardedEnv
 
-__all__ = ["available", "compiled_forms", "scalar_guard"]
+__all__ = ["available", "compiled_forms", "plain_step", "scalar_guard"]
 
 OFF = "MESAGUARD_PYTHON_GUARD"  # set to 1: the Python guard, whatever is built
 
@@ -69,6 +74,21 @@ def scalar_guard(
         return guard
     longest = math.inf if calibration.lengths is None else float(calibration.lengths[1])
     return _compiled.Core(forms, list(guard.names), list(guard.thresholds), longest, past_longest(calibration))
+
+
+def plain_step(env: GuardedEnv) -> Plain | None:
+    """The compiled plain step of ``env`` (:class:`~mesaguard.guard._compiled.Plain`), or None where its steps
+    must all run in Python: a Python guard, a scope or a transition scope, an objective other than the reward or
+    an ``info`` key, a monitor that does not read the guard's statistics."""
+    objective, monitor = env.objective, env.monitor
+    if _compiled is None or not isinstance(env.guard, _compiled.Core):
+        return None
+    if env.scope is not None or env.transition is not None or type(objective) not in (FromReward, FromInfo):
+        return None
+    if monitor is not None and monitor.statistic.shared is None:
+        return None
+    key = objective.key if isinstance(objective, FromInfo) else None
+    return _compiled.Plain(env, env.guard, key)
 
 
 def _array(values: Sequence[float]) -> np.ndarray:

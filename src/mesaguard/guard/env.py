@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, SupportsFloat
 import gymnasium as gym
 
 from mesaguard.calibration import Calibration
-from mesaguard.guard.compiled import scalar_guard
+from mesaguard.guard.compiled import plain_step, scalar_guard
 from mesaguard.guard.core import (
     DEPLOYMENT,
     ERROR,
@@ -132,6 +132,7 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._obs: Any = None
         self._error: str | None = None
         self._open = False  # a monitor episode is running (started at reset, finished at its end)
+        self._plain = plain_step(self)  # None where a step cannot be compiled: every step runs here
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
@@ -159,6 +160,10 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             self.monitor.clear()
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        plain = self._plain  # compiled: the plain steps run there, every other one here (mesaguard.guard.compiled)
+        return self._step(action) if plain is None else plain(action)
+
+    def _step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         g, monitor = self.guard, self.monitor
         standing = g.alarm or (monitor is not None and monitor.alarm)
         if standing and self.protocol.stops:  # stopped before this action: it never runs
@@ -174,7 +179,14 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
                 action, acting = override, "protocol"
                 if monitor is not None and self._open:
                     monitor.censor()  # from here the episode is the fallback's, not the agent's
-        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self._judged(action, acting, self.env.step(action))
+
+    def _judged(
+        self, action: Any, acting: str, out: tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]
+    ) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """The guarded step, given the env's step ``out`` of ``action`` (chosen by ``acting``)."""
+        g = self.guard
+        obs, reward, terminated, truncated, info = out
         try:
             u, stop = self._judge(action, obs, reward, terminated, truncated, info)
         except Exception as exc:  # fail closed: anything between the env's step and the verdict latches the alarm
