@@ -22,6 +22,8 @@ from mesaguard.guard.compiled import OFF, available, scalar_guard
 from mesaguard.monitor import DeploymentMonitor
 from mesaguard.protocols import Alert, Fallback, Stop
 
+BUILT = available()
+compiled_only = pytest.mark.skipif(not BUILT, reason="mesaguard.guard._compiled is not built here (see the test above)")
 STATE = ("score", "steps", "alarm", "alarm_step", "detector", "statistics")
 
 
@@ -31,7 +33,7 @@ def state(guard: object) -> tuple:
 
 def test_the_compiled_core_is_built_here() -> None:
     # Built by `pip install -e .` (Cython and a C compiler); where it is not, the guard runs in Python, slower.
-    assert available(), "mesaguard.guard._compiled is not built: install with a C compiler (make venv)"
+    assert BUILT, "mesaguard.guard._compiled is not built: install with a C compiler (make venv)"
 
 
 def calibrate(seed: int, longest: int) -> Calibration:
@@ -50,6 +52,7 @@ def calibration(request: pytest.FixtureRequest) -> Calibration:
     return calibrate(*request.param)
 
 
+@compiled_only
 @settings(max_examples=40, deadline=None)
 @given(
     episodes=st.lists(
@@ -77,6 +80,7 @@ def test_compiled_guard_equals_the_python_guard_step_for_step(calibration: Calib
         assert compiled.alarm_record("x") == python.alarm_record("x")
 
 
+@compiled_only
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_a_nonfinite_increment_is_the_same_error(calibration: Calibration, bad: float) -> None:
     for guard in (scalar_guard(calibration), ScalarGuard(calibration)):
@@ -85,6 +89,7 @@ def test_a_nonfinite_increment_is_the_same_error(calibration: Calibration, bad: 
             guard.update(bad)
 
 
+@compiled_only
 def test_a_statistic_that_overflows_is_the_same_error(calibration: Calibration) -> None:
     messages = []
     for guard in (scalar_guard(calibration), ScalarGuard(calibration)):
@@ -95,6 +100,7 @@ def test_a_statistic_that_overflows_is_the_same_error(calibration: Calibration) 
     assert messages[0] == messages[1] and "not finite at step" in messages[0]
 
 
+@compiled_only
 def test_python_guard_where_a_detector_has_no_compiled_form_or_it_is_switched_off(monkeypatch) -> None:
     rng = np.random.default_rng(0)
     cal = Calibration.fit([rng.normal(1.0, 0.3, 20) for _ in range(60)], alpha=0.1, detectors=["cusum", "envelope"])
@@ -158,6 +164,7 @@ def deployment(compiled: bool, monkeypatch: pytest.MonkeyPatch, protocol: str, o
     return out, after
 
 
+@compiled_only
 @pytest.mark.parametrize("monitor", ["none", "anytime", "change"])
 @pytest.mark.parametrize("protocol", ["alert", "stop", "fallback"])
 @pytest.mark.parametrize("objective", ["reward", "info:margin"])
