@@ -272,17 +272,17 @@ cdef class Plain:
             if monitor.alarm or not owner._open or monitor.statistic is not self.statistic:
                 return owner._step(action)
             episode = self.running[0]
-            if episode is None or episode.steps == 0 or episode.censored or episode.value == CROSSED:
-                return owner._step(action)  # its first step draws its smoothing uniform
+            if episode is None or episode.censored or episode.value == CROSSED:
+                return owner._step(action)
         out = self.env_step(action)
         done = self._plain(out, episode)
         return owner._judged(action, "agent", out) if done is None else done
 
     cdef object _plain(self, object out, object episode):
-        """The guarded step of the env's step ``out`` if it is plain, else None with nothing changed."""
-        cdef double u, x, y
+        """The guarded step of the env's step ``out``, or None (nothing changed) where it is not plain."""
+        cdef double u, x = 0.0, y
         cdef Py_ssize_t i
-        cdef bint rise = False
+        cdef bint end, stop = False
         cdef Core core = self.core
         if type(out) is not tuple or len(out) != 5:
             return None
@@ -290,8 +290,7 @@ cdef class Plain:
         if not isinstance(info, dict):
             return None
         try:
-            if terminated or truncated:
-                return None
+            end = bool(terminated or truncated)
             u = float(reward)
             if self.key is not None:
                 u = float(info[self.key])
@@ -311,16 +310,29 @@ cdef class Plain:
             for i in range(self.n_stops):
                 if core._values[self.stop_rows[i]] > self.stop_values[i]:
                     return None
-            rise = x > episode.value
-            if rise:  # the evidence moves only where the running maximum passes a value of the bag
-                if len(self.open) != 1:
-                    return None
-                ledger = monitor.ledger
-                if ledger._seen != (episode.id, *_counts(ledger.bag, x)):
-                    return None
+        # From here the step is taken: the monitor's part as its _stepped takes it, then the Python tail wherever
+        # more happens than numbers (the episode ends under a monitor, the evidence moves into an alarm).
         core._commit_quiet(u)
         owner = self.owner
         owner._obs = obs
+        if episode is not None:
+            monitor.steps += 1
+            if episode.steps == 0:  # its smoothing uniform, drawn at its first step
+                episode.u = float(monitor._rng.random())
+            episode.steps += 1
+            if x > episode.value:
+                episode.value = x
+                ledger = monitor.ledger  # the evidence moves only where the maximum passes a value of the bag
+                if len(self.open) != 1 or ledger._seen != (episode.id, *_counts(ledger.bag, x)):
+                    stop = owner._refreshed()
+            if end or stop or monitor.alarm or owner._error is not None:
+                return owner._concluded(out, u, stop, "agent")
+        return obs, reward, terminated, truncated if end and truncated else False, self._info(info, u)
+
+    cdef dict _info(self, object info, double u):
+        """``info`` with the report of a plain step (GuardedEnv._report's)."""
+        cdef Core core = self.core
+        cdef double x
         stats = core.statistics
         report = {
             "score": core.score,
@@ -334,11 +346,8 @@ cdef class Plain:
             "error": None,
             "refused": False,
         }
-        if episode is not None:
-            monitor.steps += 1
-            episode.steps += 1
-            if rise:
-                episode.value = x
+        monitor = self.monitor
+        if monitor is not None:
             x = monitor.log_evidence
             report["deployment"] = {
                 "evidence": exp(690.0 if 690.0 < x else x),
@@ -350,7 +359,7 @@ cdef class Plain:
             }
         info = dict(info)
         info["mesaguard"] = report
-        return obs, reward, terminated, False, info
+        return info
 
 
 cdef double[::1] _doubles(values):

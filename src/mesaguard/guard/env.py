@@ -195,6 +195,13 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             if not g.alarm:
                 g.fail()
                 self._fire()
+        return self._concluded(out, u, stop, acting)
+
+    def _concluded(
+        self, out: tuple[Any, SupportsFloat, bool, bool, dict[str, Any]], u: float, stop: bool, acting: str
+    ) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """The guarded step once judged: the monitor's episode ended where it ends, the report written."""
+        obs, reward, terminated, truncated, info = out
         stop = stop or self._error is not None  # past an error the episode stands unwatched: it ends, any protocol
         if self._open and (terminated or truncated or stop):
             self._finish(censored=stop)
@@ -257,11 +264,34 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         try:
             monitor.feed_scalar(u, self.guard.statistics)
         except Exception as exc:  # fail closed: a monitor that cannot judge raises its alarm
-            self._record(exc)
-            monitor.fail()  # first: the alarm stands whatever else fails
-            if monitor.running.any():
-                monitor.censor(monitor.running)
-        if monitor.alarm and not before:
+            self._monitor_failed(exc)
+        return self._deployment(before)
+
+    def _refreshed(self) -> bool:
+        """:meth:`_watch`'s verdict after a compiled step (:mod:`~mesaguard.guard.compiled`) fed the monitor and
+        raised an episode's running maximum past what its evidence was computed for: the evidence refreshed."""
+        monitor = self.monitor
+        assert monitor is not None
+        before = monitor.alarm
+        try:
+            monitor.refresh()
+        except Exception as exc:  # fail closed: a monitor that cannot judge raises its alarm
+            self._monitor_failed(exc)
+        return self._deployment(before)
+
+    def _monitor_failed(self, exc: Exception) -> None:
+        monitor = self.monitor
+        assert monitor is not None
+        self._record(exc)
+        monitor.fail()  # first: the alarm stands whatever else fails
+        if monitor.running.any():
+            monitor.censor(monitor.running)
+
+    def _deployment(self, before: bool) -> bool:
+        """True if the episode must stop: the deployment alarm fired (it did not stand ``before``) and the protocol
+        stops, or its alert failed."""
+        monitor = self.monitor
+        if monitor is not None and monitor.alarm and not before:
             return self._fire(deployment=True) or self.protocol.stops
         return False
 

@@ -305,7 +305,7 @@ class DeploymentMonitor:
             episode.censored = True
             raise MonitorError(f"the joint statistic is {x} after increment {u}; expected a finite number")
         if self._stepped(episode, x, cross):
-            self._refresh()
+            self.refresh()
 
     def update(self, u: np.ndarray, live: np.ndarray | None = None) -> float:
         """Feed one increment per env (envs outside ``live`` had no step); return the evidence.
@@ -364,7 +364,7 @@ class DeploymentMonitor:
             assert episode is not None  # checked above
             changed |= self._stepped(episode, float(statistic[i]), crossed is not None and bool(crossed[i]))
         if changed:
-            self._refresh()
+            self.refresh()
         return self.evidence
 
     def _stepped(self, episode: Episode, x: float, crossed: bool) -> bool:
@@ -419,7 +419,7 @@ class DeploymentMonitor:
             crossing = self.ledger.commit(episode)
             if crossing is not None and not self.alarm:
                 self._fire(crossing)
-        self._refresh()
+        self.refresh()
 
     def fail(self) -> None:
         """Raise the deployment alarm now (the monitor itself failed: fail closed). Always allowed."""
@@ -438,8 +438,11 @@ class DeploymentMonitor:
         self.ledger.new_test(self._episodes.next_id)
         self.log_evidence = self.ledger.log_evidence
 
-    def _refresh(self) -> None:
-        """Evidence now: the largest evidence provable from the bets made and lower bounds of pending ones."""
+    def refresh(self) -> None:
+        """Evidence now: the largest evidence provable from the bets made and lower bounds of pending ones.
+
+        The updates call it when an episode's running maximum rises; a compiled guard step that raises it
+        itself (:mod:`mesaguard.guard.compiled`) calls it then."""
         self.log_evidence, crossing = self.ledger.level(self._episodes.open, self._episodes.next_id)
         if crossing is not None and not self.alarm:
             self._fire(crossing)
