@@ -241,7 +241,8 @@ cdef class Plain:
     """
 
     cdef Core core
-    cdef object owner, env_step, key, monitor, statistic, running, open
+    cdef object owner, env_step, key, monitor, statistic, running, open, _evidence, _finished
+    cdef dict _report, _deployment
     cdef tuple names
     cdef Py_ssize_t k, n_stops
     cdef double[::1] locations, scales, stop_values
@@ -251,6 +252,10 @@ cdef class Plain:
         self.owner, self.core, self.key, self.monitor = owner, core, key, owner.monitor
         self.env_step = owner.env.step
         self.names = tuple(core.names)
+        self._report = {  # a plain step's report: these entries, and the numbers of the step
+            "score": None, "increment": None, "step": None, "statistics": None, "alarm": False, "detector": None,
+            "alarm_step": None, "acting": "agent", "error": None, "refused": False,
+        }
         if self.monitor is None:
             return
         statistic = self.statistic = self.monitor.statistic
@@ -330,33 +335,32 @@ cdef class Plain:
         return obs, reward, terminated, truncated if end and truncated else False, self._info(info, u)
 
     cdef dict _info(self, object info, double u):
-        """``info`` with the report of a plain step (GuardedEnv._report's)."""
+        """``info`` with the report of a plain step (GuardedEnv._report's), from templates of what does not change."""
         cdef Core core = self.core
         cdef double x
+        cdef dict report = self._report.copy()
         stats = core.statistics
-        report = {
-            "score": core.score,
-            "increment": u,
-            "step": core.steps,
-            "statistics": {self.names[i]: stats[i] for i in range(len(self.names))},
-            "alarm": False,
-            "detector": None,
-            "alarm_step": None,
-            "acting": "agent",
-            "error": None,
-            "refused": False,
-        }
+        report["score"] = core.score
+        report["increment"] = u
+        report["step"] = core.steps
+        report["statistics"] = {self.names[i]: stats[i] for i in range(len(self.names))}
         monitor = self.monitor
         if monitor is not None:
-            x = monitor.log_evidence
-            report["deployment"] = {
-                "evidence": exp(690.0 if 690.0 < x else x),
-                "threshold": monitor._threshold,
-                "alarm": False,
-                "episodes": monitor.finished,
-                "steps": monitor.steps,
-                "mode": monitor._mode_label,
-            }
+            evidence, finished = monitor.log_evidence, monitor.finished
+            if evidence is not self._evidence or finished is not self._finished:  # held here: never a reused id
+                x = evidence
+                self._evidence, self._finished = evidence, finished
+                self._deployment = {
+                    "evidence": exp(690.0 if 690.0 < x else x),
+                    "threshold": monitor._threshold,
+                    "alarm": False,
+                    "episodes": finished,
+                    "steps": None,
+                    "mode": monitor._mode_label,
+                }
+            deployment = self._deployment.copy()
+            deployment["steps"] = monitor.steps
+            report["deployment"] = deployment
         info = dict(info)
         info["mesaguard"] = report
         return info
