@@ -439,10 +439,8 @@ class DeploymentMonitor:
         self.log_evidence = self.ledger.log_evidence
 
     def refresh(self) -> None:
-        """Evidence now: the largest evidence provable from the bets made and lower bounds of pending ones.
-
-        The updates call it when an episode's running maximum rises; a compiled guard step that raises it
-        itself (:mod:`mesaguard.guard.compiled`) calls it then."""
+        """Evidence now: the largest evidence provable from the bets made and lower bounds of pending ones (the
+        updates call it when a running maximum rises; so does a compiled guard step, which raises it itself)."""
         self.log_evidence, crossing = self.ledger.level(self._episodes.open, self._episodes.next_id)
         if crossing is not None and not self.alarm:
             self._fire(crossing)
