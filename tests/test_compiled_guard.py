@@ -177,3 +177,75 @@ def test_guarded_env_steps_the_same_compiled_or_not(monkeypatch: pytest.MonkeyPa
     reports = [step[-1]["mesaguard"] for step in compiled[0]]
     assert any(r["alarm"] for r in reports) and not all(r["alarm"] for r in reports)  # alarms, and steps without
     assert sum(r["error"] is not None for r in reports) >= 2  # the faults failed closed, both ways
+
+
+class Scripted(gym.Env):
+    """Rewards from a script, an episode ending where the script says (terminated or truncated), NaN where it has
+    one: any stream a property test draws."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,))
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, episodes: list[tuple[list[float], bool]]) -> None:
+        self.episodes, self.i, self.t = episodes, -1, 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        self.i, self.t = self.i + 1, 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        rewards, terminates = self.episodes[self.i]
+        self.t += 1
+        end = self.t >= len(rewards)
+        return np.full(1, self.t, np.float32), rewards[self.t - 1], end and terminates, end and not terminates, {}
+
+
+@pytest.fixture(scope="module")
+def wide() -> Calibration:
+    rng = np.random.default_rng(3)
+    return Calibration.fit([rng.normal(1.0, 1.0, int(rng.integers(5, 40))) for _ in range(200)], alpha=0.2)
+
+
+def scripted_run(cal: Calibration, episodes: list, protocol: str, compiled: bool, monkeypatch) -> list:
+    monkeypatch.setenv(OFF, "0" if compiled else "1")
+    act = {"alert": Alert(lambda alarm: None), "stop": Stop()}[protocol]
+    env = GuardedEnv(Scripted(episodes), cal, protocol=act, monitor=DeploymentMonitor(cal, alpha=0.2))
+    out = []
+    for _ in episodes:
+        env.reset()
+        done = False
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(0)
+            out.append((obs.tolist(), reward, terminated, truncated, info))
+            done = terminated or truncated
+    return out
+
+
+@compiled_only
+@settings(max_examples=30, deadline=None)
+@given(
+    episodes=st.lists(
+        st.tuples(st.lists(st.one_of(st.floats(-3.0, 5.0), st.just(math.nan)), min_size=1, max_size=50),
+                  st.booleans()),
+        min_size=1, max_size=12,
+    ),
+    protocol=st.sampled_from(["alert", "stop"]),
+)
+def test_any_reward_stream_steps_the_same_compiled_or_not(wide: Calibration, episodes: list, protocol: str) -> None:
+    # Rewards in and out of distribution: alarms, the running maximum passing bag values mid-episode, deployment
+    # alarms, NaN rewards failing closed, episodes ended by either flag; the monitor's evidence moves both ways.
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        compiled = scripted_run(wide, episodes, protocol, True, monkeypatch)
+        python = scripted_run(wide, episodes, protocol, False, monkeypatch)
+    assert _same(compiled, python)
+
+
+def _same(a: object, b: object) -> bool:
+    """``a == b``, with NaN equal to NaN (a NaN reward is returned as it came, and reported)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
