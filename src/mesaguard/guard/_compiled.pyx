@@ -236,8 +236,11 @@ cdef class Plain:
     deployment monitor's evidence does not move) it steps the env, updates the core and the monitor's episode and
     writes the report here; every other step runs ``owner``'s Python code, ``owner._step(action)`` where that is
     known before the env steps, else ``owner._judged(action, "agent", out)`` with nothing changed here. The
-    owner's monitor must read the guard's statistics (``reads_from``). Tests hold its steps equal to the Python
-    guard's.
+    owner's monitor must read the guard's statistics (``reads_from``). It takes the monitor's step as
+    ``DeploymentMonitor.feed_scalar`` does, reading the monitor's internals (its running episode, generator, ledger
+    and the level the ledger last computed): a change there is a change here, and the tests, which hold its steps
+    equal to the Python guard's, say where. Where it hands a step over after checking it, the reward, the flags and
+    the ``info`` key are read a second time by the Python step.
     """
 
     cdef Core core
