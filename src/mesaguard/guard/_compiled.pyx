@@ -232,10 +232,11 @@ cdef class Plain:
 
     ``Plain(owner, core, key)``: ``owner`` the GuardedEnv, ``core`` its guard (a :class:`Core`), ``key`` the
     ``info`` key its objective reads (None: the reward). Called with an action, it returns what ``owner.step``
-    returns. Where the step is plain (no alarm stands or fires, no error, no warning, the episode goes on, its
-    deployment monitor's evidence does not move) it steps the env, updates the core and the monitor's episode and
-    writes the report here; every other step runs ``owner``'s Python code, ``owner._step(action)`` where that is
-    known before the env steps, else ``owner._judged(action, "agent", out)`` with nothing changed here. The
+    returns. Where the step is plain (no alarm stands or fires, no error, no warning) it steps the env, updates the
+    core and the monitor's episode and writes the report here, and hands the rest to ``owner._concluded`` where more
+    than numbers follows (an episode of the monitor ends, its evidence moves into an alarm); every other step runs
+    ``owner``'s Python code, ``owner._step(action)`` where that is known before the env steps, else
+    ``owner._judged(action, "agent", out)`` with nothing changed here. The
     owner's monitor must read the guard's statistics (``reads_from``). It takes the monitor's step as
     ``DeploymentMonitor.feed_scalar`` does, reading the monitor's internals (its running episode, generator, ledger
     and the level the ledger last computed): a change there is a change here, and the tests, which hold its steps
