@@ -6,7 +6,9 @@ warning equal at every step, so these tests compare with ``==``, never with a to
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 import warnings
 
 import gymnasium as gym
@@ -249,3 +251,24 @@ def _same(a: object, b: object) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return type(a) is type(b) and a == b
+
+
+def ignore(alarm: object) -> None:
+    """An alert that does nothing (a module's function: it pickles)."""
+
+
+@compiled_only
+@pytest.mark.parametrize("copy_of", [lambda env: pickle.loads(pickle.dumps(env)), copy.deepcopy],
+                         ids=["pickle", "deepcopy"])
+def test_a_compiled_guard_pickles_and_copies_mid_episode(copy_of) -> None:
+    rng = np.random.default_rng(0)
+    cal = Calibration.fit([rng.normal(1.1, 0.2, int(rng.integers(10, 60))) for _ in range(200)], alpha=0.2)
+    env = GuardedEnv(gym.make("CartPole-v1"), cal, protocol=Alert(ignore))
+    env.reset(seed=0)
+    for _ in range(4):
+        env.step(0)
+    twin = copy_of(env)
+    assert type(twin.guard) is type(env.guard) and twin._plain is not None and twin.guard is not env.guard
+    steps = [(env.step(a), twin.step(a)) for a in [1, 0, 1, 1, 0, 0]]
+    assert all(mine[1:] == theirs[1:] and mine[0].tolist() == theirs[0].tolist() for mine, theirs in steps)
+    assert state(env.guard) == state(twin.guard) and env.guard.steps == 10

@@ -12,6 +12,8 @@ step for step.
 
 import warnings
 
+import numpy as np
+
 from libc.math cimport exp, isfinite
 
 from mesaguard.detectors.base import DetectorError
@@ -50,6 +52,13 @@ cdef class _Cusum(_Form):
     cdef void reset(self):
         self.sum = self.prev = self.acc = 0.0
         self.t = self.k = 0
+
+    def __reduce__(self):  # pickled and copied as the Python form is: parameters, then the episode's state
+        return _Cusum, (_array(self.mean), _array(self.std), self.slack, self.rho, self.gain, self.block), (
+            self.sum, self.prev, self.acc, self.t, self.k)
+
+    def __setstate__(self, state):
+        self.sum, self.prev, self.acc, self.t, self.k = state
 
     cdef double peek(self, double u):
         cdef Py_ssize_t i
@@ -92,6 +101,13 @@ cdef class _MeanShift(_Form):
     cdef void reset(self):
         self.num = self.stat = self.acc = 0.0
         self.t = self.k = 0
+
+    def __reduce__(self):
+        return _MeanShift, (_array(self.chol), _array(self.mu), _array(self.y), _array(self.norm), _array(self.diag),
+                            _array(self.e), self.block), (self.num, self.stat, self.acc, self.t, self.k)
+
+    def __setstate__(self, state):
+        self.num, self.stat, self.acc, self.t, self.k = state
 
     cdef double peek(self, double u):
         cdef Py_ssize_t t, j
@@ -148,12 +164,15 @@ cdef class Core:
         for i in range(self._n):
             self._thresholds[i] = thresholds[i]
         self._longest, self._warning = longest, warning
-        self.reset()
+        self._restart()  # the forms come as they are: fresh, or restored with their episode's state (__reduce__)
 
     def reset(self):
         cdef Py_ssize_t i
         for i in range(self._n):
             (<_Form>self._forms[i]).reset()
+        self._restart()
+
+    cdef void _restart(self):
         self.score, self.steps = 0.0, 0
         self.alarm, self.alarm_step, self.detector = False, -1, ""
         self.statistics = [0.0] * self._n
@@ -218,6 +237,13 @@ cdef class Core:
             (<_Form>self._forms[i]).commit()
             stats.append(self._values[i])
         self.statistics = stats  # a new list: reports keep theirs
+
+    def __reduce__(self):
+        return Core, (self._forms, self.names, self.thresholds, self._longest, self._warning), (
+            self.score, self.steps, self.alarm, self.alarm_step, self.detector, self.statistics)
+
+    def __setstate__(self, state):
+        self.score, self.steps, self.alarm, self.alarm_step, self.detector, self.statistics = state
 
     def fail(self, str detector="error"):
         """Raise the alarm now (``"error"``: the guard itself failed)."""
@@ -368,6 +394,11 @@ cdef class Plain:
         info = dict(info)
         info["mesaguard"] = report
         return info
+
+
+def _array(values):
+    """A copy of a memoryview's numbers as a NumPy array (what pickling and copying a compiled form carry)."""
+    return np.array(values, dtype=np.float64)
 
 
 cdef double[::1] _doubles(values):

@@ -134,6 +134,13 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._open = False  # a monitor episode is running (started at reset, finished at its end)
         self._plain = plain_step(self)  # None where a step cannot be compiled: every step runs here
 
+    def __getstate__(self) -> dict[str, Any]:  # pickled and copied without its compiled step, made anew after
+        return {k: v for k, v in vars(self).items() if k != "_plain"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+        self._plain = plain_step(self)
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
         self.guard.reset()
