@@ -4,9 +4,9 @@
 :class:`~mesaguard.guard._compiled.Core` (Cython, built when the package is installed on a machine with a C
 compiler) where that extension is built and every detector has a compiled form (``cusum``, ``meanshift``: the
 default set), else the plain-Python :class:`~mesaguard.guard.core.ScalarGuard`. :func:`plain_step` is its step:
-the compiled :class:`~mesaguard.guard._compiled.Plain` runs the steps in which nothing happens but numbers (no
-alarm stands or fires, no error, the episode goes on, a deployment monitor's evidence does not move) and hands
-every other step to GuardedEnv's Python code, the only code that acts (protocols, errors, the monitor's bets).
+the compiled :class:`~mesaguard.guard._compiled.Plain` runs the steps in which no alarm stands or fires and no
+error occurs, and hands every other step, and the end of a monitored episode or a refresh of the monitor's
+evidence, to GuardedEnv's Python code, the only code that acts (protocols, errors, the monitor's bets).
 Compiled or not, every step returns the same (``tests/test_compiled_guard.py`` holds them equal, bit for bit);
 what the compiled path saves is measured in ``benchmarks/guard_overhead.py``. ``MESAGUARD_PYTHON_GUARD=1`` in the
 environment chooses the Python guard whatever is built.
