@@ -25,7 +25,11 @@ from mesaguard.protocols import Alarm
 
 cdef class _Form:
     """A detector's compiled scalar form: ``peek(u)`` the statistic after ``u`` (its new state held aside),
-    ``commit()`` that state; ``reset()`` each episode."""
+    ``commit()`` that state; ``reset()`` each episode. Increments enter in blocks of ``block`` steps, as the
+    Python forms take them (:meth:`_completes`)."""
+
+    cdef double acc, n_acc, n_u
+    cdef Py_ssize_t block, k, n_k
 
     cdef double peek(self, double u):
         return 0.0
@@ -36,13 +40,28 @@ cdef class _Form:
     cdef void reset(self):
         pass
 
+    cdef bint _completes(self, double u):
+        """Add ``u`` to the block (held aside with the rest of the new state); True if it completes the block,
+        whose sum (``u`` itself for blocks of one step) is then ``n_u``."""
+        self.n_acc, self.n_k = self.acc, self.k
+        if self.block <= 1:
+            self.n_u = u
+            return True
+        self.n_acc += u
+        self.n_k += 1
+        if self.n_k < self.block:
+            return False
+        self.n_u = self.n_acc
+        self.n_acc, self.n_k = 0.0, 0
+        return True
+
 
 cdef class _Cusum(_Form):
     """``mesaguard.detectors.cusum._ScalarCusum``, compiled."""
 
     cdef double[::1] mean, std
-    cdef double slack, rho, gain, sum, prev, acc, n_sum, n_prev, n_acc
-    cdef Py_ssize_t last, block, t, k, n_t, n_k
+    cdef double slack, rho, gain, sum, prev, n_sum, n_prev
+    cdef Py_ssize_t last, t, n_t
 
     def __init__(self, double[::1] mean, double[::1] std, double slack, double rho, double gain, Py_ssize_t block):
         self.mean, self.std, self.last, self.block = mean, std, mean.shape[0] - 1, block
@@ -63,14 +82,10 @@ cdef class _Cusum(_Form):
     cdef double peek(self, double u):
         cdef Py_ssize_t i
         cdef double z, e, s
-        self.n_sum, self.n_prev, self.n_t, self.n_acc, self.n_k = self.sum, self.prev, self.t, self.acc, self.k
-        if self.block > 1:
-            self.n_acc += u
-            self.n_k += 1
-            if self.n_k < self.block:
-                return self.n_sum
-            u = self.n_acc
-            self.n_acc, self.n_k = 0.0, 0
+        self.n_sum, self.n_prev, self.n_t = self.sum, self.prev, self.t
+        if not self._completes(u):
+            return self.n_sum
+        u = self.n_u
         i = self.t if self.t < self.last else self.last
         self.n_t = self.t + 1
         z = (u - self.mean[i]) / self.std[i]
@@ -89,8 +104,8 @@ cdef class _MeanShift(_Form):
 
     cdef double[:, ::1] chol
     cdef double[::1] mu, y, norm, diag, e
-    cdef double num, stat, acc, n_num, n_stat, n_acc, n_e
-    cdef Py_ssize_t T, block, t, k, n_t, n_k
+    cdef double num, stat, n_num, n_stat, n_e
+    cdef Py_ssize_t T, t, n_t
 
     def __init__(self, double[:, ::1] chol, double[::1] mu, double[::1] y, double[::1] norm, double[::1] diag,
                  double[::1] e, Py_ssize_t block):
@@ -112,14 +127,10 @@ cdef class _MeanShift(_Form):
     cdef double peek(self, double u):
         cdef Py_ssize_t t, j
         cdef double past
-        self.n_num, self.n_stat, self.n_t, self.n_acc, self.n_k = self.num, self.stat, self.t, self.acc, self.k
-        if self.block > 1:
-            self.n_acc += u
-            self.n_k += 1
-            if self.n_k < self.block:
-                return self.n_stat
-            u = self.n_acc
-            self.n_acc, self.n_k = 0.0, 0
+        self.n_num, self.n_stat, self.n_t = self.num, self.stat, self.t
+        if not self._completes(u):
+            return self.n_stat
+        u = self.n_u
         t = self.t
         if t >= self.T:
             return self.n_stat
@@ -159,10 +170,7 @@ cdef class Core:
     def __init__(self, list forms, list names, list thresholds, double longest, str warning):
         self._forms, self.names, self.thresholds = forms, names, thresholds
         self._n = len(forms)
-        self._thresholds = memoryview(bytearray(8 * max(self._n, 1))).cast("d")
-        self._values = memoryview(bytearray(8 * max(self._n, 1))).cast("d")
-        for i in range(self._n):
-            self._thresholds[i] = thresholds[i]
+        self._thresholds, self._values = _doubles(thresholds), _doubles([0.0] * self._n)
         self._longest, self._warning = longest, warning
         self._restart()  # the forms come as they are: fresh, or restored with their episode's state (__reduce__)
 
