@@ -25,6 +25,7 @@ from mesaguard.calibration import Calibration
 from mesaguard.detectors.cusum import _ScalarCusum
 from mesaguard.detectors.meanshift import _ScalarMeanShift
 from mesaguard.guard.core import ScalarGuard, past_longest
+from mesaguard.monitor.compiled import OFF  # set to 1: the Python guard and monitor, whatever is built
 from mesaguard.objective import FromInfo, FromReward
 
 try:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 __all__ = ["available", "compiled_forms", "plain_step", "scalar_guard"]
 
-OFF = "MESAGUARD_PYTHON_GUARD"  # set to 1: the Python guard, whatever is built
 
 
 def available() -> bool:

@@ -39,9 +39,11 @@ class Episode:
 
 class Episodes:
     """Per env the running episode (``running``), the started episodes not yet bet on (``open``, ascending ids),
-    the id the next one gets (``next_id``) and how many envs run one (``live``)."""
+    the id the next one gets (``next_id``) and how many envs run one (``live``); each an ``episode`` (this module's
+    :class:`Episode` or its compiled twin, :mod:`~mesaguard.monitor.compiled`)."""
 
-    def __init__(self, n_envs: int) -> None:
+    def __init__(self, n_envs: int, episode: type[Episode] = Episode) -> None:
+        self._episode = episode
         self.running: list[Episode | None] = [None] * n_envs
         self.open: list[Episode] = []
         self.next_id = 0
@@ -50,7 +52,7 @@ class Episodes:
     def start(self, envs: list[int]) -> None:
         """A new episode in each of ``envs`` (ascending), numbered in that order; each must have none running."""
         for i in envs:
-            episode = Episode(self.next_id)
+            episode = self._episode(self.next_id)
             self.next_id += 1
             self.running[i] = episode
             self.open.append(episode)

@@ -35,7 +35,7 @@ from mesaguard.monitor.episodes import Episode
 from mesaguard.monitor.evidence import _scores, _start
 from mesaguard.monitor.pvalues import _counts, _pvalue
 
-__all__ = ["Ledger"]
+__all__ = ["Ledger", "losing_pvalues"]
 
 
 def _log_mean(values: list[float]) -> float:
@@ -44,6 +44,23 @@ def _log_mean(values: list[float]) -> float:
     if top == -math.inf:
         return top
     return top + math.log(sum([math.exp(v - top) for v in values]) / len(values))
+
+
+def losing_pvalues(shifts: Sequence[float], change: bool) -> tuple[float, float]:
+    """The p-values at which a bet loses on every shift, ``(low, high)``; ``(inf, -inf)`` (none) in change mode.
+
+    A bet of normal score ``z`` multiplies shift ``d``'s wealth by ``exp(d z - d^2 / 2)``, at most 1 wherever
+    ``d z <= d^2 / 2`` (``z <= d / 2`` for ``d > 0``, ``z >= d / 2`` for ``d < 0``). Where that holds for every
+    shift, an episode bet on now cannot lift the evidence, so its mid-episode lower bound is the evidence
+    already proven and need not be computed (:meth:`Ledger._one`). Taken a hair inside, so that rounding in the
+    normal scores never puts a winning bet in. In change mode ``log(1 + R)`` replaces ``log W`` and the bound
+    does not hold."""
+    if change:
+        return math.inf, -math.inf
+    high = min([d / 2 for d in shifts if d > 0], default=math.inf)  # z <= high
+    low = max([d / 2 for d in shifts if d < 0], default=-math.inf)  # z >= low (and low <= 0 < high)
+    p_low, p_high = (float(x) for x in ndtr([-high, -low]))  # z = Phi^-1(1 - p) falls as p rises
+    return p_low + 1e-9, p_high - 1e-9
 
 
 class Ledger:
@@ -60,7 +77,7 @@ class Ledger:
         self._shifts = [float(d) for d in shifts.tolist()]
         self._half_sq = [d * d / 2 for d in self._shifts]
         self._change = mode == "change"
-        self._losing = self._losing_pvalues()
+        self._losing = losing_pvalues(self._shifts, self._change)
         self.bag = sorted(float(r) for r in reference)
         self.new_test(0)
 
@@ -73,22 +90,6 @@ class Ledger:
         self.log_evidence = _log_mean(self.log_wealth)  # of the bets made (a level adds the pending ones)
         self._seen: tuple[int, int, int] | None = None  # one pending episode: its id and counts at the last level
         self._base = self._bases(self.log_wealth)
-
-    def _losing_pvalues(self) -> tuple[float, float]:
-        """The p-values at which a bet loses on every shift, ``(low, high)``; ``(inf, -inf)`` (none) in change mode.
-
-        A bet of normal score ``z`` multiplies shift ``d``'s wealth by ``exp(d z - d^2 / 2)``, at most 1 wherever
-        ``d z <= d^2 / 2`` (``z <= d / 2`` for ``d > 0``, ``z >= d / 2`` for ``d < 0``). Where that holds for every
-        shift, an episode bet on now cannot lift the evidence, so its mid-episode lower bound is the evidence
-        already proven and need not be computed (:meth:`_one`). Taken a hair inside, so that rounding in the
-        normal scores never puts a winning bet in. In change mode ``log(1 + R)`` replaces ``log W`` and the bound
-        does not hold."""
-        if self._change:
-            return math.inf, -math.inf
-        high = min([d / 2 for d in self._shifts if d > 0], default=math.inf)  # z <= high
-        low = max([d / 2 for d in self._shifts if d < 0], default=-math.inf)  # z >= low (and low <= 0 < high)
-        p_low, p_high = (float(x) for x in ndtr([-high, -low]))  # z = Phi^-1(1 - p) falls as p rises
-        return p_low + 1e-9, p_high - 1e-9
 
     def bets_on(self, episode: Episode) -> bool:
         """Whether ``episode`` is bet on in this test (not running at a clear, within a fixed horizon)."""

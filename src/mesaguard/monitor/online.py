@@ -63,10 +63,10 @@ import numpy as np
 from mesaguard.calibration import Calibration, check_alpha
 from mesaguard.detectors import detector_names
 from mesaguard.detectors.base import DetectorError, as_increments
+from mesaguard.monitor.compiled import twins
 from mesaguard.monitor.episodes import Episode, Episodes
 from mesaguard.monitor.errors import MonitorError
 from mesaguard.monitor.evidence import SHIFTS, check_shifts
-from mesaguard.monitor.ledger import Ledger
 from mesaguard.monitor.modes import check_mode, log_threshold
 from mesaguard.monitor.statistic import StepStatistic
 from mesaguard.monitor.stops import CROSSED, check_stops, cuts_short, reference_keys
@@ -150,8 +150,9 @@ class DeploymentMonitor:
             self.mode, self.mode)
         self.n_envs = int(n_envs)
         self._rng = np.random.default_rng(seed)
+        episode, self._ledger = twins()  # compiled where built (mesaguard.monitor.compiled)
         self._rule(check_stops(calibration, stops))
-        self._episodes = Episodes(self.n_envs)
+        self._episodes = Episodes(self.n_envs, episode)
         self._all = np.ones(self.n_envs, dtype=bool)  # the mask of every env (read only)
         self._every = list(range(self.n_envs))  # the indices of every env (read only)
         self.finished = 0  # episodes finished since the monitor was made
@@ -168,7 +169,7 @@ class DeploymentMonitor:
         self.stops = dict(stops)
         self.statistic = StepStatistic(self.calibration, self.names, self.stops, self.n_envs)
         self.reference = reference_keys(self.calibration, self.names, stops)
-        self.ledger = Ledger(self.mode, self.shifts, self.log_threshold, self.horizon, self.reference.tolist())
+        self.ledger = self._ledger(self.mode, self.shifts, self.log_threshold, self.horizon, self.reference.tolist())
 
     def stop_at(self, stops: dict[str, float] | None) -> None:
         """Set the per-episode alarm rule (``stops``, as the constructor's) before the first episode starts.
@@ -391,8 +392,7 @@ class DeploymentMonitor:
         self._censor(m)
 
     def _censor(self, m: np.ndarray) -> None:
-        for i in np.flatnonzero(m):
-            episode = self._episodes.running[i]
+        for episode in (self._episodes.running[i] for i in np.flatnonzero(m)):
             if episode is not None:
                 episode.censored = True
 
