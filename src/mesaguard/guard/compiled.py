@@ -25,7 +25,7 @@ from mesaguard.calibration import Calibration
 from mesaguard.detectors.cusum import _ScalarCusum
 from mesaguard.detectors.meanshift import _ScalarMeanShift
 from mesaguard.guard.core import ScalarGuard, past_longest
-from mesaguard.monitor.compiled import OFF  # set to 1: the Python guard and monitor, whatever is built
+from mesaguard.monitor.compiled import OFF, compiled_ledger  # OFF=1: the Python guard and monitor, whatever is built
 from mesaguard.objective import FromInfo, FromReward
 
 try:
@@ -79,13 +79,14 @@ def scalar_guard(
 def plain_step(env: GuardedEnv) -> Plain | None:
     """The compiled plain step of ``env`` (:class:`~mesaguard.guard._compiled.Plain`), or None where its steps
     must all run in Python: a Python guard, a scope or a transition scope, an objective other than the reward or
-    an ``info`` key, a monitor that does not read the guard's statistics."""
+    an ``info`` key, a monitor that does not read the guard's statistics or holds the Python ledger
+    (:mod:`mesaguard.monitor.compiled`)."""
     objective, monitor = env.objective, env.monitor
     if _compiled is None or not isinstance(env.guard, _compiled.Core):
         return None
     if env.scope is not None or env.transition is not None or type(objective) not in (FromReward, FromInfo):
         return None
-    if monitor is not None and monitor.statistic.shared is None:
+    if monitor is not None and (monitor.statistic.shared is None or not compiled_ledger(monitor.ledger)):
         return None
     key = objective.key if isinstance(objective, FromInfo) else None
     return _compiled.Plain(env, env.guard, key)

@@ -142,6 +142,8 @@ class GuardedEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._plain = plain_step(self)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        if self._plain is not None:  # compiled: the same reset (mesaguard.guard.compiled)
+            return self._plain.reset(seed, options)
         obs, info = self.env.reset(seed=seed, options=options)
         self.guard.reset()
         if self.monitor is not None:

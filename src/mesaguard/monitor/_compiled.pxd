@@ -34,6 +34,8 @@ cdef class Ledger:
     cdef Py_ssize_t _seen_greater, _seen_equal
     cdef double low, high
     cdef object _last
+    cdef double _last_level
+    cdef long _last_crossing
     cdef bint bets(self, Episode episode) noexcept
     cdef long _crossed(self, long next_id) except -2
     cdef void _bet(self, double* base, double p, double* out) noexcept
@@ -41,6 +43,7 @@ cdef class Ledger:
     cdef double _mixed(self, double* log_wealth) noexcept
     cdef long bet(self, Episode episode) except -2
     cdef bint moved(self, Episode episode) noexcept
+    cdef double level_one(self, Episode episode, long next_id, long* crossing) except *
     cdef double one(self, Episode episode, long next_id, long* crossing) except *
 
 

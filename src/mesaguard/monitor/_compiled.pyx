@@ -238,14 +238,11 @@ cdef class Ledger:
         """The largest evidence provable now, and the number of the first episode at which it reaches the
         threshold (None if it does not); one pending episode whose p-value has not moved: the last answer."""
         cdef long crossing
-        cdef double level
         cdef Episode episode
         if len(pending) == 1:
             episode = pending[0]
             if episode.steps and self.bets(episode):
-                if self.moved(episode):
-                    level = self.one(episode, next_id, &crossing)
-                    self._last = (level, None if crossing < 0 else crossing)
+                self.level_one(episode, next_id, &crossing)
                 return self._last
         return self._level(pending, next_id)
 
@@ -342,6 +339,15 @@ cdef class Ledger:
         self._bag.counts(episode.value, &greater, &equal)
         return not (self._seen_set and self._seen_id == episode.id and self._seen_greater == greater
                     and self._seen_equal == equal)
+
+    cdef double level_one(self, Episode episode, long next_id, long* crossing) except *:
+        """:meth:`level` of one pending ``episode`` that has stepped and is bet on (the caller checks): the level,
+        its crossing in ``crossing`` (-1: none); the last answer where its p-value has not moved."""
+        if self.moved(episode):
+            self._last_level = self.one(episode, next_id, &self._last_crossing)
+            self._last = (self._last_level, None if self._last_crossing < 0 else self._last_crossing)
+        crossing[0] = self._last_crossing
+        return self._last_level
 
     cdef double one(self, Episode episode, long next_id, long* crossing) except *:
         """``Ledger._one`` for the one pending ``episode`` (its counts remembered as the cache's); the level, its

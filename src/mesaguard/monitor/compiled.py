@@ -22,7 +22,7 @@ try:
 except ImportError:  # installed without a C compiler: the Python classes serve
     _compiled = None  # type: ignore[assignment]
 
-__all__ = ["OFF", "built", "twins"]
+__all__ = ["OFF", "built", "compiled_ledger", "twins"]
 
 OFF = "MESAGUARD_PYTHON_GUARD"  # set to 1: the Python guard and monitor, whatever is built
 
@@ -37,3 +37,8 @@ def twins() -> tuple[type[Episode], type[Ledger]]:
     if built():
         return _compiled.Episode, _compiled.Ledger  # type: ignore[return-value]
     return Episode, Ledger
+
+
+def compiled_ledger(ledger: object) -> bool:
+    """Whether ``ledger`` (a monitor's) is the compiled twin: what the compiled guard step needs."""
+    return _compiled is not None and isinstance(ledger, _compiled.Ledger)
