@@ -208,37 +208,53 @@ def wide() -> Calibration:
     return Calibration.fit([rng.normal(1.0, 1.0, int(rng.integers(5, 40))) for _ in range(200)], alpha=0.2)
 
 
-def scripted_run(cal: Calibration, episodes: list, protocol: str, compiled: bool, monkeypatch) -> list:
+MONITOR = ("anytime", "fixed horizon of 3", "change")
+STATE_OF_MONITOR = ("steps", "finished", "crossings", "alarm", "alarm_episode", "alarm_steps", "log_evidence")
+
+
+def scripted_run(cal: Calibration, episodes: list, protocol: str, monitor: str, compiled: bool, monkeypatch) -> list:
+    """Every step's returns, and the monitor's state after: each episode reset after ``cut`` steps where it has
+    one (mid-episode: it ends censored), the deployment alarm cleared at the next reset where ``clear`` says."""
     monkeypatch.setenv(OFF, "0" if compiled else "1")
     act = {"alert": Alert(lambda alarm: None), "stop": Stop()}[protocol]
-    env = GuardedEnv(Scripted(episodes), cal, protocol=act, monitor=DeploymentMonitor(cal, alpha=0.2))
-    out = []
-    for _ in episodes:
+    watch = {"anytime": DeploymentMonitor(cal, alpha=0.2), "fixed horizon of 3": DeploymentMonitor(cal, horizon=3),
+             "change": DeploymentMonitor(cal, mode="change", arl=20)}[monitor]
+    env = GuardedEnv(Scripted([(rewards, terminates) for rewards, terminates, _, _ in episodes]), cal, protocol=act,
+                     monitor=watch)
+    assert (env._plain is None) is not compiled
+    out: list = []
+    for _, _, cut, clear in episodes:
         env.reset()
-        done = False
-        while not done:
+        if clear:
+            env.clear()
+        done, t = False, 0
+        while not done and t != cut:
             obs, reward, terminated, truncated, info = env.step(0)
             out.append((obs.tolist(), reward, terminated, truncated, info))
-            done = terminated or truncated
-    return out
+            done, t = terminated or truncated, t + 1
+    ledger = watch.ledger
+    return out + [tuple(getattr(watch, n) for n in STATE_OF_MONITOR), ledger.bag, ledger.log_wealth]
 
 
 @compiled_only
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     episodes=st.lists(
         st.tuples(st.lists(st.one_of(st.floats(-3.0, 5.0), st.just(math.nan)), min_size=1, max_size=50),
-                  st.booleans()),
+                  st.booleans(), st.one_of(st.none(), st.integers(0, 10)), st.booleans()),
         min_size=1, max_size=12,
     ),
     protocol=st.sampled_from(["alert", "stop"]),
+    monitor=st.sampled_from(MONITOR),
 )
-def test_any_reward_stream_steps_the_same_compiled_or_not(wide: Calibration, episodes: list, protocol: str) -> None:
+def test_any_reward_stream_steps_the_same_compiled_or_not(wide: Calibration, episodes: list, protocol: str,
+                                                          monitor: str) -> None:
     # Rewards in and out of distribution: alarms, the running maximum passing bag values mid-episode, deployment
-    # alarms, NaN rewards failing closed, episodes ended by either flag; the monitor's evidence moves both ways.
+    # alarms, NaN rewards failing closed, episodes ended by either flag or reset mid-way, alarms cleared; the
+    # monitor's evidence moves both ways; past a fixed horizon no episode is bet on.
     with pytest.MonkeyPatch.context() as monkeypatch:
-        compiled = scripted_run(wide, episodes, protocol, True, monkeypatch)
-        python = scripted_run(wide, episodes, protocol, False, monkeypatch)
+        compiled = scripted_run(wide, episodes, protocol, monitor, True, monkeypatch)
+        python = scripted_run(wide, episodes, protocol, monitor, False, monkeypatch)
     assert _same(compiled, python)
 
 
