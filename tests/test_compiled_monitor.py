@@ -158,3 +158,17 @@ def test_a_monitor_of_compiled_twins_equals_a_python_monitor(mode: dict, monkeyp
         monitor.start()
         runs.append(feed(monitor, np.random.default_rng(2), 600))
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("copy_of", [lambda m: pickle.loads(pickle.dumps(m)), copy.deepcopy], ids=["pickle", "copy"])
+def test_a_monitor_pickles_and_copies_mid_deployment(copy_of) -> None:
+    """Its counters (C fields where compiled), its episodes and ledger travel: the copy goes on as the original."""
+    rng = np.random.default_rng(0)
+    cal = Calibration.fit([rng.normal(1.0, 0.5, 20) for _ in range(200)], alpha=0.1, detectors=["cusum"])
+    monitor = DeploymentMonitor(cal, n_envs=2, seed=1)
+    monitor.start()
+    feed(monitor, np.random.default_rng(2), 300)
+    twin = copy_of(monitor)
+    assert (twin.steps, twin.finished, twin.log_evidence, twin.alarm) == (monitor.steps, monitor.finished,
+                                                                           monitor.log_evidence, monitor.alarm)
+    assert feed(twin, np.random.default_rng(3), 300) == feed(monitor, np.random.default_rng(3), 300)

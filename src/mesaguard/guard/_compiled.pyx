@@ -16,7 +16,7 @@ import numpy as np
 
 from libc.math cimport exp, isfinite
 
-from mesaguard.monitor._compiled cimport Episode, Ledger, Uniforms
+from mesaguard.monitor._compiled cimport Episode, Ledger, Tally, Uniforms
 
 from mesaguard.detectors.base import DetectorError
 from mesaguard.guard.core import GuardError, nonfinite
@@ -283,13 +283,17 @@ cdef class Plain:
     """
 
     cdef Core core
-    cdef object owner, env_step, env_reset, key, monitor, statistic, episodes, _evidence, _finished
+    cdef object owner, env_step, env_reset, key, monitor, statistic, episodes
     cdef list running, open
     cdef Ledger ledger
+    cdef Tally tally
     cdef Uniforms uniforms
     cdef dict _report, _deployment
     cdef tuple names
     cdef Py_ssize_t k, n_stops
+    cdef bint bound
+    cdef double _level
+    cdef long _ended
     cdef double[::1] locations, scales, stop_values
     cdef long[::1] rows, stop_rows
 
@@ -303,6 +307,7 @@ cdef class Plain:
         }
         if self.monitor is None:
             return
+        self.tally, self.bound, self._ended = self.monitor, True, -1
         statistic = self.statistic = self.monitor.statistic
         shared = statistic.shared  # per detector of the monitor, its index among the guard's
         self.episodes = self.monitor._episodes
@@ -323,7 +328,8 @@ cdef class Plain:
         obs, info = self.env_reset(seed=seed, options=options)
         self.core.reset()
         if monitor is not None:
-            if self.running[0] is not None or monitor.statistic is not self.statistic:
+            self.bound = self.bound and monitor.statistic is self.statistic  # the rule was set before this start
+            if self.running[0] is not None or not self.bound:
                 monitor.start()
             else:
                 episodes = self.episodes
@@ -342,7 +348,7 @@ cdef class Plain:
         if self.core.alarm or owner._error is not None:
             return owner._step(action)
         if monitor is not None:
-            if monitor.alarm or not owner._open or monitor.statistic is not self.statistic:
+            if self.tally.alarm or not self.bound or not owner._open:
                 return owner._step(action)
             episode = self.running[0]
             if episode is None or (<Episode?>episode).censored or (<Episode>episode).value == CROSSED:
@@ -355,7 +361,7 @@ cdef class Plain:
         """The guarded step of the env's step ``out``, or None (nothing changed) where it is not plain."""
         cdef double u, x = 0.0, y
         cdef Py_ssize_t i
-        cdef long steps = 0, crossing
+        cdef long crossing
         cdef bint end
         cdef Core core = self.core
         cdef Episode episode
@@ -390,9 +396,8 @@ cdef class Plain:
         owner = self.owner
         owner._obs = obs
         if running is not None:
-            monitor, ledger, episode = self.monitor, self.ledger, <Episode>running
-            steps = monitor.steps + 1
-            monitor.steps = steps
+            tally, ledger, episode = self.tally, self.ledger, <Episode>running
+            tally.steps += 1
             if episode.steps == 0:  # its smoothing uniform, drawn at its first step
                 episode.u = self.uniforms.next()
             episode.steps += 1
@@ -402,44 +407,44 @@ cdef class Plain:
                     x = ledger.level_one(episode, self.episodes.next_id, &crossing)
                     if crossing >= 0:  # the evidence moves into an alarm: Python's refresh, from the ledger's cache
                         return owner._concluded(out, u, owner._refreshed(), "agent")
-                    monitor.log_evidence = x
+                    tally.log_evidence = x
                 else:
                     stop = owner._refreshed()
-                    if stop or monitor.alarm or owner._error is not None:
+                    if stop or tally.alarm or owner._error is not None:
                         return owner._concluded(out, u, stop, "agent")
             if end:
                 if len(self.open) != 1:  # (one env: never)
                     return owner._concluded(out, u, False, "agent")
                 self._finish(episode)
-                if monitor.alarm or owner._error is not None:
+                if tally.alarm or owner._error is not None:
                     return owner._concluded(out, u, False, "agent")
-        return obs, reward, terminated, truncated if end and truncated else False, self._info(info, u, steps)
+        return obs, reward, terminated, truncated if end and truncated else False, self._info(info, u)
 
     cdef void _finish(self, Episode episode) except *:
         """``owner._finish(censored=False)`` at the end of the only open episode, ``episode``, as the monitor's
         ``finish`` takes it: its end, its bet, the bag, the evidence (a monitor that cannot: an error, the alarm)."""
         cdef long crossing
+        cdef Tally tally = self.tally
         owner, monitor, ledger = self.owner, self.monitor, self.ledger
         owner._open = False
         try:
             self.running[0] = None
             self.episodes.live -= 1
             episode.done = True
-            monitor.finished += 1
+            tally.finished += 1
             self.open.pop(0)
             crossing = ledger.bet(episode)
-            if crossing >= 0 and not monitor.alarm:
+            if crossing >= 0 and not tally.alarm:
                 monitor._fire(crossing)
-            monitor.log_evidence = ledger.log_evidence  # refresh(): the level of no pending episode
-            if ledger.log_evidence >= ledger.log_threshold and not monitor.alarm:
+            tally.log_evidence = ledger.log_evidence  # refresh(): the level of no pending episode
+            if ledger.log_evidence >= ledger.log_threshold and not tally.alarm:
                 monitor._fire(ledger._crossed(self.episodes.next_id))
         except Exception as exc:  # fail closed: a monitor that cannot judge raises its alarm
             owner._record(exc)
             monitor.fail()
 
-    cdef dict _info(self, object info, double u, long steps):
-        """``info`` with the report of a plain step (GuardedEnv._report's), from templates of what does not change;
-        ``steps``: the monitor's."""
+    cdef dict _info(self, object info, double u):
+        """``info`` with the report of a plain step (GuardedEnv._report's), from templates of what does not change."""
         cdef Core core = self.core
         cdef double x
         cdef dict report = self._report.copy()
@@ -448,22 +453,22 @@ cdef class Plain:
         report["increment"] = u
         report["step"] = core.steps
         report["statistics"] = {self.names[i]: stats[i] for i in range(len(self.names))}
+        cdef Tally tally = self.tally
         monitor = self.monitor
         if monitor is not None:
-            evidence, finished = monitor.log_evidence, monitor.finished
-            if evidence is not self._evidence or finished is not self._finished:  # held here: never a reused id
-                x = evidence
-                self._evidence, self._finished = evidence, finished
+            x = tally.log_evidence
+            if x != self._level or tally.finished != self._ended:  # the template's numbers moved
+                self._level, self._ended = x, tally.finished
                 self._deployment = {
                     "evidence": exp(690.0 if 690.0 < x else x),
                     "threshold": monitor._threshold,
                     "alarm": False,
-                    "episodes": finished,
+                    "episodes": tally.finished,
                     "steps": None,
                     "mode": monitor._mode_label,
                 }
             deployment = self._deployment.copy()
-            deployment["steps"] = steps
+            deployment["steps"] = tally.steps
             report["deployment"] = deployment
         info = dict(info)
         info["mesaguard"] = report

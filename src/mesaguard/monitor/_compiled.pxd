@@ -51,3 +51,9 @@ cdef class Uniforms:
     cdef object generator, capsule
     cdef void* bitgen
     cdef double next(self) noexcept
+
+
+cdef class Tally:
+    cdef public long steps, finished, crossings
+    cdef public bint alarm
+    cdef public double log_evidence

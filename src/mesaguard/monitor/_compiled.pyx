@@ -7,7 +7,7 @@ Python's floating point (built with ``-ffp-contract=off``, each operation in Pyt
 from zero as ``sum()`` takes them on 3.11, the normal scores from SciPy's own ``ndtri``); :class:`Uniforms` draws
 from a NumPy ``Generator`` what its ``random()`` draws, from its bit generator's C interface. A
 :class:`~mesaguard.monitor.DeploymentMonitor` made where this module is built holds the compiled twins
-(:mod:`mesaguard.monitor.compiled` chooses), so the compiled guard step (:mod:`mesaguard.guard.compiled`) reads
+(:mod:`mesaguard.monitor.compiled` chooses) and keeps its counters in a :class:`Tally`, so the compiled guard step (:mod:`mesaguard.guard.compiled`) reads
 and writes them without Python in between; ``tests/test_compiled_monitor.py`` holds them equal to the Python ones.
 """
 
@@ -365,6 +365,11 @@ cdef class Ledger:
         if crossing[0] < 0 and level >= self.log_threshold:
             crossing[0] = episode.id + 1
         return level if level > best else best
+
+
+cdef class Tally:
+    """:class:`mesaguard.monitor.compiled.Tally` (a :class:`~mesaguard.monitor.DeploymentMonitor`'s steps, finished
+    episodes, crossings, alarm and evidence) in C fields: the monitor's base class where this module is built."""
 
 
 ctypedef struct bitgen_t:  # numpy/random/bitgen.h: NumPy's public C interface to a bit generator

@@ -13,6 +13,7 @@ classes.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from mesaguard.monitor.episodes import Episode
 from mesaguard.monitor.ledger import Ledger
@@ -22,9 +23,25 @@ try:
 except ImportError:  # installed without a C compiler: the Python classes serve
     _compiled = None  # type: ignore[assignment]
 
-__all__ = ["OFF", "built", "compiled_ledger", "twins"]
+__all__ = ["OFF", "Tally", "built", "compiled_ledger", "twins"]
 
 OFF = "MESAGUARD_PYTHON_GUARD"  # set to 1: the Python guard and monitor, whatever is built
+
+
+class Tally:
+    """The base of :class:`~mesaguard.monitor.DeploymentMonitor`: its counters, alarm and evidence (set in its
+    ``__init__``). Where the extension is built, its twin with C fields (whatever ``MESAGUARD_PYTHON_GUARD`` says:
+    they store the same values), which the compiled guard step reads and writes without Python."""
+
+    steps: int  # env steps seen since the monitor was made
+    finished: int  # episodes finished since the monitor was made
+    crossings: int  # episodes in which the per-episode alarm (``stops``) fired: ranked as evidence
+    alarm: bool
+    log_evidence: float  # of this test, mid-episode lower bounds included
+
+
+if _compiled is not None and not TYPE_CHECKING:
+    Tally = _compiled.Tally  # noqa: F811
 
 
 def built() -> bool:

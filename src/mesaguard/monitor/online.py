@@ -63,7 +63,7 @@ import numpy as np
 from mesaguard.calibration import Calibration, check_alpha
 from mesaguard.detectors import detector_names
 from mesaguard.detectors.base import DetectorError, as_increments
-from mesaguard.monitor.compiled import twins
+from mesaguard.monitor.compiled import Tally, twins
 from mesaguard.monitor.episodes import Episode, Episodes
 from mesaguard.monitor.errors import MonitorError
 from mesaguard.monitor.evidence import SHIFTS, check_shifts
@@ -78,7 +78,7 @@ _ORDER = (
 )
 
 
-class DeploymentMonitor:
+class DeploymentMonitor(Tally):
     """Evidence over a deployment's episodes against the calibration's reference episodes.
 
     Parameters
@@ -155,11 +155,8 @@ class DeploymentMonitor:
         self._episodes = Episodes(self.n_envs, episode)
         self._all = np.ones(self.n_envs, dtype=bool)  # the mask of every env (read only)
         self._every = list(range(self.n_envs))  # the indices of every env (read only)
-        self.finished = 0  # episodes finished since the monitor was made
-        self.steps = 0  # env steps seen since the monitor was made
-        self.crossings = 0  # episodes in which the per-episode alarm (``stops``) fired: ranked as evidence
-        self.log_evidence = self.ledger.log_evidence  # of this test, mid-episode lower bounds included
-        self.alarm = False
+        self.finished, self.steps, self.crossings = 0, 0, 0  # (counted as mesaguard.monitor.compiled.Tally says)
+        self.log_evidence, self.alarm = self.ledger.log_evidence, False
         self.alarm_episode: int | None = None  # 1-based number (start order) of the episode that raised the alarm
         self.alarm_steps: int | None = None  # steps seen when the alarm fired
         self._owner: weakref.ref[object] | None = None  # the guard this monitor serves (guarded_by)
