@@ -125,11 +125,15 @@ def tail_map(crossfit: Sequence[float], unit: float | None = None) -> TailMap:
 
 
 def map_level(m: TailMap, x: np.ndarray | Sequence[float]) -> np.ndarray:
-    """:func:`tail_map`'s level of each value of ``x``."""
+    """:func:`tail_map`'s level of each value of ``x`` (between two knots, never outside their levels: interpolation
+    between knots far apart can round past one, as hypothesis found: 0.0 between -5.8e5 and 2e-299)."""
     knots, levels, scale = m
     x = np.asarray(x, dtype=np.float64)
     below = (levels[1] - levels[0]) / (knots[1] - knots[0]) if knots.size > 1 else 1.0 / scale
-    out: np.ndarray = np.where(x < knots[0], levels[0] + (x - knots[0]) * below, np.interp(x, knots, levels))
+    last = knots.size - 1
+    low, high = np.searchsorted(knots, x, "right") - 1, np.searchsorted(knots, x, "left")  # the knots around x
+    inner = np.clip(np.interp(x, knots, levels), levels[low.clip(0, last)], levels[high.clip(0, last)])
+    out: np.ndarray = np.where(x < knots[0], levels[0] + (x - knots[0]) * below, inner)
     return np.where(x > knots[-1], levels[-1] + (x - knots[-1]) / scale, out)
 
 
