@@ -11,14 +11,14 @@ every overhead is also given as a share of the bare env's own step. Guards run e
 (:data:`mesaguard.detectors.DEFAULT`) alone and the set jointly, the cusum guard and
 the set once more carrying a :class:`~mesaguard.monitor.DeploymentMonitor`
 (and that variant again in plain Python, ``MESAGUARD_PYTHON_GUARD=1``: what the compiled guard core and step of
-:mod:`mesaguard.guard.compiled` save), and a guard with no detector at all: the wrapper's floor (the
+:mod:`mesaguard.guard.compiled` and the monitor's compiled data, :mod:`mesaguard.monitor.compiled`, save), and a guard with no detector at all: the wrapper's floor (the
 objective, the report in ``info``, the protocol's checks), which no detector can go below; and, as a reference
 that is not mesaguard, the default set and the monitor's per-step work inlined in one
 function (``fused_floor.py``, checked equal to the guard's statistics first): the least
 any Python wrapper doing this work costs; and the same work compiled (``fused_compiled.py``: one C function
 called from a Python wrapper, also checked equal; left out where the machine has no C compiler): the least a
-guard whose step is compiled can cost, with no work per episode (the guard's compiled step hands an episode's end,
-and the monitor's bets, to Python); and a wrapper that computes nothing and only writes a report of the
+guard whose step is compiled can cost, with no work per episode (the guard's compiled step runs a monitored
+episode's start, its bets and its end as well); and a wrapper that computes nothing and only writes a report of the
 guard's shape in ``info`` (``fused_floor.ReportOnly``): the least any wrapper that reports every step costs. Where
 RecordEpisodeStatistics' overhead does not stand out of the noise floor (a slow,
 noisy env step), and on the cheetah, there for scale, ratios are not given.
@@ -138,7 +138,8 @@ DETECTOR_SETS: dict[str, list[str]] = {
 
 
 def python_guard(make: Callable[[], object]) -> object:
-    """What ``make`` makes with the plain-Python guard, core and step (``MESAGUARD_PYTHON_GUARD=1`` meanwhile)."""
+    """What ``make`` makes with the plain-Python guard, core, step and monitor (``MESAGUARD_PYTHON_GUARD=1``
+    meanwhile)."""
     before = os.environ.get(OFF)
     os.environ[OFF] = "1"
     try:
