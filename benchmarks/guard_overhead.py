@@ -11,9 +11,10 @@ every overhead is also given as a share of the bare env's own step. Guards run e
 (:data:`mesaguard.detectors.DEFAULT`) alone and the set jointly, the cusum guard and
 the set once more carrying a :class:`~mesaguard.monitor.DeploymentMonitor`
 (and that variant again in plain Python, ``MESAGUARD_PYTHON_GUARD=1``: what the compiled guard core and step of
-:mod:`mesaguard.guard.compiled` and the monitor's compiled data, :mod:`mesaguard.monitor.compiled`, save), and a guard with no detector at all: the wrapper's floor (the
-objective, the report in ``info``, the protocol's checks), which no detector can go below; and, as a reference
-that is not mesaguard, the default set and the monitor's per-step work inlined in one
+:mod:`mesaguard.guard.compiled` and the monitor's compiled data, :mod:`mesaguard.monitor.compiled`, save), and a
+guard with no detector at all: the wrapper's floor (the objective, the report in ``info``, the protocol's
+checks), which no detector can go below; and, as a reference that is not mesaguard, the default set and the
+monitor's per-step work inlined in one
 function (``fused_floor.py``, checked equal to the guard's statistics first): the least
 any Python wrapper doing this work costs; and the same work compiled (``fused_compiled.py``: one C function
 called from a Python wrapper, also checked equal; left out where the machine has no C compiler): the least a

@@ -137,9 +137,9 @@ def guard_episode_split() -> str:
     (long, short), (g_long, g_short), (r_long, r_short) = r["lengths"], r["guard_with_monitor_us"], r["res_us"]
     return (f"On the do-nothing env, the default set with a monitor adds {g_long:.2f} us a step on {long}-step "
             f"episodes and {g_short:.2f} us on {short}-step ones (RES {r_long:.2f} and {r_short:.2f}): "
-            f"{r['guard_per_episode_us']:.1f} us per episode (the resets, the monitor's bet and its evidence refreshes; "
-            f"RES {r['res_per_episode_us']:.1f}), the rest per step. The part per episode is a difference of two "
-            f"medians, scaled up twentyfold: it varies between runs by about half its size.")
+            f"{r['guard_per_episode_us']:.1f} us per episode (the resets, the monitor's bet and its evidence "
+            f"refreshes; RES {r['res_per_episode_us']:.1f}), the rest per step. The part per episode is a "
+            f"difference of two medians, scaled up twentyfold: it varies between runs by about half its size.")
 
 
 def guard_vector() -> str:
@@ -687,7 +687,8 @@ def detection_targets() -> str:
 
 TABLES: dict[str, Callable[[], str]] = {
     "scenarios": scenarios, "scenario_speed": scenario_speed, "agents": agents,
-    "guard_overhead": guard_overhead, "guard_verdict": guard_verdict, "guard_episode_split": guard_episode_split, "guard_vector": guard_vector,
+    "guard_overhead": guard_overhead, "guard_verdict": guard_verdict, "guard_episode_split": guard_episode_split,
+    "guard_vector": guard_vector,
     "calibration_files": calibration_files,
     "cusum_delay": cusum_delay, "detector_delay": detector_delay, "false_alarms": false_alarms,
     "greenberg_mannor": greenberg_mannor, "greenberg_mannor_cheetah": greenberg_mannor_cheetah,
