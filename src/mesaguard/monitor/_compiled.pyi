@@ -36,6 +36,13 @@ class Ledger:
     def commit(self, episode: Episode) -> int | None: ...
     def level(self, pending: list[Episode], next_id: int) -> tuple[float, int | None]: ...
 
+class Tally:
+    steps: int
+    finished: int
+    crossings: int
+    alarm: bool
+    log_evidence: float
+
 class Uniforms:
     def __init__(self, generator: np.random.Generator) -> None: ...
     def random(self) -> float: ...

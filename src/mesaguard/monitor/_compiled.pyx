@@ -7,11 +7,10 @@ Python's floating point (built with ``-ffp-contract=off``, each operation in Pyt
 from zero as ``sum()`` takes them on 3.11, the normal scores from SciPy's own ``ndtri``); :class:`Uniforms` draws
 from a NumPy ``Generator`` what its ``random()`` draws, from its bit generator's C interface. A
 :class:`~mesaguard.monitor.DeploymentMonitor` made where this module is built holds the compiled twins
-(:mod:`mesaguard.monitor.compiled` chooses) and keeps its counters in a :class:`Tally`, so the compiled guard step (:mod:`mesaguard.guard.compiled`) reads
-and writes them without Python in between; ``tests/test_compiled_monitor.py`` holds them equal to the Python ones.
+(:mod:`mesaguard.monitor.compiled` chooses) and keeps its counters in a :class:`Tally`, so the compiled guard step
+(:mod:`mesaguard.guard.compiled`) reads and writes them without Python in between; ``tests/test_compiled_monitor.py``
+holds them equal to the Python ones.
 """
-
-import math
 
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 from libc.float cimport DBL_MAX

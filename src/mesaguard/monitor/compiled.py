@@ -1,5 +1,5 @@
 """The monitor's data compiled, where it is built: the classes a new :class:`~mesaguard.monitor.DeploymentMonitor`
-holds its episodes and ledger in.
+holds its episodes and ledger in, and its base class, which holds its counters.
 
 :mod:`mesaguard.monitor._compiled` (Cython, built with the package where a C compiler is found, as the guard's
 core: :mod:`mesaguard.guard.compiled`) has twins of :class:`~mesaguard.monitor.episodes.Episode` and
