@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["available", "compiled_forms", "plain_step", "scalar_guard"]
 
 
-
 def available() -> bool:
     """Whether the compiled core is built here (and not switched off by ``MESAGUARD_PYTHON_GUARD=1``)."""
     return _compiled is not None and os.environ.get(OFF, "") != "1"

@@ -150,7 +150,7 @@ class DeploymentMonitor(Tally):
             self.mode, self.mode)
         self.n_envs = int(n_envs)
         self._rng = np.random.default_rng(seed)
-        episode, self._ledger = twins()  # compiled where built (mesaguard.monitor.compiled)
+        episode, self._ledger_type = twins()  # compiled where built (mesaguard.monitor.compiled)
         self._rule(check_stops(calibration, stops))
         self._episodes = Episodes(self.n_envs, episode)
         self._all = np.ones(self.n_envs, dtype=bool)  # the mask of every env (read only)
@@ -166,7 +166,8 @@ class DeploymentMonitor(Tally):
         self.stops = dict(stops)
         self.statistic = StepStatistic(self.calibration, self.names, self.stops, self.n_envs)
         self.reference = reference_keys(self.calibration, self.names, stops)
-        self.ledger = self._ledger(self.mode, self.shifts, self.log_threshold, self.horizon, self.reference.tolist())
+        self.ledger = self._ledger_type(self.mode, self.shifts, self.log_threshold, self.horizon,
+                                        self.reference.tolist())
 
     def stop_at(self, stops: dict[str, float] | None) -> None:
         """Set the per-episode alarm rule (``stops``, as the constructor's) before the first episode starts.
