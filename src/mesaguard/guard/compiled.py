@@ -4,9 +4,10 @@
 :class:`~mesaguard.guard._compiled.Core` (Cython, built when the package is installed on a machine with a C
 compiler) where that extension is built and every detector has a compiled form (``cusum``, ``meanshift``: the
 default set), else the plain-Python :class:`~mesaguard.guard.core.ScalarGuard`. :func:`plain_step` is its step:
-the compiled :class:`~mesaguard.guard._compiled.Plain` runs the steps in which no alarm stands or fires and no
-error occurs, and hands every other step, and the end of a monitored episode or a refresh of the monitor's
-evidence, to GuardedEnv's Python code, the only code that acts (protocols, errors, the monitor's bets).
+the compiled :class:`~mesaguard.guard._step.Plain` runs the steps in which no alarm stands or fires and no error
+occurs, a deployment monitor's part included (the episode's start, its evidence, its end and bet, over the
+monitor's compiled data: :mod:`mesaguard.monitor.compiled`), and hands every other step to GuardedEnv's Python
+code, the only code that acts (protocols, errors, alarms).
 Compiled or not, every step returns the same (``tests/test_compiled_guard.py`` holds them equal, bit for bit);
 what the compiled path saves is measured in ``benchmarks/guard_overhead.py``. ``MESAGUARD_PYTHON_GUARD=1`` in the
 environment chooses the Python guard whatever is built.
@@ -29,12 +30,13 @@ from mesaguard.monitor.compiled import OFF, compiled_ledger  # OFF=1: the Python
 from mesaguard.objective import FromInfo, FromReward
 
 try:
-    from mesaguard.guard import _compiled
+    from mesaguard.guard import _compiled, _step
 except ImportError:  # installed without a C compiler: the Python guard serves
-    _compiled = None  # type: ignore[assignment]
+    _compiled = _step = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from mesaguard.guard._compiled import Core, Plain
+    from mesaguard.guard._compiled import Core
+    from mesaguard.guard._step import Plain
     from mesaguard.guard.env import GuardedEnv
 
 __all__ = ["available", "compiled_forms", "plain_step", "scalar_guard"]
@@ -76,7 +78,7 @@ def scalar_guard(
 
 
 def plain_step(env: GuardedEnv) -> Plain | None:
-    """The compiled plain step of ``env`` (:class:`~mesaguard.guard._compiled.Plain`), or None where its steps
+    """The compiled plain step of ``env`` (:class:`~mesaguard.guard._step.Plain`), or None where its steps
     must all run in Python: a Python guard, a scope or a transition scope, an objective other than the reward or
     an ``info`` key, a monitor that does not read the guard's statistics or holds the Python ledger
     (:mod:`mesaguard.monitor.compiled`)."""
@@ -88,7 +90,7 @@ def plain_step(env: GuardedEnv) -> Plain | None:
     if monitor is not None and (monitor.statistic.shared is None or not compiled_ledger(monitor.ledger)):
         return None
     key = objective.key if isinstance(objective, FromInfo) else None
-    return _compiled.Plain(env, env.guard, key)
+    return _step.Plain(env, env.guard, key)
 
 
 def _array(values: Sequence[float]) -> np.ndarray:

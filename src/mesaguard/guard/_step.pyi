@@ -1,0 +1,9 @@
+# Types of the compiled step (_step.pyx): GuardedEnv's plain step and reset.
+from typing import Any
+
+from mesaguard.guard._compiled import Core
+
+class Plain:
+    def __init__(self, owner: Any, core: Core, key: str | None) -> None: ...
+    def __call__(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]: ...
+    def reset(self, seed: int | None, options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]: ...
