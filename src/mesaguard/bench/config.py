@@ -375,9 +375,9 @@ class JobSpec:
         return range(start, start + (self.calibration_episodes if role == "calibration" else self.episodes))
 
 
-# What computes a job: modules (Cython sources included; the C that Cython generates from them is not, it follows
-# them) and shipped agents.
-CODE_SUFFIXES = (".py", ".pyx", ".json", ".safetensors")
+# What computes a job: modules (Cython sources and their declarations included; the C that Cython generates from
+# them is not, it follows them) and shipped agents.
+CODE_SUFFIXES = (".py", ".pyx", ".pxd", ".json", ".safetensors")
 
 
 @cache
