@@ -8,8 +8,11 @@ whole monitors fed the same deployment.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -172,3 +175,50 @@ def test_a_monitor_pickles_and_copies_mid_deployment(copy_of) -> None:
     assert (twin.steps, twin.finished, twin.log_evidence, twin.alarm) == (monitor.steps, monitor.finished,
                                                                            monitor.log_evidence, monitor.alarm)
     assert feed(twin, np.random.default_rng(3), 300) == feed(monitor, np.random.default_rng(3), 300)
+
+
+WITHOUT_EXTENSIONS = """
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):  # as if installed without a C compiler: no extension imports
+    def find_spec(self, name, path, target=None):
+        if name.endswith(("._compiled", "._step")) and name.startswith("mesaguard."):
+            raise ImportError(name)
+if sys.argv[1] == "blocked":
+    sys.meta_path.insert(0, Block())
+import gymnasium as gym
+import numpy as np
+from mesaguard.calibration import Calibration
+from mesaguard.guard import GuardedEnv
+from mesaguard.guard.compiled import available
+from mesaguard.monitor import DeploymentMonitor
+from mesaguard.monitor.compiled import built
+from mesaguard.protocols import Alert
+rng = np.random.default_rng(0)
+cal = Calibration.fit([rng.normal(1.1, 0.2, int(rng.integers(10, 60))) for _ in range(200)], alpha=0.2)
+monitor = DeploymentMonitor(cal, alpha=0.2)
+env = GuardedEnv(gym.make("CartPole-v1"), cal, protocol=Alert(lambda alarm: None), monitor=monitor)
+reports = []
+for episode in range(20):
+    env.reset(seed=episode)
+    done = False
+    while not done:
+        *_, terminated, truncated, info = env.step(episode % 2)
+        reports.append(info["mesaguard"])
+        done = terminated or truncated
+print(json.dumps([available(), built(), env._plain is not None, reports]))
+"""
+
+
+def test_without_the_extensions_the_python_guard_and_monitor_serve_the_same() -> None:
+    """The install without a C compiler, simulated by refusing the extensions' imports in a fresh interpreter: the
+    Python guard and monitor run, and every report of a monitored deployment is the compiled one's."""
+
+    def run(mode: str) -> list:
+        out = subprocess.run([sys.executable, "-c", WITHOUT_EXTENSIONS, mode], capture_output=True, text=True,
+                             check=True)
+        return json.loads(out.stdout)
+
+    blocked, free = run("blocked"), run("free")
+    assert blocked[:3] == [False, False, False]
+    assert free[:3] == [BUILT, BUILT, BUILT]
+    assert blocked[3] == free[3] and len(blocked[3]) > 20
