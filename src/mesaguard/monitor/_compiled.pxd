@@ -33,7 +33,6 @@ cdef class Ledger:
     cdef long _horizon, _seen_id
     cdef Py_ssize_t _seen_greater, _seen_equal
     cdef double low, high
-    cdef object _last
     cdef double _last_level
     cdef long _last_crossing
     cdef bint bets(self, Episode episode) noexcept

@@ -237,12 +237,13 @@ cdef class Ledger:
         """The largest evidence provable now, and the number of the first episode at which it reaches the
         threshold (None if it does not); one pending episode whose p-value has not moved: the last answer."""
         cdef long crossing
+        cdef double level
         cdef Episode episode
         if len(pending) == 1:
             episode = pending[0]
             if episode.steps and self.bets(episode):
-                self.level_one(episode, next_id, &crossing)
-                return self._last
+                level = self.level_one(episode, next_id, &crossing)
+                return level, None if crossing < 0 else crossing
         return self._level(pending, next_id)
 
     def _level(self, list pending, long next_id):
@@ -344,7 +345,6 @@ cdef class Ledger:
         its crossing in ``crossing`` (-1: none); the last answer where its p-value has not moved."""
         if self.moved(episode):
             self._last_level = self.one(episode, next_id, &self._last_crossing)
-            self._last = (self._last_level, None if self._last_crossing < 0 else self._last_crossing)
         crossing[0] = self._last_crossing
         return self._last_level
 

@@ -390,7 +390,8 @@ class DeploymentMonitor(Tally):
         self._censor(m)
 
     def _censor(self, m: np.ndarray) -> None:
-        for episode in (self._episodes.running[i] for i in np.flatnonzero(m)):
+        for i in np.flatnonzero(m):
+            episode = self._episodes.running[i]
             if episode is not None:
                 episode.censored = True
 
